@@ -1,0 +1,192 @@
+//! `horizon`: visual-token information per decoder layer, the information horizon, and its figures.
+
+mod info;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tch::{Kind, Tensor};
+
+use horizon_data::imageproc::ResampleOrder;
+use horizon_runner::device::{parse_device, parse_dtype};
+use horizon_runner::generate::{generate_greedy, GenerationConfig};
+use horizon_runner::processor::{Processor, PromptTemplate};
+use horizon_runner::{Intervention, VlModel};
+
+#[derive(Parser)]
+#[command(
+    name = "horizon",
+    version,
+    about = "How much each visual token of a vision-language model still matters at each decoder layer",
+    long_about = "horizon runs HF-format vision-language checkpoints (llava-hf LLaVA-1.5) with libtorch, \
+measures per-layer visual-token information, locates the information horizon, and renders its figures."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One forward pass of the unmodified model; saves the logits of every prompt position.
+    Forward(ForwardArgs),
+    /// Greedy generation (KV cache) from an image and a question; prints the answer.
+    Generate(GenerateArgs),
+    /// Visual-token information per decoder layer over a benchmark, as long-format Parquet.
+    Info(info::InfoArgs),
+}
+
+/// Which checkpoint to run and how.
+#[derive(Args)]
+pub struct ModelOptions {
+    /// HF checkpoint directory (config.json, safetensors shards, tokenizer.json, preprocessor_config.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt template: llava-hf (`USER: <image>\n{prompt} ASSISTANT:`), vicuna-v1 (original LLaVA with its
+    /// system text, as the reference procedure uses), or raw (the prompt as given, with one `<image>`).
+    #[arg(long, default_value = "llava-hf", value_parser = PromptTemplate::parse)]
+    template: PromptTemplate,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Pillow release whose bicubic resize to reproduce: HF's PIL-backend preprocessing calls Pillow,
+    /// and Pillow 13 changed the pass order of some resizes.
+    #[arg(long, default_value = "12.3.0")]
+    pillow_version: String,
+}
+
+/// One image and one question.
+#[derive(Args)]
+struct ModelArgs {
+    #[command(flatten)]
+    options: ModelOptions,
+    /// Image file (PNG or JPEG).
+    #[arg(long)]
+    image: PathBuf,
+    /// The question; it is placed in the prompt template with the image.
+    #[arg(long)]
+    prompt: String,
+}
+
+#[derive(Args)]
+struct ForwardArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Output safetensors file: `logits` (f32, [seq_len, vocab]) and `input_ids` (i64, [seq_len]).
+    #[arg(long)]
+    save_logits: PathBuf,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Stop after this many new tokens (or at EOS).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    max_new_tokens: u32,
+}
+
+/// Loads the model and its processor as the options say.
+pub fn load_model(opts: &ModelOptions) -> Result<(VlModel, Processor)> {
+    let device = parse_device(&opts.device)?;
+    let kind = parse_dtype(&opts.dtype)?;
+    let order = ResampleOrder::from_pillow_version(&opts.pillow_version)
+        .map_err(|e| anyhow::anyhow!("--pillow-version: {e}"))?;
+    let model = VlModel::load(&opts.model, device, kind)?;
+    let mut processor = Processor::load(&opts.model, &model)?;
+    processor.set_resample_order(order);
+    Ok((model, processor))
+}
+
+fn load(args: &ModelArgs) -> Result<(VlModel, Processor, horizon_runner::ModelInputs)> {
+    let (model, processor) = load_model(&args.options)?;
+    let inputs = processor.prepare(&model, &args.prompt, &args.image, args.options.template)?;
+    Ok((model, processor, inputs))
+}
+
+fn forward(args: &ForwardArgs) -> Result<()> {
+    let (model, _, inputs) = load(&args.model)?;
+    let out = model.prefill(&inputs, &Intervention::none(), None, None)?;
+    let logits = model
+        .lm_head(&out.hidden)
+        .squeeze_dim(0)
+        .to_kind(Kind::Float)
+        .to_device(tch::Device::Cpu);
+    let input_ids = inputs.input_ids.squeeze_dim(0).to_device(tch::Device::Cpu);
+    write_safetensors_atomic(
+        &args.save_logits,
+        &[("logits", &logits), ("input_ids", &input_ids)],
+    )?;
+    let size = logits.size();
+    eprintln!(
+        "wrote {} (logits [{}, {}], {} visual tokens)",
+        args.save_logits.display(),
+        size[0],
+        size[1],
+        inputs.visual_positions.len()
+    );
+    Ok(())
+}
+
+fn generate(args: &GenerateArgs) -> Result<()> {
+    let (model, processor, inputs) = load(&args.model)?;
+    let config = GenerationConfig {
+        max_new_tokens: args.max_new_tokens as usize,
+        eos_token_ids: processor.eos_token_ids().to_vec(),
+    };
+    let ids = generate_greedy(&model, &inputs, &Intervention::none(), &config)?;
+    println!("{}", processor.decode(&ids)?);
+    Ok(())
+}
+
+/// Writes to a temporary file beside `path`, then renames: readers never see a partial file.
+fn write_safetensors_atomic(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create directory", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    Tensor::write_safetensors(tensors, &tmp)
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    // libtorch reports some failures by panicking inside tch; keep them to one line with a non-zero exit.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        let first = msg.lines().next().unwrap_or(msg);
+        eprintln!("error: internal failure: {first}");
+    }));
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Forward(a) => forward(a),
+        Command::Generate(a) => generate(a),
+        Command::Info(a) => info::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Information rows: the long-format Parquet output of `horizon info`, one row per
+//! model × sample × layer × variant. Readable by pandas, polars and DuckDB.
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `model` | utf8 | model label (directory name unless given) |
+//! | `task` | utf8 | sample category |
+//! | `sample_id` | utf8 | the benchmark's question id |
+//! | `layer` | int32 | cut layer K (0-based: layers < K see every token, layers ≥ K the kept ones); −1 for `full` |
+//! | `variant` | utf8 | `full` (unpruned), `text_only` (no visual token from K on), `window` |
+//! | `window` | int32 | row-major window index on the window grid; −1 unless `variant = window` |
+//! | `window_row`, `window_col` | int32 | the window's place on the window grid; −1 likewise |
+//! | `mode` | utf8 | `keep-only` (keep only the window's visual tokens) or `leave-out` (drop only the window) |
+//! | `target` | utf8 | `gt` (first token of the ground-truth answer) or `greedy` (the unpruned model's first token) |
+//! | `target_token` | int64 | the token y |
+//! | `p`, `logp` | float64 | p(y) and log p(y) of the variant's first-token distribution (softmax in f32) |
+//! | `kl` | float64 | KL(unpruned ‖ variant) of the first-token distributions |
+//!
+//! File-level key-value metadata (`horizon.*`) records the run: window size, visual and window grids,
+//! number of layers, model path, dtype, device, prompt template. Part files are written atomically (a
+//! temporary file renamed into place) and each holds whole samples, so an interrupted run resumes by
+//! skipping the samples already present.
+
+use anyhow::{anyhow, Context, Result};
+use arrow::array::{Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One information row (see the module documentation for the meaning of each field).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InfoRow {
+    pub model: String,
+    pub task: String,
+    pub sample_id: String,
+    pub layer: i32,
+    pub variant: &'static str,
+    pub window: i32,
+    pub window_row: i32,
+    pub window_col: i32,
+    pub mode: &'static str,
+    pub target: &'static str,
+    pub target_token: i64,
+    pub p: f64,
+    pub logp: f64,
+    pub kl: f64,
+}
+
+pub fn info_schema() -> Arc<Schema> {
+    let utf8 = |n: &str| Field::new(n, DataType::Utf8, false);
+    let i32f = |n: &str| Field::new(n, DataType::Int32, false);
+    let f64f = |n: &str| Field::new(n, DataType::Float64, false);
+    Arc::new(Schema::new(vec![
+        utf8("model"),
+        utf8("task"),
+        utf8("sample_id"),
+        i32f("layer"),
+        utf8("variant"),
+        i32f("window"),
+        i32f("window_row"),
+        i32f("window_col"),
+        utf8("mode"),
+        utf8("target"),
+        Field::new("target_token", DataType::Int64, false),
+        f64f("p"),
+        f64f("logp"),
+        f64f("kl"),
+    ]))
+}
+
+fn to_batch(rows: &[InfoRow]) -> Result<RecordBatch> {
+    let s = |f: fn(&InfoRow) -> &str| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as Arc<dyn Array>;
+    let i = |f: fn(&InfoRow) -> i32| Arc::new(Int32Array::from_iter_values(rows.iter().map(f))) as Arc<dyn Array>;
+    let d = |f: fn(&InfoRow) -> f64| Arc::new(Float64Array::from_iter_values(rows.iter().map(f))) as Arc<dyn Array>;
+    Ok(RecordBatch::try_new(
+        info_schema(),
+        vec![
+            s(|r| &r.model),
+            s(|r| &r.task),
+            s(|r| &r.sample_id),
+            i(|r| r.layer),
+            s(|r| r.variant),
+            i(|r| r.window),
+            i(|r| r.window_row),
+            i(|r| r.window_col),
+            s(|r| r.mode),
+            s(|r| r.target),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.target_token))),
+            d(|r| r.p),
+            d(|r| r.logp),
+            d(|r| r.kl),
+        ],
+    )?)
+}
+
+/// Writes `rows` to `path` atomically (temporary file in the same directory, then rename), zstd
+/// compressed, with `metadata` as `key=value` pairs in the file footer.
+pub fn write_info_rows(path: &Path, rows: &[InfoRow], metadata: &[(String, String)]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create directory", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_key_value_metadata(Some(
+            metadata
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+                .collect(),
+        ))
+        .build();
+    let file = File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    let mut writer = ArrowWriter::try_new(file, info_schema(), Some(props))?;
+    writer.write(&to_batch(rows)?)?;
+    writer.close().with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    Ok(())
+}
+
+/// The `*.parquet` part files of an output directory, sorted by name (temporary files excluded).
+pub fn part_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "parquet")
+                && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    parts.sort();
+    Ok(parts)
+}
+
+/// (model, sample_id) pairs already written in the part files of `dir`: what `--resume` skips.
+pub fn completed_samples(dir: &Path) -> Result<HashSet<(String, String)>> {
+    let mut done = HashSet::new();
+    for path in part_files(dir)? {
+        let file = File::open(&path).with_context(|| format!("{}: cannot open", path.display()))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| anyhow!("{}: not a readable Parquet file ({e})", path.display()))?;
+        let schema = builder.parquet_schema();
+        let cols: Vec<usize> = ["model", "sample_id"]
+            .iter()
+            .map(|name| {
+                schema
+                    .columns()
+                    .iter()
+                    .position(|c| c.name() == *name)
+                    .ok_or_else(|| anyhow!("{}: column {name} is missing", path.display()))
+            })
+            .collect::<Result<_>>()?;
+        let mask = ProjectionMask::leaves(schema, cols);
+        for batch in builder.with_projection(mask).build()? {
+            let batch = batch.with_context(|| format!("{}: corrupt row group", path.display()))?;
+            let col = |name: &str| -> Result<StringArray> {
+                batch
+                    .column_by_name(name)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+                    .ok_or_else(|| anyhow!("{}: column {name} is not utf8", path.display()))
+            };
+            let (models, ids) = (col("model")?, col("sample_id")?);
+            for i in 0..batch.num_rows() {
+                done.insert((models.value(i).to_string(), ids.value(i).to_string()));
+            }
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(sample: &str, layer: i32, p: f64) -> InfoRow {
+        InfoRow {
+            model: "m".into(),
+            task: "t".into(),
+            sample_id: sample.into(),
+            layer,
+            variant: "window",
+            window: 3,
+            window_row: 1,
+            window_col: 1,
+            mode: "keep-only",
+            target: "gt",
+            target_token: 42,
+            p,
+            logp: p.ln(),
+            kl: 0.5,
+        }
+    }
+
+    #[test]
+    fn write_then_list_completed_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = vec![("horizon.window_size".to_string(), "2".to_string())];
+        write_info_rows(&dir.path().join("part-000000.parquet"), &[row("a", 1, 0.5), row("b", 2, 0.25)], &meta)
+            .unwrap();
+        write_info_rows(&dir.path().join("part-000002.parquet"), &[row("c", 1, 0.125)], &meta).unwrap();
+        std::fs::write(dir.path().join(".part-000003.parquet.tmp1"), b"partial").unwrap();
+        assert_eq!(part_files(dir.path()).unwrap().len(), 2);
+        let done = completed_samples(dir.path()).unwrap();
+        let want: HashSet<_> = ["a", "b", "c"].iter().map(|s| ("m".to_string(), s.to_string())).collect();
+        assert_eq!(done, want);
+        // Values round-trip exactly.
+        let file = File::open(dir.path().join("part-000000.parquet")).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let kv = reader.metadata().file_metadata().key_value_metadata().unwrap().clone();
+        assert!(kv.iter().any(|k| k.key == "horizon.window_size" && k.value.as_deref() == Some("2")));
+        let batch = reader.build().unwrap().next().unwrap().unwrap();
+        let p = batch.column_by_name("p").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!(p.values(), &[0.5, 0.25]);
+    }
+
+    #[test]
+    fn corrupt_part_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("part-000000.parquet"), b"not parquet at all").unwrap();
+        let err = completed_samples(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("part-000000.parquet"), "{err}");
+    }
+}

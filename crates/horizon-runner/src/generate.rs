@@ -1,0 +1,52 @@
+//! Greedy generation with a KV cache, as HF `generate(do_sample=False)` does it: one prefill whose
+//! `lm_head` sees only the last position (`logits_to_keep=1`; GEMM results depend on the row count),
+//! then one token per step.
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+use crate::intervention::Intervention;
+use crate::model::{ModelInputs, VlModel};
+use crate::models::llama::KvCache;
+
+/// When to stop generating.
+#[derive(Debug, Clone)]
+pub struct GenerationConfig {
+    pub max_new_tokens: usize,
+    pub eos_token_ids: Vec<i64>,
+}
+
+/// Greedy argmax of f32 logits `[V]` (the first index wins ties, like torch.argmax).
+pub fn greedy_token(logits: &Tensor) -> i64 {
+    logits
+        .to_kind(Kind::Float)
+        .reshape([-1])
+        .argmax(0, false)
+        .int64_value(&[])
+}
+
+/// Generates up to `max_new_tokens` new token ids (EOS included when produced).
+pub fn generate_greedy(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    intervention: &Intervention,
+    config: &GenerationConfig,
+) -> Result<Vec<i64>> {
+    let _guard = tch::no_grad_guard();
+    let prompt_len = inputs.seq_len();
+    let mut cache = KvCache::new(model.num_layers());
+    let out = model.prefill(inputs, intervention, Some(&mut cache), None)?;
+    let last = out.hidden.narrow(1, out.hidden.size()[1] - 1, 1);
+    let mut next = greedy_token(&model.lm_head(&last));
+    let mut generated = Vec::with_capacity(config.max_new_tokens);
+    while generated.len() < config.max_new_tokens {
+        generated.push(next);
+        if config.eos_token_ids.contains(&next) || generated.len() == config.max_new_tokens {
+            break;
+        }
+        let position = prompt_len + generated.len() - 1;
+        let logits = model.decode_step(next, position, prompt_len, intervention, &mut cache);
+        next = greedy_token(&logits);
+    }
+    Ok(generated)
+}

@@ -1,0 +1,181 @@
+//! The one intervention value: which sequence positions each decoder layer processes.
+//!
+//! A [`Cut`] at layer K means decoder layers `< K` see every token they saw before and layers `>= K`
+//! see only `keep`. Tokens are *dropped* (gathered out of the sequence), not masked, exactly as the
+//! reference procedure of arXiv 2512.07580 does; kept tokens keep their original position ids unless the
+//! intervention asks for renumbering (the two-stage pruning path of the reference renumbers). The empty
+//! intervention is the plain model. Information sweeps, pruning methods and generation all pass one of
+//! these into the same forward.
+
+use anyhow::{bail, Result};
+
+/// How kept tokens are numbered for rotary embeddings after a cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PositionPolicy {
+    /// Kept tokens keep their original position ids, with gaps (the information runs of the reference).
+    #[default]
+    Original,
+    /// Kept tokens are renumbered `0..len` after each cut, and decoding positions shift down by the number
+    /// of tokens removed (the reference's list-K two-stage pruning path).
+    Renumbered,
+}
+
+/// From decoder layer `layer` on, only the sequence indices in `keep` are processed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    /// 0-based decoder layer whose input is the first to be cut.
+    pub layer: usize,
+    /// Ascending indices into the *original* prompt sequence.
+    pub keep: Vec<usize>,
+}
+
+/// Per-layer keep-sets as a list of nested cuts, ordered by layer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Intervention {
+    cuts: Vec<Cut>,
+    positions: PositionPolicy,
+}
+
+impl Intervention {
+    /// The plain model: every layer sees every token.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// A single cut at `layer` keeping `keep` (original sequence indices, any order, no duplicates).
+    pub fn cut_at(layer: usize, keep: impl IntoIterator<Item = usize>) -> Result<Self> {
+        Self::none().then_cut_at(layer, keep)
+    }
+
+    /// Adds a deeper cut; its keep-set must be a subset of the previous cut's.
+    pub fn then_cut_at(
+        mut self,
+        layer: usize,
+        keep: impl IntoIterator<Item = usize>,
+    ) -> Result<Self> {
+        let mut keep: Vec<usize> = keep.into_iter().collect();
+        keep.sort_unstable();
+        if keep.windows(2).any(|w| w[0] == w[1]) {
+            bail!("intervention: duplicate position in the keep-set of the cut at layer {layer}");
+        }
+        if keep.is_empty() {
+            bail!("intervention: the cut at layer {layer} keeps no token");
+        }
+        if let Some(prev) = self.cuts.last() {
+            if layer <= prev.layer {
+                bail!(
+                    "intervention: cuts must be at increasing layers ({} then {layer})",
+                    prev.layer
+                );
+            }
+            if let Some(p) = keep.iter().find(|p| prev.keep.binary_search(p).is_err()) {
+                bail!(
+                    "intervention: the cut at layer {layer} keeps position {p}, already dropped at layer {}",
+                    prev.layer
+                );
+            }
+        }
+        self.cuts.push(Cut { layer, keep });
+        Ok(self)
+    }
+
+    pub fn with_positions(mut self, policy: PositionPolicy) -> Self {
+        self.positions = policy;
+        self
+    }
+
+    pub fn positions(&self) -> PositionPolicy {
+        self.positions
+    }
+
+    pub fn cuts(&self) -> &[Cut] {
+        &self.cuts
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.cuts.is_empty()
+    }
+
+    /// The cut whose keep-set applies from `layer` on, if one starts exactly there.
+    pub fn cut_starting_at(&self, layer: usize) -> Option<&Cut> {
+        self.cuts.iter().find(|c| c.layer == layer)
+    }
+
+    /// The original sequence indices decoder layer `layer` processes, `None` meaning all of them.
+    pub fn kept_at_layer(&self, layer: usize) -> Option<&[usize]> {
+        self.cuts
+            .iter()
+            .rev()
+            .find(|c| c.layer <= layer)
+            .map(|c| c.keep.as_slice())
+    }
+
+    /// Checks the intervention against a prompt of `seq_len` tokens and a decoder of `num_layers` layers.
+    /// The last prompt position must be kept: its output is the next-token distribution.
+    pub fn validate(&self, seq_len: usize, num_layers: usize) -> Result<()> {
+        for cut in &self.cuts {
+            if cut.layer >= num_layers {
+                bail!(
+                    "intervention: cut at layer {} but the decoder has {num_layers} layers (0-based)",
+                    cut.layer
+                );
+            }
+            if let Some(&p) = cut.keep.last() {
+                if p >= seq_len {
+                    bail!("intervention: position {p} is outside the prompt of {seq_len} tokens");
+                }
+            }
+            if cut.keep.last() != Some(&(seq_len - 1)) {
+                bail!(
+                    "intervention: the cut at layer {} drops the last prompt position {}, whose output is the answer",
+                    cut.layer,
+                    seq_len - 1
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// How far a decoding step's position id at `layer` shifts down: 0 with original positions, else
+    /// the number of prompt tokens removed by cuts at or before `layer`.
+    pub fn decode_position_shift(&self, layer: usize, seq_len: usize) -> usize {
+        match (self.positions, self.kept_at_layer(layer)) {
+            (PositionPolicy::Renumbered, Some(keep)) => seq_len - keep.len(),
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_cuts_and_lookup() {
+        let iv = Intervention::cut_at(2, [0, 1, 2, 5, 9])
+            .unwrap()
+            .then_cut_at(4, [0, 5, 9])
+            .unwrap();
+        assert_eq!(iv.kept_at_layer(1), None);
+        assert_eq!(iv.kept_at_layer(2), Some(&[0, 1, 2, 5, 9][..]));
+        assert_eq!(iv.kept_at_layer(3), Some(&[0, 1, 2, 5, 9][..]));
+        assert_eq!(iv.kept_at_layer(7), Some(&[0, 5, 9][..]));
+        assert!(iv.validate(10, 8).is_ok());
+        assert!(iv.validate(11, 8).is_err(), "last position 10 dropped");
+        assert!(iv.validate(10, 4).is_err(), "layer 4 does not exist");
+        assert_eq!(iv.decode_position_shift(5, 10), 0);
+        let renum = iv.with_positions(PositionPolicy::Renumbered);
+        assert_eq!(renum.decode_position_shift(1, 10), 0);
+        assert_eq!(renum.decode_position_shift(3, 10), 5);
+        assert_eq!(renum.decode_position_shift(5, 10), 7);
+    }
+
+    #[test]
+    fn rejects_non_nested_and_duplicates() {
+        let iv = Intervention::cut_at(2, [0, 1, 9]).unwrap();
+        assert!(iv.clone().then_cut_at(3, [0, 4, 9]).is_err());
+        assert!(iv.clone().then_cut_at(2, [0, 9]).is_err());
+        assert!(Intervention::cut_at(1, [3, 3]).is_err());
+        assert!(Intervention::cut_at(1, []).is_err());
+    }
+}

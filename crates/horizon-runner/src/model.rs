@@ -1,0 +1,155 @@
+//! Model-family dispatch: a checkpoint directory's `config.json` names its `model_type`; everything
+//! downstream (CLI, information sweeps, generation) talks to [`VlModel`] and never to a family directly.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+use crate::intervention::Intervention;
+use crate::models::llama::{DecoderOutput, KvCache, LlamaModel};
+use crate::models::llava::{LlavaConfig, LlavaForConditionalGeneration};
+
+/// Model families horizon runs, by HF `model_type`.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llava"];
+
+/// Tokenized prompt and preprocessed image, on the model's device.
+pub struct ModelInputs {
+    /// `[1, S]` int64.
+    pub input_ids: Tensor,
+    /// `[1, 3, H, W]` float32 for LLaVA; cast to the vision tower's dtype inside.
+    pub pixel_values: Option<Tensor>,
+    /// Sequence indices holding visual tokens, ascending (the raster order of the image grid).
+    pub visual_positions: Vec<usize>,
+    /// Visual token grid (rows, cols); `visual_positions[r * cols + c]` is token (r, c).
+    pub visual_grid: (usize, usize),
+}
+
+impl ModelInputs {
+    pub fn seq_len(&self) -> usize {
+        self.input_ids.size()[1] as usize
+    }
+
+    pub fn input_ids_vec(&self) -> Vec<i64> {
+        Vec::<i64>::try_from(self.input_ids.reshape([-1]).to_device(Device::Cpu))
+            .expect("int64 input ids")
+    }
+}
+
+/// A loaded vision-language model of any supported family.
+pub enum VlModel {
+    Llava(Box<LlavaForConditionalGeneration>),
+}
+
+/// `config.json` of a checkpoint directory, parsed as JSON, with its path for error messages.
+pub fn read_config(dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
+    if !dir.is_dir() {
+        bail!("{}: model directory not found", dir.display());
+    }
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow!("{}: cannot read model config ({e})", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{}: invalid JSON ({e})", path.display()))?;
+    Ok((path, value))
+}
+
+impl VlModel {
+    /// Loads the checkpoint in `dir`, choosing the family from `config.json`'s `model_type`.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        let (path, value) = read_config(dir)?;
+        let model_type = value
+            .get("model_type")
+            .and_then(|m| m.as_str())
+            .ok_or_else(|| anyhow!("{}: field model_type is missing", path.display()))?
+            .to_string();
+        let _guard = tch::no_grad_guard();
+        match model_type.as_str() {
+            "llava" => {
+                let config = LlavaConfig::from_json(&path, value)?;
+                let model = LlavaForConditionalGeneration::load(dir, config, device, kind)
+                    .with_context(|| format!("loading {}", dir.display()))?;
+                Ok(Self::Llava(Box::new(model)))
+            }
+            other => bail!(
+                "{}: field model_type: unknown model type '{other}' (supported: {})",
+                path.display(),
+                SUPPORTED_MODEL_TYPES.join(", ")
+            ),
+        }
+    }
+
+    pub fn model_type(&self) -> &'static str {
+        match self {
+            Self::Llava(_) => "llava",
+        }
+    }
+
+    /// The decoder whose layers interventions act on.
+    pub fn language_model(&self) -> &LlamaModel {
+        match self {
+            Self::Llava(m) => &m.language_model,
+        }
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.language_model().num_layers()
+    }
+
+    pub fn device(&self) -> Device {
+        self.language_model().embed_tokens.device()
+    }
+
+    /// Token id of the image placeholder in prompts.
+    pub fn image_token_id(&self) -> i64 {
+        match self {
+            Self::Llava(m) => m.config.image_token_id,
+        }
+    }
+
+    /// Prefill under `intervention`: final-norm hidden states of the tokens the last layer kept.
+    pub fn prefill(
+        &self,
+        inputs: &ModelInputs,
+        intervention: &Intervention,
+        cache: Option<&mut KvCache>,
+        layer_inputs: Option<&mut Vec<Tensor>>,
+    ) -> Result<DecoderOutput> {
+        let _guard = tch::no_grad_guard();
+        match self {
+            Self::Llava(m) => m.prefill(
+                &inputs.input_ids,
+                inputs.pixel_values.as_ref(),
+                intervention,
+                cache,
+                layer_inputs,
+            ),
+        }
+    }
+
+    /// Logits in the model dtype for hidden states `[B, S, D]`.
+    pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        match self {
+            Self::Llava(m) => m.lm_head.forward(hidden),
+        }
+    }
+
+    /// Logits `[1, V]` of the next token after decoding `token` at original position `position`.
+    pub fn decode_step(
+        &self,
+        token: i64,
+        position: usize,
+        prompt_len: usize,
+        intervention: &Intervention,
+        cache: &mut KvCache,
+    ) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let lm = self.language_model();
+        let ids = Tensor::from_slice(&[token])
+            .to_device(self.device())
+            .unsqueeze(0);
+        let embeds = lm.embed(&ids);
+        let hidden = lm.decode_step(&embeds, position, prompt_len, intervention, cache);
+        self.lm_head(&hidden).select(1, 0)
+    }
+}
