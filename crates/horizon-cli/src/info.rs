@@ -108,7 +108,8 @@ fn read_first_metadata(dir: &Path) -> Result<Option<BTreeMap<String, String>>> {
     let Some(first) = part_files(dir)?.into_iter().next() else {
         return Ok(None);
     };
-    let file = std::fs::File::open(&first).with_context(|| format!("{}: cannot open", first.display()))?;
+    let file =
+        std::fs::File::open(&first).with_context(|| format!("{}: cannot open", first.display()))?;
     let reader = parquet::file::reader::SerializedFileReader::new(file)
         .map_err(|e| anyhow!("{}: not a readable Parquet file ({e})", first.display()))?;
     use parquet::file::reader::FileReader;
@@ -153,15 +154,24 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     // Everything that determines the rows; a resumed run must use the same.
     let mut metadata: BTreeMap<String, String> = BTreeMap::new();
     metadata.insert("horizon.model".into(), model_name.clone());
-    metadata.insert("horizon.model_path".into(), args.model.model.display().to_string());
+    metadata.insert(
+        "horizon.model_path".into(),
+        args.model.model.display().to_string(),
+    );
     metadata.insert("horizon.model_type".into(), model.model_type().into());
     metadata.insert("horizon.num_layers".into(), num_layers.to_string());
     metadata.insert("horizon.layers".into(), format!("{layers:?}"));
     metadata.insert("horizon.window_size".into(), args.window.to_string());
     metadata.insert("horizon.mode".into(), args.mode.name().into());
     metadata.insert("horizon.target".into(), args.target.clone());
-    metadata.insert("horizon.template".into(), format!("{:?}", args.model.template));
-    metadata.insert("horizon.dtype".into(), dtype_name(model.language_model().embed_tokens.kind()).into());
+    metadata.insert(
+        "horizon.template".into(),
+        format!("{:?}", args.model.template),
+    );
+    metadata.insert(
+        "horizon.dtype".into(),
+        dtype_name(model.language_model().embed_tokens.kind()).into(),
+    );
     metadata.insert("horizon.bench".into(), args.bench.display().to_string());
     let existing = read_first_metadata(&args.out)?;
     let done = match (existing, args.resume) {
@@ -207,14 +217,21 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     let metadata: Vec<(String, String)> = metadata.into_iter().collect();
     let bar = ProgressBar::new(todo.len() as u64);
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} samples  {elapsed} elapsed, eta {eta}  {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} samples  {elapsed} elapsed, eta {eta}  {msg}",
+        )
+        .expect("valid template"),
     );
     let mut skipped = 0usize;
     for chunk in todo.chunks(args.samples_per_part as usize) {
         let mut rows = Vec::new();
         for (_, sample) in chunk {
-            let image = to_rgb_like_pil(sample.image.decode().with_context(|| format!("sample {}", sample.id))?);
+            let image = to_rgb_like_pil(
+                sample
+                    .image
+                    .decode()
+                    .with_context(|| format!("sample {}", sample.id))?,
+            );
             let inputs = processor
                 .prepare_image(&model, &sample.question, &image, args.model.template)
                 .with_context(|| format!("sample {}", sample.id))?;
@@ -222,7 +239,12 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             let target = if args.target == "greedy" {
                 full.greedy_token()
             } else {
-                match sample.answer().map(|a| processor.first_answer_token(a)).transpose()?.flatten() {
+                match sample
+                    .answer()
+                    .map(|a| processor.first_answer_token(a))
+                    .transpose()?
+                    .flatten()
+                {
                     Some(t) => t,
                     None => {
                         skipped += 1;
@@ -252,7 +274,11 @@ pub fn run(args: &InfoArgs) -> Result<()> {
                     window_row: wr,
                     window_col: wc,
                     mode: args.mode.name(),
-                    target: if args.target == "greedy" { "greedy" } else { "gt" },
+                    target: if args.target == "greedy" {
+                        "greedy"
+                    } else {
+                        "gt"
+                    },
                     target_token: target,
                     p: r.p,
                     logp: r.logp,
@@ -264,7 +290,10 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         if !rows.is_empty() {
             let part = args.out.join(format!("part-{:06}.parquet", chunk[0].0));
             if part.exists() {
-                bail!("{}: exists already (was the sample order changed?)", part.display());
+                bail!(
+                    "{}: exists already (was the sample order changed?)",
+                    part.display()
+                );
             }
             write_info_rows(&part, &rows, &metadata)?;
         }
@@ -273,6 +302,10 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     if skipped > 0 {
         eprintln!("skipped {skipped} samples without a ground-truth answer (use --target greedy for them)");
     }
-    eprintln!("wrote {} part files to {}", part_files(&args.out)?.len(), args.out.display());
+    eprintln!(
+        "wrote {} part files to {}",
+        part_files(&args.out)?.len(),
+        args.out.display()
+    );
     Ok(())
 }

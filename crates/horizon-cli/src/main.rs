@@ -1,6 +1,8 @@
 //! `horizon`: visual-token information per decoder layer, the information horizon, and its figures.
 
+mod bench;
 mod info;
+mod train;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -35,6 +37,15 @@ enum Command {
     Generate(GenerateArgs),
     /// Visual-token information per decoder layer over a benchmark, as long-format Parquet.
     Info(info::InfoArgs),
+    /// Timings on a random-weight model of any config (llava-1.5-7b built in): plain forward, and the
+    /// information engine against the naive per-variant procedure in the same run.
+    Bench(bench::BenchArgs),
+    /// Writes a seeded synthetic benchmark (coarse perception and text-reading tasks) as HF parquet.
+    Synth(train::SynthArgs),
+    /// Trains a small LLaVA-format model from scratch on the synthetic tasks (resumable).
+    Train(train::TrainArgs),
+    /// Greedy-generation accuracy per category (exact match) on a benchmark.
+    Eval(train::EvalArgs),
 }
 
 /// Which checkpoint to run and how.
@@ -181,6 +192,10 @@ fn main() -> ExitCode {
         Command::Forward(a) => forward(a),
         Command::Generate(a) => generate(a),
         Command::Info(a) => info::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Synth(a) => train::synth(a),
+        Command::Train(a) => train::run_train(a),
+        Command::Eval(a) => train::eval(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

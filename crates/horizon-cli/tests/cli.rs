@@ -267,7 +267,12 @@ fn parts(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     v.sort();
     v
@@ -295,7 +300,10 @@ fn info_resume_reproduces_the_same_rows() {
     .map(|s| s.to_string())
     .collect();
     let args = |extra: &[&str]| -> Vec<String> {
-        base.iter().cloned().chain(extra.iter().map(|s| s.to_string())).collect()
+        base.iter()
+            .cloned()
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect()
     };
     let (ok, _, stderr) = horizon_owned(&args(&[]));
     assert!(ok, "{stderr}");
@@ -312,5 +320,9 @@ fn info_resume_reproduces_the_same_rows() {
     let (ok, _, stderr) = horizon_owned(&args(&["--resume"]));
     assert!(ok, "{stderr}");
     assert!(stderr.contains("2 already done"), "{stderr}");
-    assert_eq!(parts(&out), first, "resumed output differs from the uninterrupted run");
+    assert_eq!(
+        parts(&out),
+        first,
+        "resumed output differs from the uninterrupted run"
+    );
 }

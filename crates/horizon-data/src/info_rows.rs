@@ -76,9 +76,15 @@ pub fn info_schema() -> Arc<Schema> {
 }
 
 fn to_batch(rows: &[InfoRow]) -> Result<RecordBatch> {
-    let s = |f: fn(&InfoRow) -> &str| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as Arc<dyn Array>;
-    let i = |f: fn(&InfoRow) -> i32| Arc::new(Int32Array::from_iter_values(rows.iter().map(f))) as Arc<dyn Array>;
-    let d = |f: fn(&InfoRow) -> f64| Arc::new(Float64Array::from_iter_values(rows.iter().map(f))) as Arc<dyn Array>;
+    let s = |f: fn(&InfoRow) -> &str| {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as Arc<dyn Array>
+    };
+    let i = |f: fn(&InfoRow) -> i32| {
+        Arc::new(Int32Array::from_iter_values(rows.iter().map(f))) as Arc<dyn Array>
+    };
+    let d = |f: fn(&InfoRow) -> f64| {
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(f))) as Arc<dyn Array>
+    };
     Ok(RecordBatch::try_new(
         info_schema(),
         vec![
@@ -92,7 +98,9 @@ fn to_batch(rows: &[InfoRow]) -> Result<RecordBatch> {
             i(|r| r.window_col),
             s(|r| r.mode),
             s(|r| r.target),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.target_token))),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.target_token),
+            )),
             d(|r| r.p),
             d(|r| r.logp),
             d(|r| r.kl),
@@ -103,11 +111,17 @@ fn to_batch(rows: &[InfoRow]) -> Result<RecordBatch> {
 /// Writes `rows` to `path` atomically (temporary file in the same directory, then rename), zstd
 /// compressed, with `metadata` as `key=value` pairs in the file footer.
 pub fn write_info_rows(path: &Path, rows: &[InfoRow], metadata: &[(String, String)]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create directory", dir.display()))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create directory", dir.display()))?;
     let tmp = dir.join(format!(
         ".{}.tmp{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let props = WriterProperties::builder()
@@ -122,8 +136,11 @@ pub fn write_info_rows(path: &Path, rows: &[InfoRow], metadata: &[(String, Strin
     let file = File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
     let mut writer = ArrowWriter::try_new(file, info_schema(), Some(props))?;
     writer.write(&to_batch(rows)?)?;
-    writer.close().with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    writer
+        .close()
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
     Ok(())
 }
 
@@ -137,7 +154,9 @@ pub fn part_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.extension().is_some_and(|e| e == "parquet")
-                && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
         })
         .collect();
     parts.sort();
@@ -207,28 +226,56 @@ mod tests {
     fn write_then_list_completed_samples() {
         let dir = tempfile::tempdir().unwrap();
         let meta = vec![("horizon.window_size".to_string(), "2".to_string())];
-        write_info_rows(&dir.path().join("part-000000.parquet"), &[row("a", 1, 0.5), row("b", 2, 0.25)], &meta)
-            .unwrap();
-        write_info_rows(&dir.path().join("part-000002.parquet"), &[row("c", 1, 0.125)], &meta).unwrap();
+        write_info_rows(
+            &dir.path().join("part-000000.parquet"),
+            &[row("a", 1, 0.5), row("b", 2, 0.25)],
+            &meta,
+        )
+        .unwrap();
+        write_info_rows(
+            &dir.path().join("part-000002.parquet"),
+            &[row("c", 1, 0.125)],
+            &meta,
+        )
+        .unwrap();
         std::fs::write(dir.path().join(".part-000003.parquet.tmp1"), b"partial").unwrap();
         assert_eq!(part_files(dir.path()).unwrap().len(), 2);
         let done = completed_samples(dir.path()).unwrap();
-        let want: HashSet<_> = ["a", "b", "c"].iter().map(|s| ("m".to_string(), s.to_string())).collect();
+        let want: HashSet<_> = ["a", "b", "c"]
+            .iter()
+            .map(|s| ("m".to_string(), s.to_string()))
+            .collect();
         assert_eq!(done, want);
         // Values round-trip exactly.
         let file = File::open(dir.path().join("part-000000.parquet")).unwrap();
         let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
-        let kv = reader.metadata().file_metadata().key_value_metadata().unwrap().clone();
-        assert!(kv.iter().any(|k| k.key == "horizon.window_size" && k.value.as_deref() == Some("2")));
+        let kv = reader
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap()
+            .clone();
+        assert!(kv
+            .iter()
+            .any(|k| k.key == "horizon.window_size" && k.value.as_deref() == Some("2")));
         let batch = reader.build().unwrap().next().unwrap().unwrap();
-        let p = batch.column_by_name("p").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+        let p = batch
+            .column_by_name("p")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
         assert_eq!(p.values(), &[0.5, 0.25]);
     }
 
     #[test]
     fn corrupt_part_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("part-000000.parquet"), b"not parquet at all").unwrap();
+        std::fs::write(
+            dir.path().join("part-000000.parquet"),
+            b"not parquet at all",
+        )
+        .unwrap();
         let err = completed_samples(dir.path()).unwrap_err().to_string();
         assert!(err.contains("part-000000.parquet"), "{err}");
     }

@@ -126,7 +126,11 @@ pub struct SweepConfig {
 }
 
 /// Keep-sets (original prompt indices, ascending) of the text-only baseline and of every window variant.
-pub fn variant_keep_sets(inputs: &ModelInputs, grid: &WindowGrid, mode: InfoMode) -> (Vec<usize>, Vec<Vec<usize>>) {
+pub fn variant_keep_sets(
+    inputs: &ModelInputs,
+    grid: &WindowGrid,
+    mode: InfoMode,
+) -> (Vec<usize>, Vec<Vec<usize>>) {
     let seq = inputs.seq_len();
     let visual = &inputs.visual_positions;
     let is_visual = {
@@ -169,7 +173,10 @@ fn score(logp: &Tensor, full_logp: &Tensor, target: i64) -> Vec<(f64, f64, f64)>
     let lp = logp.select(-1, target).to_kind(Kind::Double);
     let lp: Vec<f64> = Vec::try_from(lp.to_device(tch::Device::Cpu)).expect("f64");
     let kl: Vec<f64> = Vec::try_from(kl.to_device(tch::Device::Cpu)).expect("f64");
-    lp.into_iter().zip(kl).map(|(l, k)| (l.exp(), l, k)).collect()
+    lp.into_iter()
+        .zip(kl)
+        .map(|(l, k)| (l.exp(), l, k))
+        .collect()
 }
 
 /// The unpruned model's next-token log-probabilities `[1, V]` and its stored layer inputs.
@@ -235,8 +242,14 @@ pub fn sweep_sample(
     }];
     // All variants of one K, grouped by keep-set length (edge windows may be smaller).
     let mut variants: Vec<(Variant, &Vec<usize>)> = vec![(Variant::TextOnly, &text_only)];
-    variants.extend(windows.iter().enumerate().map(|(w, k)| (Variant::Window(w), k)));
-    let mut by_len: std::collections::BTreeMap<usize, Vec<(Variant, &Vec<usize>)>> = Default::default();
+    variants.extend(
+        windows
+            .iter()
+            .enumerate()
+            .map(|(w, k)| (Variant::Window(w), k)),
+    );
+    let mut by_len: std::collections::BTreeMap<usize, Vec<(Variant, &Vec<usize>)>> =
+        Default::default();
     for v in variants {
         by_len.entry(v.1.len()).or_default().push(v);
     }
@@ -249,7 +262,10 @@ pub fn sweep_sample(
                 .unwrap_or_else(|| auto_batch_size(model, len, cfg.memory_budget_bytes, elem_bytes))
                 .max(1);
             for chunk in group.chunks(batch) {
-                let pos: Vec<i64> = chunk.iter().flat_map(|(_, keep)| keep.iter().map(|&p| p as i64)).collect();
+                let pos: Vec<i64> = chunk
+                    .iter()
+                    .flat_map(|(_, keep)| keep.iter().map(|&p| p as i64))
+                    .collect();
                 let pos = Tensor::from_slice(&pos)
                     .to_device(device)
                     .reshape([chunk.len() as i64, len as i64]);
@@ -260,7 +276,9 @@ pub fn sweep_sample(
                 let out = lm.forward_from_layer(k, &hidden, &pos);
                 let last = out.select(1, len as i64 - 1);
                 let logp = next_token_log_probs(model, &last);
-                for ((variant, _), (p, lp, kl)) in chunk.iter().zip(score(&logp, &full.log_probs, target)) {
+                for ((variant, _), (p, lp, kl)) in
+                    chunk.iter().zip(score(&logp, &full.log_probs, target))
+                {
                     results.push(VariantResult {
                         layer: Some(k),
                         variant: *variant,

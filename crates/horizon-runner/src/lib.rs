@@ -13,6 +13,7 @@ pub mod model;
 pub mod models;
 pub mod nn;
 pub mod processor;
+pub mod train;
 pub mod weights;
 
 pub use intervention::{Cut, Intervention, PositionPolicy};

@@ -7,7 +7,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::intervention::Intervention;
 use crate::models::llama::{DecoderOutput, KvCache, LlamaModel};
-use crate::models::llava::{LlavaConfig, LlavaForConditionalGeneration};
+use crate::models::llava::{LlavaConfig, LlavaForConditionalGeneration, LLAVA_KEY_RENAMES};
+use crate::weights::Weights;
 
 /// Model families horizon runs, by HF `model_type`.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llava"];
@@ -57,6 +58,30 @@ impl VlModel {
     /// Loads the checkpoint in `dir`, choosing the family from `config.json`'s `model_type`.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         let (path, value) = read_config(dir)?;
+        Self::from_config(&path, value, dir, None, device, kind)
+    }
+
+    /// A model of the configuration in `config` (a parsed `config.json`) with random weights (seeded):
+    /// for timing configurations whose checkpoints are not at hand. `origin` names the config in errors.
+    pub fn random(
+        origin: &Path,
+        config: serde_json::Value,
+        device: Device,
+        kind: Kind,
+        seed: i64,
+    ) -> Result<Self> {
+        let weights = Weights::random(device, kind, seed);
+        Self::from_config(origin, config, origin, Some(weights), device, kind)
+    }
+
+    fn from_config(
+        path: &Path,
+        value: serde_json::Value,
+        dir: &Path,
+        weights: Option<Weights>,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
         let model_type = value
             .get("model_type")
             .and_then(|m| m.as_str())
@@ -65,8 +90,13 @@ impl VlModel {
         let _guard = tch::no_grad_guard();
         match model_type.as_str() {
             "llava" => {
-                let config = LlavaConfig::from_json(&path, value)?;
-                let model = LlavaForConditionalGeneration::load(dir, config, device, kind)
+                let config = LlavaConfig::from_json(path, value)?;
+                let weights = match weights {
+                    Some(w) => w,
+                    None => Weights::open(dir, LLAVA_KEY_RENAMES, device, kind)
+                        .with_context(|| format!("loading {}", dir.display()))?,
+                };
+                let model = LlavaForConditionalGeneration::from_weights(&weights, config)
                     .with_context(|| format!("loading {}", dir.display()))?;
                 Ok(Self::Llava(Box::new(model)))
             }

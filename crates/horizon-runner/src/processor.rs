@@ -104,7 +104,7 @@ impl LlavaProcessor {
     pub fn load(dir: &Path, image_token_id: i64, num_image_tokens: usize) -> Result<Self> {
         let tokenizer = load_tokenizer(dir)?;
         let image_config =
-            ClipImageProcessorConfig::from_file(&dir.join("preprocessor_config.json"))?;
+            ClipImageProcessorConfig::from_file(dir.join("preprocessor_config.json"))?;
         let image_token = tokenizer
             .id_to_token(image_token_id as u32)
             .ok_or_else(|| {

@@ -32,13 +32,18 @@ struct Entry {
     disk_name: String,
 }
 
-/// All tensors of a checkpoint directory, mapped but not yet read.
+/// All tensors of a checkpoint directory, mapped but not yet read — or, for benchmarks of
+/// configurations nobody has weights for here (e.g. llava-1.5-7b), random tensors of the requested shapes.
 pub struct Weights {
     dir: PathBuf,
     shards: Vec<Shard>,
     entries: HashMap<String, Entry>,
     device: Device,
     kind: Kind,
+    random: bool,
+    /// When set, every tensor handed out requires grad and is recorded here: the trainable parameters
+    /// of a model built from these weights, in load order.
+    parameters: Option<std::cell::RefCell<Vec<(String, Tensor)>>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -112,7 +117,40 @@ impl Weights {
             entries,
             device,
             kind,
+            random: false,
+            parameters: None,
         })
+    }
+
+    /// Random weights: every requested tensor exists; matrices and embeddings are drawn from
+    /// N(0, 0.02²) (HF's `initializer_range`), norm weights are ones and biases zeros, seeded by `seed`
+    /// and the order of requests. For speed benchmarks and as the initialisation of training.
+    pub fn random(device: Device, kind: Kind, seed: i64) -> Self {
+        tch::manual_seed(seed);
+        Self {
+            dir: PathBuf::from("<random weights>"),
+            shards: Vec::new(),
+            entries: HashMap::new(),
+            device,
+            kind,
+            random: true,
+            parameters: None,
+        }
+    }
+
+    /// Makes every tensor read from now on a trainable parameter (see [`Weights::take_parameters`]).
+    pub fn record_parameters(mut self) -> Self {
+        self.parameters = Some(Default::default());
+        self
+    }
+
+    /// The trainable parameters recorded so far, by module-tree name. Each shares storage (and grad)
+    /// with the tensor the model holds.
+    pub fn take_parameters(&self) -> Vec<(String, Tensor)> {
+        self.parameters
+            .as_ref()
+            .map(|p| std::mem::take(&mut *p.borrow_mut()))
+            .unwrap_or_default()
     }
 
     pub fn device(&self) -> Device {
@@ -124,11 +162,41 @@ impl Weights {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.entries.contains_key(name)
+        self.random || self.entries.contains_key(name)
     }
 
     /// Reads tensor `name` (module-tree name), checks its shape and returns it on the target device/kind.
     pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let t = self.read(name, shape)?;
+        Ok(match &self.parameters {
+            Some(params) => {
+                let t = t.set_requires_grad(true);
+                params
+                    .borrow_mut()
+                    .push((name.to_string(), t.shallow_clone()));
+                t
+            }
+            None => t,
+        })
+    }
+
+    fn read(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        if self.random {
+            let is_norm = name.ends_with("norm.weight")
+                || name.contains("layernorm")
+                || name.contains("layer_norm")
+                || name.contains("layrnorm");
+            let t = if is_norm && name.ends_with(".weight") {
+                Tensor::ones(shape, (self.kind, self.device))
+            } else if name.ends_with(".bias") {
+                Tensor::zeros(shape, (self.kind, self.device))
+            } else {
+                Tensor::randn(shape, (Kind::Float, self.device))
+                    .g_mul_scalar(0.02)
+                    .to_kind(self.kind)
+            };
+            return Ok(t);
+        }
         let t = self.get_any_shape(name)?;
         if t.size() != shape {
             let entry = &self.entries[name];

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 
 use horizon_runner::info::{
-    full_run, naive_variant, sweep_sample, variant_keep_sets, InfoMode, SweepConfig, Variant, WindowGrid,
+    full_run, naive_variant, sweep_sample, variant_keep_sets, InfoMode, SweepConfig, Variant,
+    WindowGrid,
 };
 use horizon_runner::processor::{Processor, PromptTemplate};
 use horizon_runner::VlModel;
@@ -21,7 +22,12 @@ fn engine_equals_naive_procedure() {
     let model = VlModel::load(&model_dir, Device::Cpu, Kind::Float).unwrap();
     let processor = Processor::load(&model_dir, &model).unwrap();
     let inputs = processor
-        .prepare(&model, "What color is the circle?", &dir.join("images/square.png"), PromptTemplate::LlavaHf)
+        .prepare(
+            &model,
+            "What color is the circle?",
+            &dir.join("images/square.png"),
+            PromptTemplate::LlavaHf,
+        )
         .unwrap();
     let full = full_run(&model, &inputs).unwrap();
     let gt = processor_first_token(&model_dir, "red");
@@ -51,8 +57,12 @@ fn engine_equals_naive_procedure() {
                     assert!(r.kl.abs() < 1e-12);
                     continue;
                 }
-                (Variant::TextOnly, Some(k)) => naive_variant(&model, &inputs, &full, target, k, &text_only).unwrap(),
-                (Variant::Window(w), Some(k)) => naive_variant(&model, &inputs, &full, target, k, &windows[w]).unwrap(),
+                (Variant::TextOnly, Some(k)) => {
+                    naive_variant(&model, &inputs, &full, target, k, &text_only).unwrap()
+                }
+                (Variant::Window(w), Some(k)) => {
+                    naive_variant(&model, &inputs, &full, target, k, &windows[w]).unwrap()
+                }
                 other => panic!("unexpected variant {other:?}"),
             };
             for (a, b) in [(r.p, p), (r.logp, lp), (r.kl, kl)] {
@@ -60,7 +70,10 @@ fn engine_equals_naive_procedure() {
             }
         }
         eprintln!("{mode:?} window {window_size}: max |engine - naive| = {max_diff:e}");
-        assert!(max_diff <= 1e-5, "{mode:?}: engine differs from naive by {max_diff}");
+        assert!(
+            max_diff <= 1e-5,
+            "{mode:?}: engine differs from naive by {max_diff}"
+        );
     }
 }
 

@@ -57,8 +57,13 @@ impl ParquetSet {
         for path in paths {
             let builder = builder(&path)?;
             let cols = check_schema(&path, builder.schema(), builder.parquet_schema())?;
-            let num_rows = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
-            files.push(FileInfo { path, cols, num_rows });
+            let num_rows =
+                usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+            files.push(FileInfo {
+                path,
+                cols,
+                num_rows,
+            });
         }
         Ok(ParquetSet {
             files,
@@ -91,8 +96,13 @@ impl ParquetSet {
 
 fn builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
     let file = File::open(path).map_err(|e| anyhow!("{}: cannot open: {e}", path.display()))?;
-    ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| anyhow!("{}: not a readable parquet file: {}", path.display(), one_line(&e.to_string())))
+    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+        anyhow!(
+            "{}: not a readable parquet file: {}",
+            path.display(),
+            one_line(&e.to_string())
+        )
+    })
 }
 
 fn one_line(s: &str) -> String {
@@ -100,25 +110,42 @@ fn one_line(s: &str) -> String {
 }
 
 fn is_string(dt: &DataType) -> bool {
-    matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+    matches!(
+        dt,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    )
 }
 
 fn is_binary(dt: &DataType) -> bool {
-    matches!(dt, DataType::Binary | DataType::LargeBinary | DataType::BinaryView)
+    matches!(
+        dt,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+    )
 }
 
 fn list_item(dt: &DataType) -> Option<&DataType> {
     match dt {
-        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => Some(f.data_type()),
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            Some(f.data_type())
+        }
         _ => None,
     }
 }
 
-fn check_schema(path: &Path, schema: &Schema, pq: &parquet::schema::types::SchemaDescriptor) -> Result<Columns> {
+fn check_schema(
+    path: &Path,
+    schema: &Schema,
+    pq: &parquet::schema::types::SchemaDescriptor,
+) -> Result<Columns> {
     let file = path.display();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     let field = |name: &str| schema.field_with_name(name).ok();
-    let missing = |what: &str| anyhow!("{file}: missing column {what} (columns: {})", names.join(", "));
+    let missing = |what: &str| {
+        anyhow!(
+            "{file}: missing column {what} (columns: {})",
+            names.join(", ")
+        )
+    };
     let wrong = |name: &str, expected: &str, dt: &DataType| {
         anyhow!("{file}: column `{name}`: expected {expected}, found {dt}")
     };
@@ -134,7 +161,9 @@ fn check_schema(path: &Path, schema: &Schema, pq: &parquet::schema::types::Schem
     }
 
     let question = "question".to_string();
-    let dt = field(&question).ok_or_else(|| missing("`question`"))?.data_type();
+    let dt = field(&question)
+        .ok_or_else(|| missing("`question`"))?
+        .data_type();
     if !is_string(dt) {
         return Err(wrong(&question, "string", dt));
     }
@@ -169,8 +198,12 @@ fn check_schema(path: &Path, schema: &Schema, pq: &parquet::schema::types::Schem
             let bytes = fields.iter().find(|f| f.name() == "bytes");
             let path_f = fields.iter().find(|f| f.name() == "path");
             match (bytes, path_f) {
-                (Some(b), p) if is_binary(b.data_type()) && p.is_none_or(|p| is_string(p.data_type())) => {
-                    ImageKind::Struct { has_path: p.is_some() }
+                (Some(b), p)
+                    if is_binary(b.data_type()) && p.is_none_or(|p| is_string(p.data_type())) =>
+                {
+                    ImageKind::Struct {
+                        has_path: p.is_some(),
+                    }
                 }
                 _ => return Err(wrong(&image, "struct<bytes: binary, path: string>", dt)),
             }
@@ -181,17 +214,28 @@ fn check_schema(path: &Path, schema: &Schema, pq: &parquet::schema::types::Schem
 
     // Root column indices in the parquet schema, by name.
     let roots = pq.root_schema().get_fields();
-    let wanted: Vec<&str> = [Some(&id), Some(&question), answer.as_ref(), answers.as_ref(), category.as_ref(), Some(&image)]
-        .into_iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
+    let wanted: Vec<&str> = [
+        Some(&id),
+        Some(&question),
+        answer.as_ref(),
+        answers.as_ref(),
+        category.as_ref(),
+        Some(&image),
+    ]
+    .into_iter()
+    .flatten()
+    .map(String::as_str)
+    .collect();
     let mut projection = Vec::new();
     for name in &wanted {
         let idx = roots
             .iter()
             .position(|t| t.name() == *name)
-            .ok_or_else(|| anyhow!("{file}: column `{name}` is in the arrow schema but not in the parquet schema"))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "{file}: column `{name}` is in the arrow schema but not in the parquet schema"
+                )
+            })?;
         projection.push(idx);
     }
 
@@ -248,13 +292,20 @@ impl Iterator for ParquetStream<'_> {
                 self.next_file += 1;
                 self.row_in_file = 0;
                 let reader = builder(&info.path).and_then(|b| {
-                    let mask = ProjectionMask::roots(b.parquet_schema(), info.cols.projection.iter().copied());
+                    let mask = ProjectionMask::roots(
+                        b.parquet_schema(),
+                        info.cols.projection.iter().copied(),
+                    );
                     let mut b = b.with_projection(mask).with_batch_size(self.set.batch_size);
                     if self.remaining != usize::MAX {
                         b = b.with_limit(self.remaining);
                     }
                     b.build().map_err(|e| {
-                        anyhow!("{}: cannot read: {}", info.path.display(), one_line(&e.to_string()))
+                        anyhow!(
+                            "{}: cannot read: {}",
+                            info.path.display(),
+                            one_line(&e.to_string())
+                        )
                     })
                 });
                 match reader {
@@ -289,10 +340,18 @@ impl Iterator for ParquetStream<'_> {
 }
 
 fn column(batch: &RecordBatch, info: &FileInfo, name: &str, to: &DataType) -> Result<ArrayRef> {
-    let col = batch
-        .column_by_name(name)
-        .ok_or_else(|| anyhow!("{}: column `{name}` missing from a batch", info.path.display()))?;
-    cast(col, to).map_err(|e| anyhow!("{}: column `{name}`: cannot convert to {to}: {e}", info.path.display()))
+    let col = batch.column_by_name(name).ok_or_else(|| {
+        anyhow!(
+            "{}: column `{name}` missing from a batch",
+            info.path.display()
+        )
+    })?;
+    cast(col, to).map_err(|e| {
+        anyhow!(
+            "{}: column `{name}`: cannot convert to {to}: {e}",
+            info.path.display()
+        )
+    })
 }
 
 fn convert_batch(batch: &RecordBatch, info: &FileInfo, first_row: usize) -> Result<Vec<Sample>> {
@@ -304,11 +363,23 @@ fn convert_batch(batch: &RecordBatch, info: &FileInfo, first_row: usize) -> Resu
     let ids = ids.as_string::<i32>();
     let questions = column(batch, info, &cols.question, &DataType::Utf8)?;
     let questions = questions.as_string::<i32>();
-    let answer = cols.answer.as_ref().map(|c| column(batch, info, c, &DataType::Utf8)).transpose()?;
+    let answer = cols
+        .answer
+        .as_ref()
+        .map(|c| column(batch, info, c, &DataType::Utf8))
+        .transpose()?;
     let answer = answer.as_ref().map(|a| a.as_string::<i32>());
-    let answers = cols.answers.as_ref().map(|c| column(batch, info, c, &list_utf8)).transpose()?;
+    let answers = cols
+        .answers
+        .as_ref()
+        .map(|c| column(batch, info, c, &list_utf8))
+        .transpose()?;
     let answers = answers.as_ref().map(|a| a.as_list::<i32>());
-    let category = cols.category.as_ref().map(|c| column(batch, info, c, &DataType::Utf8)).transpose()?;
+    let category = cols
+        .category
+        .as_ref()
+        .map(|c| column(batch, info, c, &DataType::Utf8))
+        .transpose()?;
     let category = category.as_ref().map(|a| a.as_string::<i32>());
 
     let image_col = batch
@@ -319,14 +390,26 @@ fn convert_batch(batch: &RecordBatch, info: &FileInfo, first_row: usize) -> Resu
             ImageKind::Struct { has_path } => {
                 let s = image_col.as_struct();
                 let conv = |name: &str, to: &DataType| {
-                    cast(s.column_by_name(name).unwrap(), to)
-                        .map_err(|e| anyhow!("{file}: column `{}.{name}`: cannot convert to {to}: {e}", cols.image))
+                    cast(s.column_by_name(name).unwrap(), to).map_err(|e| {
+                        anyhow!(
+                            "{file}: column `{}.{name}`: cannot convert to {to}: {e}",
+                            cols.image
+                        )
+                    })
                 };
                 let bytes = conv("bytes", &DataType::Binary)?;
-                let path = if has_path { Some(conv("path", &DataType::Utf8)?) } else { None };
+                let path = if has_path {
+                    Some(conv("path", &DataType::Utf8)?)
+                } else {
+                    None
+                };
                 (Some(image_col.as_ref()), bytes, path)
             }
-            ImageKind::Binary => (None, column(batch, info, &cols.image, &DataType::Binary)?, None),
+            ImageKind::Binary => (
+                None,
+                column(batch, info, &cols.image, &DataType::Binary)?,
+                None,
+            ),
         };
     let image_bytes = image_bytes.as_binary::<i32>();
     let image_path = image_path.as_ref().map(|a| a.as_string::<i32>());
@@ -366,7 +449,11 @@ fn convert_batch(batch: &RecordBatch, info: &FileInfo, first_row: usize) -> Resu
             match image_path.filter(|p| !struct_null && p.is_valid(i) && !p.value(i).is_empty()) {
                 Some(p) => {
                     let rel = Path::new(p.value(i));
-                    let full = if rel.is_absolute() { rel.to_path_buf() } else { base.join(rel) };
+                    let full = if rel.is_absolute() {
+                        rel.to_path_buf()
+                    } else {
+                        base.join(rel)
+                    };
                     if !full.is_file() {
                         bail!(
                             "{file}: row {row} ({} {id}): column `{}` has null bytes and its path {} does not exist",
@@ -377,7 +464,11 @@ fn convert_batch(batch: &RecordBatch, info: &FileInfo, first_row: usize) -> Resu
                     }
                     ImageSource::Path(full)
                 }
-                None => bail!("{file}: row {row} ({} {id}): null image in column `{}`", cols.id, cols.image),
+                None => bail!(
+                    "{file}: row {row} ({} {id}): null image in column `{}`",
+                    cols.id,
+                    cols.image
+                ),
             }
         };
         out.push(Sample {

@@ -22,7 +22,9 @@ fn id_string(v: &Value) -> Option<String> {
 }
 
 /// Answers carried by one JSON object (`answer`, `answers`, `label`); `Err` names the bad field.
-fn answers_of(obj: &serde_json::Map<String, Value>) -> std::result::Result<Option<Vec<String>>, String> {
+fn answers_of(
+    obj: &serde_json::Map<String, Value>,
+) -> std::result::Result<Option<Vec<String>>, String> {
     let scalar = |v: &Value| match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -60,12 +62,15 @@ fn answers_of(obj: &serde_json::Map<String, Value>) -> std::result::Result<Optio
 /// Ground truth: question id -> answer lists in file order.
 fn read_answers(path: &Path) -> Result<HashMap<String, Vec<Vec<String>>>> {
     let file = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow!("{file}: cannot read answers file: {e}"))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("{file}: cannot read answers file: {e}"))?;
     // Whole-file JSON (array, or object with `data`), else jsonl.
     let entries: Vec<(usize, Value)> = match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Array(items)) => items.into_iter().enumerate().map(|(i, v)| (i, v)).collect(),
+        Ok(Value::Array(items)) => items.into_iter().enumerate().collect(),
         Ok(Value::Object(mut o)) if o.contains_key("data") => match o.remove("data") {
-            Some(Value::Array(items)) => items.into_iter().enumerate().map(|(i, v)| (i, v)).collect(),
+            Some(Value::Array(items)) => {
+                items.into_iter().enumerate().collect()
+            }
             _ => bail!("{file}: answers file field `data` is not an array"),
         },
         _ => {
@@ -92,7 +97,9 @@ fn read_answers(path: &Path) -> Result<HashMap<String, Vec<Vec<String>>>> {
             .ok_or_else(|| anyhow!("{file}: entry {n}: missing or bad `question_id`"))?;
         let answers = answers_of(&o)
             .map_err(|e| anyhow!("{file}: entry {n} (question_id {id}): {e}"))?
-            .ok_or_else(|| anyhow!("{file}: entry {n} (question_id {id}): no `answer`, `answers` or `label`"))?;
+            .ok_or_else(|| {
+                anyhow!("{file}: entry {n} (question_id {id}): no `answer`, `answers` or `label`")
+            })?;
         map.entry(id).or_default().push(answers);
     }
     Ok(map)
@@ -101,13 +108,17 @@ fn read_answers(path: &Path) -> Result<HashMap<String, Vec<Vec<String>>>> {
 impl JsonlSet {
     pub(super) fn open(path: &Path, opts: &OpenOptions) -> Result<Self> {
         let file = path.display();
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow!("{file}: cannot read: {e}"))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| anyhow!("{file}: cannot read: {e}"))?;
         let image_dir = match &opts.image_dir {
             Some(d) => d.clone(),
             None => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
         };
         if !image_dir.is_dir() {
-            bail!("{}: image folder not found (for {file})", image_dir.display());
+            bail!(
+                "{}: image folder not found (for {file})",
+                image_dir.display()
+            );
         }
         let answers = opts.answers.as_deref().map(read_answers).transpose()?;
         let mut seen: HashMap<String, usize> = HashMap::new();
@@ -121,14 +132,16 @@ impl JsonlSet {
             if line.trim().is_empty() {
                 continue;
             }
-            let v: Value = serde_json::from_str(line).map_err(|e| anyhow!("{file}:{ln}: invalid JSON: {e}"))?;
+            let v: Value = serde_json::from_str(line)
+                .map_err(|e| anyhow!("{file}:{ln}: invalid JSON: {e}"))?;
             let Value::Object(o) = v else {
                 bail!("{file}:{ln}: not a JSON object");
             };
             let id = match o.get("question_id") {
                 None | Some(Value::Null) => bail!("{file}:{ln}: missing `question_id`"),
-                Some(v) => id_string(v)
-                    .ok_or_else(|| anyhow!("{file}:{ln}: `question_id` must be a string or integer"))?,
+                Some(v) => id_string(v).ok_or_else(|| {
+                    anyhow!("{file}:{ln}: `question_id` must be a string or integer")
+                })?,
             };
             let question = match o.get("text").or_else(|| o.get("question")) {
                 Some(Value::String(s)) => s.clone(),
@@ -137,12 +150,19 @@ impl JsonlSet {
             };
             let image = match o.get("image") {
                 Some(Value::String(s)) if !s.is_empty() => s.clone(),
-                None | Some(Value::Null) => bail!("{file}:{ln} (question_id {id}): null or missing `image`"),
-                Some(_) => bail!("{file}:{ln} (question_id {id}): `image` must be a non-empty string"),
+                None | Some(Value::Null) => {
+                    bail!("{file}:{ln} (question_id {id}): null or missing `image`")
+                }
+                Some(_) => {
+                    bail!("{file}:{ln} (question_id {id}): `image` must be a non-empty string")
+                }
             };
             let image_path = image_dir.join(&image);
             if !image_path.is_file() {
-                bail!("{file}:{ln} (question_id {id}): image {} not found", image_path.display());
+                bail!(
+                    "{file}:{ln} (question_id {id}): image {} not found",
+                    image_path.display()
+                );
             }
             let category = match o.get("category") {
                 Some(Value::String(s)) => s.clone(),

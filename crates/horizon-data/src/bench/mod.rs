@@ -47,8 +47,8 @@
 //! missing image file) is an [`anyhow::Error`] whose message is one line naming the file and the column or
 //! row (`file: column `x`: ...`, `file: row 12 (question_id 7): ...`, `file:3: ...` for jsonl lines).
 
-mod jsonl;
 mod hf;
+mod jsonl;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -271,7 +271,8 @@ enum Detected {
 }
 
 fn detect(path: &Path) -> Result<Detected> {
-    let meta = std::fs::metadata(path).map_err(|e| anyhow!("{}: cannot open: {e}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| anyhow!("{}: cannot open: {e}", path.display()))?;
     if meta.is_dir() {
         let mut parquet = Vec::new();
         collect_files(path, "parquet", 4, &mut parquet)
@@ -292,7 +293,11 @@ fn detect(path: &Path) -> Result<Detected> {
             ),
         };
     }
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match ext.as_str() {
         "parquet" => return Ok(Detected::Parquet(vec![path.to_path_buf()])),
         "jsonl" | "json" => return Ok(Detected::Jsonl(path.to_path_buf())),
@@ -302,8 +307,10 @@ fn detect(path: &Path) -> Result<Detected> {
     let mut head = [0u8; 4];
     let n = {
         use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(|e| anyhow!("{}: cannot open: {e}", path.display()))?;
-        f.read(&mut head).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?
+        let mut f = std::fs::File::open(path)
+            .map_err(|e| anyhow!("{}: cannot open: {e}", path.display()))?;
+        f.read(&mut head)
+            .map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?
     };
     if n == 4 && &head == b"PAR1" {
         Ok(Detected::Parquet(vec![path.to_path_buf()]))
@@ -318,7 +325,12 @@ fn detect(path: &Path) -> Result<Detected> {
 }
 
 /// Files with extension `ext` under `dir`, descending at most `depth` levels; hidden entries skipped.
-fn collect_files(dir: &Path, ext: &str, depth: usize, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+fn collect_files(
+    dir: &Path,
+    ext: &str,
+    depth: usize,
+    out: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
@@ -331,7 +343,11 @@ fn collect_files(dir: &Path, ext: &str, depth: usize, out: &mut Vec<PathBuf>) ->
             if depth > 0 {
                 collect_files(&p, ext, depth - 1, out)?;
             }
-        } else if p.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case(ext)) {
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case(ext))
+        {
             out.push(p);
         }
     }

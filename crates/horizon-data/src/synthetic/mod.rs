@@ -110,7 +110,9 @@ impl Category {
     /// Coarse or fine.
     pub fn kind(self) -> TaskKind {
         match self {
-            Category::ShapeColor | Category::ShapeExists | Category::CountCircles => TaskKind::Coarse,
+            Category::ShapeColor | Category::ShapeExists | Category::CountCircles => {
+                TaskKind::Coarse
+            }
             Category::ReadText | Category::BoxedChar => TaskKind::Fine,
         }
     }
@@ -245,8 +247,14 @@ impl Rect {
             return Vec::new();
         }
         let per_row = image_size.div_ceil(patch);
-        let (c0, c1) = (self.x / patch, ((self.x + self.w - 1) / patch).min(per_row - 1));
-        let (r0, r1) = (self.y / patch, ((self.y + self.h - 1) / patch).min(per_row - 1));
+        let (c0, c1) = (
+            self.x / patch,
+            ((self.x + self.w - 1) / patch).min(per_row - 1),
+        );
+        let (r0, r1) = (
+            self.y / patch,
+            ((self.y + self.h - 1) / patch).min(per_row - 1),
+        );
         let mut out = Vec::new();
         for r in r0..=r1 {
             for c in c0..=c1 {
@@ -414,7 +422,10 @@ impl GenConfig {
     /// Checks that every category can be generated.
     pub fn validate(&self) -> Result<()> {
         if self.image_size < 24 {
-            bail!("synthetic: image_size {} is below the minimum of 24", self.image_size);
+            bail!(
+                "synthetic: image_size {} is below the minimum of 24",
+                self.image_size
+            );
         }
         if self.min_glyphs == 0 || self.min_glyphs > self.max_glyphs {
             bail!(
@@ -435,10 +446,16 @@ impl GenConfig {
             bail!("synthetic: max_glyph_scale must be at least 1");
         }
         if !(1..=7).contains(&self.max_circles) {
-            bail!("synthetic: max_circles {} is outside 1..=7", self.max_circles);
+            bail!(
+                "synthetic: max_circles {} is outside 1..=7",
+                self.max_circles
+            );
         }
         if !(0.0..=1.0).contains(&self.noise_prob) {
-            bail!("synthetic: noise_prob {} is outside [0, 1]", self.noise_prob);
+            bail!(
+                "synthetic: noise_prob {} is outside [0, 1]",
+                self.noise_prob
+            );
         }
         if self.categories.is_empty() {
             bail!("synthetic: no categories");
@@ -572,7 +589,8 @@ fn shapes_task(cfg: &GenConfig, category: Category, rng: &mut ChaCha8Rng) -> Tas
         Category::ShapeExists => {
             asked = *ShapeKind::ALL.choose(rng).unwrap();
             let present = rng.gen_bool(0.5);
-            let others: Vec<ShapeKind> = ShapeKind::ALL.into_iter().filter(|k| *k != asked).collect();
+            let others: Vec<ShapeKind> =
+                ShapeKind::ALL.into_iter().filter(|k| *k != asked).collect();
             let n_other = rng.gen_range(if present { 0 } else { 1 }..=3);
             kinds = (0..n_other).map(|_| *others.choose(rng).unwrap()).collect();
             if present {
@@ -588,7 +606,11 @@ fn shapes_task(cfg: &GenConfig, category: Category, rng: &mut ChaCha8Rng) -> Tas
             let count = rng.gen_range(1..=cfg.max_circles);
             let n_other = rng.gen_range(0..=2.min(9 - count));
             kinds = vec![ShapeKind::Circle; count];
-            kinds.extend((0..n_other).map(|_| *[ShapeKind::Square, ShapeKind::Triangle].choose(rng).unwrap()));
+            kinds.extend((0..n_other).map(|_| {
+                *[ShapeKind::Square, ShapeKind::Triangle]
+                    .choose(rng)
+                    .unwrap()
+            }));
             kinds.shuffle(rng);
             colors = kinds.iter().map(|_| random_color(rng)).collect();
             question = "How many circles are there in the image?".to_string();
@@ -615,7 +637,11 @@ fn shapes_task(cfg: &GenConfig, category: Category, rng: &mut ChaCha8Rng) -> Tas
     let evidence = match category {
         Category::ShapeColor => vec![shapes[target.unwrap()].bbox],
         // `asked` is Circle for count_circles.
-        _ => shapes.iter().filter(|s| s.kind == asked).map(|s| s.bbox).collect(),
+        _ => shapes
+            .iter()
+            .filter(|s| s.kind == asked)
+            .map(|s| s.bbox)
+            .collect(),
     };
     let meta = SampleMeta {
         image_size: cfg.image_size,
@@ -633,7 +659,11 @@ fn shapes_task(cfg: &GenConfig, category: Category, rng: &mut ChaCha8Rng) -> Tas
 /// Background and glyph colours with strong contrast: light grey background and dark glyphs, or the reverse.
 fn text_colors(rng: &mut ChaCha8Rng) -> ([u8; 3], [u8; 3]) {
     let light = rng.gen_bool(0.5);
-    let (bg_range, fg_range) = if light { (185..=255u8, 0..=70u8) } else { (0..=70u8, 185..=255u8) };
+    let (bg_range, fg_range) = if light {
+        (185..=255u8, 0..=70u8)
+    } else {
+        (0..=70u8, 185..=255u8)
+    };
     let g = rng.gen_range(bg_range);
     let fg = [
         rng.gen_range(fg_range.clone()),
@@ -656,7 +686,10 @@ fn read_text(cfg: &GenConfig, rng: &mut ChaCha8Rng) -> Task {
     let (bg, fg) = text_colors(rng);
     let (mut img, noise) = background(cfg, rng, bg);
     let fits = |s: u32| text_width(n, s) + 2 <= size && GLYPH_H * s + 2 <= size;
-    let smax = (1..=cfg.max_glyph_scale).rev().find(|&s| fits(s)).unwrap_or(1);
+    let smax = (1..=cfg.max_glyph_scale)
+        .rev()
+        .find(|&s| fits(s))
+        .unwrap_or(1);
     let scale = rng.gen_range(1..=smax);
     let (w, h) = (text_width(n, scale), GLYPH_H * scale);
     let x0 = rng.gen_range(1..=size - 1 - w);
@@ -666,7 +699,12 @@ fn read_text(cfg: &GenConfig, rng: &mut ChaCha8Rng) -> Task {
         .enumerate()
         .map(|(i, &ch)| GlyphInfo {
             ch,
-            bbox: Rect::new(x0 + i as u32 * (GLYPH_W + 1) * scale, y0, GLYPH_W * scale, h),
+            bbox: Rect::new(
+                x0 + i as u32 * (GLYPH_W + 1) * scale,
+                y0,
+                GLYPH_W * scale,
+                h,
+            ),
             scale,
             rgb: fg,
         })
@@ -685,7 +723,12 @@ fn read_text(cfg: &GenConfig, rng: &mut ChaCha8Rng) -> Task {
         red_box: None,
         target: None,
     };
-    ("What is the text in the image?".to_string(), answer, meta, img)
+    (
+        "What is the text in the image?".to_string(),
+        answer,
+        meta,
+        img,
+    )
 }
 
 /// Glyph cell of `boxed_char`: the glyph, a 3 px frame (1 px gap, the 1 px box, 1 px clearance) and 2 px of
@@ -709,7 +752,10 @@ fn boxed_char(cfg: &GenConfig, rng: &mut ChaCha8Rng) -> Task {
         let (gx, gy) = boxed_grid(size, s);
         (gx * gy) as usize >= n
     };
-    let smax = (1..=cfg.max_glyph_scale).rev().find(|&s| fits(s)).unwrap_or(1);
+    let smax = (1..=cfg.max_glyph_scale)
+        .rev()
+        .find(|&s| fits(s))
+        .unwrap_or(1);
     let scale = rng.gen_range(1..=smax);
     let (cw, chh) = boxed_cell(scale);
     let (gx, gy) = boxed_grid(size, scale);

@@ -54,7 +54,12 @@ pub fn draw_glyph(img: &mut RgbImage, ch: char, x: u32, y: u32, scale: u32, rgb:
             if glyph_pixel(ch, col, row) {
                 for dy in 0..scale {
                     for dx in 0..scale {
-                        put(img, (x + col * scale + dx) as i64, (y + row * scale + dy) as i64, rgb);
+                        put(
+                            img,
+                            (x + col * scale + dx) as i64,
+                            (y + row * scale + dy) as i64,
+                            rgb,
+                        );
                     }
                 }
             }

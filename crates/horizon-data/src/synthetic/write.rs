@@ -22,7 +22,12 @@ const ROW_GROUP: usize = 256;
 pub fn encode_png(img: &RgbImage) -> Vec<u8> {
     let mut buf = Vec::new();
     image::codecs::png::PngEncoder::new(&mut buf)
-        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
         .expect("PNG encoding into memory cannot fail");
     buf
 }
@@ -103,7 +108,8 @@ pub fn write_parquet(path: impl AsRef<Path>, samples: &[SynthSample]) -> Result<
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("{}: cannot create folder", dir.display()))?;
     let name = path
         .file_name()
         .ok_or_else(|| anyhow!("{}: not a file path", path.display()))?
@@ -113,8 +119,13 @@ pub fn write_parquet(path: impl AsRef<Path>, samples: &[SynthSample]) -> Result<
         .map_or(0, |d| d.subsec_nanos());
     let tmp = dir.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
     let result = write_to(&tmp, samples).and_then(|()| {
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("{}: cannot rename {} into place", path.display(), tmp.display()))
+        std::fs::rename(&tmp, path).with_context(|| {
+            format!(
+                "{}: cannot rename {} into place",
+                path.display(),
+                tmp.display()
+            )
+        })
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -127,7 +138,10 @@ fn write_to(tmp: &Path, samples: &[SynthSample]) -> Result<()> {
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP))
-        .set_key_value_metadata(Some(vec![KeyValue::new("huggingface".to_string(), hf_metadata())]))
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            "huggingface".to_string(),
+            hf_metadata(),
+        )]))
         .build();
     let mut writer = ArrowWriter::try_new(file, schema(), Some(props))
         .with_context(|| format!("{}: cannot start parquet writer", tmp.display()))?;
@@ -139,12 +153,18 @@ fn write_to(tmp: &Path, samples: &[SynthSample]) -> Result<()> {
     let file = writer
         .into_inner()
         .with_context(|| format!("{}: cannot finish parquet file", tmp.display()))?;
-    file.sync_all().with_context(|| format!("{}: cannot sync", tmp.display()))?;
+    file.sync_all()
+        .with_context(|| format!("{}: cannot sync", tmp.display()))?;
     Ok(())
 }
 
 /// Generates a split ([`super::generate_split`]) and writes it to `path`; returns the number of rows.
-pub fn write_split(path: impl AsRef<Path>, cfg: &GenConfig, per_category: usize, seed: u64) -> Result<usize> {
+pub fn write_split(
+    path: impl AsRef<Path>,
+    cfg: &GenConfig,
+    per_category: usize,
+    seed: u64,
+) -> Result<usize> {
     let samples = super::generate_split(cfg, per_category, seed)?;
     write_parquet(path, &samples)?;
     Ok(samples.len())
@@ -168,7 +188,9 @@ pub fn read_meta(path: impl AsRef<Path>) -> Result<Vec<(String, SampleMeta)>> {
     for name in ["question_id", "meta"] {
         let dt = builder.schema().field_with_name(name)?.data_type().clone();
         if dt != DataType::Utf8 {
-            return Err(anyhow!("{file_name}: column `{name}`: expected Utf8, found {dt}"));
+            return Err(anyhow!(
+                "{file_name}: column `{name}`: expected Utf8, found {dt}"
+            ));
         }
     }
     let mask = ProjectionMask::roots(builder.parquet_schema(), [id_idx, meta_idx]);
@@ -179,7 +201,10 @@ pub fn read_meta(path: impl AsRef<Path>) -> Result<Vec<(String, SampleMeta)>> {
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| anyhow!("{file_name}: cannot read rows: {e}"))?;
-        let ids = batch.column_by_name("question_id").unwrap().as_string::<i32>();
+        let ids = batch
+            .column_by_name("question_id")
+            .unwrap()
+            .as_string::<i32>();
         let metas = batch.column_by_name("meta").unwrap().as_string::<i32>();
         for i in 0..batch.num_rows() {
             let row = out.len();

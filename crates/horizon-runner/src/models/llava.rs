@@ -197,24 +197,31 @@ pub struct LlavaForConditionalGeneration {
 
 impl LlavaForConditionalGeneration {
     pub fn load(dir: &Path, config: LlavaConfig, device: Device, kind: Kind) -> Result<Self> {
-        let w = Weights::open(dir, LLAVA_KEY_RENAMES, device, kind)?;
+        Self::from_weights(
+            &Weights::open(dir, LLAVA_KEY_RENAMES, device, kind)?,
+            config,
+        )
+    }
+
+    /// Builds the model from `w` (a checkpoint, or random weights for benchmarks).
+    pub fn from_weights(w: &Weights, config: LlavaConfig) -> Result<Self> {
         let feature_indices = config.feature_indices()?;
         let clip_layers = *feature_indices
             .iter()
             .max()
             .expect("at least one feature layer");
         let vision_tower = ClipVisionModel::load(
-            &w,
+            w,
             "model.vision_tower.vision_model",
             &config.vision_config,
             clip_layers,
         )?;
         let multi_modal_projector =
-            LlavaMultiModalProjector::load(&w, "model.multi_modal_projector", &config)?;
-        let language_model = LlamaModel::load(&w, "model.language_model", &config.text_config)?;
+            LlavaMultiModalProjector::load(w, "model.multi_modal_projector", &config)?;
+        let language_model = LlamaModel::load(w, "model.language_model", &config.text_config)?;
         let tc = &config.text_config;
         let lm_head = if w.contains("lm_head.weight") || !config.tie_word_embeddings {
-            Linear::load(&w, "lm_head", tc.hidden_size, tc.vocab_size, false)?
+            Linear::load(w, "lm_head", tc.hidden_size, tc.vocab_size, false)?
         } else {
             Linear {
                 weight: language_model.embed_tokens.shallow_clone(),

@@ -1,0 +1,182 @@
+//! `horizon synth`, `horizon train` and `horizon eval`: the bundled benchmark and small models.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use horizon_data::bench::{self, OpenOptions};
+use horizon_data::imageproc::to_rgb_like_pil;
+use horizon_data::synthetic::{self, GenConfig};
+use horizon_runner::device::parse_device;
+use horizon_runner::generate::{generate_greedy, GenerationConfig};
+use horizon_runner::train::{train, SmallModelSpec, TrainConfig};
+use horizon_runner::Intervention;
+
+use crate::{load_model, ModelOptions};
+
+#[derive(Args)]
+pub struct SynthArgs {
+    /// Output parquet file (HF-parquet layout of lmms-lab benchmarks).
+    #[arg(long)]
+    out: PathBuf,
+    /// Samples per category.
+    #[arg(long, default_value_t = 200)]
+    per_category: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 64)]
+    image_size: u32,
+    /// Glyphs per text-reading sample: 1 to this many.
+    #[arg(long, default_value_t = 3)]
+    max_glyphs: usize,
+}
+
+pub fn synth(args: &SynthArgs) -> Result<()> {
+    let cfg = GenConfig::default()
+        .with_image_size(args.image_size)
+        .with_glyphs(1, args.max_glyphs);
+    let n = synthetic::write_split(&args.out, &cfg, args.per_category, args.seed)?;
+    eprintln!("wrote {n} samples to {}", args.out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Model size: small or large.
+    #[arg(long, default_value = "large")]
+    size: String,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 6000)]
+    steps: usize,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Peak learning rate (warm-up, then cosine decay to 5%).
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run directory: checkpoint/ and state.json (a rerun resumes), model/ at the end.
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Intra-op threads of libtorch (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Checkpoint every this many steps.
+    #[arg(long, default_value_t = 200)]
+    checkpoint_every: usize,
+}
+
+pub fn run_train(args: &TrainArgs) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t);
+    }
+    let mut cfg = TrainConfig::new(SmallModelSpec::by_name(&args.size)?, args.steps, args.seed);
+    cfg.batch_size = args.batch_size;
+    cfg.lr = args.lr;
+    cfg.checkpoint_every = args.checkpoint_every;
+    let bar = ProgressBar::new(args.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} steps  {elapsed} elapsed, eta {eta}  {msg}",
+        )
+        .expect("valid template"),
+    );
+    let mut avg = None::<f64>;
+    let dir = train(&cfg, &args.run_dir, device, |step, loss, lr| {
+        let a = avg.map_or(loss, |a| 0.98 * a + 0.02 * loss);
+        avg = Some(a);
+        bar.set_position(step as u64 + 1);
+        bar.set_message(format!("loss {a:.4}  lr {lr:.2e}"));
+    })?;
+    bar.finish();
+    eprintln!("model written to {}", dir.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelOptions,
+    /// Benchmark (HF parquet or LLaVA jsonl, as for `horizon info`).
+    #[arg(long)]
+    bench: PathBuf,
+    #[arg(long)]
+    image_dir: Option<PathBuf>,
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 8)]
+    max_new_tokens: usize,
+    /// Also write per-category accuracy as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Exact match after trimming and lower-casing (the synthetic answers are single words or glyph strings).
+fn normalize(s: &str) -> String {
+    s.trim().trim_end_matches('.').to_lowercase()
+}
+
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    let (model, processor) = load_model(&args.model)?;
+    let opts = OpenOptions {
+        image_dir: args.image_dir.clone(),
+        limit: args.limit,
+        ..OpenOptions::default()
+    };
+    let benchmark = bench::open(&args.bench, &opts)?;
+    let gen = GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        eos_token_ids: processor.eos_token_ids().to_vec(),
+    };
+    let bar = ProgressBar::new(benchmark.len() as u64);
+    let mut per_cat: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for sample in benchmark.iter() {
+        let sample = sample?;
+        let image = to_rgb_like_pil(
+            sample
+                .image
+                .decode()
+                .with_context(|| format!("sample {}", sample.id))?,
+        );
+        let inputs =
+            processor.prepare_image(&model, &sample.question, &image, args.model.template)?;
+        let ids = generate_greedy(&model, &inputs, &Intervention::none(), &gen)?;
+        let answer = processor.decode(&ids)?;
+        let e = per_cat.entry(sample.category.clone()).or_default();
+        e.1 += 1;
+        if sample
+            .answers
+            .iter()
+            .any(|a| normalize(a) == normalize(&answer))
+        {
+            e.0 += 1;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!("| category | correct | total | accuracy |");
+    println!("|---|---|---|---|");
+    for (cat, (ok, n)) in &per_cat {
+        println!(
+            "| {cat} | {ok} | {n} | {:.1}% |",
+            100.0 * *ok as f64 / (*n).max(1) as f64
+        );
+    }
+    if let Some(path) = &args.json {
+        let v: serde_json::Value = per_cat
+            .iter()
+            .map(|(c, (ok, n))| (c.clone(), serde_json::json!({"correct": ok, "total": n})))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        std::fs::write(path, serde_json::to_string_pretty(&v)?)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(())
+}

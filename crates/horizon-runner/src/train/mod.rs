@@ -1,0 +1,585 @@
+//! Training the bundled small LLaVA-format models from scratch on the synthetic benchmark.
+//!
+//! No special-cased model code: the trainer builds the same [`LlavaForConditionalGeneration`] the
+//! runner loads, from [`Weights`] that record every tensor as a trainable parameter, and exports a
+//! llava-hf checkpoint directory (legacy weight names, sparse `config.json`, `tokenizer.json`,
+//! `preprocessor_config.json`) that the public loader and HF `LlavaForConditionalGeneration` read.
+//!
+//! Long runs checkpoint atomically (weights, AdamW moments, step) and resume exactly where they stopped.
+
+pub mod tokenizer;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+use horizon_data::imageproc::{clip_preprocess, ClipImageProcessorConfig, ResampleOrder};
+use horizon_data::synthetic::{self, Category, GenConfig, SynthSample};
+
+use crate::intervention::Intervention;
+use crate::models::llava::{LlavaConfig, LlavaForConditionalGeneration, LLAVA_KEY_RENAMES};
+use crate::weights::Weights;
+
+/// Architecture of a small model (CLIP-style ViT + 2-layer GELU projector + Llama decoder).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SmallModelSpec {
+    pub image_size: i64,
+    pub patch_size: i64,
+    pub vision_hidden: i64,
+    pub vision_layers: i64,
+    pub vision_heads: i64,
+    pub vision_intermediate: i64,
+    pub text_hidden: i64,
+    pub text_layers: i64,
+    pub text_heads: i64,
+    pub text_kv_heads: i64,
+    pub text_intermediate: i64,
+}
+
+impl SmallModelSpec {
+    /// The larger bundled model.
+    pub fn large() -> Self {
+        Self {
+            image_size: 64,
+            patch_size: 8,
+            vision_hidden: 128,
+            vision_layers: 4,
+            vision_heads: 4,
+            vision_intermediate: 384,
+            text_hidden: 160,
+            text_layers: 12,
+            text_heads: 5,
+            text_kv_heads: 5,
+            text_intermediate: 384,
+        }
+    }
+
+    /// The smaller bundled model (the weaker row of model-versus-model comparisons).
+    pub fn small() -> Self {
+        Self {
+            vision_hidden: 96,
+            vision_layers: 3,
+            vision_heads: 4,
+            vision_intermediate: 256,
+            text_hidden: 96,
+            text_layers: 8,
+            text_heads: 4,
+            text_kv_heads: 2,
+            text_intermediate: 256,
+            ..Self::large()
+        }
+    }
+
+    pub fn by_name(name: &str) -> Result<Self> {
+        match name {
+            "large" => Ok(Self::large()),
+            "small" => Ok(Self::small()),
+            other => bail!("--size: '{other}' is not one of small, large"),
+        }
+    }
+
+    /// `config.json` in the llava-hf layout. The vision feature layer is the last CLIP layer (-1):
+    /// a from-scratch tower has no reason to keep an unused final layer.
+    pub fn config_json(&self, vocab_size: i64) -> serde_json::Value {
+        json!({
+            "architectures": ["LlavaForConditionalGeneration"],
+            "model_type": "llava",
+            "image_token_index": tokenizer::IMAGE.1,
+            "pad_token_id": tokenizer::PAD.1,
+            "projector_hidden_act": "gelu",
+            "vision_feature_layer": -1,
+            "vision_feature_select_strategy": "default",
+            "image_seq_length": (self.image_size / self.patch_size).pow(2),
+            "tie_word_embeddings": false,
+            "torch_dtype": "float32",
+            "vocab_size": vocab_size,
+            "text_config": {
+                "model_type": "llama",
+                "hidden_size": self.text_hidden,
+                "intermediate_size": self.text_intermediate,
+                "num_hidden_layers": self.text_layers,
+                "num_attention_heads": self.text_heads,
+                "num_key_value_heads": self.text_kv_heads,
+                "max_position_embeddings": 512,
+                "rms_norm_eps": 1e-5,
+                "rope_theta": 10000.0,
+                "vocab_size": vocab_size,
+                "bos_token_id": tokenizer::BOS.1,
+                "eos_token_id": tokenizer::EOS.1,
+                "pad_token_id": tokenizer::PAD.1,
+                "tie_word_embeddings": false,
+            },
+            "vision_config": {
+                "model_type": "clip_vision_model",
+                "hidden_size": self.vision_hidden,
+                "intermediate_size": self.vision_intermediate,
+                "num_hidden_layers": self.vision_layers,
+                "num_attention_heads": self.vision_heads,
+                "image_size": self.image_size,
+                "patch_size": self.patch_size,
+                "projection_dim": self.vision_hidden,
+                "hidden_act": "quick_gelu",
+            },
+        })
+    }
+}
+
+/// Settings of one training run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    pub spec: SmallModelSpec,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    pub grad_clip: f64,
+    pub seed: u64,
+    /// Glyph count of the text-reading tasks ramps from 1 to `max_glyphs` over this fraction of steps.
+    pub curriculum_fraction: f64,
+    pub max_glyphs: usize,
+    /// Sampling weight of the fine (text-reading) categories relative to the coarse ones.
+    pub fine_weight: f64,
+    pub checkpoint_every: usize,
+}
+
+impl TrainConfig {
+    pub fn new(spec: SmallModelSpec, steps: usize, seed: u64) -> Self {
+        Self {
+            spec,
+            steps,
+            batch_size: 32,
+            lr: 2e-3,
+            warmup_steps: 200,
+            weight_decay: 0.01,
+            grad_clip: 1.0,
+            seed,
+            curriculum_fraction: 0.5,
+            max_glyphs: 3,
+            fine_weight: 2.0,
+            checkpoint_every: 200,
+        }
+    }
+
+    /// Warm-up then cosine decay to 5% of the peak.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let t = (step - self.warmup_steps) as f64 / (self.steps - self.warmup_steps).max(1) as f64;
+        self.lr * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos()))
+    }
+
+    /// The curriculum: how many glyphs text-reading samples may have at `step`.
+    pub fn glyphs_at(&self, step: usize) -> usize {
+        let ramp = (self.steps as f64 * self.curriculum_fraction).max(1.0);
+        let g = 1 + ((self.max_glyphs - 1) as f64 * (step as f64 / ramp)).floor() as usize;
+        g.min(self.max_glyphs)
+    }
+}
+
+/// The prompt the bundled models are trained and evaluated with (the llava-hf chat template).
+pub fn prompt_text(question: &str) -> String {
+    format!("USER: <image>\n{question} ASSISTANT:")
+}
+
+/// The vocabulary covers every prompt and answer the generator can produce: questions and answers of
+/// many samples per category, and each glyph as a first and as a later character.
+fn build_vocab_tokenizer(gen: &GenConfig, seed: u64) -> Result<tokenizers::Tokenizer> {
+    let mut texts: Vec<String> = vec!["USER: ".into()];
+    for cat in Category::ALL {
+        for i in 0..400 {
+            let s = synthetic::generate(gen, cat, seed ^ 0x70c, i)?;
+            texts.push(format!("\n{} ASSISTANT: {}", s.question, s.answer));
+            texts.push(s.answer.clone());
+        }
+    }
+    for c in synthetic::font::ALPHABET.chars() {
+        texts.push(format!("{c}{c}"));
+    }
+    tokenizer::build_tokenizer(texts.iter().map(String::as_str))
+}
+
+/// One training example, tokenized.
+struct Example {
+    ids: Vec<i64>,
+    /// Index of the first answer token in `ids`.
+    answer_start: usize,
+    pixels: Vec<f32>,
+}
+
+fn encode_example(
+    tok: &tokenizers::Tokenizer,
+    image_proc: &ClipImageProcessorConfig,
+    num_image_tokens: usize,
+    s: &SynthSample,
+) -> Result<Example> {
+    let prompt =
+        prompt_text(&s.question).replacen("<image>", &"<image>".repeat(num_image_tokens), 1);
+    let mut ids: Vec<i64> = tok
+        .encode(prompt, true)
+        .map_err(|e| anyhow!("tokenizing a prompt: {e}"))?
+        .get_ids()
+        .iter()
+        .map(|&i| i as i64)
+        .collect();
+    let answer_start = ids.len();
+    let answer = tok
+        .encode(s.answer.as_str(), false)
+        .map_err(|e| anyhow!("tokenizing an answer: {e}"))?;
+    if answer.get_ids().contains(&tokenizer::UNK.1) {
+        bail!("answer {:?} has a token outside the vocabulary", s.answer);
+    }
+    ids.extend(answer.get_ids().iter().map(|&i| i as i64));
+    ids.push(tokenizer::EOS.1 as i64);
+    let pv = clip_preprocess(&s.image, image_proc, ResampleOrder::Pillow12)?;
+    Ok(Example {
+        ids,
+        answer_start,
+        pixels: pv.data,
+    })
+}
+
+fn image_processor_json(spec: &SmallModelSpec) -> serde_json::Value {
+    json!({
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": true, "size": {"shortest_edge": spec.image_size},
+        "resample": 3, "do_center_crop": true,
+        "crop_size": {"height": spec.image_size, "width": spec.image_size},
+        "do_rescale": true, "rescale_factor": 1.0 / 255.0, "do_normalize": true,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "do_convert_rgb": true,
+    })
+}
+
+/// Progress of a run, persisted with each checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub step: usize,
+    pub config: TrainConfig,
+    pub losses: Vec<(usize, f64)>,
+    pub elapsed_s: f64,
+}
+
+/// Writes a llava-hf checkpoint directory for `params` (module-tree names) at `dir`, atomically.
+fn write_model_dir(
+    dir: &Path,
+    config: &serde_json::Value,
+    tok: &tokenizers::Tokenizer,
+    spec: &SmallModelSpec,
+    params: &[(String, Tensor)],
+    extra: &[(&str, &Tensor)],
+) -> Result<()> {
+    let tmp = dir.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    let write_json = |name: &str, v: &serde_json::Value| -> Result<()> {
+        std::fs::write(tmp.join(name), serde_json::to_string_pretty(v)? + "\n")
+            .with_context(|| format!("{}: cannot write", tmp.join(name).display()))
+    };
+    write_json("config.json", config)?;
+    write_json("preprocessor_config.json", &image_processor_json(spec))?;
+    write_json(
+        "generation_config.json",
+        &json!({"bos_token_id": tokenizer::BOS.1, "eos_token_id": tokenizer::EOS.1,
+                "pad_token_id": tokenizer::PAD.1, "do_sample": false}),
+    )?;
+    write_json(
+        "tokenizer_config.json",
+        &json!({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+                "unk_token": "<unk>", "pad_token": "<pad>", "model_max_length": 512,
+                "clean_up_tokenization_spaces": false}),
+    )?;
+    tok.save(tmp.join("tokenizer.json"), true)
+        .map_err(|e| anyhow!("writing tokenizer.json: {e}"))?;
+    // Published llava-hf names on disk, as the loader and HF expect.
+    let mut named: Vec<(String, Tensor)> = params
+        .iter()
+        .map(|(n, t)| {
+            (
+                to_disk_name(n),
+                t.detach().to_kind(Kind::Float).to_device(Device::Cpu),
+            )
+        })
+        .collect();
+    named.extend(
+        extra
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_device(Device::Cpu))),
+    );
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    Tensor::write_safetensors(&refs, tmp.join("model.safetensors"))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::rename(&tmp, dir)
+        .with_context(|| format!("{}: cannot rename into place", dir.display()))?;
+    Ok(())
+}
+
+fn to_disk_name(model_name: &str) -> String {
+    for r in LLAVA_KEY_RENAMES {
+        if let Some(rest) = model_name.strip_prefix(r.in_model) {
+            return format!("{}{}", r.on_disk, rest);
+        }
+    }
+    model_name.to_string()
+}
+
+/// AdamW with decoupled weight decay (no decay on norms and biases), moments kept for checkpoints.
+struct AdamW {
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    decay: Vec<bool>,
+}
+
+impl AdamW {
+    fn new(params: &[(String, Tensor)]) -> Self {
+        Self {
+            m: params.iter().map(|(_, p)| p.zeros_like()).collect(),
+            v: params.iter().map(|(_, p)| p.zeros_like()).collect(),
+            decay: params
+                .iter()
+                .map(|(n, p)| p.dim() >= 2 && !n.contains("norm") && !n.contains("embedding"))
+                .collect(),
+        }
+    }
+
+    fn step(&mut self, params: &[(String, Tensor)], lr: f64, wd: f64, step: usize) {
+        let _guard = tch::no_grad_guard();
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+        let t = (step + 1) as i32;
+        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        for (i, (_, p)) in params.iter().enumerate() {
+            let g = p.grad();
+            if !g.defined() {
+                continue;
+            }
+            let _ = self.m[i].g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
+            let _ = self.v[i].g_mul_scalar_(b2).g_add_(&(&g * &g * (1.0 - b2)));
+            let update = (&self.m[i] / c1) / ((&self.v[i] / c2).sqrt() + eps);
+            let mut p = p.shallow_clone();
+            if self.decay[i] {
+                let _ = p.g_mul_scalar_(1.0 - lr * wd);
+            }
+            let _ = p.g_sub_(&(update * lr));
+        }
+    }
+}
+
+fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> f64 {
+    let _guard = tch::no_grad_guard();
+    let grads: Vec<Tensor> = params
+        .iter()
+        .map(|(_, p)| p.grad())
+        .filter(|g| g.defined())
+        .collect();
+    let total = grads
+        .iter()
+        .map(|g| g.pow_tensor_scalar(2).sum(Kind::Float).double_value(&[]))
+        .sum::<f64>()
+        .sqrt();
+    if total > max_norm {
+        for g in &grads {
+            let mut g = g.shallow_clone();
+            let _ = g.g_mul_scalar_(max_norm / (total + 1e-6));
+        }
+    }
+    total
+}
+
+/// Samples for step `step`: categories drawn with the fine tasks weighted, indices unique per step.
+fn batch_samples(cfg: &TrainConfig, step: usize) -> Result<Vec<SynthSample>> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+        cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    let gen = GenConfig::default()
+        .with_image_size(cfg.spec.image_size as u32)
+        .with_glyphs(1, cfg.glyphs_at(step));
+    let weights: Vec<f64> = Category::ALL
+        .iter()
+        .map(|c| {
+            if c.kind() == synthetic::TaskKind::Fine {
+                cfg.fine_weight
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let total: f64 = weights.iter().sum();
+    (0..cfg.batch_size)
+        .map(|i| {
+            let mut x = rng.gen::<f64>() * total;
+            let mut cat = Category::ALL[0];
+            for (c, w) in Category::ALL.iter().zip(&weights) {
+                if x < *w {
+                    cat = *c;
+                    break;
+                }
+                x -= w;
+            }
+            // Training indices live far from the bundled test split's (which start at 0).
+            let index = 1_000_000_000 + (step * cfg.batch_size + i) as u64;
+            synthetic::generate(&gen, cat, cfg.seed, index)
+        })
+        .collect()
+}
+
+/// Trains (or resumes) a model into `run_dir` (`checkpoint/`, `state.json`) and exports the final
+/// llava-hf directory to `run_dir/model`. `on_step(step, loss, lr)` reports progress.
+pub fn train(
+    cfg: &TrainConfig,
+    run_dir: &Path,
+    device: Device,
+    mut on_step: impl FnMut(usize, f64, f64),
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(run_dir)?;
+    let gen = GenConfig::default().with_image_size(cfg.spec.image_size as u32);
+    let tok = build_vocab_tokenizer(&gen, cfg.seed)?;
+    let vocab = tok.get_vocab_size(true) as i64;
+    let config_json = cfg.spec.config_json(vocab);
+    let llava_cfg = LlavaConfig::from_json(Path::new("config.json"), config_json.clone())?;
+    let num_image_tokens = llava_cfg.num_image_tokens() as usize;
+    let image_proc = ClipImageProcessorConfig::from_json_str(
+        &image_processor_json(&cfg.spec).to_string(),
+        "preprocessor_config.json",
+    )?;
+
+    let ckpt = run_dir.join("checkpoint");
+    let state_path = run_dir.join("state.json");
+    let (weights, mut state) = if ckpt.join("model.safetensors").exists() && state_path.exists() {
+        let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(&state_path)?)
+            .with_context(|| format!("{}: invalid trainer state", state_path.display()))?;
+        if state.config != *cfg {
+            bail!(
+                "{}: resuming with different settings than the checkpoint",
+                state_path.display()
+            );
+        }
+        (
+            Weights::open(&ckpt, LLAVA_KEY_RENAMES, device, Kind::Float)?,
+            state,
+        )
+    } else {
+        let state = TrainerState {
+            step: 0,
+            config: cfg.clone(),
+            losses: Vec::new(),
+            elapsed_s: 0.0,
+        };
+        (Weights::random(device, Kind::Float, cfg.seed as i64), state)
+    };
+    let weights = weights.record_parameters();
+    let model = LlavaForConditionalGeneration::from_weights(&weights, llava_cfg)?;
+    let params = weights.take_parameters();
+    let mut opt = AdamW::new(&params);
+    let moments = ckpt.join("optimizer.safetensors");
+    if state.step > 0 && moments.exists() {
+        let saved: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(&moments)?.into_iter().collect();
+        for (i, (name, _)) in params.iter().enumerate() {
+            let (m, v) = (
+                saved.get(&format!("m.{name}")),
+                saved.get(&format!("v.{name}")),
+            );
+            let (Some(m), Some(v)) = (m, v) else {
+                bail!("{}: no moments for {name}", moments.display());
+            };
+            opt.m[i] = m.to_device(device);
+            opt.v[i] = v.to_device(device);
+        }
+    }
+    // HF's CLIP has a post_layernorm that LLaVA never uses; export an identity one.
+    let h = cfg.spec.vision_hidden;
+    let post_w = Tensor::ones([h], (Kind::Float, Device::Cpu));
+    let post_b = Tensor::zeros([h], (Kind::Float, Device::Cpu));
+    let extra = [
+        ("vision_tower.vision_model.post_layernorm.weight", &post_w),
+        ("vision_tower.vision_model.post_layernorm.bias", &post_b),
+    ];
+
+    let started = std::time::Instant::now();
+    let elapsed_before = state.elapsed_s;
+    while state.step < cfg.steps {
+        let step = state.step;
+        let samples = batch_samples(cfg, step)?;
+        let examples: Vec<Example> = samples
+            .iter()
+            .map(|s| encode_example(&tok, &image_proc, num_image_tokens, s))
+            .collect::<Result<_>>()?;
+        let max_len = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        let b = examples.len() as i64;
+        let mut ids = vec![tokenizer::PAD.1 as i64; examples.len() * max_len];
+        let mut labels = vec![-100i64; examples.len() * max_len];
+        for (r, e) in examples.iter().enumerate() {
+            ids[r * max_len..r * max_len + e.ids.len()].copy_from_slice(&e.ids);
+            // Position t predicts token t + 1: supervise the answer tokens and EOS.
+            for t in e.answer_start - 1..e.ids.len() - 1 {
+                labels[r * max_len + t] = e.ids[t + 1];
+            }
+        }
+        let ids = Tensor::from_slice(&ids)
+            .reshape([b, max_len as i64])
+            .to_device(device);
+        let labels = Tensor::from_slice(&labels).reshape([-1]).to_device(device);
+        let side = cfg.spec.image_size;
+        let pixels: Vec<f32> = examples
+            .iter()
+            .flat_map(|e| e.pixels.iter().copied())
+            .collect();
+        let pixels = Tensor::from_slice(&pixels)
+            .reshape([b, 3, side, side])
+            .to_device(device);
+
+        // Right padding with a causal mask: real tokens never attend to the padding after them.
+        let out = model.prefill(&ids, Some(&pixels), &Intervention::none(), None, None)?;
+        let logits = model
+            .lm_head
+            .forward(&out.hidden)
+            .reshape([b * max_len as i64, -1]);
+        let loss =
+            logits.cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, -100, 0.0);
+        for (_, p) in &params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        loss.backward();
+        clip_grad_norm(&params, cfg.grad_clip);
+        let lr = cfg.lr_at(step);
+        opt.step(&params, lr, cfg.weight_decay, step);
+        let loss_v = loss.double_value(&[]);
+        if !loss_v.is_finite() {
+            bail!("training diverged at step {step} (loss {loss_v})");
+        }
+        state.step += 1;
+        state.losses.push((step, loss_v));
+        on_step(step, loss_v, lr);
+        if state.step % cfg.checkpoint_every == 0 || state.step == cfg.steps {
+            state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
+            write_model_dir(&ckpt, &config_json, &tok, &cfg.spec, &params, &extra)?;
+            let mut moments_named: Vec<(String, Tensor)> = Vec::new();
+            for (i, (name, _)) in params.iter().enumerate() {
+                moments_named.push((format!("m.{name}"), opt.m[i].to_device(Device::Cpu)));
+                moments_named.push((format!("v.{name}"), opt.v[i].to_device(Device::Cpu)));
+            }
+            let refs: Vec<(&str, &Tensor)> =
+                moments_named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            Tensor::write_safetensors(&refs, ckpt.join("optimizer.safetensors"))?;
+            let tmp = state_path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_string(&state)?)?;
+            std::fs::rename(&tmp, &state_path)?;
+        }
+    }
+    let final_dir = run_dir.join("model");
+    write_model_dir(&final_dir, &config_json, &tok, &cfg.spec, &params, &extra)?;
+    Ok(final_dir)
+}
