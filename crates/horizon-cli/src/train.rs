@@ -11,7 +11,7 @@ use horizon_data::imageproc::to_rgb_like_pil;
 use horizon_data::synthetic::{self, GenConfig};
 use horizon_runner::device::parse_device;
 use horizon_runner::generate::{generate_greedy, GenerationConfig};
-use horizon_runner::train::{train, SmallModelSpec, TrainConfig};
+use horizon_runner::train::{train, SmallModelSpec, StopAt, TrainConfig};
 use horizon_runner::Intervention;
 
 use crate::{load_model, ModelOptions};
@@ -70,6 +70,9 @@ pub struct TrainArgs {
     /// Checkpoint every this many steps.
     #[arg(long, default_value_t = 200)]
     checkpoint_every: usize,
+    /// Stop (after writing a checkpoint) once this many minutes have passed; rerun to resume.
+    #[arg(long)]
+    time_budget_minutes: Option<f64>,
 }
 
 pub fn run_train(args: &TrainArgs) -> Result<()> {
@@ -89,14 +92,28 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         .expect("valid template"),
     );
     let mut avg = None::<f64>;
-    let dir = train(&cfg, &args.run_dir, device, |step, loss, lr| {
+    let stop = StopAt {
+        step: None,
+        seconds: args.time_budget_minutes.map(|m| m * 60.0),
+    };
+    let dir = train(&cfg, &args.run_dir, device, stop, |step, loss, lr| {
         let a = avg.map_or(loss, |a| 0.98 * a + 0.02 * loss);
         avg = Some(a);
         bar.set_position(step as u64 + 1);
         bar.set_message(format!("loss {a:.4}  lr {lr:.2e}"));
+        // Logs of background runs (no terminal, so no bar) still show progress.
+        if bar.is_hidden() && (step + 1) % 50 == 0 {
+            eprintln!("step {} loss {a:.4} lr {lr:.2e} elapsed {:.0}s", step + 1, bar.elapsed().as_secs_f64());
+        }
     })?;
     bar.finish();
-    eprintln!("model written to {}", dir.display());
+    match dir {
+        Some(dir) => eprintln!("model written to {}", dir.display()),
+        None => eprintln!(
+            "stopped at the time budget; checkpoint in {} (rerun the same command to resume)",
+            args.run_dir.display()
+        ),
+    }
     Ok(())
 }
 

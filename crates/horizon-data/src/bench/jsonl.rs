@@ -68,9 +68,7 @@ fn read_answers(path: &Path) -> Result<HashMap<String, Vec<Vec<String>>>> {
     let entries: Vec<(usize, Value)> = match serde_json::from_str::<Value>(&text) {
         Ok(Value::Array(items)) => items.into_iter().enumerate().collect(),
         Ok(Value::Object(mut o)) if o.contains_key("data") => match o.remove("data") {
-            Some(Value::Array(items)) => {
-                items.into_iter().enumerate().collect()
-            }
+            Some(Value::Array(items)) => items.into_iter().enumerate().collect(),
             _ => bail!("{file}: answers file field `data` is not an array"),
         },
         _ => {

@@ -3,3 +3,4 @@
 pub mod clip;
 pub mod llama;
 pub mod llava;
+pub mod qwen2_5_vl;

@@ -432,14 +432,26 @@ fn batch_samples(cfg: &TrainConfig, step: usize) -> Result<Vec<SynthSample>> {
         .collect()
 }
 
+/// When a call to [`train`] returns before the run is finished (a checkpoint is written first), so
+/// that a long run can be split across sessions and resumed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StopAt {
+    /// Stop once this many steps of the run are done.
+    pub step: Option<usize>,
+    /// Stop at the first step boundary after this many seconds of this call.
+    pub seconds: Option<f64>,
+}
+
 /// Trains (or resumes) a model into `run_dir` (`checkpoint/`, `state.json`) and exports the final
-/// llava-hf directory to `run_dir/model`. `on_step(step, loss, lr)` reports progress.
+/// llava-hf directory to `run_dir/model`, returned as `Some`; `None` when `stop` ended the call first.
+/// `on_step(step, loss, lr)` reports progress.
 pub fn train(
     cfg: &TrainConfig,
     run_dir: &Path,
     device: Device,
+    stop: StopAt,
     mut on_step: impl FnMut(usize, f64, f64),
-) -> Result<PathBuf> {
+) -> Result<Option<PathBuf>> {
     std::fs::create_dir_all(run_dir)?;
     let gen = GenConfig::default().with_image_size(cfg.spec.image_size as u32);
     let tok = build_vocab_tokenizer(&gen, cfg.seed)?;
@@ -563,7 +575,9 @@ pub fn train(
         state.step += 1;
         state.losses.push((step, loss_v));
         on_step(step, loss_v, lr);
-        if state.step % cfg.checkpoint_every == 0 || state.step == cfg.steps {
+        let stopping = stop.step.is_some_and(|s| state.step >= s)
+            || stop.seconds.is_some_and(|s| started.elapsed().as_secs_f64() >= s);
+        if state.step % cfg.checkpoint_every == 0 || state.step == cfg.steps || stopping {
             state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
             write_model_dir(&ckpt, &config_json, &tok, &cfg.spec, &params, &extra)?;
             let mut moments_named: Vec<(String, Tensor)> = Vec::new();
@@ -578,8 +592,11 @@ pub fn train(
             std::fs::write(&tmp, serde_json::to_string(&state)?)?;
             std::fs::rename(&tmp, &state_path)?;
         }
+        if stopping && state.step < cfg.steps {
+            return Ok(None);
+        }
     }
     let final_dir = run_dir.join("model");
     write_model_dir(&final_dir, &config_json, &tok, &cfg.spec, &params, &extra)?;
-    Ok(final_dir)
+    Ok(Some(final_dir))
 }
