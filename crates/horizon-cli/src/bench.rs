@@ -105,7 +105,12 @@ fn synthetic_inputs(
     text_tokens: usize,
     device: Device,
 ) -> Result<ModelInputs> {
-    let VlModel::Llava(m) = model;
+    let VlModel::Llava(m) = model else {
+        bail!(
+            "horizon bench builds synthetic inputs for LLaVA configs only so far ({} given)",
+            model.model_type()
+        );
+    };
     let n_img = m.config.num_image_tokens() as usize;
     let side = m.config.vision_config.image_size;
     let vocab = m.config.text_config.vocab_size;
@@ -132,6 +137,8 @@ fn synthetic_inputs(
         pixel_values: Some(Tensor::randn([1, 3, side, side], (Kind::Float, device))),
         visual_positions: (first_visual..first_visual + n_img).collect(),
         visual_grid: (grid, grid),
+        image_grid_thw: Vec::new(),
+        position_ids: None,
     })
 }
 

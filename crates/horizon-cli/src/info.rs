@@ -168,10 +168,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         "horizon.template".into(),
         format!("{:?}", args.model.template),
     );
-    metadata.insert(
-        "horizon.dtype".into(),
-        dtype_name(model.language_model().embed_tokens.kind()).into(),
-    );
+    metadata.insert("horizon.dtype".into(), dtype_name(model.kind()).into());
     metadata.insert("horizon.bench".into(), args.bench.display().to_string());
     let existing = read_first_metadata(&args.out)?;
     let done = match (existing, args.resume) {

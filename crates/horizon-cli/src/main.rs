@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::{Kind, Tensor};
 
+use horizon_data::atomic::write_atomic;
 use horizon_data::imageproc::ResampleOrder;
 use horizon_runner::device::{parse_device, parse_dtype};
 use horizon_runner::generate::{generate_greedy, GenerationConfig};
@@ -54,9 +55,11 @@ pub struct ModelOptions {
     /// HF checkpoint directory (config.json, safetensors shards, tokenizer.json, preprocessor_config.json).
     #[arg(long)]
     model: PathBuf,
-    /// Prompt template: llava-hf (`USER: <image>\n{prompt} ASSISTANT:`), vicuna-v1 (original LLaVA with its
-    /// system text, as the reference procedure uses), or raw (the prompt as given, with one `<image>`).
-    #[arg(long, default_value = "llava-hf", value_parser = PromptTemplate::parse)]
+    /// Prompt template: auto (the family's chat template), llava-hf (`USER: <image>\n{prompt} ASSISTANT:`),
+    /// vicuna-v1 (original LLaVA with its system text, as the reference procedure uses), qwen (Qwen2.5-VL
+    /// chat with its default system message), or raw (the prompt as given, with one `<image>` for LLaVA or
+    /// one `<|image_pad|>` for Qwen2.5-VL).
+    #[arg(long, default_value = "auto", value_parser = PromptTemplate::parse)]
     template: PromptTemplate,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -154,25 +157,12 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes to a temporary file beside `path`, then renames: readers never see a partial file.
+/// Writes the tensors atomically: readers never see a partial file.
 fn write_safetensors_atomic(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("{}: cannot create directory", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    Tensor::write_safetensors(tensors, &tmp)
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
+    write_atomic(path, |tmp| {
+        Tensor::write_safetensors(tensors, tmp)
+            .with_context(|| format!("{}: cannot write", tmp.display()))
+    })
 }
 
 fn main() -> ExitCode {

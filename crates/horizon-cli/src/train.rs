@@ -103,7 +103,11 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         bar.set_message(format!("loss {a:.4}  lr {lr:.2e}"));
         // Logs of background runs (no terminal, so no bar) still show progress.
         if bar.is_hidden() && (step + 1) % 50 == 0 {
-            eprintln!("step {} loss {a:.4} lr {lr:.2e} elapsed {:.0}s", step + 1, bar.elapsed().as_secs_f64());
+            eprintln!(
+                "step {} loss {a:.4} lr {lr:.2e} elapsed {:.0}s",
+                step + 1,
+                bar.elapsed().as_secs_f64()
+            );
         }
     })?;
     bar.finish();

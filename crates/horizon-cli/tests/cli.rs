@@ -102,6 +102,73 @@ fn forward_writes_hf_matching_logits_and_ids() {
     assert!(diff <= 1e-4, "max abs logits difference {diff}");
 }
 
+/// A Qwen2.5-VL directory needs no extra flag: the model type comes from config.json.
+#[test]
+fn forward_and_generate_on_qwen2_5_vl_match_hf() {
+    let dir = root().join("fixtures/qwen2_5_vl");
+    let tmp = tempfile::tempdir().unwrap();
+    for (case, model) in [
+        ("nonsquare", "qwen-tiny"),
+        ("tied_nonsquare", "qwen-tiny-tied"),
+    ] {
+        let meta: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("reference/{case}.json"))).unwrap(),
+        )
+        .unwrap();
+        let model_dir = dir.join("models").join(model);
+        let image = dir.join(meta["image"].as_str().unwrap());
+        let question = meta["question"].as_str().unwrap();
+        let out = tmp.path().join(format!("{case}.safetensors"));
+        let (ok, _, stderr) = horizon(&[
+            "forward",
+            "--model",
+            model_dir.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--prompt",
+            question,
+            "--save-logits",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{stderr}");
+        let saved: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&out)
+            .unwrap()
+            .into_iter()
+            .collect();
+        let reference: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(dir.join(format!("reference/{case}.safetensors")))
+                .unwrap()
+                .into_iter()
+                .collect();
+        assert!(
+            saved["input_ids"].equal(&reference["input_ids"]),
+            "{case}: ids"
+        );
+        let diff = (&saved["logits"] - &reference["logits"])
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff <= 1e-4, "{case}: max abs logits difference {diff}");
+        let (ok, stdout, stderr) = horizon(&[
+            "generate",
+            "--model",
+            model_dir.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--prompt",
+            question,
+            "--max-new-tokens",
+            "16",
+        ]);
+        assert!(ok, "{stderr}");
+        assert_eq!(
+            stdout.trim_end_matches('\n'),
+            meta["generate"]["generated_text"].as_str().unwrap(),
+            "{case}: generated text differs from HF"
+        );
+    }
+}
+
 #[test]
 fn missing_shard_is_named() {
     let tmp = tempfile::tempdir().unwrap();

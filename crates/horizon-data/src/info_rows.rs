@@ -34,6 +34,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::atomic::write_atomic;
+
 /// One information row (see the module documentation for the meaning of each field).
 #[derive(Debug, Clone, PartialEq)]
 pub struct InfoRow {
@@ -111,19 +113,6 @@ fn to_batch(rows: &[InfoRow]) -> Result<RecordBatch> {
 /// Writes `rows` to `path` atomically (temporary file in the same directory, then rename), zstd
 /// compressed, with `metadata` as `key=value` pairs in the file footer.
 pub fn write_info_rows(path: &Path, rows: &[InfoRow], metadata: &[(String, String)]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("{}: cannot create directory", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_key_value_metadata(Some(
@@ -133,15 +122,16 @@ pub fn write_info_rows(path: &Path, rows: &[InfoRow], metadata: &[(String, Strin
                 .collect(),
         ))
         .build();
-    let file = File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    let mut writer = ArrowWriter::try_new(file, info_schema(), Some(props))?;
-    writer.write(&to_batch(rows)?)?;
-    writer
-        .close()
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
-    Ok(())
+    write_atomic(path, |tmp| {
+        let file =
+            File::create(tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+        let mut writer = ArrowWriter::try_new(file, info_schema(), Some(props))?;
+        writer.write(&to_batch(rows)?)?;
+        writer
+            .close()
+            .with_context(|| format!("{}: cannot write", tmp.display()))?;
+        Ok(())
+    })
 }
 
 /// The `*.parquet` part files of an output directory, sorted by name (temporary files excluded).

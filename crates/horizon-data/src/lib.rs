@@ -1,6 +1,7 @@
 //! Data side of horizon, free of libtorch: benchmark readers (HF parquet, LLaVA jsonl), PIL-exact image
 //! preprocessing for the supported model families, and the seeded synthetic benchmark generator.
 
+pub mod atomic;
 pub mod bench;
 pub mod imageproc;
 pub mod info_rows;

@@ -206,10 +206,8 @@ pub fn full_run(model: &VlModel, inputs: &ModelInputs) -> Result<FullRun> {
 /// Picks a batch size so that one batch's activations stay near `budget` bytes: per variant roughly
 /// `seq × (hidden × 6 + intermediate × 3 + heads × seq)` elements live at once in a decoder layer.
 fn auto_batch_size(model: &VlModel, seq: usize, budget: usize, elem_bytes: usize) -> usize {
-    let cfg = &model.language_model().cfg;
-    let per_token = cfg.hidden_size as usize * 6
-        + cfg.intermediate_size as usize * 3
-        + cfg.num_attention_heads as usize * seq;
+    let (hidden, intermediate, heads) = model.text_dims();
+    let per_token = hidden as usize * 6 + intermediate as usize * 3 + heads as usize * seq;
     let per_variant = (seq * per_token * elem_bytes).max(1);
     (budget / per_variant).clamp(1, 1024)
 }
@@ -231,7 +229,6 @@ pub fn sweep_sample(
     let grid = WindowGrid::new(inputs.visual_grid, cfg.window_size)?;
     let (text_only, windows) = variant_keep_sets(inputs, &grid, cfg.mode);
     let device = model.device();
-    let lm = model.language_model();
     let (p0, lp0, _) = score(&full.log_probs, &full.log_probs, target)[0];
     let mut results = vec![VariantResult {
         layer: None,
@@ -273,7 +270,7 @@ pub fn sweep_sample(
                     .squeeze_dim(0)
                     .index_select(0, &pos.reshape([-1]))
                     .reshape([chunk.len() as i64, len as i64, -1]);
-                let out = lm.forward_from_layer(k, &hidden, &pos);
+                let out = model.forward_from_layer(k, &hidden, &pos, inputs)?;
                 let last = out.select(1, len as i64 - 1);
                 let logp = next_token_log_probs(model, &last);
                 for ((variant, _), (p, lp, kl)) in

@@ -6,12 +6,15 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 use crate::intervention::Intervention;
-use crate::models::llama::{DecoderOutput, KvCache, LlamaModel};
+use crate::models::llama::{DecoderOutput, KvCache};
 use crate::models::llava::{LlavaConfig, LlavaForConditionalGeneration, LLAVA_KEY_RENAMES};
+use crate::models::qwen2_5_vl::{
+    Qwen2_5VlConfig, Qwen2_5VlForConditionalGeneration, QWEN2_5_VL_KEY_RENAMES,
+};
 use crate::weights::Weights;
 
 /// Model families horizon runs, by HF `model_type`.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llava"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llava", "qwen2_5_vl"];
 
 /// Tokenized prompt and preprocessed image, on the model's device.
 pub struct ModelInputs {
@@ -21,8 +24,14 @@ pub struct ModelInputs {
     pub pixel_values: Option<Tensor>,
     /// Sequence indices holding visual tokens, ascending (the raster order of the image grid).
     pub visual_positions: Vec<usize>,
-    /// Visual token grid (rows, cols); `visual_positions[r * cols + c]` is token (r, c).
+    /// Visual token grid (rows, cols); `visual_positions[r * cols + c]` is token (r, c). For
+    /// Qwen2.5-VL it is the merged-token grid of the image, which varies with its resolution.
     pub visual_grid: (usize, usize),
+    /// Qwen2.5-VL: patch grid `[t, h, w]` of each image (empty for LLaVA).
+    pub image_grid_thw: Vec<[i64; 3]>,
+    /// Qwen2.5-VL: the prompt's 3-D M-RoPE position ids `[3, 1, S]` (None for 1-D rotary models, whose
+    /// position ids are the sequence indices).
+    pub position_ids: Option<Tensor>,
 }
 
 impl ModelInputs {
@@ -39,6 +48,7 @@ impl ModelInputs {
 /// A loaded vision-language model of any supported family.
 pub enum VlModel {
     Llava(Box<LlavaForConditionalGeneration>),
+    Qwen2_5Vl(Box<Qwen2_5VlForConditionalGeneration>),
 }
 
 /// `config.json` of a checkpoint directory, parsed as JSON, with its path for error messages.
@@ -100,6 +110,17 @@ impl VlModel {
                     .with_context(|| format!("loading {}", dir.display()))?;
                 Ok(Self::Llava(Box::new(model)))
             }
+            "qwen2_5_vl" => {
+                let config = Qwen2_5VlConfig::from_json(path, value)?;
+                let weights = match weights {
+                    Some(w) => w,
+                    None => Weights::open(dir, QWEN2_5_VL_KEY_RENAMES, device, kind)
+                        .with_context(|| format!("loading {}", dir.display()))?,
+                };
+                let model = Qwen2_5VlForConditionalGeneration::from_weights(&weights, config)
+                    .with_context(|| format!("loading {}", dir.display()))?;
+                Ok(Self::Qwen2_5Vl(Box::new(model)))
+            }
             other => bail!(
                 "{}: field model_type: unknown model type '{other}' (supported: {})",
                 path.display(),
@@ -111,28 +132,53 @@ impl VlModel {
     pub fn model_type(&self) -> &'static str {
         match self {
             Self::Llava(_) => "llava",
-        }
-    }
-
-    /// The decoder whose layers interventions act on.
-    pub fn language_model(&self) -> &LlamaModel {
-        match self {
-            Self::Llava(m) => &m.language_model,
+            Self::Qwen2_5Vl(_) => "qwen2_5_vl",
         }
     }
 
     pub fn num_layers(&self) -> usize {
-        self.language_model().num_layers()
+        match self {
+            Self::Llava(m) => m.language_model.num_layers(),
+            Self::Qwen2_5Vl(m) => m.num_layers(),
+        }
+    }
+
+    /// The token embedding matrix (its device and dtype are the model's).
+    fn embed_tokens(&self) -> &Tensor {
+        match self {
+            Self::Llava(m) => &m.language_model.embed_tokens,
+            Self::Qwen2_5Vl(m) => &m.language_model.embed_tokens,
+        }
     }
 
     pub fn device(&self) -> Device {
-        self.language_model().embed_tokens.device()
+        self.embed_tokens().device()
+    }
+
+    /// The compute dtype.
+    pub fn kind(&self) -> Kind {
+        self.embed_tokens().kind()
+    }
+
+    /// (hidden size, intermediate size, attention heads) of the decoder, for memory estimates.
+    pub fn text_dims(&self) -> (i64, i64, i64) {
+        match self {
+            Self::Llava(m) => {
+                let c = &m.language_model.cfg;
+                (c.hidden_size, c.intermediate_size, c.num_attention_heads)
+            }
+            Self::Qwen2_5Vl(m) => {
+                let c = &m.config.text_config;
+                (c.hidden_size, c.intermediate_size, c.num_attention_heads)
+            }
+        }
     }
 
     /// Token id of the image placeholder in prompts.
     pub fn image_token_id(&self) -> i64 {
         match self {
             Self::Llava(m) => m.config.image_token_id,
+            Self::Qwen2_5Vl(m) => m.config.image_token_id,
         }
     }
 
@@ -153,6 +199,42 @@ impl VlModel {
                 cache,
                 layer_inputs,
             ),
+            Self::Qwen2_5Vl(m) => m.prefill(
+                &inputs.input_ids,
+                inputs.pixel_values.as_ref(),
+                &inputs.image_grid_thw,
+                intervention,
+                cache,
+                layer_inputs,
+            ),
+        }
+    }
+
+    /// Runs decoder layers `from..` (then the final norm) on hidden states `[B, S, D]` whose rows hold
+    /// the prompt positions `keep` `[B, S]` (original sequence indices): each row gets the position ids
+    /// of its kept tokens, 1-D or M-RoPE. How an information sweep resumes from a stored layer input.
+    pub fn forward_from_layer(
+        &self,
+        from: usize,
+        hidden: &Tensor,
+        keep: &Tensor,
+        inputs: &ModelInputs,
+    ) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        match self {
+            Self::Llava(m) => Ok(m.language_model.forward_from_layer(from, hidden, keep)),
+            Self::Qwen2_5Vl(m) => {
+                let pos = inputs
+                    .position_ids
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("Qwen2.5-VL inputs without M-RoPE position ids"))?;
+                let (b, s) = keep.size2()?;
+                let pos = pos
+                    .select(1, 0)
+                    .index_select(1, &keep.reshape([-1]))
+                    .reshape([3, b, s]);
+                Ok(m.language_model.forward_from_layer(from, hidden, &pos))
+            }
         }
     }
 
@@ -161,10 +243,12 @@ impl VlModel {
         let _guard = tch::no_grad_guard();
         match self {
             Self::Llava(m) => m.lm_head.forward(hidden),
+            Self::Qwen2_5Vl(m) => m.lm_head.forward(hidden),
         }
     }
 
-    /// Logits `[1, V]` of the next token after decoding `token` at original position `position`.
+    /// Logits `[1, V]` of the next token after decoding `token` at cache position `position` (the prompt
+    /// length plus tokens generated so far).
     pub fn decode_step(
         &self,
         token: i64,
@@ -174,12 +258,18 @@ impl VlModel {
         cache: &mut KvCache,
     ) -> Tensor {
         let _guard = tch::no_grad_guard();
-        let lm = self.language_model();
-        let ids = Tensor::from_slice(&[token])
-            .to_device(self.device())
-            .unsqueeze(0);
-        let embeds = lm.embed(&ids);
-        let hidden = lm.decode_step(&embeds, position, prompt_len, intervention, cache);
-        self.lm_head(&hidden).select(1, 0)
+        match self {
+            Self::Llava(m) => {
+                let lm = &m.language_model;
+                let ids = Tensor::from_slice(&[token])
+                    .to_device(self.device())
+                    .unsqueeze(0);
+                let embeds = lm.embed(&ids);
+                let hidden = lm.decode_step(&embeds, position, prompt_len, intervention, cache);
+                self.lm_head(&hidden).select(1, 0)
+            }
+            // Renumbered positions are refused at prefill, so the cache position is all it needs.
+            Self::Qwen2_5Vl(m) => m.decode_step(token, position, cache),
+        }
     }
 }

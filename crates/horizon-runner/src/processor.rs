@@ -12,13 +12,18 @@ use tokenizers::Tokenizer;
 use horizon_data::imageproc::{self, ClipImageProcessorConfig, ResampleOrder};
 
 use crate::model::{read_config, ModelInputs, VlModel};
+use crate::models::qwen2_5_vl::Qwen2_5VlProcessor;
 
 /// How the question becomes a prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PromptTemplate {
-    /// The llava-hf chat template: `USER: <image>\n{question} ASSISTANT:`.
+    /// The chat template of the checkpoint's family (llava-hf for LLaVA, Qwen chat for Qwen2.5-VL).
     #[default]
+    Auto,
+    /// The llava-hf chat template: `USER: <image>\n{question} ASSISTANT:`.
     LlavaHf,
+    /// The Qwen2.5-VL chat template with its default system message.
+    Qwen,
     /// Original LLaVA `vicuna_v1` conversation, as the reference procedure of arXiv 2512.07580 uses.
     VicunaV1,
     /// The text as given; it must contain `<image>` exactly once.
@@ -28,10 +33,14 @@ pub enum PromptTemplate {
 impl PromptTemplate {
     pub fn parse(name: &str) -> Result<Self> {
         Ok(match name {
+            "auto" => Self::Auto,
             "llava-hf" => Self::LlavaHf,
             "vicuna-v1" => Self::VicunaV1,
+            "qwen" => Self::Qwen,
             "raw" => Self::Raw,
-            other => bail!("--template: '{other}' is not one of llava-hf, vicuna-v1, raw"),
+            other => {
+                bail!("--template: '{other}' is not one of auto, llava-hf, vicuna-v1, qwen, raw")
+            }
         })
     }
 }
@@ -132,7 +141,12 @@ impl LlavaProcessor {
     /// The prompt string with one `<image>` placeholder.
     pub fn prompt(&self, question: &str, template: PromptTemplate) -> Result<String> {
         Ok(match template {
-            PromptTemplate::LlavaHf => format!("USER: {IMAGE_PLACEHOLDER}\n{question} ASSISTANT:"),
+            PromptTemplate::Auto | PromptTemplate::LlavaHf => {
+                format!("USER: {IMAGE_PLACEHOLDER}\n{question} ASSISTANT:")
+            }
+            PromptTemplate::Qwen => {
+                bail!("--template qwen is for Qwen2.5-VL checkpoints, this one is LLaVA")
+            }
             PromptTemplate::VicunaV1 => {
                 format!("{VICUNA_V1_SYSTEM} USER: {IMAGE_PLACEHOLDER}\n{question} ASSISTANT:")
             }
@@ -192,6 +206,8 @@ impl LlavaProcessor {
             pixel_values: Some(pixel_values.to_kind(Kind::Float)),
             visual_positions,
             visual_grid: self.grid,
+            image_grid_thw: Vec::new(),
+            position_ids: None,
         })
     }
 
@@ -210,6 +226,7 @@ impl LlavaProcessor {
 /// The processor matching a loaded model.
 pub enum Processor {
     Llava(LlavaProcessor),
+    Qwen2_5Vl(Qwen2_5VlProcessor),
 }
 
 impl Processor {
@@ -220,6 +237,7 @@ impl Processor {
                 m.config.image_token_id,
                 m.config.num_image_tokens() as usize,
             )?)),
+            VlModel::Qwen2_5Vl(m) => Ok(Self::Qwen2_5Vl(Qwen2_5VlProcessor::load(dir, &m.config)?)),
         }
     }
 
@@ -243,13 +261,37 @@ impl Processor {
         image: &image::RgbImage,
         template: PromptTemplate,
     ) -> Result<ModelInputs> {
-        match self {
-            Self::Llava(p) => p.prepare(
+        match (self, model) {
+            (Self::Llava(p), _) => p.prepare(
                 question,
                 image,
                 template,
                 model.image_token_id(),
                 model.device(),
+            ),
+            (Self::Qwen2_5Vl(p), VlModel::Qwen2_5Vl(m)) => {
+                let q = match template {
+                    PromptTemplate::Auto | PromptTemplate::Qwen => {
+                        p.prepare(question, image, model.device())?
+                    }
+                    PromptTemplate::Raw => p.prepare_prompt(question, image, model.device())?,
+                    PromptTemplate::LlavaHf | PromptTemplate::VicunaV1 => {
+                        bail!("--template {template:?} is a LLaVA template; use auto, qwen or raw for Qwen2.5-VL")
+                    }
+                };
+                let (position_ids, _) = m.rope_index(&q.input_ids, &q.image_grid_thw)?;
+                Ok(ModelInputs {
+                    input_ids: q.input_ids,
+                    pixel_values: q.pixel_values,
+                    visual_positions: q.visual_positions,
+                    visual_grid: q.visual_grid,
+                    image_grid_thw: q.image_grid_thw,
+                    position_ids: Some(position_ids),
+                })
+            }
+            (Self::Qwen2_5Vl(_), _) => bail!(
+                "a Qwen2.5-VL processor cannot prepare inputs for a {} model",
+                model.model_type()
             ),
         }
     }
@@ -258,18 +300,21 @@ impl Processor {
     pub fn set_resample_order(&mut self, order: ResampleOrder) {
         match self {
             Self::Llava(p) => p.resample_order = order,
+            Self::Qwen2_5Vl(p) => p.resample_order = order,
         }
     }
 
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
         match self {
             Self::Llava(p) => p.decode(ids),
+            Self::Qwen2_5Vl(p) => p.decode(ids),
         }
     }
 
     pub fn eos_token_ids(&self) -> &[i64] {
         match self {
             Self::Llava(p) => p.eos_token_ids(),
+            Self::Qwen2_5Vl(p) => p.eos_token_ids(),
         }
     }
 
@@ -277,6 +322,7 @@ impl Processor {
     pub fn first_answer_token(&self, answer: &str) -> Result<Option<i64>> {
         let tokenizer = match self {
             Self::Llava(p) => &p.tokenizer,
+            Self::Qwen2_5Vl(p) => &p.tokenizer,
         };
         let enc = tokenizer
             .encode(answer, false)

@@ -16,21 +16,35 @@ fn root() -> PathBuf {
 }
 
 #[test]
-fn engine_equals_naive_procedure() {
+fn engine_equals_naive_procedure_llava() {
     let dir = root().join("fixtures/llava");
-    let model_dir = dir.join("models/llava-tiny");
-    let model = VlModel::load(&model_dir, Device::Cpu, Kind::Float).unwrap();
-    let processor = Processor::load(&model_dir, &model).unwrap();
+    engine_equals_naive(
+        &dir.join("models/llava-tiny"),
+        &dir.join("images/square.png"),
+        "What color is the circle?",
+    );
+}
+
+/// Qwen2.5-VL: 3-D M-RoPE positions are gathered per kept token; the 3x5 merged grid of the non-square
+/// image leaves partial windows at s = 2.
+#[test]
+fn engine_equals_naive_procedure_qwen2_5_vl() {
+    let dir = root().join("fixtures/qwen2_5_vl");
+    engine_equals_naive(
+        &dir.join("models/qwen-tiny"),
+        &dir.join("images/nonsquare.png"),
+        "Describe the shape on the left.",
+    );
+}
+
+fn engine_equals_naive(model_dir: &Path, image: &Path, question: &str) {
+    let model = VlModel::load(model_dir, Device::Cpu, Kind::Float).unwrap();
+    let processor = Processor::load(model_dir, &model).unwrap();
     let inputs = processor
-        .prepare(
-            &model,
-            "What color is the circle?",
-            &dir.join("images/square.png"),
-            PromptTemplate::LlavaHf,
-        )
+        .prepare(&model, question, image, PromptTemplate::Auto)
         .unwrap();
     let full = full_run(&model, &inputs).unwrap();
-    let gt = processor_first_token(&model_dir, "red");
+    let gt = processor.first_answer_token("red").unwrap().unwrap();
     let layers: Vec<usize> = (0..model.num_layers()).collect();
     // Window size 4 on the 6x6 grid leaves partial edge windows (4x4, 4x2, 2x4, 2x2): several lengths.
     for (mode, window_size, target) in [
@@ -75,11 +89,6 @@ fn engine_equals_naive_procedure() {
             "{mode:?}: engine differs from naive by {max_diff}"
         );
     }
-}
-
-fn processor_first_token(model_dir: &Path, answer: &str) -> i64 {
-    let tok = horizon_runner::processor::load_tokenizer(model_dir).unwrap();
-    tok.encode(answer, false).unwrap().get_ids()[0] as i64
 }
 
 #[test]

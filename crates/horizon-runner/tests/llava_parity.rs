@@ -121,7 +121,6 @@ fn pad_to_square_matches_hf() {
 fn cut_at_layer_equals_naive_recomputation() {
     let c = case("square");
     let (model, _, inputs) = load(&c, Kind::Float);
-    let lm = model.language_model();
     let s = inputs.seq_len();
     let vis = &inputs.visual_positions;
     // Keep every non-visual token and one 2x2 block of the visual grid (a keep-only window run).
@@ -130,7 +129,7 @@ fn cut_at_layer_equals_naive_recomputation() {
     let keep: Vec<usize> = (0..s)
         .filter(|p| !vis.contains(p) || window.contains(p))
         .collect();
-    for k in [1, lm.num_layers() - 1] {
+    for k in [1, model.num_layers() - 1] {
         let iv = Intervention::cut_at(k, keep.iter().copied()).unwrap();
         let out = model.prefill(&inputs, &iv, None, None).unwrap();
         assert_eq!(out.kept, keep);
@@ -146,7 +145,9 @@ fn cut_at_layer_equals_naive_recomputation() {
             .unwrap();
         let rows = Tensor::from_slice(&keep.iter().map(|&p| p as i64).collect::<Vec<_>>());
         let h = layer_inputs[k].index_select(1, &rows);
-        let naive = lm.forward_from_layer(k, &h, &rows.unsqueeze(0));
+        let naive = model
+            .forward_from_layer(k, &h, &rows.unsqueeze(0), &inputs)
+            .unwrap();
         let d = max_abs_diff(&out.hidden, &naive);
         assert!(
             d <= 1e-5,

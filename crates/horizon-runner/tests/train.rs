@@ -44,12 +44,23 @@ fn resumed_training_equals_uninterrupted() {
 
     // Interrupted after step 2 (a checkpoint is written on stopping), then resumed in the same directory.
     let b = tempfile::tempdir().unwrap();
-    let stop = StopAt { step: Some(2), seconds: None };
-    assert!(train(&cfg, b.path(), Device::Cpu, stop, |_, _, _| {}).unwrap().is_none());
-    let mut seen = Vec::new();
-    let resumed = train(&cfg, b.path(), Device::Cpu, StopAt::default(), |step, _, _| seen.push(step))
+    let stop = StopAt {
+        step: Some(2),
+        seconds: None,
+    };
+    assert!(train(&cfg, b.path(), Device::Cpu, stop, |_, _, _| {})
         .unwrap()
-        .unwrap();
+        .is_none());
+    let mut seen = Vec::new();
+    let resumed = train(
+        &cfg,
+        b.path(),
+        Device::Cpu,
+        StopAt::default(),
+        |step, _, _| seen.push(step),
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(seen, vec![2, 3], "resume must continue at step 2");
 
     let (wa, wb) = (weights(&full), weights(&resumed));
@@ -64,7 +75,12 @@ fn resumed_training_equals_uninterrupted() {
     let processor = Processor::load(&full, &model).unwrap();
     let img = image::RgbImage::from_pixel(32, 32, image::Rgb([120, 30, 200]));
     let inputs = processor
-        .prepare_image(&model, "What color is the circle?", &img, PromptTemplate::LlavaHf)
+        .prepare_image(
+            &model,
+            "What color is the circle?",
+            &img,
+            PromptTemplate::LlavaHf,
+        )
         .unwrap();
     assert_eq!(inputs.visual_positions.len(), 16);
     let names: Vec<&str> = wa.iter().map(|(n, _)| n.as_str()).collect();

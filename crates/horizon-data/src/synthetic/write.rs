@@ -1,7 +1,7 @@
 //! Parquet output of the synthetic set (schema in the parent module's docs).
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
@@ -103,34 +103,7 @@ fn batch(samples: &[SynthSample]) -> Result<RecordBatch> {
 /// synced, then renamed over `path`. Parent folders are created. PNGs are encoded one row group (256 rows)
 /// at a time.
 pub fn write_parquet(path: impl AsRef<Path>, samples: &[SynthSample]) -> Result<()> {
-    let path = path.as_ref();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("{}: cannot create folder", dir.display()))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{}: not a file path", path.display()))?
-        .to_string_lossy();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = dir.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
-    let result = write_to(&tmp, samples).and_then(|()| {
-        std::fs::rename(&tmp, path).with_context(|| {
-            format!(
-                "{}: cannot rename {} into place",
-                path.display(),
-                tmp.display()
-            )
-        })
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::atomic::write_atomic(path.as_ref(), |tmp| write_to(tmp, samples))
 }
 
 fn write_to(tmp: &Path, samples: &[SynthSample]) -> Result<()> {

@@ -133,13 +133,17 @@ impl RotaryEmbedding {
 
 /// Per-layer key/value cache (HF `DynamicCache`): each layer holds exactly the tokens it processed.
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
+    /// M-RoPE models only: `max(prompt position id) + 1 - prompt length`, so that a decoding step at
+    /// cache position p uses position `p + rope_deltas` (0 for 1-D rotary models).
+    pub rope_deltas: i64,
 }
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
         Self {
             layers: (0..num_layers).map(|_| None).collect(),
+            rope_deltas: 0,
         }
     }
 

@@ -743,27 +743,9 @@ impl Qwen2_5VlRotaryEmbedding {
     }
 }
 
-/// Per-layer key/value cache (HF `DynamicCache`), plus the sequence's `rope_deltas` (HF keeps it on the
-/// model) so that decoding steps know their M-RoPE position.
-pub struct KvCache {
-    pub layers: Vec<Option<(Tensor, Tensor)>>,
-    /// `max(prompt position id) + 1 - prompt length`, set by [`Qwen2_5VlForConditionalGeneration::prefill`].
-    pub rope_deltas: i64,
-}
-
-impl KvCache {
-    pub fn new(num_layers: usize) -> Self {
-        Self {
-            layers: (0..num_layers).map(|_| None).collect(),
-            rope_deltas: 0,
-        }
-    }
-
-    /// Number of tokens cached by `layer`.
-    pub fn len_at(&self, layer: usize) -> i64 {
-        self.layers[layer].as_ref().map_or(0, |(k, _)| k.size()[2])
-    }
-}
+// The KV cache is shared with the Llama decoder; Qwen uses its `rope_deltas` (HF keeps it on the
+// model) so that decoding steps know their M-RoPE position.
+pub use super::llama::KvCache;
 
 /// `Qwen2_5_VLAttention`: q/k/v with bias, o without.
 pub struct Qwen2_5VlAttention {
@@ -1217,10 +1199,10 @@ impl Qwen2_5VlForConditionalGeneration {
             &[]
         };
         let (position_ids, rope_deltas) = self.rope_index(input_ids, grids)?;
-        let cache = cache.map(|c| {
+        let mut cache = cache;
+        if let Some(c) = cache.as_deref_mut() {
             c.rope_deltas = rope_deltas;
-            c
-        });
+        }
         self.language_model
             .prefill(&embeds, &position_ids, intervention, cache, layer_inputs)
     }

@@ -576,7 +576,9 @@ pub fn train(
         state.losses.push((step, loss_v));
         on_step(step, loss_v, lr);
         let stopping = stop.step.is_some_and(|s| state.step >= s)
-            || stop.seconds.is_some_and(|s| started.elapsed().as_secs_f64() >= s);
+            || stop
+                .seconds
+                .is_some_and(|s| started.elapsed().as_secs_f64() >= s);
         if state.step % cfg.checkpoint_every == 0 || state.step == cfg.steps || stopping {
             state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
             write_model_dir(&ckpt, &config_json, &tok, &cfg.spec, &params, &extra)?;
