@@ -1,0 +1,612 @@
+//! Aggregation of info rows into per-(model, task, layer) statistics and per-window maps.
+//!
+//! The rows are scattered once into a dense `sample × layer × window` array of information values
+//! (NaN = missing), then every (group, layer) is reduced in parallel.
+
+use crate::horizon::{find_horizon, HorizonResult, Threshold};
+use crate::read::InfoTable;
+use crate::stats;
+use crate::{Metric, Mode};
+use anyhow::{anyhow, bail, Result};
+use ndarray::Array2;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// The task name of each model's pooled group (all its samples, every task).
+pub const POOLED_TASK: &str = "(all)";
+
+/// Parameters of [`analyze`]; recorded in `horizon.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisParams {
+    /// The per-run quantity (default `p`).
+    pub metric: Metric,
+    /// Which window runs (default `keep-only`).
+    pub mode: Mode,
+    /// The `target` rows to use (default `gt`).
+    pub target: String,
+    /// Bootstrap resamples B (default 1000).
+    pub bootstrap: usize,
+    /// Confidence of the percentile interval (default 0.95).
+    pub confidence: f64,
+    /// Bootstrap seed (default 0).
+    pub seed: u64,
+    /// Vanishing threshold ε (default 5 % of max_K |m_K|).
+    pub threshold: Threshold,
+    /// A vanishing layer's CI must also cover 0 (default true).
+    pub require_ci_covers_zero: bool,
+}
+
+impl Default for AnalysisParams {
+    fn default() -> Self {
+        AnalysisParams {
+            metric: Metric::P,
+            mode: Mode::KeepOnly,
+            target: "gt".into(),
+            bootstrap: 1000,
+            confidence: 0.95,
+            seed: 0,
+            threshold: Threshold::default(),
+            require_ci_covers_zero: true,
+        }
+    }
+}
+
+/// The window grid. Window `w` sits at (`row_of[w]`, `col_of[w]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowGrid {
+    pub rows: usize,
+    pub cols: usize,
+    pub n_windows: usize,
+    pub row_of: Vec<i32>,
+    pub col_of: Vec<i32>,
+    /// `horizon.window_size` from the metadata, if present.
+    pub window_size: Option<usize>,
+}
+
+impl WindowGrid {
+    /// A row-major `rows × cols` grid.
+    pub fn row_major(rows: usize, cols: usize) -> WindowGrid {
+        let n = rows * cols;
+        WindowGrid {
+            rows,
+            cols,
+            n_windows: n,
+            row_of: (0..n).map(|w| (w / cols.max(1)) as i32).collect(),
+            col_of: (0..n).map(|w| (w % cols.max(1)) as i32).collect(),
+            window_size: None,
+        }
+    }
+}
+
+/// Statistics of one (model, task, layer). Undefined values are NaN.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerStats {
+    pub layer: i32,
+    /// Samples with at least one window value at this layer.
+    pub n_samples: usize,
+    /// m_K = mean over samples of the per-sample window mean.
+    pub mean: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    /// sd(I_s)/√n, NaN for n < 2.
+    pub stderr: f64,
+    /// Population std of Ī[K,·] over windows.
+    pub std_windows: f64,
+    /// std_windows / |mean_w Ī[K,·]|.
+    pub cv: f64,
+    /// Gini of Ī[K,·] clipped at 0.
+    pub gini: f64,
+    /// Normalised entropy of Ī[K,·] clipped at 0.
+    pub entropy_norm: f64,
+    /// max_w Ī − min_w Ī.
+    pub max_minus_min: f64,
+    /// Whether the layer meets the vanishing criterion.
+    pub vanishes: bool,
+}
+
+/// Results of one (model, task) group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupResult {
+    pub model: String,
+    /// The task, or [`POOLED_TASK`] for the model's pooled group.
+    pub task: String,
+    pub pooled: bool,
+    /// Samples in the group.
+    pub n_samples: usize,
+    /// Measured layers, ascending.
+    pub layers: Vec<LayerStats>,
+    /// Ī[K,w]: one row per entry of `layers`, one column per window (NaN = no sample).
+    pub window_means: Array2<f64>,
+    pub horizon: HorizonResult,
+}
+
+impl GroupResult {
+    /// The row of `window_means` of `layer`.
+    pub fn layer_index(&self, layer: i32) -> Option<usize> {
+        self.layers.iter().position(|l| l.layer == layer)
+    }
+}
+
+/// What the analysis read and used.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InputSummary {
+    pub files: Vec<String>,
+    pub rows_read: usize,
+    /// Rows that entered the analysis (matching target; window rows of the chosen mode; baselines).
+    pub rows_used: usize,
+    pub rows_other_target: usize,
+    pub rows_other_mode: usize,
+    /// Window values dropped because their sample lacks the baseline row the formula needs.
+    pub window_values_without_baseline: usize,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The analysis: parameters, grid, and one [`GroupResult`] per (model, task) and per model pooled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analysis {
+    pub params: AnalysisParams,
+    pub grid: WindowGrid,
+    /// Sorted by model, then task, the pooled group last within each model.
+    pub groups: Vec<GroupResult>,
+    pub input: InputSummary,
+}
+
+impl Analysis {
+    pub fn group(&self, model: &str, task: &str) -> Option<&GroupResult> {
+        self.groups
+            .iter()
+            .find(|g| g.model == model && g.task == task)
+    }
+
+    /// Model names, sorted.
+    pub fn models(&self) -> Vec<&str> {
+        let mut m: Vec<&str> = self.groups.iter().map(|g| g.model.as_str()).collect();
+        m.dedup();
+        m
+    }
+}
+
+const NONE: u32 = u32::MAX;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Var {
+    Full,
+    Text,
+    Window,
+}
+
+/// Computes per-layer statistics, window maps and horizons. See the crate documentation for the
+/// definitions.
+pub fn analyze(t: &InfoTable, params: &AnalysisParams) -> Result<Analysis> {
+    if !(params.confidence > 0.0 && params.confidence < 1.0) {
+        bail!("confidence must be in (0, 1), got {}", params.confidence);
+    }
+    let vals = t
+        .metric(params.metric)
+        .ok_or_else(|| anyhow!("metric column `{}` was not read", params.metric.column()))?;
+    let n = t.len();
+    let target = t.target.code_of(&params.target).ok_or_else(|| {
+        anyhow!(
+            "no rows with target `{}` (targets present: {})",
+            params.target,
+            t.target.dict.join(", ")
+        )
+    })?;
+    let mode = t.mode.code_of(params.mode.as_str()).ok_or_else(|| {
+        anyhow!(
+            "no rows with mode `{}` (modes present: {})",
+            params.mode,
+            t.mode.dict.join(", ")
+        )
+    })?;
+    let var_of: Vec<Var> = t
+        .variant
+        .dict
+        .iter()
+        .map(|v| match v.as_str() {
+            "full" => Ok(Var::Full),
+            "text_only" => Ok(Var::Text),
+            "window" => Ok(Var::Window),
+            other => Err(anyhow!(
+                "column `variant`: unknown value `{other}` (expected full, text_only, window)"
+            )),
+        })
+        .collect::<Result<_>>()?;
+
+    // Pass 1: dense sample ids, measured layers, number of windows.
+    let mut sample_of_row = vec![NONE; n];
+    let mut sample_key: HashMap<(u32, u32, u32), u32> = HashMap::new();
+    let mut samples: Vec<(u32, u32, u32)> = Vec::new();
+    let mut last: Option<((u32, u32, u32), u32)> = None;
+    let mut max_layer: i32 = -1;
+    let mut max_window: i32 = -1;
+    let (mut rows_other_target, mut rows_other_mode) = (0usize, 0usize);
+    for i in 0..n {
+        if t.target.codes[i] != target {
+            rows_other_target += 1;
+            continue;
+        }
+        let var = var_of[t.variant.codes[i] as usize];
+        if var == Var::Window {
+            if t.mode.codes[i] != mode {
+                rows_other_mode += 1;
+                continue;
+            }
+            let (k, w) = (t.layer[i], t.window[i]);
+            if k < 0 || w < 0 {
+                bail!(
+                    "window row with layer {k} and window {w} (model {}, sample {}): both must be >= 0",
+                    t.model.get(i),
+                    t.sample_id.get(i)
+                );
+            }
+            max_layer = max_layer.max(k);
+            max_window = max_window.max(w);
+        }
+        let key = (t.model.codes[i], t.task.codes[i], t.sample_id.codes[i]);
+        let s = match last {
+            Some((lk, ls)) if lk == key => ls,
+            _ => {
+                let next = samples.len() as u32;
+                let s = *sample_key.entry(key).or_insert(next);
+                if s == next {
+                    samples.push(key);
+                }
+                last = Some((key, s));
+                s
+            }
+        };
+        sample_of_row[i] = s;
+    }
+    if max_window < 0 {
+        bail!(
+            "no window rows with target `{}` and mode `{}`",
+            params.target,
+            params.mode
+        );
+    }
+    if max_layer > 1_000_000 || max_window > 10_000_000 {
+        bail!("implausible layer {max_layer} or window {max_window}");
+    }
+    let n_layers_all = (max_layer + 1) as usize;
+    let grid = window_grid(t, (max_window + 1) as usize, target, mode, &var_of);
+    let nw = grid.n_windows;
+    let ns = samples.len();
+
+    // Pass 2: scatter into dense arrays.
+    let nl = n_layers_all;
+    let mut win = vec![f64::NAN; ns * nl * nw];
+    let mut text = vec![f64::NAN; ns * nl];
+    let mut full_at = vec![f64::NAN; ns * nl];
+    let mut full = vec![f64::NAN; ns];
+    let mut layer_seen = vec![false; nl];
+    let mut rows_used = 0usize;
+    let describe = |i: usize| {
+        format!(
+            "model {}, task {}, sample {}, layer {}, variant {}, window {}",
+            t.model.get(i),
+            t.task.get(i),
+            t.sample_id.get(i),
+            t.layer[i],
+            t.variant.get(i),
+            t.window[i]
+        )
+    };
+    for i in 0..n {
+        let s = sample_of_row[i];
+        if s == NONE {
+            continue;
+        }
+        let s = s as usize;
+        let v = vals[i];
+        let k = t.layer[i];
+        rows_used += 1;
+        match var_of[t.variant.codes[i] as usize] {
+            Var::Window => {
+                let k = k as usize;
+                layer_seen[k] = true;
+                let cell = &mut win[(s * nl + k) * nw + t.window[i] as usize];
+                if !cell.is_nan() {
+                    bail!(
+                        "duplicate info row ({}); is a sample in two part files?",
+                        describe(i)
+                    );
+                }
+                *cell = v;
+            }
+            Var::Text => {
+                if k < 0 || k as usize >= nl {
+                    continue; // a layer without window rows: unused
+                }
+                set_baseline(&mut text[s * nl + k as usize], v, || describe(i))?;
+            }
+            Var::Full => {
+                if k < 0 {
+                    set_baseline(&mut full[s], v, || describe(i))?;
+                } else if (k as usize) < nl {
+                    set_baseline(&mut full_at[s * nl + k as usize], v, || describe(i))?;
+                }
+            }
+        }
+    }
+
+    // Information values in place.
+    let (metric, pmode) = (params.metric, params.mode);
+    let without_baseline: usize = win
+        .par_chunks_mut(nl * nw)
+        .enumerate()
+        .map(|(s, block)| {
+            let mut missing = 0usize;
+            for k in 0..nl {
+                let base = match pmode {
+                    Mode::KeepOnly => text[s * nl + k],
+                    Mode::LeaveOut if metric == Metric::Kl => 0.0,
+                    Mode::LeaveOut => {
+                        let f = full_at[s * nl + k];
+                        if f.is_nan() {
+                            full[s]
+                        } else {
+                            f
+                        }
+                    }
+                };
+                for x in &mut block[k * nw..(k + 1) * nw] {
+                    if x.is_nan() {
+                        continue;
+                    }
+                    if base.is_nan() {
+                        missing += 1;
+                    }
+                    *x = match (pmode, metric) {
+                        (Mode::KeepOnly, Metric::Kl) => base - *x,
+                        (Mode::KeepOnly, _) => *x - base,
+                        (Mode::LeaveOut, Metric::Kl) => *x,
+                        (Mode::LeaveOut, _) => base - *x,
+                    };
+                }
+            }
+            missing
+        })
+        .sum();
+
+    // Groups: per (model, task), then the model's pooled group.
+    let name = |col: &crate::read::StrColumn, c: u32| col.dict[c as usize].clone();
+    let mut by_group: BTreeMap<(String, String), Vec<u32>> = BTreeMap::new();
+    for (s, &(m, tk, _)) in samples.iter().enumerate() {
+        by_group
+            .entry((name(&t.model, m), name(&t.task, tk)))
+            .or_default()
+            .push(s as u32);
+    }
+    let mut groups: Vec<(String, String, bool, Vec<u32>)> = Vec::new();
+    let models: Vec<String> = {
+        let mut m: Vec<String> = by_group.keys().map(|k| k.0.clone()).collect();
+        m.dedup();
+        m
+    };
+    for model in &models {
+        let mut pooled = Vec::new();
+        for ((m, task), ss) in by_group.range((model.clone(), String::new())..) {
+            if m != model {
+                break;
+            }
+            groups.push((m.clone(), task.clone(), false, ss.clone()));
+            pooled.extend_from_slice(ss);
+        }
+        pooled.sort_unstable();
+        groups.push((model.clone(), POOLED_TASK.to_string(), true, pooled));
+    }
+
+    let layers: Vec<usize> = (0..nl).filter(|&k| layer_seen[k]).collect();
+    let jobs: Vec<(usize, usize)> = (0..groups.len())
+        .flat_map(|g| layers.iter().map(move |&k| (g, k)))
+        .collect();
+    let cells: Vec<Option<(LayerStats, Vec<f64>)>> = jobs
+        .par_iter()
+        .map(|&(g, k)| {
+            let (model, task, _, ss) = &groups[g];
+            layer_cell(&win, ss, k, nl, nw, params, model, task)
+        })
+        .collect();
+    let mut results = Vec::with_capacity(groups.len());
+    let mut it = cells.into_iter();
+    for (model, task, pooled, ss) in groups {
+        let mut ls = Vec::new();
+        let mut rows: Vec<f64> = Vec::new();
+        for _ in &layers {
+            if let Some((st, wm)) = it.next().expect("one cell per job") {
+                ls.push(st);
+                rows.extend(wm);
+            }
+        }
+        let hz = find_horizon(
+            &ls.iter()
+                .map(|l| (l.layer, l.mean, l.ci_low, l.ci_high))
+                .collect::<Vec<_>>(),
+            params.threshold,
+            params.require_ci_covers_zero,
+        );
+        for l in ls.iter_mut() {
+            l.vanishes = hz.vanishing.iter().any(|&(k, v)| k == l.layer && v);
+        }
+        let window_means = Array2::from_shape_vec((ls.len(), nw), rows).expect("layers x windows");
+        results.push(GroupResult {
+            model,
+            task,
+            pooled,
+            n_samples: ss.len(),
+            layers: ls,
+            window_means,
+            horizon: hz,
+        });
+    }
+    Ok(Analysis {
+        params: params.clone(),
+        grid,
+        groups: results,
+        input: InputSummary {
+            files: t.files.iter().map(|f| f.display().to_string()).collect(),
+            rows_read: n,
+            rows_used,
+            rows_other_target,
+            rows_other_mode,
+            window_values_without_baseline: without_baseline,
+            metadata: t.metadata.clone(),
+        },
+    })
+}
+
+fn set_baseline(cell: &mut f64, v: f64, describe: impl Fn() -> String) -> Result<()> {
+    if cell.is_nan() {
+        *cell = v;
+    } else if (*cell - v).abs() > 1e-9 * cell.abs().max(1.0) {
+        bail!(
+            "conflicting baseline rows ({}): {} and {v}",
+            describe(),
+            *cell
+        );
+    }
+    Ok(())
+}
+
+/// Statistics of one (group, layer); `None` when no sample has a value there.
+#[allow(clippy::too_many_arguments)]
+fn layer_cell(
+    win: &[f64],
+    samples: &[u32],
+    k: usize,
+    nl: usize,
+    nw: usize,
+    params: &AnalysisParams,
+    model: &str,
+    task: &str,
+) -> Option<(LayerStats, Vec<f64>)> {
+    let mut wsum = vec![0.0f64; nw];
+    let mut wcnt = vec![0u32; nw];
+    let mut per_sample = Vec::with_capacity(samples.len());
+    for &s in samples {
+        let row = &win[(s as usize * nl + k) * nw..][..nw];
+        let (mut sum, mut cnt) = (0.0, 0u32);
+        for (w, &x) in row.iter().enumerate() {
+            if !x.is_nan() {
+                sum += x;
+                cnt += 1;
+                wsum[w] += x;
+                wcnt[w] += 1;
+            }
+        }
+        if cnt > 0 {
+            per_sample.push(sum / cnt as f64);
+        }
+    }
+    if per_sample.is_empty() {
+        return None;
+    }
+    let wm: Vec<f64> = wsum
+        .iter()
+        .zip(&wcnt)
+        .map(|(&s, &c)| if c > 0 { s / c as f64 } else { f64::NAN })
+        .collect();
+    let present: Vec<f64> = wm.iter().copied().filter(|x| !x.is_nan()).collect();
+    let n = per_sample.len();
+    let mean = stats::mean(&per_sample);
+    let (ci_low, ci_high) = stats::bootstrap_mean_ci(
+        &per_sample,
+        params.bootstrap,
+        params.confidence,
+        stats::group_seed(params.seed, model, task, k as i32),
+    );
+    let std_windows = stats::population_std(&present);
+    let wmean = stats::mean(&present);
+    let cv = if wmean != 0.0 {
+        std_windows / wmean.abs()
+    } else {
+        f64::NAN
+    };
+    let (mx, mn) = present
+        .iter()
+        .fold((f64::NEG_INFINITY, f64::INFINITY), |(a, b), &x| {
+            (a.max(x), b.min(x))
+        });
+    Some((
+        LayerStats {
+            layer: k as i32,
+            n_samples: n,
+            mean,
+            ci_low,
+            ci_high,
+            stderr: stats::sample_std(&per_sample) / (n as f64).sqrt(),
+            std_windows,
+            cv,
+            gini: stats::gini_clipped(&present).unwrap_or(f64::NAN),
+            entropy_norm: stats::entropy_norm_clipped(&present).unwrap_or(f64::NAN),
+            max_minus_min: mx - mn,
+            vanishes: false,
+        },
+        wm,
+    ))
+}
+
+/// The window grid: metadata `horizon.grid_rows`/`grid_cols` if present, else the extent of the
+/// `window_row`/`window_col` columns, else a square grid when #windows is a square, else 1 × n.
+fn window_grid(
+    t: &InfoTable,
+    n_from_rows: usize,
+    target: u32,
+    mode: u32,
+    var_of: &[Var],
+) -> WindowGrid {
+    let meta = (
+        t.metadata_usize("horizon.grid_rows"),
+        t.metadata_usize("horizon.grid_cols"),
+    );
+    let mut row_of = vec![-1i32; n_from_rows];
+    let mut col_of = vec![-1i32; n_from_rows];
+    if let (Some(r), Some(c)) = (t.window_row.as_ref(), t.window_col.as_ref()) {
+        let mut filled = 0usize;
+        for i in 0..t.len() {
+            if t.target.codes[i] != target
+                || t.mode.codes[i] != mode
+                || var_of[t.variant.codes[i] as usize] != Var::Window
+            {
+                continue;
+            }
+            let w = t.window[i] as usize;
+            if row_of[w] < 0 {
+                row_of[w] = r[i];
+                col_of[w] = c[i];
+                filled += 1;
+                if filled == n_from_rows {
+                    break;
+                }
+            }
+        }
+    }
+    let (rows, cols) = match meta {
+        (Some(r), Some(c)) if r * c >= n_from_rows && r * c > 0 => (r, c),
+        _ => {
+            let mr = row_of.iter().copied().max().unwrap_or(-1);
+            let mc = col_of.iter().copied().max().unwrap_or(-1);
+            if mr >= 0 && mc >= 0 && ((mr + 1) * (mc + 1)) as usize >= n_from_rows {
+                ((mr + 1) as usize, (mc + 1) as usize)
+            } else {
+                let s = (n_from_rows as f64).sqrt().round() as usize;
+                if s * s == n_from_rows {
+                    (s, s)
+                } else {
+                    (1, n_from_rows)
+                }
+            }
+        }
+    };
+    let mut grid = WindowGrid::row_major(rows, cols);
+    for w in 0..n_from_rows {
+        if row_of[w] >= 0 && col_of[w] >= 0 {
+            grid.row_of[w] = row_of[w];
+            grid.col_of[w] = col_of[w];
+        }
+    }
+    grid.window_size = t.metadata_usize("horizon.window_size");
+    grid
+}

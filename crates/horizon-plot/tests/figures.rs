@@ -1,0 +1,217 @@
+use horizon_analysis::*;
+use horizon_plot::*;
+use ndarray::Array2;
+use std::path::Path;
+
+/// Synthetic results: information decays with depth and concentrates in the grid centre; task
+/// "count" vanishes from layer 8 on, task "color" never vanishes, one layer (5) is missing.
+fn synthetic() -> Analysis {
+    let (gr, gc) = (6usize, 6usize);
+    let grid = WindowGrid::row_major(gr, gc);
+    let layers: Vec<i32> = (0..16).filter(|&k| k != 5).collect();
+    let mut groups = vec![];
+    for model in ["llava-1.5-7b", "qwen2.5-vl-3b"] {
+        for (ti, task) in ["color", "count", POOLED_TASK].iter().enumerate() {
+            let mut ls = vec![];
+            let mut wm = Array2::<f64>::zeros((layers.len(), gr * gc));
+            for (li, &k) in layers.iter().enumerate() {
+                let level = match ti {
+                    0 => 0.2 * (-(k as f64) / 6.0).exp() + 0.01,
+                    1 if k >= 8 => 0.0005 * if k % 2 == 0 { 1.0 } else { -1.0 },
+                    1 => 0.3 * (1.0 - k as f64 / 8.0),
+                    _ => 0.15 * (-(k as f64) / 5.0).exp(),
+                };
+                for w in 0..gr * gc {
+                    let (r, c) = ((w / gc) as f64 - 2.5, (w % gc) as f64 - 2.5);
+                    wm[[li, w]] =
+                        level * (1.5 - (r * r + c * c) / 12.5) + if w == 7 { -0.02 } else { 0.0 };
+                }
+                if model == "qwen2.5-vl-3b" && li == 3 {
+                    wm[[li, 0]] = f64::NAN; // a missing window
+                }
+                let spread = 0.02 + level.abs() * 0.2;
+                ls.push(LayerStats {
+                    layer: k,
+                    n_samples: 50,
+                    mean: level,
+                    ci_low: level - spread,
+                    ci_high: level + spread,
+                    stderr: spread / 2.0,
+                    std_windows: 0.1,
+                    cv: 0.3,
+                    gini: 0.2,
+                    entropy_norm: 0.9,
+                    max_minus_min: 0.3,
+                    vanishes: false,
+                });
+            }
+            let horizon = find_horizon(
+                &ls.iter()
+                    .map(|l| (l.layer, l.mean, l.ci_low, l.ci_high))
+                    .collect::<Vec<_>>(),
+                Threshold::Relative(0.05),
+                true,
+            );
+            groups.push(GroupResult {
+                model: model.into(),
+                task: task.to_string(),
+                pooled: ti == 2,
+                n_samples: if ti == 2 { 100 } else { 50 },
+                layers: ls,
+                window_means: wm,
+                horizon,
+            });
+        }
+    }
+    Analysis {
+        params: AnalysisParams::default(),
+        grid,
+        groups,
+        input: InputSummary::default(),
+    }
+}
+
+fn check_png(path: &Path, min_w: u32, min_h: u32) {
+    let img = image::open(path).unwrap().to_rgb8();
+    assert!(
+        img.width() >= min_w && img.height() >= min_h,
+        "{}x{}",
+        img.width(),
+        img.height()
+    );
+    let first = *img.get_pixel(0, 0);
+    let differing = img.pixels().filter(|p| **p != first).count();
+    assert!(
+        differing > (img.width() * img.height() / 50) as usize,
+        "blank image"
+    );
+    let mut colours: Vec<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+    colours.sort();
+    colours.dedup();
+    assert!(colours.len() > 20, "only {} colours", colours.len());
+}
+
+fn check_svg(path: &Path, labels: &[&str]) {
+    let s = std::fs::read_to_string(path).unwrap();
+    assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+    for l in labels {
+        assert!(s.contains(l), "SVG lacks {l:?}");
+    }
+}
+
+#[test]
+fn window_heatmaps_png_and_svg() {
+    let a = synthetic();
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("maps.png");
+    plot_window_heatmaps(&a, "llava-1.5-7b", "count", &[0, 2, 4, 8, 12, 15], &png).unwrap();
+    check_png(&png, 700, 500);
+    let svg = dir.path().join("maps.svg");
+    plot_window_heatmaps(&a, "llava-1.5-7b", "count", &[0, 2, 4, 8, 12, 15], &svg).unwrap();
+    check_svg(
+        &svg,
+        &[
+            "layer K = 0",
+            "layer K = 15",
+            "window column",
+            "window row",
+            "count",
+            "information",
+        ],
+    );
+    // all layers; a pooled group
+    let all = dir.path().join("all.png");
+    plot_window_heatmaps(&a, "qwen2.5-vl-3b", POOLED_TASK, &[], &all).unwrap();
+    check_png(&all, 700, 700);
+    let e = plot_window_heatmaps(&a, "llava-1.5-7b", "count", &[5], &png).unwrap_err();
+    assert!(e.to_string().contains("layer 5 was not measured"), "{e}");
+    assert!(plot_window_heatmaps(&a, "nope", "count", &[], &png).is_err());
+    assert!(
+        plot_window_heatmaps(&a, "llava-1.5-7b", "count", &[], &dir.path().join("x.jpg")).is_err()
+    );
+    // no temporary files left
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        left.iter().all(|n| !n.to_string_lossy().starts_with('.')),
+        "{left:?}"
+    );
+}
+
+#[test]
+fn information_vs_layer_png_and_svg() {
+    let a = synthetic();
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("curves.png");
+    plot_information_vs_layer(&a, &CurveOptions::default(), &png).unwrap();
+    check_png(&png, 1000, 600);
+    let svg = dir.path().join("curves.svg");
+    plot_information_vs_layer(&a, &CurveOptions::default(), &svg).unwrap();
+    check_svg(
+        &svg,
+        &[
+            "Information versus layer",
+            "cut layer K",
+            "H = 8",
+            "no horizon",
+            "llava-1.5-7b / count",
+            "all tasks",
+            "bootstrap CI",
+        ],
+    );
+    let one = CurveOptions {
+        models: vec!["qwen2.5-vl-3b".into()],
+        pooled: false,
+        ..Default::default()
+    };
+    let svg2 = dir.path().join("one.svg");
+    plot_information_vs_layer(&a, &one, &svg2).unwrap();
+    let s = std::fs::read_to_string(&svg2).unwrap();
+    assert!(!s.contains("llava"));
+    let none = CurveOptions {
+        models: vec!["nope".into()],
+        ..Default::default()
+    };
+    assert!(plot_information_vs_layer(&a, &none, &svg2).is_err());
+}
+
+#[test]
+fn layer_window_heatmap_png_and_svg() {
+    let a = synthetic();
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("lw.png");
+    plot_layer_window_heatmap(&a, "llava-1.5-7b", "count", &png).unwrap();
+    check_png(&png, 1000, 600);
+    let svg = dir.path().join("lw.svg");
+    plot_layer_window_heatmap(&a, "llava-1.5-7b", "count", &svg).unwrap();
+    check_svg(
+        &svg,
+        &[
+            "horizon H = 8",
+            "window index",
+            "cut layer K",
+            "information",
+        ],
+    );
+}
+
+/// Writes the figures to $HORIZON_PLOT_DEMO_DIR when set (for looking at them).
+#[test]
+fn demo_output() {
+    if let Ok(dir) = std::env::var("HORIZON_PLOT_DEMO_DIR") {
+        let a = synthetic();
+        let d = Path::new(&dir);
+        plot_window_heatmaps(
+            &a,
+            "llava-1.5-7b",
+            "count",
+            &[0, 2, 4, 8, 12, 15],
+            &d.join("maps.png"),
+        )
+        .unwrap();
+        plot_information_vs_layer(&a, &CurveOptions::default(), &d.join("curves.png")).unwrap();
+        plot_layer_window_heatmap(&a, "llava-1.5-7b", "count", &d.join("lw.png")).unwrap();
+    }
+}
