@@ -1,5 +1,6 @@
 //! `horizon`: visual-token information per decoder layer, the information horizon, and its figures.
 
+mod analysis;
 mod bench;
 mod info;
 mod train;
@@ -41,6 +42,10 @@ enum Command {
     /// Timings on a random-weight model of any config (llava-1.5-7b built in): plain forward, and the
     /// information engine against the naive per-variant procedure in the same run.
     Bench(bench::BenchArgs),
+    /// Per-layer statistics and the information horizon from `horizon info` rows (horizon.json + Parquet).
+    Horizon(analysis::HorizonArgs),
+    /// Figures from `horizon info` rows: window heatmaps, information versus layer, layer x window map.
+    Plot(analysis::PlotArgs),
     /// Writes a seeded synthetic benchmark (coarse perception and text-reading tasks) as HF parquet.
     Synth(train::SynthArgs),
     /// Trains a small LLaVA-format model from scratch on the synthetic tasks (resumable).
@@ -183,6 +188,8 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate(a),
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Horizon(a) => analysis::horizon(a),
+        Command::Plot(a) => analysis::plot(a),
         Command::Synth(a) => train::synth(a),
         Command::Train(a) => train::run_train(a),
         Command::Eval(a) => train::eval(a),

@@ -393,3 +393,66 @@ fn info_resume_reproduces_the_same_rows() {
         "resumed output differs from the uninterrupted run"
     );
 }
+
+/// samples → info rows → per-layer statistics and horizon → figures, through the CLI.
+#[test]
+fn info_horizon_plot_pipeline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q = jsonl_bench(tmp.path());
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let info = tmp.path().join("info");
+    let (ok, _, stderr) = horizon_owned(&[
+        "info".into(),
+        "--model".into(),
+        s(&fixture_model()),
+        "--bench".into(),
+        s(&q),
+        "--image-dir".into(),
+        s(tmp.path()),
+        "--out".into(),
+        s(&info),
+        "--layers".into(),
+        "all".into(),
+    ]);
+    assert!(ok, "{stderr}");
+    let an = tmp.path().join("an");
+    let (ok, stdout, stderr) = horizon_owned(&[
+        "horizon".into(),
+        "--info".into(),
+        s(&info),
+        "--out".into(),
+        s(&an),
+        "--bootstrap".into(),
+        "50".into(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("llava-tiny"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(an.join("horizon.json")).unwrap()).unwrap();
+    assert!(report["summary"].as_array().is_some_and(|a| !a.is_empty()));
+    assert!(an.join("layers.parquet").exists() && an.join("windows.parquet").exists());
+    let figs = tmp.path().join("figs");
+    let (ok, _, stderr) = horizon_owned(&[
+        "plot".into(),
+        "--info".into(),
+        s(&info),
+        "--out".into(),
+        s(&figs),
+        "--bootstrap".into(),
+        "50".into(),
+    ]);
+    assert!(ok, "{stderr}");
+    let png = image::open(figs.join("information_vs_layer.png")).expect("a readable PNG");
+    assert!(png.width() > 100 && png.height() > 100);
+    // Bad analysis values are one-line errors.
+    let (ok, _, stderr) = horizon_owned(&[
+        "horizon".into(),
+        "--info".into(),
+        s(&info),
+        "--out".into(),
+        s(&an),
+        "--metric".into(),
+        "f1".into(),
+    ]);
+    assert_one_line_error(ok, &stderr, &["--metric"]);
+}

@@ -1,0 +1,174 @@
+//! `horizon horizon` and `horizon plot`: per-layer statistics, the information horizon and the figures,
+//! from the Parquet rows `horizon info` writes. libtorch is not involved.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+use horizon_analysis::{
+    analyze, read_info_rows, write_outputs, Analysis, AnalysisParams, Metric, Mode, Threshold,
+};
+use horizon_plot::{
+    plot_information_vs_layer, plot_layer_window_heatmap, plot_window_heatmaps, CurveOptions,
+};
+
+/// How information is aggregated and the horizon located (recorded in horizon.json).
+#[derive(Args)]
+pub struct AnalysisArgs {
+    /// Info rows written by `horizon info`: its output directory (part-*.parquet) or one Parquet file.
+    #[arg(long)]
+    info: PathBuf,
+    /// Quantity per run: p (probability of y), logp, or kl (KL to the unpruned model).
+    #[arg(long, default_value = "p")]
+    metric: String,
+    /// keep-only or leave-out rows.
+    #[arg(long, default_value = "keep-only")]
+    mode: String,
+    /// gt or greedy rows.
+    #[arg(long, default_value = "gt")]
+    target: String,
+    /// Vanishing threshold as a fraction of the largest |mean information| over layers.
+    #[arg(long, default_value_t = 0.05)]
+    threshold: f64,
+    /// Vanishing threshold as an absolute value instead (overrides --threshold).
+    #[arg(long)]
+    absolute_threshold: Option<f64>,
+    /// Bootstrap resamples for the confidence intervals.
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+    /// Confidence level of the intervals.
+    #[arg(long, default_value_t = 0.95)]
+    confidence: f64,
+    /// Do not require a vanishing layer's interval to cover zero.
+    #[arg(long)]
+    no_ci_check: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl AnalysisArgs {
+    fn run(&self) -> Result<Analysis> {
+        if self.confidence <= 0.0 || self.confidence >= 1.0 {
+            bail!("--confidence: {} is not in (0, 1)", self.confidence);
+        }
+        let params = AnalysisParams {
+            metric: self
+                .metric
+                .parse::<Metric>()
+                .map_err(|e| anyhow::anyhow!("--metric: {e}"))?,
+            mode: self
+                .mode
+                .parse::<Mode>()
+                .map_err(|e| anyhow::anyhow!("--mode: {e}"))?,
+            target: self.target.clone(),
+            bootstrap: self.bootstrap,
+            confidence: self.confidence,
+            seed: self.seed,
+            threshold: match self.absolute_threshold {
+                Some(a) => Threshold::Absolute(a),
+                None => Threshold::Relative(self.threshold),
+            },
+            require_ci_covers_zero: !self.no_ci_check,
+        };
+        analyze(&read_info_rows(&self.info)?, &params)
+    }
+}
+
+#[derive(Args)]
+pub struct HorizonArgs {
+    #[command(flatten)]
+    analysis: AnalysisArgs,
+    /// Output directory: horizon.json, layers.parquet, windows.parquet.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn print_summary(a: &Analysis) {
+    println!("| model | task | samples | horizon |");
+    println!("|---|---|---|---|");
+    for g in &a.groups {
+        println!(
+            "| {} | {} | {} | {} |",
+            g.model, g.task, g.n_samples, g.horizon.description
+        );
+    }
+}
+
+pub fn horizon(args: &HorizonArgs) -> Result<()> {
+    let a = args.analysis.run()?;
+    write_outputs(&a, &args.out)?;
+    print_summary(&a);
+    eprintln!(
+        "wrote horizon.json, layers.parquet and windows.parquet to {}",
+        args.out.display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PlotArgs {
+    #[command(flatten)]
+    analysis: AnalysisArgs,
+    /// Output directory for the figures.
+    #[arg(long)]
+    out: PathBuf,
+    /// Layers shown in the spatial heatmap grid, e.g. 1,4,8 (default: all measured layers).
+    #[arg(long, value_delimiter = ',')]
+    layers: Vec<i32>,
+    /// png, svg or both.
+    #[arg(long, default_value = "png", value_parser = ["png", "svg", "both"])]
+    format: String,
+}
+
+fn safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+pub fn plot(args: &PlotArgs) -> Result<()> {
+    let a = args.analysis.run()?;
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create directory ({e})", args.out.display()))?;
+    let exts: &[&str] = match args.format.as_str() {
+        "png" => &["png"],
+        "svg" => &["svg"],
+        _ => &["png", "svg"],
+    };
+    let mut written = 0;
+    for ext in exts {
+        let path = |name: String| -> PathBuf { args.out.join(format!("{name}.{ext}")) };
+        plot_information_vs_layer(
+            &a,
+            &CurveOptions::default(),
+            &path("information_vs_layer".into()),
+        )?;
+        written += 1;
+        for g in &a.groups {
+            let stem = format!("{}_{}", safe(&g.model), safe(&g.task));
+            plot_window_heatmaps(
+                &a,
+                &g.model,
+                &g.task,
+                &args.layers,
+                &path(format!("windows_{stem}")),
+            )?;
+            plot_layer_window_heatmap(
+                &a,
+                &g.model,
+                &g.task,
+                &path(format!("layer_window_{stem}")),
+            )?;
+            written += 2;
+        }
+    }
+    print_summary(&a);
+    eprintln!("wrote {written} figures to {}", args.out.display());
+    Ok(())
+}
