@@ -71,7 +71,9 @@ pub use output::{
     write_outputs, write_window_table, HorizonEntry, HorizonReport, ModelEntry, SummaryLine,
     HORIZON_JSON_FILE, LAYER_TABLE_FILE, WINDOW_TABLE_FILE,
 };
-pub use read::{read_info_rows, read_info_rows_with, InfoTable, ReadOptions, StrColumn};
+pub use read::{
+    read_info_rows, read_info_rows_many, read_info_rows_with, InfoTable, ReadOptions, StrColumn,
+};
 
 use serde::{Deserialize, Serialize};
 

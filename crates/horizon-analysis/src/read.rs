@@ -142,8 +142,16 @@ const OPT_I32_COLS: [&str; 2] = ["window_row", "window_col"];
 /// Reads one Parquet file or the `*.parquet` files (sorted by name, dot-files skipped) of a
 /// directory.
 pub fn read_info_rows_with(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<InfoTable> {
-    let path = path.as_ref();
-    let files = input_files(path)?;
+    read_info_rows_many(&[path], opts)
+}
+
+/// Reads the rows of several inputs (each a Parquet file or a directory of them) as one table, e.g.
+/// one `horizon info` output directory per model.
+pub fn read_info_rows_many<P: AsRef<Path>>(paths: &[P], opts: &ReadOptions) -> Result<InfoTable> {
+    let mut files = Vec::new();
+    for path in paths {
+        files.extend(input_files(path.as_ref())?);
+    }
     // Open and validate every file first (cheap: footer only).
     let mut plans = Vec::with_capacity(files.len());
     for f in &files {

@@ -3,10 +3,11 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use horizon_analysis::{
-    analyze, read_info_rows, write_outputs, Analysis, AnalysisParams, Metric, Mode, Threshold,
+    analyze, read_info_rows_many, write_outputs, Analysis, AnalysisParams, Metric, Mode, ReadOptions,
+    Threshold,
 };
 use horizon_plot::{
     plot_information_vs_layer, plot_layer_window_heatmap, plot_window_heatmaps, CurveOptions,
@@ -16,38 +17,39 @@ use horizon_plot::{
 #[derive(Args)]
 pub struct AnalysisArgs {
     /// Info rows written by `horizon info`: its output directory (part-*.parquet) or one Parquet file.
-    #[arg(long)]
-    info: PathBuf,
+    /// Repeat (or give several, comma-separated) to analyse several runs together, e.g. one per model.
+    #[arg(long, required = true, num_args = 1.., value_delimiter = ',')]
+    pub info: Vec<PathBuf>,
     /// Quantity per run: p (probability of y), logp, or kl (KL to the unpruned model).
     #[arg(long, default_value = "p")]
-    metric: String,
+    pub metric: String,
     /// keep-only or leave-out rows.
     #[arg(long, default_value = "keep-only")]
-    mode: String,
+    pub mode: String,
     /// gt or greedy rows.
     #[arg(long, default_value = "gt")]
-    target: String,
+    pub target: String,
     /// Vanishing threshold as a fraction of the largest |mean information| over layers.
     #[arg(long, default_value_t = 0.05)]
-    threshold: f64,
+    pub threshold: f64,
     /// Vanishing threshold as an absolute value instead (overrides --threshold).
     #[arg(long)]
-    absolute_threshold: Option<f64>,
+    pub absolute_threshold: Option<f64>,
     /// Bootstrap resamples for the confidence intervals.
     #[arg(long, default_value_t = 1000)]
-    bootstrap: usize,
+    pub bootstrap: usize,
     /// Confidence level of the intervals.
     #[arg(long, default_value_t = 0.95)]
-    confidence: f64,
+    pub confidence: f64,
     /// Do not require a vanishing layer's interval to cover zero.
     #[arg(long)]
-    no_ci_check: bool,
+    pub no_ci_check: bool,
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub seed: u64,
 }
 
 impl AnalysisArgs {
-    fn run(&self) -> Result<Analysis> {
+    pub fn run(&self) -> Result<Analysis> {
         if self.confidence <= 0.0 || self.confidence >= 1.0 {
             bail!("--confidence: {} is not in (0, 1)", self.confidence);
         }
@@ -70,7 +72,10 @@ impl AnalysisArgs {
             },
             require_ci_covers_zero: !self.no_ci_check,
         };
-        analyze(&read_info_rows(&self.info)?, &params)
+        analyze(
+            &read_info_rows_many(&self.info, &ReadOptions::default())?,
+            &params,
+        )
     }
 }
 
@@ -83,7 +88,7 @@ pub struct HorizonArgs {
     out: PathBuf,
 }
 
-fn print_summary(a: &Analysis) {
+pub fn print_summary(a: &Analysis) {
     println!("| model | task | samples | horizon |");
     println!("|---|---|---|---|");
     for g in &a.groups {
@@ -134,33 +139,35 @@ fn safe(name: &str) -> String {
 
 pub fn plot(args: &PlotArgs) -> Result<()> {
     let a = args.analysis.run()?;
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| anyhow::anyhow!("{}: cannot create directory ({e})", args.out.display()))?;
-    let exts: &[&str] = match args.format.as_str() {
+    let written = render_figures(&a, &args.out, &args.layers, &args.format)?;
+    print_summary(&a);
+    eprintln!("wrote {written} figures to {}", args.out.display());
+    Ok(())
+}
+
+/// Renders every figure of `a` into `out` (`format`: png, svg or both); returns how many were written.
+pub fn render_figures(a: &Analysis, out: &Path, layers: &[i32], format: &str) -> Result<usize> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create directory ({e})", out.display()))?;
+    let exts: &[&str] = match format {
         "png" => &["png"],
         "svg" => &["svg"],
         _ => &["png", "svg"],
     };
     let mut written = 0;
     for ext in exts {
-        let path = |name: String| -> PathBuf { args.out.join(format!("{name}.{ext}")) };
+        let path = |name: String| -> PathBuf { out.join(format!("{name}.{ext}")) };
         plot_information_vs_layer(
-            &a,
+            a,
             &CurveOptions::default(),
             &path("information_vs_layer".into()),
         )?;
         written += 1;
         for g in &a.groups {
             let stem = format!("{}_{}", safe(&g.model), safe(&g.task));
-            plot_window_heatmaps(
-                &a,
-                &g.model,
-                &g.task,
-                &args.layers,
-                &path(format!("windows_{stem}")),
-            )?;
+            plot_window_heatmaps(a, &g.model, &g.task, layers, &path(format!("windows_{stem}")))?;
             plot_layer_window_heatmap(
-                &a,
+                a,
                 &g.model,
                 &g.task,
                 &path(format!("layer_window_{stem}")),
@@ -168,7 +175,5 @@ pub fn plot(args: &PlotArgs) -> Result<()> {
             written += 2;
         }
     }
-    print_summary(&a);
-    eprintln!("wrote {written} figures to {}", args.out.display());
-    Ok(())
+    Ok(written)
 }

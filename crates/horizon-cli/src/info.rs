@@ -52,7 +52,10 @@ pub struct InfoArgs {
     /// Use at most this many samples.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Shuffle the sample order with this seed before --limit (default: benchmark order).
+    /// Use at most this many samples of each task category (before --limit).
+    #[arg(long)]
+    pub per_category: Option<usize>,
+    /// Shuffle the sample order with this seed before --per-category and --limit (default: benchmark order).
     #[arg(long)]
     pub seed: Option<u64>,
     /// Variants per batch through the resumed layers (default: chosen from --memory-budget-mb).
@@ -146,6 +149,14 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     let mut samples: Vec<Sample> = benchmark.iter().collect::<Result<_>>()?;
     if let Some(seed) = args.seed {
         samples.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    }
+    if let Some(n) = args.per_category {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        samples.retain(|s| {
+            let c = seen.entry(s.category.clone()).or_default();
+            *c += 1;
+            *c <= n
+        });
     }
     if let Some(limit) = args.limit {
         samples.truncate(limit);

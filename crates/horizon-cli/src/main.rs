@@ -2,6 +2,7 @@
 
 mod analysis;
 mod bench;
+mod demo;
 mod info;
 mod train;
 
@@ -33,6 +34,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job: information maps for the bundled models (or --models) on the bundled benchmark,
+    /// horizons per task and per model, all figures and a printed summary (resumable).
+    Demo(demo::DemoArgs),
     /// One forward pass of the unmodified model; saves the logits of every prompt position.
     Forward(ForwardArgs),
     /// Greedy generation (KV cache) from an image and a question; prints the answer.
@@ -184,6 +188,7 @@ fn main() -> ExitCode {
     }));
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Demo(a) => demo::run(a),
         Command::Forward(a) => forward(a),
         Command::Generate(a) => generate(a),
         Command::Info(a) => info::run(a),

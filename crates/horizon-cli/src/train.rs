@@ -73,6 +73,22 @@ pub struct TrainArgs {
     /// Stop (after writing a checkpoint) once this many minutes have passed; rerun to resume.
     #[arg(long)]
     time_budget_minutes: Option<f64>,
+    /// Weight of the dense per-patch loss on the projected visual tokens (glyph, reading order, box and
+    /// shape of each patch, from the generator's ground truth; the head is not exported). 0: answers only.
+    #[arg(long, default_value_t = 1.0)]
+    aux_weight: f64,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 200)]
+    warmup_steps: usize,
+    /// Sampling weight of the text-reading categories relative to the coarse ones.
+    #[arg(long, default_value_t = 2.0)]
+    fine_weight: f64,
+    /// Most glyphs of text-reading samples (reached after --curriculum-fraction of the steps).
+    #[arg(long, default_value_t = 3)]
+    max_glyphs: usize,
+    /// Fraction of the steps over which the glyph count ramps from 1 to --max-glyphs.
+    #[arg(long, default_value_t = 0.5)]
+    curriculum_fraction: f64,
 }
 
 pub fn run_train(args: &TrainArgs) -> Result<()> {
@@ -84,6 +100,17 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     cfg.batch_size = args.batch_size;
     cfg.lr = args.lr;
     cfg.checkpoint_every = args.checkpoint_every;
+    cfg.aux_weight = args.aux_weight;
+    cfg.warmup_steps = args.warmup_steps;
+    cfg.fine_weight = args.fine_weight;
+    cfg.max_glyphs = args.max_glyphs;
+    cfg.curriculum_fraction = args.curriculum_fraction;
+    if !(0.0..=1.0).contains(&args.curriculum_fraction) {
+        anyhow::bail!("--curriculum-fraction: {} is not in [0, 1]", args.curriculum_fraction);
+    }
+    if args.max_glyphs == 0 || args.batch_size == 0 || args.steps == 0 {
+        anyhow::bail!("--max-glyphs, --batch-size and --steps must be at least 1");
+    }
     let bar = ProgressBar::new(args.steps as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -91,20 +118,22 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         )
         .expect("valid template"),
     );
-    let mut avg = None::<f64>;
+    let mut avg = None::<(f64, f64)>;
     let stop = StopAt {
         step: None,
         seconds: args.time_budget_minutes.map(|m| m * 60.0),
     };
     let dir = train(&cfg, &args.run_dir, device, stop, |step, loss, lr| {
-        let a = avg.map_or(loss, |a| 0.98 * a + 0.02 * loss);
-        avg = Some(a);
+        let (a, x) = avg.map_or((loss.lm, loss.aux), |(a, x)| {
+            (0.98 * a + 0.02 * loss.lm, 0.98 * x + 0.02 * loss.aux)
+        });
+        avg = Some((a, x));
         bar.set_position(step as u64 + 1);
-        bar.set_message(format!("loss {a:.4}  lr {lr:.2e}"));
+        bar.set_message(format!("loss {a:.4}  patch loss {x:.4}  lr {lr:.2e}"));
         // Logs of background runs (no terminal, so no bar) still show progress.
         if bar.is_hidden() && (step + 1) % 50 == 0 {
             eprintln!(
-                "step {} loss {a:.4} lr {lr:.2e} elapsed {:.0}s",
+                "step {} loss {a:.4} patch loss {x:.4} lr {lr:.2e} elapsed {:.0}s",
                 step + 1,
                 bar.elapsed().as_secs_f64()
             );
@@ -130,8 +159,12 @@ pub struct EvalArgs {
     bench: PathBuf,
     #[arg(long)]
     image_dir: Option<PathBuf>,
+    /// Use at most this many samples.
     #[arg(long)]
     limit: Option<usize>,
+    /// Use at most this many samples of each category (the first ones in benchmark order).
+    #[arg(long)]
+    per_category: Option<usize>,
     #[arg(long, default_value_t = 8)]
     max_new_tokens: usize,
     /// Also write per-category accuracy as JSON.
@@ -160,6 +193,12 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let mut per_cat: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for sample in benchmark.iter() {
         let sample = sample?;
+        if let Some(n) = args.per_category {
+            if per_cat.get(&sample.category).is_some_and(|e| e.1 >= n) {
+                bar.inc(1);
+                continue;
+            }
+        }
         let image = to_rgb_like_pil(
             sample
                 .image

@@ -267,12 +267,22 @@ impl LlavaForConditionalGeneration {
         input_ids: &Tensor,
         pixel_values: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let embeds = self.language_model.embed(input_ids);
         let Some(pixel_values) = pixel_values else {
-            return Ok(embeds);
+            return Ok(self.language_model.embed(input_ids));
         };
-        let features = self
-            .image_features(pixel_values)?
+        let features = self.image_features(pixel_values)?;
+        self.input_embeds_with_features(input_ids, &features)
+    }
+
+    /// Token embeddings with already computed [`Self::image_features`] scattered into the `<image>`
+    /// positions (the trainer also supervises the features directly).
+    pub fn input_embeds_with_features(
+        &self,
+        input_ids: &Tensor,
+        features: &Tensor,
+    ) -> Result<Tensor> {
+        let embeds = self.language_model.embed(input_ids);
+        let features = features
             .to_kind(embeds.kind())
             .reshape([-1, self.config.text_config.hidden_size]);
         let mask = input_ids.eq(self.config.image_token_id);

@@ -7,6 +7,7 @@
 //!
 //! Long runs checkpoint atomically (weights, AdamW moments, step) and resume exactly where they stopped.
 
+pub mod aux;
 pub mod tokenizer;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -143,6 +144,9 @@ pub struct TrainConfig {
     /// Sampling weight of the fine (text-reading) categories relative to the coarse ones.
     pub fine_weight: f64,
     pub checkpoint_every: usize,
+    /// Weight of the dense per-patch loss on the projected visual tokens ([`aux`]; 0 turns it off).
+    #[serde(default)]
+    pub aux_weight: f64,
 }
 
 impl TrainConfig {
@@ -160,6 +164,7 @@ impl TrainConfig {
             max_glyphs: 3,
             fine_weight: 2.0,
             checkpoint_every: 200,
+            aux_weight: 1.0,
         }
     }
 
@@ -294,6 +299,13 @@ fn write_model_dir(
         &json!({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
                 "unk_token": "<unk>", "pad_token": "<pad>", "model_max_length": 512,
                 "clean_up_tokenization_spaces": false}),
+    )?;
+    // What llava-hf ships, so that HF's AutoProcessor builds a LlavaProcessor for the directory.
+    write_json(
+        "processor_config.json",
+        &json!({"processor_class": "LlavaProcessor", "image_token": "<image>",
+                "patch_size": spec.patch_size, "num_additional_image_tokens": 1,
+                "vision_feature_select_strategy": "default"}),
     )?;
     tok.save(tmp.join("tokenizer.json"), true)
         .map_err(|e| anyhow!("writing tokenizer.json: {e}"))?;
@@ -432,6 +444,13 @@ fn batch_samples(cfg: &TrainConfig, step: usize) -> Result<Vec<SynthSample>> {
         .collect()
 }
 
+/// Losses of one step: the answer (language-model) loss and the dense per-patch loss ([`aux`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StepLosses {
+    pub lm: f64,
+    pub aux: f64,
+}
+
 /// When a call to [`train`] returns before the run is finished (a checkpoint is written first), so
 /// that a long run can be split across sessions and resumed.
 #[derive(Debug, Clone, Copy, Default)]
@@ -444,13 +463,13 @@ pub struct StopAt {
 
 /// Trains (or resumes) a model into `run_dir` (`checkpoint/`, `state.json`) and exports the final
 /// llava-hf directory to `run_dir/model`, returned as `Some`; `None` when `stop` ended the call first.
-/// `on_step(step, loss, lr)` reports progress.
+/// `on_step(step, losses, lr)` reports progress.
 pub fn train(
     cfg: &TrainConfig,
     run_dir: &Path,
     device: Device,
     stop: StopAt,
-    mut on_step: impl FnMut(usize, f64, f64),
+    mut on_step: impl FnMut(usize, StepLosses, f64),
 ) -> Result<Option<PathBuf>> {
     std::fs::create_dir_all(run_dir)?;
     let gen = GenConfig::default().with_image_size(cfg.spec.image_size as u32);
@@ -490,7 +509,28 @@ pub fn train(
     };
     let weights = weights.record_parameters();
     let model = LlavaForConditionalGeneration::from_weights(&weights, llava_cfg)?;
-    let params = weights.take_parameters();
+    let mut params = weights.take_parameters();
+    // The dense per-patch head (training only): kept in its own file, never in the exported model.
+    let aux_file = ckpt.join("aux_head.safetensors");
+    let n_model_params = params.len();
+    if cfg.aux_weight > 0.0 {
+        let (w, b) = if state.step > 0 && aux_file.exists() {
+            let saved: std::collections::HashMap<String, Tensor> =
+                Tensor::read_safetensors(&aux_file)?.into_iter().collect();
+            let get = |n: &str| -> Result<Tensor> {
+                Ok(saved
+                    .get(n)
+                    .ok_or_else(|| anyhow!("{}: no tensor {n}", aux_file.display()))?
+                    .to_device(device)
+                    .set_requires_grad(true))
+            };
+            (get("aux_head.weight")?, get("aux_head.bias")?)
+        } else {
+            aux::new_head(cfg.spec.text_hidden, device, cfg.seed as i64)
+        };
+        params.push(("aux_head.weight".into(), w));
+        params.push(("aux_head.bias".into(), b));
+    }
     let mut opt = AdamW::new(&params);
     let moments = ckpt.join("optimizer.safetensors");
     if state.step > 0 && moments.exists() {
@@ -550,14 +590,34 @@ pub fn train(
             .reshape([b, 3, side, side])
             .to_device(device);
 
+        let features = model.image_features(&pixels)?;
+        let embeds = model.input_embeds_with_features(&ids, &features)?;
         // Right padding with a causal mask: real tokens never attend to the padding after them.
-        let out = model.prefill(&ids, Some(&pixels), &Intervention::none(), None, None)?;
+        let out = model
+            .language_model
+            .prefill(&embeds, &Intervention::none(), None, None)?;
         let logits = model
             .lm_head
             .forward(&out.hidden)
             .reshape([b * max_len as i64, -1]);
-        let loss =
+        let mut loss =
             logits.cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, -100, 0.0);
+        let lm_loss_v = loss.double_value(&[]);
+        let mut aux_loss_v = 0.0;
+        if cfg.aux_weight > 0.0 {
+            let (w, bias) = (&params[n_model_params].1, &params[n_model_params + 1].1);
+            let aux_logits = features.linear(w, Some(bias));
+            let targets: Vec<i64> = samples
+                .iter()
+                .flat_map(|s| aux::patch_targets(&s.meta, cfg.spec.patch_size as u32))
+                .collect();
+            let targets = Tensor::from_slice(&targets)
+                .reshape([b, features.size()[1], -1])
+                .to_device(device);
+            let aux_l = aux::aux_loss(&aux_logits, &targets);
+            aux_loss_v = aux_l.double_value(&[]);
+            loss = loss + aux_l * cfg.aux_weight;
+        }
         for (_, p) in &params {
             let mut g = p.grad();
             if g.defined() {
@@ -573,15 +633,38 @@ pub fn train(
             bail!("training diverged at step {step} (loss {loss_v})");
         }
         state.step += 1;
-        state.losses.push((step, loss_v));
-        on_step(step, loss_v, lr);
+        // The recorded loss is the answer (language-model) loss; the per-patch loss is reported apart.
+        state.losses.push((step, lm_loss_v));
+        on_step(
+            step,
+            StepLosses {
+                lm: lm_loss_v,
+                aux: aux_loss_v,
+            },
+            lr,
+        );
         let stopping = stop.step.is_some_and(|s| state.step >= s)
             || stop
                 .seconds
                 .is_some_and(|s| started.elapsed().as_secs_f64() >= s);
         if state.step % cfg.checkpoint_every == 0 || state.step == cfg.steps || stopping {
             state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-            write_model_dir(&ckpt, &config_json, &tok, &cfg.spec, &params, &extra)?;
+            write_model_dir(
+                &ckpt,
+                &config_json,
+                &tok,
+                &cfg.spec,
+                &params[..n_model_params],
+                &extra,
+            )?;
+            if cfg.aux_weight > 0.0 {
+                let aux_cpu: Vec<(&str, Tensor)> = vec![
+                    ("aux_head.weight", params[n_model_params].1.detach().to_device(Device::Cpu)),
+                    ("aux_head.bias", params[n_model_params + 1].1.detach().to_device(Device::Cpu)),
+                ];
+                let refs: Vec<(&str, &Tensor)> = aux_cpu.iter().map(|(n, t)| (*n, t)).collect();
+                Tensor::write_safetensors(&refs, &aux_file)?;
+            }
             let mut moments_named: Vec<(String, Tensor)> = Vec::new();
             for (i, (name, _)) in params.iter().enumerate() {
                 moments_named.push((format!("m.{name}"), opt.m[i].to_device(Device::Cpu)));
@@ -599,6 +682,13 @@ pub fn train(
         }
     }
     let final_dir = run_dir.join("model");
-    write_model_dir(&final_dir, &config_json, &tok, &cfg.spec, &params, &extra)?;
+    write_model_dir(
+        &final_dir,
+        &config_json,
+        &tok,
+        &cfg.spec,
+        &params[..n_model_params],
+        &extra,
+    )?;
     Ok(Some(final_dir))
 }

@@ -1,0 +1,166 @@
+//! `horizon demo`: the main job end to end on the bundled models and benchmark (or any given ones):
+//! information per layer for every model, per-layer statistics and horizons per task and per model,
+//! every figure, and a printed summary. Each stage is the same code as its own subcommand.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+use horizon_analysis::write_outputs;
+use horizon_runner::info::InfoMode;
+use horizon_runner::processor::PromptTemplate;
+
+use crate::analysis::{print_summary, render_figures, AnalysisArgs};
+use crate::info::{self, InfoArgs};
+use crate::ModelOptions;
+
+/// The bundled models, larger first (the order of the rows and curves).
+pub const BUNDLED_MODELS: [&str; 2] = ["data/models/horizon-large", "data/models/horizon-small"];
+/// The bundled benchmark.
+pub const BUNDLED_BENCH: &str = "data/synthetic/test.parquet";
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Model directories (HF llava-hf or Qwen2.5-VL checkpoints); each is labelled by its directory name.
+    #[arg(long, value_delimiter = ',', default_values_t = BUNDLED_MODELS.map(String::from))]
+    models: Vec<String>,
+    /// Benchmark: HF parquet (file or directory) or LLaVA question .jsonl with --image-dir.
+    #[arg(long, default_value = BUNDLED_BENCH)]
+    bench: PathBuf,
+    /// Image folder of a LLaVA question .jsonl.
+    #[arg(long)]
+    image_dir: Option<PathBuf>,
+    /// Answers file of a LLaVA question .jsonl.
+    #[arg(long)]
+    answers: Option<PathBuf>,
+    /// Samples per task category (the default keeps the bundled run under 10 minutes on 2 CPU cores).
+    #[arg(long, default_value_t = 24)]
+    per_category: usize,
+    /// At most this many samples in all (after --per-category).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Cut layers K, 0-based (`all`, `1-11`, `1,4,8`).
+    #[arg(long, default_value = "all")]
+    layers: String,
+    /// Window side s (s×s visual tokens; 1 = single tokens).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    window: u32,
+    /// keep-only or leave-out.
+    #[arg(long, default_value = "keep-only", value_parser = InfoMode::parse)]
+    mode: InfoMode,
+    /// gt or greedy.
+    #[arg(long, default_value = "gt", value_parser = ["gt", "greedy"])]
+    target: String,
+    /// Variants per batch (default: from a 2 GB memory budget).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: Option<u32>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Seed of the bootstrap (and of the sample shuffle when --shuffle is given).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Shuffle the benchmark with --seed before taking --per-category samples.
+    #[arg(long)]
+    shuffle: bool,
+    /// Vanishing threshold as a fraction of the largest mean information.
+    #[arg(long, default_value_t = 0.05)]
+    threshold: f64,
+    /// Bootstrap resamples.
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+    /// Output directory: info/<model>/ (Parquet rows), analysis/ (horizon.json, layers.parquet,
+    /// windows.parquet), figures/ (PNG and SVG). A rerun continues the info runs where they stopped.
+    #[arg(long, default_value = "out/demo")]
+    out: PathBuf,
+    /// png, svg or both.
+    #[arg(long, default_value = "both", value_parser = ["png", "svg", "both"])]
+    format: String,
+}
+
+pub fn run(args: &DemoArgs) -> Result<()> {
+    if args.models.is_empty() {
+        bail!("--models: no model given");
+    }
+    let mut info_dirs = Vec::new();
+    for (i, model) in args.models.iter().enumerate() {
+        let model = PathBuf::from(model);
+        if !model.join("config.json").exists() {
+            bail!(
+                "{}: no config.json (not a model directory{})",
+                model.display(),
+                if BUNDLED_MODELS.contains(&model.to_string_lossy().as_ref()) {
+                    "; run from the repository root"
+                } else {
+                    ""
+                }
+            );
+        }
+        let name = model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("model{i}"));
+        let out = args.out.join("info").join(&name);
+        eprintln!(
+            "[{}/{}] {name}: information per layer",
+            i + 1,
+            args.models.len()
+        );
+        info::run(&InfoArgs {
+            model: ModelOptions {
+                model: model.clone(),
+                template: PromptTemplate::Auto,
+                device: args.device.clone(),
+                dtype: args.dtype.clone(),
+                pillow_version: "12.3.0".into(),
+            },
+            model_name: Some(name),
+            bench: args.bench.clone(),
+            image_dir: args.image_dir.clone(),
+            answers: args.answers.clone(),
+            out: out.clone(),
+            layers: Some(args.layers.clone()),
+            window: args.window,
+            mode: args.mode,
+            target: args.target.clone(),
+            limit: args.limit,
+            per_category: Some(args.per_category),
+            seed: args.shuffle.then_some(args.seed),
+            batch_size: args.batch_size,
+            memory_budget_mb: 2048,
+            samples_per_part: 8,
+            resume: true,
+        })?;
+        info_dirs.push(out);
+    }
+    eprintln!("statistics, horizons and figures");
+    let analysis = AnalysisArgs {
+        info: info_dirs,
+        metric: "p".into(),
+        mode: args.mode.name().into(),
+        target: args.target.clone(),
+        threshold: args.threshold,
+        absolute_threshold: None,
+        bootstrap: args.bootstrap,
+        confidence: 0.95,
+        no_ci_check: false,
+        seed: args.seed,
+    }
+    .run()?;
+    let analysis_dir = args.out.join("analysis");
+    write_outputs(&analysis, &analysis_dir)?;
+    let figures = args.out.join("figures");
+    let n = render_figures(&analysis, &figures, &[], &args.format)?;
+    println!();
+    print_summary(&analysis);
+    println!();
+    println!(
+        "wrote {} (horizon.json, layers.parquet, windows.parquet) and {n} figures in {}",
+        analysis_dir.display(),
+        figures.display()
+    );
+    Ok(())
+}

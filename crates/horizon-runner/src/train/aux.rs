@@ -1,0 +1,189 @@
+//! Dense per-patch supervision of the vision side during training (never exported).
+//!
+//! From scratch, a language-model loss on one-word answers reaches the vision tower only through a long,
+//! sparse path: the decoder must first learn where to look before the tower gets a useful gradient, so
+//! text reading barely starts within a CPU budget (measured: 0% after 2,800 steps). The generator knows
+//! what it drew, so each projected visual token also gets small classification targets about its own
+//! patch: which glyph has its centre in each 4x4-pixel quadrant of the patch, that glyph's place in the
+//! reading order and whether it is the boxed one, and which shape covers / is centred in the patch. A
+//! linear head on the projector output (the tokens the decoder reads) predicts them; the head is dropped
+//! at export, so the bundled checkpoint is a plain llava-hf model and the questions stay as fine-grained
+//! as before (the decoder still has to find and read 5x7-pixel glyphs that straddle patch borders).
+
+use horizon_data::synthetic::{font, shape_contains, NamedColor, SampleMeta, ShapeKind};
+use tch::{Device, Kind, Tensor};
+
+/// Quadrants per patch (2x2).
+const QUADS: usize = 4;
+/// Classes of each target group, in the head's output order: glyph per quadrant (none + alphabet),
+/// reading-order index per quadrant (none, 0..=3), boxed flag per quadrant, covering shape kind (none +
+/// 3), covering shape colour (none + 8), kind of the shape centred in the patch (none + 3).
+pub fn group_classes() -> Vec<usize> {
+    let glyphs = 1 + font::ALPHABET.chars().count();
+    let mut g = Vec::new();
+    g.extend([glyphs; QUADS]);
+    g.extend([5; QUADS]);
+    g.extend([2; QUADS]);
+    g.extend([1 + ShapeKind::ALL.len(), 1 + NamedColor::ALL.len(), 1 + ShapeKind::ALL.len()]);
+    g
+}
+
+/// Width of the head's output.
+pub fn head_width() -> i64 {
+    group_classes().iter().sum::<usize>() as i64
+}
+
+fn kind_class(k: ShapeKind) -> i64 {
+    1 + ShapeKind::ALL.iter().position(|&x| x == k).expect("listed") as i64
+}
+
+fn color_class(c: NamedColor) -> i64 {
+    1 + NamedColor::ALL.iter().position(|&x| x == c).expect("listed") as i64
+}
+
+/// Targets of one image: `[num_patches * groups]`, row-major patches, groups in [`group_classes`] order.
+pub fn patch_targets(meta: &SampleMeta, patch: u32) -> Vec<i64> {
+    let groups = group_classes().len();
+    let per_row = meta.image_size / patch;
+    let n = (per_row * per_row) as usize;
+    let mut t = vec![0i64; n * groups];
+    let half = patch / 2;
+    for (gi, g) in meta.glyphs.iter().enumerate() {
+        let (cx, cy) = (g.bbox.x + g.bbox.w / 2, g.bbox.y + g.bbox.h / 2);
+        let (pc, pr) = (cx / patch, cy / patch);
+        if pc >= per_row || pr >= per_row {
+            continue;
+        }
+        let quad = (((cy % patch) / half) * 2 + (cx % patch) / half) as usize;
+        let base = (pr * per_row + pc) as usize * groups;
+        if t[base + quad] != 0 {
+            continue; // two centres in one quadrant: keep the first
+        }
+        let Some(ci) = font::ALPHABET.chars().position(|c| c == g.ch) else {
+            continue;
+        };
+        t[base + quad] = 1 + ci as i64;
+        let boxed = meta.red_box.is_some() && meta.target == Some(gi);
+        if meta.red_box.is_none() {
+            t[base + QUADS + quad] = 1 + gi.min(3) as i64;
+        }
+        t[base + 2 * QUADS + quad] = boxed as i64;
+    }
+    for pr in 0..per_row {
+        for pc in 0..per_row {
+            let (x, y) = (pc * patch + half, pr * patch + half);
+            let base = (pr * per_row + pc) as usize * groups;
+            if let Some(s) = meta
+                .shapes
+                .iter()
+                .rev()
+                .find(|s| shape_contains(s.kind, s.bbox, x, y))
+            {
+                t[base + 3 * QUADS] = kind_class(s.kind);
+                t[base + 3 * QUADS + 1] = color_class(s.color);
+            }
+        }
+    }
+    for s in &meta.shapes {
+        let (pc, pr) = (s.center[0] / patch, s.center[1] / patch);
+        if pc < per_row && pr < per_row {
+            t[(pr * per_row + pc) as usize * groups + 3 * QUADS + 2] = kind_class(s.kind);
+        }
+    }
+    t
+}
+
+/// Mean cross-entropy over the target groups. `logits`: `[B, N, head_width]`; `targets`: `[B, N, groups]`.
+/// "Nothing here" (class 0) is by far the most common target, so it weighs 0.2.
+pub fn aux_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
+    let classes = group_classes();
+    let width = logits.size()[2];
+    let flat = logits.reshape([-1, width]);
+    let tflat = targets.reshape([-1, classes.len() as i64]);
+    let mut offset = 0i64;
+    let mut total: Option<Tensor> = None;
+    for (g, &c) in classes.iter().enumerate() {
+        let mut w = vec![1f32; c];
+        w[0] = 0.2;
+        let weight = Tensor::from_slice(&w).to_device(logits.device());
+        let l = flat.narrow(1, offset, c as i64).cross_entropy_loss::<Tensor>(
+            &tflat.select(1, g as i64),
+            Some(weight),
+            tch::Reduction::Mean,
+            -100,
+            0.0,
+        );
+        total = Some(match total {
+            None => l,
+            Some(t) => t + l,
+        });
+        offset += c as i64;
+    }
+    total.expect("groups") / classes.len() as f64
+}
+
+/// A fresh head `[head_width, hidden]` weight and bias (small init), as trainable tensors.
+pub fn new_head(hidden: i64, device: Device, seed: i64) -> (Tensor, Tensor) {
+    tch::manual_seed(seed ^ 0x0a0e);
+    let w = (Tensor::randn([head_width(), hidden], (Kind::Float, device)) * 0.02)
+        .set_requires_grad(true);
+    let b = Tensor::zeros([head_width()], (Kind::Float, device)).set_requires_grad(true);
+    (w, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use horizon_data::synthetic::{generate, Category, GenConfig};
+
+    /// Targets agree with the generator's own ground truth: every glyph of a read_text sample appears
+    /// once, in reading order, in the quadrant of its centre; boxed_char flags exactly the target glyph.
+    #[test]
+    fn targets_follow_the_drawn_glyphs() {
+        let gen = GenConfig::default().with_glyphs(1, 3);
+        let groups = group_classes().len();
+        for i in 0..20 {
+            let s = generate(&gen, Category::ReadText, 3, i).unwrap();
+            let t = patch_targets(&s.meta, 8);
+            let mut seen: Vec<(i64, char)> = Vec::new();
+            for p in t.chunks(groups) {
+                for q in 0..QUADS {
+                    if p[q] != 0 {
+                        let ch = font::ALPHABET.chars().nth(p[q] as usize - 1).unwrap();
+                        seen.push((p[QUADS + q] - 1, ch));
+                    }
+                }
+            }
+            seen.sort();
+            let text: String = seen.iter().map(|(_, c)| *c).collect();
+            assert_eq!(text, s.answer, "sample {i}");
+            let s = generate(&gen, Category::BoxedChar, 3, i).unwrap();
+            let t = patch_targets(&s.meta, 8);
+            let boxed: Vec<char> = t
+                .chunks(groups)
+                .flat_map(|p| {
+                    (0..QUADS)
+                        .filter(|&q| p[2 * QUADS + q] == 1)
+                        .map(|q| font::ALPHABET.chars().nth(p[q] as usize - 1).unwrap())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            assert_eq!(boxed, vec![s.answer.chars().next().unwrap()], "sample {i}");
+        }
+    }
+
+    #[test]
+    fn every_circle_is_centred_in_one_patch() {
+        let gen = GenConfig::default();
+        let groups = group_classes().len();
+        for i in 0..20 {
+            let s = generate(&gen, Category::CountCircles, 5, i).unwrap();
+            let t = patch_targets(&s.meta, 8);
+            let circles = t
+                .chunks(groups)
+                .filter(|p| p[3 * QUADS + 2] == kind_class(ShapeKind::Circle))
+                .count();
+            assert_eq!(circles.to_string(), s.answer, "sample {i}");
+        }
+    }
+}
