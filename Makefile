@@ -34,21 +34,10 @@ test: $(STAMP)
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
 
-# Until the bundled trained models land, the demo runs the whole pipeline on the tiny random fixture
-# checkpoint (mechanics only: a random model has no horizon to find) over part of the bundled benchmark.
-DEMO_MODEL := fixtures/llava/models/llava-tiny
-DEMO_IMAGE := fixtures/llava/images/square.png
-DEMO_BENCH := data/synthetic/test.parquet
-DEMO_OUT   := out/demo
+# The main job: information maps of both bundled models on the bundled benchmark, horizons per task and
+# per model, all figures (out/demo/figures) and a printed summary; a rerun continues where it stopped.
 demo: release
-	./target/release/horizon generate --model $(DEMO_MODEL) --image $(DEMO_IMAGE) \
-		--prompt "What color is the circle?" --max-new-tokens 16
-	./target/release/horizon forward --model $(DEMO_MODEL) --image $(DEMO_IMAGE) \
-		--prompt "What color is the circle?" --save-logits $(DEMO_OUT)/logits.safetensors
-	./target/release/horizon info --model $(DEMO_MODEL) --bench $(DEMO_BENCH) --limit 50 \
-		--layers all --out $(DEMO_OUT)/info --resume
-	./target/release/horizon horizon --info $(DEMO_OUT)/info --out $(DEMO_OUT)/horizon
-	./target/release/horizon plot --info $(DEMO_OUT)/info --out $(DEMO_OUT)/figures
+	./target/release/horizon demo --out out/demo
 
 fmt:
 	$(CARGO) fmt --all

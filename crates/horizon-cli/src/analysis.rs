@@ -163,6 +163,28 @@ pub fn render_figures(a: &Analysis, out: &Path, layers: &[i32], format: &str) ->
             &path("information_vs_layer".into()),
         )?;
         written += 1;
+        let models = a.models();
+        if models.len() > 1 {
+            // One panel per model (its tasks), and the models against each other (pooled over tasks).
+            for m in &models {
+                let opts = CurveOptions {
+                    models: vec![m.to_string()],
+                    ..CurveOptions::default()
+                };
+                plot_information_vs_layer(
+                    a,
+                    &opts,
+                    &path(format!("information_vs_layer_{}", safe(m))),
+                )?;
+                written += 1;
+            }
+            let pooled = CurveOptions {
+                tasks: false,
+                ..CurveOptions::default()
+            };
+            plot_information_vs_layer(a, &pooled, &path("information_vs_layer_models".into()))?;
+            written += 1;
+        }
         for g in &a.groups {
             let stem = format!("{}_{}", safe(&g.model), safe(&g.task));
             plot_window_heatmaps(a, &g.model, &g.task, layers, &path(format!("windows_{stem}")))?;

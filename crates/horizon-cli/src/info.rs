@@ -249,7 +249,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             } else {
                 match sample
                     .answer()
-                    .map(|a| processor.first_answer_token(a))
+                    .map(|a| processor.first_answer_token(&a))
                     .transpose()?
                     .flatten()
                 {

@@ -81,13 +81,26 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 200)]
     warmup_steps: usize,
     /// Sampling weight of the text-reading categories relative to the coarse ones.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 1.0)]
     fine_weight: f64,
     /// Most glyphs of text-reading samples (reached after --curriculum-fraction of the steps).
     #[arg(long, default_value_t = 3)]
     max_glyphs: usize,
-    /// Fraction of the steps over which the glyph count ramps from 1 to --max-glyphs.
+    /// Standard deviation of the initial token embeddings (0: HF's 0.02).
+    #[arg(long, default_value_t = 0.0)]
+    embed_init_std: f64,
+    /// The per-patch head reads RMS-normalized visual tokens (keeps their scale set by the answers).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    aux_normalized: bool,
+    /// Further questions about the same image per sample, as later chat turns (shape presence, colour,
+    /// circle count from the generator's ground truth).
+    #[arg(long, default_value_t = 0)]
+    extra_turns: usize,
+    /// Fraction of the steps trained on the coarse categories only (the reading tasks enter after it).
     #[arg(long, default_value_t = 0.5)]
+    coarse_only_fraction: f64,
+    /// Fraction of the steps by which the glyph count has ramped from 1 to --max-glyphs.
+    #[arg(long, default_value_t = 0.8)]
     curriculum_fraction: f64,
 }
 
@@ -105,8 +118,15 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     cfg.fine_weight = args.fine_weight;
     cfg.max_glyphs = args.max_glyphs;
     cfg.curriculum_fraction = args.curriculum_fraction;
+    cfg.coarse_only_fraction = args.coarse_only_fraction;
+    cfg.extra_turns = args.extra_turns;
+    cfg.embed_init_std = args.embed_init_std;
+    cfg.aux_normalized = args.aux_normalized;
     if !(0.0..=1.0).contains(&args.curriculum_fraction) {
         anyhow::bail!("--curriculum-fraction: {} is not in [0, 1]", args.curriculum_fraction);
+    }
+    if !(0.0..1.0).contains(&args.coarse_only_fraction) {
+        anyhow::bail!("--coarse-only-fraction: {} is not in [0, 1)", args.coarse_only_fraction);
     }
     if args.max_glyphs == 0 || args.batch_size == 0 || args.steps == 0 {
         anyhow::bail!("--max-glyphs, --batch-size and --steps must be at least 1");

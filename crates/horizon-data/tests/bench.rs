@@ -130,7 +130,7 @@ fn mme_single_file() {
     assert_eq!(s[3].id, "count/0001.png");
     assert_eq!(s[3].question, "Q3? Please answer yes or no.");
     assert_eq!(s[3].answers, vec!["No".to_string()]);
-    assert_eq!(s[3].answer(), Some("No"));
+    assert_eq!(s[3].answer().as_deref(), Some("No"));
     assert_eq!(s[3].category, "count");
     assert_eq!(s[3].image, ImageSource::Bytes(imgs[3].clone()));
     let rgb = s[3].image.to_rgb8().unwrap();
@@ -177,7 +177,7 @@ fn textvqa_int_ids_and_answer_lists() {
     assert_eq!(s.len(), 2);
     assert_eq!(s[0].id, "34602");
     assert_eq!(s[0].answers, vec!["nokia", "nokia", "toshiba"]);
-    assert_eq!(s[0].answer(), Some("nokia"));
+    assert_eq!(s[0].answer().as_deref(), Some("nokia"));
     assert_eq!(s[0].category, "default");
     assert_eq!(s[1].id, "34603");
     assert_eq!(s[1].answers, vec!["7"]);

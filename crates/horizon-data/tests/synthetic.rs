@@ -379,7 +379,7 @@ fn parquet_round_trip_through_bench_reader() {
     assert_eq!(read, expected);
     for (r, s) in read.iter().zip(&samples) {
         assert_eq!(r.category, s.category.to_string());
-        assert_eq!(r.answer(), Some(s.answer.as_str()));
+        assert_eq!(r.answer().as_deref(), Some(s.answer.as_str()));
         assert_eq!(r.image.to_rgb8().unwrap(), s.image);
     }
     let metas = synthetic::read_meta(&path).unwrap();

@@ -25,7 +25,25 @@ fn micro() -> TrainConfig {
     cfg.batch_size = 3;
     cfg.warmup_steps = 2;
     cfg.checkpoint_every = 2;
+    // Steps 0-1 coarse only, 2-3 with the reading tasks: the resume below crosses the boundary.
+    cfg.coarse_only_fraction = 0.5;
     cfg
+}
+
+#[test]
+fn curriculum_schedule() {
+    let mut cfg = micro();
+    cfg.steps = 100;
+    cfg.coarse_only_fraction = 0.2;
+    cfg.curriculum_fraction = 0.6;
+    cfg.max_glyphs = 3;
+    assert_eq!(cfg.fine_start(), 20);
+    // One glyph when the reading tasks enter, three from 60% of the steps on, monotone in between.
+    assert_eq!(cfg.glyphs_at(20), 1);
+    assert_eq!(cfg.glyphs_at(39), 1);
+    assert_eq!(cfg.glyphs_at(40), 2);
+    assert_eq!(cfg.glyphs_at(60), 3);
+    assert_eq!(cfg.glyphs_at(99), 3);
 }
 
 fn weights(dir: &std::path::Path) -> Vec<(String, Tensor)> {
@@ -86,4 +104,7 @@ fn resumed_training_equals_uninterrupted() {
     let names: Vec<&str> = wa.iter().map(|(n, _)| n.as_str()).collect();
     assert!(names.contains(&"language_model.lm_head.weight"));
     assert!(names.contains(&"vision_tower.vision_model.post_layernorm.weight"));
+    // The per-patch head is training-only: checkpointed apart, never exported.
+    assert!(names.iter().all(|n| !n.contains("aux_head")));
+    assert!(b.path().join("checkpoint/aux_head.safetensors").exists());
 }

@@ -73,9 +73,112 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// The ground-truth answer (the first of [`Sample::answers`]).
-    pub fn answer(&self) -> Option<&str> {
-        self.answers.first().map(String::as_str)
+    /// The ground-truth answer whose first token is the label y of `--target gt`.
+    ///
+    /// One answer (MME, POPE, the synthetic set): that answer as written, so MME's `Yes` gives the
+    /// reference's `▁Yes`. Several annotator answers (TextVQA, VQAv2): the most frequent one after VQA
+    /// normalization (lower case, punctuation and articles dropped, number words as digits), ties to the
+    /// first seen, as the reference's `best_answer` picks the normalized answer with the highest soft
+    /// VQA score (which grows with its count); so y is `▁dakota` even for `Dakota`.
+    pub fn answer(&self) -> Option<String> {
+        match self.answers.len() {
+            0 => None,
+            1 => Some(self.answers[0].clone()),
+            _ => {
+                let normalized: Vec<String> =
+                    self.answers.iter().map(|a| vqa_normalize(a)).collect();
+                let mut best: Option<(&String, usize)> = None;
+                for a in normalized.iter().filter(|a| !a.is_empty()) {
+                    let n = normalized.iter().filter(|b| *b == a).count();
+                    if best.is_none_or(|(_, m)| n > m) {
+                        best = Some((a, n));
+                    }
+                }
+                best.map(|(a, _)| a.clone())
+                    .or_else(|| Some(self.answers[0].clone()))
+            }
+        }
+    }
+}
+
+/// The VQA answer normalization (lower case, punctuation removed except in numbers, articles dropped,
+/// number words as digits), a compact form of the EvalAI answer processor the reference uses.
+pub fn vqa_normalize(answer: &str) -> String {
+    let lower = answer.trim().to_lowercase().replace(['\n', '\t'], " ");
+    let chars: Vec<char> = lower.chars().collect();
+    let mut cleaned = String::with_capacity(lower.len());
+    for (i, &c) in chars.iter().enumerate() {
+        let in_number = |j: Option<usize>| j.and_then(|j| chars.get(j)).is_some_and(char::is_ascii_digit);
+        if c == '.' || c == ',' {
+            // Keep decimal points and thousands separators between digits.
+            if in_number(i.checked_sub(1)) && in_number(Some(i + 1)) {
+                cleaned.push(if c == '.' { '.' } else { ',' });
+            }
+        } else if c.is_alphanumeric() || c.is_whitespace() {
+            cleaned.push(c);
+        } else if c == '\'' || c == '-' || c == '/' {
+            // "don't" stays one word; "a-b" and "a/b" become two, as EvalAI splits them.
+            if c != '\'' {
+                cleaned.push(' ');
+            } else {
+                cleaned.push(c);
+            }
+        } else {
+            cleaned.push(' ');
+        }
+    }
+    const NUMBERS: [(&str, &str); 11] = [
+        ("none", "0"),
+        ("zero", "0"),
+        ("one", "1"),
+        ("two", "2"),
+        ("three", "3"),
+        ("four", "4"),
+        ("five", "5"),
+        ("six", "6"),
+        ("seven", "7"),
+        ("eight", "8"),
+        ("nine", "9"),
+    ];
+    cleaned
+        .split_whitespace()
+        .filter(|w| !matches!(*w, "a" | "an" | "the"))
+        .map(|w| {
+            NUMBERS
+                .iter()
+                .find(|(word, _)| *word == w)
+                .map_or(w, |(_, digit)| *digit)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::*;
+
+    fn sample(answers: &[&str]) -> Sample {
+        Sample {
+            id: "q".into(),
+            question: "?".into(),
+            answers: answers.iter().map(|s| s.to_string()).collect(),
+            category: "c".into(),
+            image: ImageSource::Bytes(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn single_answers_are_kept_as_written() {
+        assert_eq!(sample(&["Yes"]).answer().as_deref(), Some("Yes"));
+        assert_eq!(sample(&[]).answer(), None);
+    }
+
+    #[test]
+    fn several_answers_give_the_most_frequent_normalized_one() {
+        let s = sample(&["Dakota", "dakota.", "The Dakota", "nike", "nike", "unanswerable"]);
+        assert_eq!(s.answer().as_deref(), Some("dakota"));
+        assert_eq!(sample(&["Two", "2", "3"]).answer().as_deref(), Some("2"));
+        assert_eq!(vqa_normalize("  It's 3.5 kg, the end! "), "it's 3.5 kg end");
     }
 }
 

@@ -144,6 +144,23 @@ pub struct TrainConfig {
     /// Sampling weight of the fine (text-reading) categories relative to the coarse ones.
     pub fine_weight: f64,
     pub checkpoint_every: usize,
+    /// Fraction of the steps trained on the coarse categories only, before the text-reading ones enter
+    /// (measured: the decoder learns to look at the image much sooner without the reading tasks).
+    #[serde(default)]
+    pub coarse_only_fraction: f64,
+    /// Standard deviation of the initial token embeddings (HF's 0.02 when 0). Projected image tokens
+    /// reach norms of ~10-70 early in training while 0.02-embeddings have ~0.3: the question's tokens
+    /// are then drowned in the residual stream by the first attention output and the decoder cannot
+    /// condition on the question (measured: answers track the image but not the question).
+    #[serde(default)]
+    pub embed_init_std: f64,
+    /// The per-patch head reads RMS-normalized visual tokens, so that sharpening its logits cannot
+    /// inflate their scale.
+    #[serde(default)]
+    pub aux_normalized: bool,
+    /// Further questions about the same image appended as later chat turns ([`extra_turns`]).
+    #[serde(default)]
+    pub extra_turns: usize,
     /// Weight of the dense per-patch loss on the projected visual tokens ([`aux`]; 0 turns it off).
     #[serde(default)]
     pub aux_weight: f64,
@@ -165,6 +182,10 @@ impl TrainConfig {
             fine_weight: 2.0,
             checkpoint_every: 200,
             aux_weight: 1.0,
+            coarse_only_fraction: 0.0,
+            extra_turns: 0,
+            embed_init_std: 0.0,
+            aux_normalized: false,
         }
     }
 
@@ -177,10 +198,18 @@ impl TrainConfig {
         self.lr * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos()))
     }
 
-    /// The curriculum: how many glyphs text-reading samples may have at `step`.
+    /// First step at which the text-reading categories are sampled.
+    pub fn fine_start(&self) -> usize {
+        (self.steps as f64 * self.coarse_only_fraction).round() as usize
+    }
+
+    /// The curriculum: how many glyphs text-reading samples may have at `step` (1 when they enter,
+    /// `max_glyphs` from `curriculum_fraction` of the steps on).
     pub fn glyphs_at(&self, step: usize) -> usize {
-        let ramp = (self.steps as f64 * self.curriculum_fraction).max(1.0);
-        let g = 1 + ((self.max_glyphs - 1) as f64 * (step as f64 / ramp)).floor() as usize;
+        let start = self.fine_start() as f64;
+        let ramp = (self.steps as f64 * self.curriculum_fraction - start).max(1.0);
+        let t = (step as f64 - start).max(0.0) / ramp;
+        let g = 1 + ((self.max_glyphs - 1) as f64 * t).floor() as usize;
         g.min(self.max_glyphs)
     }
 }
@@ -198,6 +227,7 @@ fn build_vocab_tokenizer(gen: &GenConfig, seed: u64) -> Result<tokenizers::Token
         for i in 0..400 {
             let s = synthetic::generate(gen, cat, seed ^ 0x70c, i)?;
             texts.push(format!("\n{} ASSISTANT: {}", s.question, s.answer));
+            texts.push(format!("USER: {} ASSISTANT: {}", s.question, s.answer));
             texts.push(s.answer.clone());
         }
     }
@@ -210,9 +240,51 @@ fn build_vocab_tokenizer(gen: &GenConfig, seed: u64) -> Result<tokenizers::Token
 /// One training example, tokenized.
 struct Example {
     ids: Vec<i64>,
-    /// Index of the first answer token in `ids`.
-    answer_start: usize,
+    /// Whether position t's next token (t + 1) is supervised: the answer tokens and EOS of every turn.
+    supervised: Vec<bool>,
     pixels: Vec<f32>,
+}
+
+/// Further questions about the same image, answered from the generator's ground truth, phrased exactly
+/// as the generator phrases them: presence of each shape kind, the colour of each kind drawn once, the
+/// number of circles when there are some. Asking several questions about one image gives the decoder
+/// the contrast it needs to condition on the question (same image, different question, different
+/// answer) at the cost of a few tokens instead of a new image.
+fn extra_turns(s: &SynthSample, max: usize) -> Vec<(String, String)> {
+    use horizon_data::synthetic::ShapeKind;
+    let m = &s.meta;
+    let mut turns = Vec::new();
+    for kind in ShapeKind::ALL {
+        let of_kind: Vec<_> = m.shapes.iter().filter(|x| x.kind == kind).collect();
+        turns.push((
+            format!("Is there a {} in the image?", kind.name()),
+            if of_kind.is_empty() { "no" } else { "yes" }.to_string(),
+        ));
+        if of_kind.len() == 1 {
+            turns.push((
+                format!("What color is the {}?", kind.name()),
+                of_kind[0].color.name().to_string(),
+            ));
+        }
+    }
+    let circles = m
+        .shapes
+        .iter()
+        .filter(|x| x.kind == ShapeKind::Circle)
+        .count();
+    if circles > 0 {
+        turns.push((
+            "How many circles are there in the image?".to_string(),
+            circles.to_string(),
+        ));
+    }
+    turns.retain(|(q, _)| *q != s.question);
+    // A fixed, sample-dependent order so that every kind of question lands in the first `max` turns.
+    let h = s.id.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    let n = turns.len().max(1);
+    turns.rotate_left((h as usize) % n);
+    turns.truncate(max);
+    turns
 }
 
 fn encode_example(
@@ -220,6 +292,7 @@ fn encode_example(
     image_proc: &ClipImageProcessorConfig,
     num_image_tokens: usize,
     s: &SynthSample,
+    extra: usize,
 ) -> Result<Example> {
     let prompt =
         prompt_text(&s.question).replacen("<image>", &"<image>".repeat(num_image_tokens), 1);
@@ -230,19 +303,38 @@ fn encode_example(
         .iter()
         .map(|&i| i as i64)
         .collect();
-    let answer_start = ids.len();
-    let answer = tok
-        .encode(s.answer.as_str(), false)
-        .map_err(|e| anyhow!("tokenizing an answer: {e}"))?;
-    if answer.get_ids().contains(&tokenizer::UNK.1) {
-        bail!("answer {:?} has a token outside the vocabulary", s.answer);
+    let mut supervised = vec![false; ids.len()];
+    let encode = |text: &str| -> Result<Vec<i64>> {
+        let enc = tok
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?;
+        if enc.get_ids().contains(&tokenizer::UNK.1) {
+            bail!("{text:?} has a token outside the vocabulary");
+        }
+        Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
+    };
+    let mut push_answer = |ids: &mut Vec<i64>, answer: &str| -> Result<()> {
+        // Position t predicts t + 1: the position before the answer predicts its first token.
+        let start = ids.len();
+        ids.extend(encode(answer)?);
+        ids.push(tokenizer::EOS.1 as i64);
+        supervised.resize(ids.len(), false);
+        for flag in &mut supervised[start - 1..ids.len() - 1] {
+            *flag = true;
+        }
+        Ok(())
+    };
+    push_answer(&mut ids, &s.answer)?;
+    // Later turns follow the llava-hf multi-turn layout: `... ASSISTANT: {a}</s>USER: {q} ASSISTANT:`.
+    for (q, a) in extra_turns(s, extra) {
+        ids.extend(encode(&format!("USER: {q} ASSISTANT:"))?);
+        push_answer(&mut ids, &a)?;
     }
-    ids.extend(answer.get_ids().iter().map(|&i| i as i64));
-    ids.push(tokenizer::EOS.1 as i64);
+    supervised.resize(ids.len(), false);
     let pv = clip_preprocess(&s.image, image_proc, ResampleOrder::Pillow12)?;
     Ok(Example {
         ids,
-        answer_start,
+        supervised,
         pixels: pv.data,
     })
 }
@@ -419,7 +511,11 @@ fn batch_samples(cfg: &TrainConfig, step: usize) -> Result<Vec<SynthSample>> {
         .iter()
         .map(|c| {
             if c.kind() == synthetic::TaskKind::Fine {
-                cfg.fine_weight
+                if step < cfg.fine_start() {
+                    0.0
+                } else {
+                    cfg.fine_weight
+                }
             } else {
                 1.0
             }
@@ -510,6 +606,15 @@ pub fn train(
     let weights = weights.record_parameters();
     let model = LlavaForConditionalGeneration::from_weights(&weights, llava_cfg)?;
     let mut params = weights.take_parameters();
+    if state.step == 0 && cfg.embed_init_std > 0.0 {
+        let _guard = tch::no_grad_guard();
+        for (name, p) in &params {
+            if name.ends_with("embed_tokens.weight") {
+                let mut p = p.shallow_clone();
+                let _ = p.g_mul_scalar_(cfg.embed_init_std / 0.02);
+            }
+        }
+    }
     // The dense per-patch head (training only): kept in its own file, never in the exported model.
     let aux_file = ckpt.join("aux_head.safetensors");
     let n_model_params = params.len();
@@ -564,7 +669,7 @@ pub fn train(
         let samples = batch_samples(cfg, step)?;
         let examples: Vec<Example> = samples
             .iter()
-            .map(|s| encode_example(&tok, &image_proc, num_image_tokens, s))
+            .map(|s| encode_example(&tok, &image_proc, num_image_tokens, s, cfg.extra_turns))
             .collect::<Result<_>>()?;
         let max_len = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
         let b = examples.len() as i64;
@@ -572,9 +677,11 @@ pub fn train(
         let mut labels = vec![-100i64; examples.len() * max_len];
         for (r, e) in examples.iter().enumerate() {
             ids[r * max_len..r * max_len + e.ids.len()].copy_from_slice(&e.ids);
-            // Position t predicts token t + 1: supervise the answer tokens and EOS.
-            for t in e.answer_start - 1..e.ids.len() - 1 {
-                labels[r * max_len + t] = e.ids[t + 1];
+            // Position t predicts token t + 1: supervise the answer tokens and EOS of every turn.
+            for t in 0..e.ids.len() - 1 {
+                if e.supervised[t] {
+                    labels[r * max_len + t] = e.ids[t + 1];
+                }
             }
         }
         let ids = Tensor::from_slice(&ids)
@@ -606,7 +713,17 @@ pub fn train(
         let mut aux_loss_v = 0.0;
         if cfg.aux_weight > 0.0 {
             let (w, bias) = (&params[n_model_params].1, &params[n_model_params + 1].1);
-            let aux_logits = features.linear(w, Some(bias));
+            let aux_in = if cfg.aux_normalized {
+                let rms = features
+                    .pow_tensor_scalar(2)
+                    .mean_dim(-1, true, Kind::Float)
+                    .g_add_scalar(1e-6)
+                    .sqrt();
+                &features / rms
+            } else {
+                features.shallow_clone()
+            };
+            let aux_logits = aux_in.linear(w, Some(bias));
             let targets: Vec<i64> = samples
                 .iter()
                 .flat_map(|s| aux::patch_targets(&s.meta, cfg.spec.patch_size as u32))
