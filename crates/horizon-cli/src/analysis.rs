@@ -6,8 +6,8 @@ use clap::Args;
 use std::path::{Path, PathBuf};
 
 use horizon_analysis::{
-    analyze, read_info_rows_many, write_outputs, Analysis, AnalysisParams, Metric, Mode, ReadOptions,
-    Threshold,
+    analyze, read_info_rows_many, write_outputs, Analysis, AnalysisParams, Metric, Mode,
+    ReadOptions, Threshold,
 };
 use horizon_plot::{
     plot_information_vs_layer, plot_layer_window_heatmap, plot_window_heatmaps, CurveOptions,
@@ -187,13 +187,14 @@ pub fn render_figures(a: &Analysis, out: &Path, layers: &[i32], format: &str) ->
         }
         for g in &a.groups {
             let stem = format!("{}_{}", safe(&g.model), safe(&g.task));
-            plot_window_heatmaps(a, &g.model, &g.task, layers, &path(format!("windows_{stem}")))?;
-            plot_layer_window_heatmap(
+            plot_window_heatmaps(
                 a,
                 &g.model,
                 &g.task,
-                &path(format!("layer_window_{stem}")),
+                layers,
+                &path(format!("windows_{stem}")),
             )?;
+            plot_layer_window_heatmap(a, &g.model, &g.task, &path(format!("layer_window_{stem}")))?;
             written += 2;
         }
     }

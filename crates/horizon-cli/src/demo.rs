@@ -34,7 +34,7 @@ pub struct DemoArgs {
     #[arg(long)]
     answers: Option<PathBuf>,
     /// Samples per task category (the default keeps the bundled run under 10 minutes on 2 CPU cores).
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 60)]
     per_category: usize,
     /// At most this many samples in all (after --per-category).
     #[arg(long)]

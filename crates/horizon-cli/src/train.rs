@@ -73,6 +73,10 @@ pub struct TrainArgs {
     /// Stop (after writing a checkpoint) once this many minutes have passed; rerun to resume.
     #[arg(long)]
     time_budget_minutes: Option<f64>,
+    /// Stop (after writing a checkpoint) once this many of the --steps are done; rerun without it to
+    /// resume. The checkpoint directory is itself a loadable llava-hf model.
+    #[arg(long)]
+    stop_at_step: Option<usize>,
     /// Weight of the dense per-patch loss on the projected visual tokens (glyph, reading order, box and
     /// shape of each patch, from the generator's ground truth; the head is not exported). 0: answers only.
     #[arg(long, default_value_t = 1.0)]
@@ -123,10 +127,16 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     cfg.embed_init_std = args.embed_init_std;
     cfg.aux_normalized = args.aux_normalized;
     if !(0.0..=1.0).contains(&args.curriculum_fraction) {
-        anyhow::bail!("--curriculum-fraction: {} is not in [0, 1]", args.curriculum_fraction);
+        anyhow::bail!(
+            "--curriculum-fraction: {} is not in [0, 1]",
+            args.curriculum_fraction
+        );
     }
     if !(0.0..1.0).contains(&args.coarse_only_fraction) {
-        anyhow::bail!("--coarse-only-fraction: {} is not in [0, 1)", args.coarse_only_fraction);
+        anyhow::bail!(
+            "--coarse-only-fraction: {} is not in [0, 1)",
+            args.coarse_only_fraction
+        );
     }
     if args.max_glyphs == 0 || args.batch_size == 0 || args.steps == 0 {
         anyhow::bail!("--max-glyphs, --batch-size and --steps must be at least 1");
@@ -140,7 +150,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     );
     let mut avg = None::<(f64, f64)>;
     let stop = StopAt {
-        step: None,
+        step: args.stop_at_step,
         seconds: args.time_budget_minutes.map(|m| m * 60.0),
     };
     let dir = train(&cfg, &args.run_dir, device, stop, |step, loss, lr| {

@@ -108,7 +108,10 @@ pub fn vqa_normalize(answer: &str) -> String {
     let chars: Vec<char> = lower.chars().collect();
     let mut cleaned = String::with_capacity(lower.len());
     for (i, &c) in chars.iter().enumerate() {
-        let in_number = |j: Option<usize>| j.and_then(|j| chars.get(j)).is_some_and(char::is_ascii_digit);
+        let in_number = |j: Option<usize>| {
+            j.and_then(|j| chars.get(j))
+                .is_some_and(char::is_ascii_digit)
+        };
         if c == '.' || c == ',' {
             // Keep decimal points and thousands separators between digits.
             if in_number(i.checked_sub(1)) && in_number(Some(i + 1)) {
@@ -175,7 +178,14 @@ mod answer_tests {
 
     #[test]
     fn several_answers_give_the_most_frequent_normalized_one() {
-        let s = sample(&["Dakota", "dakota.", "The Dakota", "nike", "nike", "unanswerable"]);
+        let s = sample(&[
+            "Dakota",
+            "dakota.",
+            "The Dakota",
+            "nike",
+            "nike",
+            "unanswerable",
+        ]);
         assert_eq!(s.answer().as_deref(), Some("dakota"));
         assert_eq!(sample(&["Two", "2", "3"]).answer().as_deref(), Some("2"));
         assert_eq!(vqa_normalize("  It's 3.5 kg, the end! "), "it's 3.5 kg end");

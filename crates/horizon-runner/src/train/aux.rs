@@ -24,7 +24,11 @@ pub fn group_classes() -> Vec<usize> {
     g.extend([glyphs; QUADS]);
     g.extend([5; QUADS]);
     g.extend([2; QUADS]);
-    g.extend([1 + ShapeKind::ALL.len(), 1 + NamedColor::ALL.len(), 1 + ShapeKind::ALL.len()]);
+    g.extend([
+        1 + ShapeKind::ALL.len(),
+        1 + NamedColor::ALL.len(),
+        1 + ShapeKind::ALL.len(),
+    ]);
     g
 }
 
@@ -38,7 +42,10 @@ fn kind_class(k: ShapeKind) -> i64 {
 }
 
 fn color_class(c: NamedColor) -> i64 {
-    1 + NamedColor::ALL.iter().position(|&x| x == c).expect("listed") as i64
+    1 + NamedColor::ALL
+        .iter()
+        .position(|&x| x == c)
+        .expect("listed") as i64
 }
 
 /// Targets of one image: `[num_patches * groups]`, row-major patches, groups in [`group_classes`] order.
@@ -106,13 +113,15 @@ pub fn aux_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
         let mut w = vec![1f32; c];
         w[0] = 0.2;
         let weight = Tensor::from_slice(&w).to_device(logits.device());
-        let l = flat.narrow(1, offset, c as i64).cross_entropy_loss::<Tensor>(
-            &tflat.select(1, g as i64),
-            Some(weight),
-            tch::Reduction::Mean,
-            -100,
-            0.0,
-        );
+        let l = flat
+            .narrow(1, offset, c as i64)
+            .cross_entropy_loss::<Tensor>(
+                &tflat.select(1, g as i64),
+                Some(weight),
+                tch::Reduction::Mean,
+                -100,
+                0.0,
+            );
         total = Some(match total {
             None => l,
             Some(t) => t + l,

@@ -280,7 +280,9 @@ fn extra_turns(s: &SynthSample, max: usize) -> Vec<(String, String)> {
     }
     turns.retain(|(q, _)| *q != s.question);
     // A fixed, sample-dependent order so that every kind of question lands in the first `max` turns.
-    let h = s.id.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    let h =
+        s.id.bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
     let n = turns.len().max(1);
     turns.rotate_left((h as usize) % n);
     turns.truncate(max);
@@ -776,8 +778,14 @@ pub fn train(
             )?;
             if cfg.aux_weight > 0.0 {
                 let aux_cpu: Vec<(&str, Tensor)> = vec![
-                    ("aux_head.weight", params[n_model_params].1.detach().to_device(Device::Cpu)),
-                    ("aux_head.bias", params[n_model_params + 1].1.detach().to_device(Device::Cpu)),
+                    (
+                        "aux_head.weight",
+                        params[n_model_params].1.detach().to_device(Device::Cpu),
+                    ),
+                    (
+                        "aux_head.bias",
+                        params[n_model_params + 1].1.detach().to_device(Device::Cpu),
+                    ),
                 ];
                 let refs: Vec<(&str, &Tensor)> = aux_cpu.iter().map(|(n, t)| (*n, t)).collect();
                 Tensor::write_safetensors(&refs, &aux_file)?;
