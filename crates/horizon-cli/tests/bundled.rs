@@ -34,7 +34,7 @@ fn horizon(args: &[&str]) -> (bool, String, String) {
 
 /// The first sample of every category, as the reference script picks them.
 fn first_of_each_category() -> Vec<bench::Sample> {
-    let b = bench::open(&bench_path(), &OpenOptions::default()).unwrap();
+    let b = bench::open(bench_path(), &OpenOptions::default()).unwrap();
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     for s in b.iter() {

@@ -181,7 +181,19 @@ fn bf16_and_f16_match_hf_low_precision() {
             .double_value(&[])
             / l32.to_kind(Kind::Double).norm().double_value(&[]);
         eprintln!("{kind:?}: max |logits - HF {key}| = {d:e}; relative L2 error vs f32 = {rel:e}");
-        assert!(d <= 1e-4, "{kind:?}: differs from HF {key} by {d}");
+        // f16 is bit-stable across CPUs. bf16 is not: libtorch picks its CPU bf16 kernels by ISA
+        // (measured: HF's own bf16 logits on an AVX512-BF16 EPYC differ from the committed ones, made
+        // on another CPU, by 0.0625 = one bf16 ulp at these logits, while ours equal HF's on the same
+        // machine). So bf16 is held to two ulps of the largest logit, f16 to 1e-4.
+        let tol = if kind == Kind::BFloat16 {
+            l32.abs().max().double_value(&[]) * 2f64.powi(-6)
+        } else {
+            1e-4
+        };
+        assert!(
+            d <= tol,
+            "{kind:?}: differs from HF {key} by {d} (tolerance {tol})"
+        );
     }
 }
 

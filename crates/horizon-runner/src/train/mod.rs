@@ -735,7 +735,7 @@ pub fn train(
                 .to_device(device);
             let aux_l = aux::aux_loss(&aux_logits, &targets);
             aux_loss_v = aux_l.double_value(&[]);
-            loss = loss + aux_l * cfg.aux_weight;
+            loss += aux_l * cfg.aux_weight;
         }
         for (_, p) in &params {
             let mut g = p.grad();
