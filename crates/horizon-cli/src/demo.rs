@@ -115,7 +115,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                 template: PromptTemplate::Auto,
                 device: args.device.clone(),
                 dtype: args.dtype.clone(),
-                pillow_version: "12.3.0".into(),
+                pillow_version: crate::DEFAULT_PILLOW_VERSION.into(),
             },
             model_name: Some(name),
             bench: args.bench.clone(),

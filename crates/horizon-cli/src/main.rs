@@ -58,6 +58,10 @@ enum Command {
     Eval(train::EvalArgs),
 }
 
+/// The Pillow release HF's PIL-backend preprocessing is reproduced for unless told otherwise (the one
+/// the fixtures were made with).
+pub const DEFAULT_PILLOW_VERSION: &str = "12.3.0";
+
 /// Which checkpoint to run and how.
 #[derive(Args)]
 pub struct ModelOptions {
@@ -78,7 +82,7 @@ pub struct ModelOptions {
     dtype: String,
     /// Pillow release whose bicubic resize to reproduce: HF's PIL-backend preprocessing calls Pillow,
     /// and Pillow 13 changed the pass order of some resizes.
-    #[arg(long, default_value = "12.3.0")]
+    #[arg(long, default_value = DEFAULT_PILLOW_VERSION)]
     pillow_version: String,
 }
 

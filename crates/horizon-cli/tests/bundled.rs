@@ -2,15 +2,13 @@
 //! HF transformers' on the same weights (references from fixtures/make_bundled_refs.py), and they answer
 //! the bundled benchmark above the accuracy floors the README reports, on a fixed slice.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+use common::{horizon, root};
+
+use std::path::PathBuf;
 use tch::Tensor;
 
 use horizon_data::bench::{self, ImageSource, OpenOptions};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn bundled(name: &str) -> PathBuf {
     root().join("data/models").join(name)
@@ -18,18 +16,6 @@ fn bundled(name: &str) -> PathBuf {
 
 fn bench_path() -> PathBuf {
     root().join("data/synthetic/test.parquet")
-}
-
-fn horizon(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_horizon"))
-        .args(args)
-        .output()
-        .expect("run horizon");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The first sample of every category, as the reference script picks them.

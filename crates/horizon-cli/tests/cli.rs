@@ -1,13 +1,11 @@
 //! The `horizon` CLI contract on the tiny HF fixtures (written by fixtures/make_llava_fixtures.py with
 //! transformers 5.17.0): `forward` output against HF logits, and one-line errors on bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use tch::Tensor;
+mod common;
+use common::{horizon, root};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use std::path::{Path, PathBuf};
+use tch::Tensor;
 
 fn fixture_model() -> PathBuf {
     root().join("fixtures/llava/models/llava-tiny")
@@ -15,18 +13,6 @@ fn fixture_model() -> PathBuf {
 
 fn image(name: &str) -> PathBuf {
     root().join("fixtures/llava/images").join(name)
-}
-
-fn horizon(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_horizon"))
-        .args(args)
-        .output()
-        .expect("run horizon");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn horizon_owned(args: &[String]) -> (bool, String, String) {

@@ -663,6 +663,17 @@ pub fn train(
         ("vision_tower.vision_model.post_layernorm.weight", &post_w),
         ("vision_tower.vision_model.post_layernorm.bias", &post_b),
     ];
+    // The model's own parameters as a llava-hf directory (checkpoints and the final export).
+    let export = |dir: &Path, params: &[(String, Tensor)]| {
+        write_model_dir(
+            dir,
+            &config_json,
+            &tok,
+            &cfg.spec,
+            &params[..n_model_params],
+            &extra,
+        )
+    };
 
     let started = std::time::Instant::now();
     let elapsed_before = state.elapsed_s;
@@ -768,25 +779,12 @@ pub fn train(
                 .is_some_and(|s| started.elapsed().as_secs_f64() >= s);
         if state.step % cfg.checkpoint_every == 0 || state.step == cfg.steps || stopping {
             state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-            write_model_dir(
-                &ckpt,
-                &config_json,
-                &tok,
-                &cfg.spec,
-                &params[..n_model_params],
-                &extra,
-            )?;
+            export(&ckpt, &params)?;
             if cfg.aux_weight > 0.0 {
-                let aux_cpu: Vec<(&str, Tensor)> = vec![
-                    (
-                        "aux_head.weight",
-                        params[n_model_params].1.detach().to_device(Device::Cpu),
-                    ),
-                    (
-                        "aux_head.bias",
-                        params[n_model_params + 1].1.detach().to_device(Device::Cpu),
-                    ),
-                ];
+                let aux_cpu: Vec<(&str, Tensor)> = params[n_model_params..]
+                    .iter()
+                    .map(|(n, t)| (n.as_str(), t.detach().to_device(Device::Cpu)))
+                    .collect();
                 let refs: Vec<(&str, &Tensor)> = aux_cpu.iter().map(|(n, t)| (*n, t)).collect();
                 Tensor::write_safetensors(&refs, &aux_file)?;
             }
@@ -807,13 +805,6 @@ pub fn train(
         }
     }
     let final_dir = run_dir.join("model");
-    write_model_dir(
-        &final_dir,
-        &config_json,
-        &tok,
-        &cfg.spec,
-        &params[..n_model_params],
-        &extra,
-    )?;
+    export(&final_dir, &params)?;
     Ok(Some(final_dir))
 }
