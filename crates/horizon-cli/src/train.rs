@@ -106,6 +106,13 @@ pub struct TrainArgs {
     /// Fraction of the steps by which the glyph count has ramped from 1 to --max-glyphs.
     #[arg(long, default_value_t = 0.8)]
     curriculum_fraction: f64,
+    /// Weight of the attention supervision: for each answer token that a region of the image decides
+    /// (the asked shape, the circles, the boxed glyph, the k-th glyph), some head of some decoder layer
+    /// must attend there (-log of the mass of the head, shared by the batch, with the most; training
+    /// only, the layer is not chosen). Measured on the small model so far: it does not help (README,
+    /// "What did not work"). 0: off.
+    #[arg(long, default_value_t = 0.0)]
+    attend_weight: f64,
 }
 
 pub fn run_train(args: &TrainArgs) -> Result<()> {
@@ -126,6 +133,13 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     cfg.extra_turns = args.extra_turns;
     cfg.embed_init_std = args.embed_init_std;
     cfg.aux_normalized = args.aux_normalized;
+    cfg.attend_weight = args.attend_weight;
+    if !(args.attend_weight >= 0.0 && args.attend_weight.is_finite()) {
+        anyhow::bail!(
+            "--attend-weight: {} is not a finite weight >= 0",
+            args.attend_weight
+        );
+    }
     if !(0.0..=1.0).contains(&args.curriculum_fraction) {
         anyhow::bail!(
             "--curriculum-fraction: {} is not in [0, 1]",
@@ -148,22 +162,32 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         )
         .expect("valid template"),
     );
-    let mut avg = None::<(f64, f64)>;
+    let mut avg = None::<(f64, f64, f64)>;
     let stop = StopAt {
         step: args.stop_at_step,
         seconds: args.time_budget_minutes.map(|m| m * 60.0),
     };
     let dir = train(&cfg, &args.run_dir, device, stop, |step, loss, lr| {
-        let (a, x) = avg.map_or((loss.lm, loss.aux), |(a, x)| {
-            (0.98 * a + 0.02 * loss.lm, 0.98 * x + 0.02 * loss.aux)
+        let (a, x, m) = avg.map_or((loss.lm, loss.aux, loss.attend), |(a, x, m)| {
+            (
+                0.98 * a + 0.02 * loss.lm,
+                0.98 * x + 0.02 * loss.aux,
+                0.98 * m + 0.02 * loss.attend,
+            )
         });
-        avg = Some((a, x));
+        avg = Some((a, x, m));
         bar.set_position(step as u64 + 1);
-        bar.set_message(format!("loss {a:.4}  patch loss {x:.4}  lr {lr:.2e}"));
+        // The evidence mass is the attention supervision's progress; shown only when it is on.
+        let mass = if cfg.attend_weight > 0.0 {
+            format!(" evidence mass {m:.3}")
+        } else {
+            String::new()
+        };
+        bar.set_message(format!("loss {a:.4}  patch loss {x:.4}{mass}  lr {lr:.2e}"));
         // Logs of background runs (no terminal, so no bar) still show progress.
         if bar.is_hidden() && (step + 1) % 50 == 0 {
             eprintln!(
-                "step {} loss {a:.4} patch loss {x:.4} lr {lr:.2e} elapsed {:.0}s",
+                "step {} loss {a:.4} patch loss {x:.4}{mass} lr {lr:.2e} elapsed {:.0}s",
                 step + 1,
                 bar.elapsed().as_secs_f64()
             );

@@ -112,7 +112,7 @@ fn bundled_models_match_hf() {
 const FLOORS: [(&str, &[(&str, usize)]); 2] = [
     (
         "horizon-large",
-        &[("shape_color", 12), ("count_circles", 8)],
+        &[("shape_color", 10), ("count_circles", 6)],
     ),
     (
         "horizon-small",

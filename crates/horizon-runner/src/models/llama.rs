@@ -237,6 +237,61 @@ impl LlamaAttention {
     }
 }
 
+impl LlamaAttention {
+    /// The attention probabilities `[B, heads, S, S]` (float32) of a causal pass over `x` with no
+    /// cache: what HF returns with `output_attentions=True` (its eager path). The forward itself uses
+    /// SDPA and never materializes them; the trainer recomputes them from a layer's input to supervise
+    /// where the answer looks (`train::attend`), and a test checks `weights · V` against the forward.
+    pub fn attention_weights(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let (b, s, _) = x.size3().expect("[B, S, D] hidden states");
+        let q = self
+            .q_proj
+            .forward(x)
+            .view([b, s, self.num_heads, self.head_dim])
+            .transpose(1, 2);
+        let k = self
+            .k_proj
+            .forward(x)
+            .view([b, s, self.num_kv_heads, self.head_dim])
+            .transpose(1, 2);
+        let (cos, sin) = (cos.unsqueeze(1), sin.unsqueeze(1));
+        let q = &q * &cos + rotate_half(&q) * &sin;
+        let k = &k * &cos + rotate_half(&k) * &sin;
+        let k = k.repeat_interleave_self_int(self.num_heads / self.num_kv_heads, 1, None);
+        let scores = q
+            .to_kind(Kind::Float)
+            .matmul(&k.to_kind(Kind::Float).transpose(-1, -2))
+            * self.scaling;
+        let future = Tensor::ones([s, s], (Kind::Bool, x.device())).triu(1);
+        scores
+            .masked_fill(&future, f64::NEG_INFINITY)
+            .softmax(-1, Kind::Float)
+    }
+
+    /// `v_proj` of `x`, heads repeated to the query heads: `[B, heads, S, head_dim]` (for the test
+    /// that recombines [`Self::attention_weights`] into the layer's output).
+    pub fn values(&self, x: &Tensor) -> Tensor {
+        let (b, s, _) = x.size3().expect("[B, S, D] hidden states");
+        self.v_proj
+            .forward(x)
+            .view([b, s, self.num_kv_heads, self.head_dim])
+            .transpose(1, 2)
+            .repeat_interleave_self_int(self.num_heads / self.num_kv_heads, 1, None)
+    }
+
+    /// `o_proj` over per-head outputs `[B, heads, S, head_dim]`.
+    pub fn project_out(&self, heads: &Tensor) -> Tensor {
+        let (b, _, s, _) = heads.size4().expect("[B, H, S, D] head outputs");
+        self.o_proj
+            .forward(&heads.transpose(1, 2).contiguous().reshape([b, s, -1]))
+    }
+
+    /// The attention output of a causal pass over `x` with no cache (the forward's SDPA path).
+    pub fn forward_causal(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        self.forward(x, cos, sin, None)
+    }
+}
+
 pub struct LlamaMlp {
     gate_proj: Linear,
     up_proj: Linear,
@@ -262,9 +317,9 @@ impl LlamaMlp {
 }
 
 pub struct LlamaDecoderLayer {
-    self_attn: LlamaAttention,
+    pub self_attn: LlamaAttention,
     mlp: LlamaMlp,
-    input_layernorm: RmsNorm,
+    pub input_layernorm: RmsNorm,
     post_attention_layernorm: RmsNorm,
 }
 

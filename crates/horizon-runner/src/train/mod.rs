@@ -7,6 +7,7 @@
 //!
 //! Long runs checkpoint atomically (weights, AdamW moments, step) and resume exactly where they stopped.
 
+pub mod attend;
 pub mod aux;
 pub mod tokenizer;
 
@@ -164,6 +165,9 @@ pub struct TrainConfig {
     /// Weight of the dense per-patch loss on the projected visual tokens ([`aux`]; 0 turns it off).
     #[serde(default)]
     pub aux_weight: f64,
+    /// Weight of the attention supervision of the answer tokens ([`attend`]; 0 turns it off).
+    #[serde(default)]
+    pub attend_weight: f64,
 }
 
 impl TrainConfig {
@@ -186,6 +190,7 @@ impl TrainConfig {
             extra_turns: 0,
             embed_init_std: 0.0,
             aux_normalized: false,
+            attend_weight: 0.0,
         }
     }
 
@@ -243,6 +248,11 @@ struct Example {
     /// Whether position t's next token (t + 1) is supervised: the answer tokens and EOS of every turn.
     supervised: Vec<bool>,
     pixels: Vec<f32>,
+    /// Position of the first image token.
+    image_start: usize,
+    /// (query position, evidence patches) for the first turn's answer tokens that have evidence
+    /// ([`attend::answer_token_evidence`]).
+    evidence: Vec<(usize, Vec<usize>)>,
 }
 
 /// Further questions about the same image, answered from the generator's ground truth, phrased exactly
@@ -295,6 +305,7 @@ fn encode_example(
     num_image_tokens: usize,
     s: &SynthSample,
     extra: usize,
+    patch_size: u32,
 ) -> Result<Example> {
     let prompt =
         prompt_text(&s.question).replacen("<image>", &"<image>".repeat(num_image_tokens), 1);
@@ -306,6 +317,10 @@ fn encode_example(
         .map(|&i| i as i64)
         .collect();
     let mut supervised = vec![false; ids.len()];
+    let image_start = ids
+        .iter()
+        .position(|&i| i == tokenizer::IMAGE.1 as i64)
+        .ok_or_else(|| anyhow!("the prompt has no image token"))?;
     let encode = |text: &str| -> Result<Vec<i64>> {
         let enc = tok
             .encode(text, false)
@@ -326,7 +341,15 @@ fn encode_example(
         }
         Ok(())
     };
+    let answer_start = ids.len();
     push_answer(&mut ids, &s.answer)?;
+    // Answer token k is predicted at position answer_start - 1 + k (EOS has no evidence).
+    let n_answer = ids.len() - 1 - answer_start;
+    let evidence = attend::answer_token_evidence(s, n_answer, patch_size)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(k, e)| e.map(|e| (answer_start - 1 + k, e)))
+        .collect();
     // Later turns follow the llava-hf multi-turn layout: `... ASSISTANT: {a}</s>USER: {q} ASSISTANT:`.
     for (q, a) in extra_turns(s, extra) {
         ids.extend(encode(&format!("USER: {q} ASSISTANT:"))?);
@@ -338,6 +361,8 @@ fn encode_example(
         ids,
         supervised,
         pixels: pv.data,
+        image_start,
+        evidence,
     })
 }
 
@@ -547,6 +572,9 @@ fn batch_samples(cfg: &TrainConfig, step: usize) -> Result<Vec<SynthSample>> {
 pub struct StepLosses {
     pub lm: f64,
     pub aux: f64,
+    /// Mean over supervised answer tokens of the largest attention mass on their evidence
+    /// ([`attend`]; 0 when off).
+    pub attend: f64,
 }
 
 /// When a call to [`train`] returns before the run is finished (a checkpoint is written first), so
@@ -682,7 +710,16 @@ pub fn train(
         let samples = batch_samples(cfg, step)?;
         let examples: Vec<Example> = samples
             .iter()
-            .map(|s| encode_example(&tok, &image_proc, num_image_tokens, s, cfg.extra_turns))
+            .map(|s| {
+                encode_example(
+                    &tok,
+                    &image_proc,
+                    num_image_tokens,
+                    s,
+                    cfg.extra_turns,
+                    cfg.spec.patch_size as u32,
+                )
+            })
             .collect::<Result<_>>()?;
         let max_len = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
         let b = examples.len() as i64;
@@ -713,9 +750,12 @@ pub fn train(
         let features = model.image_features(&pixels)?;
         let embeds = model.input_embeds_with_features(&ids, &features)?;
         // Right padding with a causal mask: real tokens never attend to the padding after them.
-        let out = model
-            .language_model
-            .prefill(&embeds, &Intervention::none(), None, None)?;
+        let mut layer_inputs = Vec::new();
+        let want_inputs = (cfg.attend_weight > 0.0).then_some(&mut layer_inputs);
+        let out =
+            model
+                .language_model
+                .prefill(&embeds, &Intervention::none(), None, want_inputs)?;
         let logits = model
             .lm_head
             .forward(&out.hidden)
@@ -748,6 +788,40 @@ pub fn train(
             aux_loss_v = aux_l.double_value(&[]);
             loss += aux_l * cfg.aux_weight;
         }
+        let mut attend_v = 0.0;
+        if cfg.attend_weight > 0.0 {
+            let lm = &model.language_model;
+            let s = max_len as i64;
+            let positions = Tensor::arange(s, (Kind::Int64, device)).unsqueeze(0);
+            let (cos, sin) = lm.rotary_emb.cos_sin(&positions, Kind::Float);
+            let weights: Vec<Tensor> = lm
+                .layers
+                .iter()
+                .zip(&layer_inputs)
+                .map(|(layer, x)| {
+                    layer
+                        .self_attn
+                        .attention_weights(&layer.input_layernorm.forward(x), &cos, &sin)
+                })
+                .collect();
+            let mut ev = vec![0f32; examples.len() * max_len * max_len];
+            let mut queries = vec![0f32; examples.len() * max_len];
+            for (r, e) in examples.iter().enumerate() {
+                for (t, patches) in &e.evidence {
+                    queries[r * max_len + t] = 1.0;
+                    for p in patches {
+                        ev[(r * max_len + t) * max_len + e.image_start + p] = 1.0;
+                    }
+                }
+            }
+            let ev = Tensor::from_slice(&ev).reshape([b, s, s]).to_device(device);
+            let queries = Tensor::from_slice(&queries)
+                .reshape([b, s])
+                .to_device(device);
+            let (l, best) = attend::attention_loss(&weights, &ev, &queries);
+            attend_v = best;
+            loss += l * cfg.attend_weight;
+        }
         for (_, p) in &params {
             let mut g = p.grad();
             if g.defined() {
@@ -770,6 +844,7 @@ pub fn train(
             StepLosses {
                 lm: lm_loss_v,
                 aux: aux_loss_v,
+                attend: attend_v,
             },
             lr,
         );

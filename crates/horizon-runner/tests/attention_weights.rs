@@ -1,0 +1,50 @@
+//! The attention probabilities the trainer supervises (`LlamaAttention::attention_weights`, an eager
+//! recomputation) are the ones the SDPA forward uses: recombined with the values and `o_proj` they give
+//! the layer's attention output, for a model with grouped kv heads (4 query heads over 2 kv heads).
+
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+use horizon_runner::models::llava::{LlavaConfig, LlavaForConditionalGeneration};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn attention_weights_recombine_into_the_forward() {
+    let dir = root().join("fixtures/llava/models/llava-tiny");
+    let path = dir.join("config.json");
+    let cfg = LlavaConfig::from_json(
+        &path,
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let model = LlavaForConditionalGeneration::load(&dir, cfg, Device::Cpu, Kind::Float).unwrap();
+    let lm = &model.language_model;
+    let (b, s) = (2i64, 9i64);
+    tch::manual_seed(3);
+    let x = Tensor::randn([b, s, lm.cfg.hidden_size], (Kind::Float, Device::Cpu));
+    let positions = Tensor::arange(s, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+    let (cos, sin) = lm.rotary_emb.cos_sin(&positions, Kind::Float);
+    for layer in &lm.layers {
+        let attn = &layer.self_attn;
+        let w = attn.attention_weights(&x, &cos, &sin);
+        assert_eq!(w.size(), [b, lm.cfg.num_attention_heads, s, s]);
+        // Rows are distributions and nothing attends to a later token.
+        let row_sums = w.sum_dim_intlist(-1, false, Kind::Float);
+        assert!((row_sums - 1.0).abs().max().double_value(&[]) < 1e-6);
+        let future = Tensor::ones([s, s], (Kind::Bool, Device::Cpu)).triu(1);
+        assert_eq!(
+            w.masked_select(&future.expand([b, lm.cfg.num_attention_heads, s, s], false))
+                .abs()
+                .max()
+                .double_value(&[]),
+            0.0
+        );
+        let recombined = attn.project_out(&w.matmul(&attn.values(&x)));
+        let forward = attn.forward_causal(&x, &cos, &sin);
+        let diff = (recombined - forward).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "max |diff| = {diff}");
+    }
+}
