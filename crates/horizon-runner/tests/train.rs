@@ -7,6 +7,11 @@ use horizon_runner::processor::{Processor, PromptTemplate};
 use horizon_runner::train::{train, SmallModelSpec, StopAt, TrainConfig};
 use horizon_runner::VlModel;
 
+/// Random initialization seeds libtorch's global generator (`tch::manual_seed`), so training runs in
+/// tests of this binary (run on parallel threads) must not interleave, or a run's initial weights would
+/// depend on another test's draws.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn micro() -> TrainConfig {
     let spec = SmallModelSpec {
         image_size: 32,
@@ -54,6 +59,7 @@ fn weights(dir: &std::path::Path) -> Vec<(String, Tensor)> {
 
 #[test]
 fn resumed_training_equals_uninterrupted() {
+    let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let cfg = micro();
     let a = tempfile::tempdir().unwrap();
     let full = train(&cfg, a.path(), Device::Cpu, StopAt::default(), |_, _, _| {})
@@ -114,6 +120,7 @@ fn resumed_training_equals_uninterrupted() {
 /// evidence (from what an untrained model spreads over the sequence).
 #[test]
 fn attention_supervision_moves_attention_to_the_evidence() {
+    let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let run = |attend_weight: f64, steps: usize| {
         let mut cfg = micro();
         cfg.steps = steps;
@@ -122,9 +129,13 @@ fn attention_supervision_moves_attention_to_the_evidence() {
         cfg.coarse_only_fraction = 0.0;
         let dir = tempfile::tempdir().unwrap();
         let mut masses = Vec::new();
-        let model = train(&cfg, dir.path(), Device::Cpu, StopAt::default(), |_, l, _| {
-            masses.push(l.attend)
-        })
+        let model = train(
+            &cfg,
+            dir.path(),
+            Device::Cpu,
+            StopAt::default(),
+            |_, l, _| masses.push(l.attend),
+        )
         .unwrap()
         .unwrap();
         (weights(&model), masses, dir)
@@ -133,10 +144,7 @@ fn attention_supervision_moves_attention_to_the_evidence() {
     let (w_on, m_on, _d2) = run(1.0, 4);
     assert!(m_off.iter().all(|&m| m == 0.0));
     assert!(m_on.iter().all(|&m| m > 0.0 && m <= 1.0));
-    assert!(w_off
-        .iter()
-        .zip(&w_on)
-        .any(|((_, a), (_, b))| !a.equal(b)));
+    assert!(w_off.iter().zip(&w_on).any(|((_, a), (_, b))| !a.equal(b)));
 
     let (_, masses, _d3) = run(50.0, 40);
     let first = masses[0];
