@@ -113,6 +113,15 @@ pub struct TrainArgs {
     /// "What did not work"). 0: off.
     #[arg(long, default_value_t = 0.0)]
     attend_weight: f64,
+    /// Fraction of the coarse training samples shown as a text description of the scene ("red circle,
+    /// blue square") instead of the image, so that the decoder learns to look up the question's shape
+    /// in its context (image-only training never conditions on the question; README). 0: off.
+    #[arg(long, default_value_t = 0.0)]
+    text_scene_fraction: f64,
+    /// Weight of the question probe: a linear head on the last prompt token a quarter of the way up
+    /// the decoder must name the shape kind the question asks about (training only). 0: off.
+    #[arg(long, default_value_t = 0.0)]
+    question_weight: f64,
 }
 
 pub fn run_train(args: &TrainArgs) -> Result<()> {
@@ -134,6 +143,20 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     cfg.embed_init_std = args.embed_init_std;
     cfg.aux_normalized = args.aux_normalized;
     cfg.attend_weight = args.attend_weight;
+    cfg.text_scene_fraction = args.text_scene_fraction;
+    cfg.question_weight = args.question_weight;
+    if !(args.question_weight >= 0.0 && args.question_weight.is_finite()) {
+        anyhow::bail!(
+            "--question-weight: {} is not a finite weight >= 0",
+            args.question_weight
+        );
+    }
+    if !(0.0..=1.0).contains(&args.text_scene_fraction) {
+        anyhow::bail!(
+            "--text-scene-fraction: {} is not in [0, 1]",
+            args.text_scene_fraction
+        );
+    }
     if !(args.attend_weight >= 0.0 && args.attend_weight.is_finite()) {
         anyhow::bail!(
             "--attend-weight: {} is not a finite weight >= 0",

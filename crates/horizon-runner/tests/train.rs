@@ -32,6 +32,8 @@ fn micro() -> TrainConfig {
     cfg.checkpoint_every = 2;
     // Steps 0-1 coarse only, 2-3 with the reading tasks: the resume below crosses the boundary.
     cfg.coarse_only_fraction = 0.5;
+    // The question probe's head is checkpointed with the per-patch head: the resume covers both.
+    cfg.question_weight = 1.0;
     cfg
 }
 
@@ -111,7 +113,9 @@ fn resumed_training_equals_uninterrupted() {
     assert!(names.contains(&"language_model.lm_head.weight"));
     assert!(names.contains(&"vision_tower.vision_model.post_layernorm.weight"));
     // The per-patch head is training-only: checkpointed apart, never exported.
-    assert!(names.iter().all(|n| !n.contains("aux_head")));
+    assert!(names
+        .iter()
+        .all(|n| !n.contains("aux_head") && !n.contains("question_head")));
     assert!(b.path().join("checkpoint/aux_head.safetensors").exists());
 }
 
@@ -150,4 +154,30 @@ fn attention_supervision_moves_attention_to_the_evidence() {
     let first = masses[0];
     let last = masses[masses.len() - 5..].iter().sum::<f64>() / 5.0;
     assert!(last > 1.5 * first, "evidence mass {first:.3} -> {last:.3}");
+}
+
+/// Text scenes replace the image of coarse samples: a run where every coarse sample is a text scene
+/// (so some steps have no image at all) trains, and its export loads like any other.
+#[test]
+fn text_scene_training_runs_without_images() {
+    let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cfg = micro();
+    cfg.text_scene_fraction = 1.0;
+    cfg.coarse_only_fraction = 0.5;
+    let dir = tempfile::tempdir().unwrap();
+    let mut losses = Vec::new();
+    let model = train(
+        &cfg,
+        dir.path(),
+        Device::Cpu,
+        StopAt::default(),
+        |_, l, _| losses.push((l.lm, l.aux)),
+    )
+    .unwrap()
+    .unwrap();
+    // Steps 0-1 are coarse only, hence text only: no per-patch loss; steps 2-3 have reading samples.
+    assert_eq!(losses[0].1, 0.0);
+    assert_eq!(losses[1].1, 0.0);
+    assert!(losses.iter().all(|(lm, _)| lm.is_finite() && *lm > 0.0));
+    VlModel::load(&model, Device::Cpu, Kind::Float).unwrap();
 }

@@ -168,6 +168,35 @@ pub struct TrainConfig {
     /// Weight of the attention supervision of the answer tokens ([`attend`]; 0 turns it off).
     #[serde(default)]
     pub attend_weight: f64,
+    /// Fraction of the coarse samples whose image is replaced by a text description of the same scene
+    /// ([`scene_text`]), so that the answer can only be found by reading the question.
+    #[serde(default)]
+    pub text_scene_fraction: f64,
+    /// Weight of the question probe ([`question_probe_layer`]): a linear head on the last prompt
+    /// token's hidden state, a quarter of the way up the decoder, must name the shape kind the
+    /// question asks about (training only; 0 turns it off).
+    #[serde(default)]
+    pub question_weight: f64,
+}
+
+/// The decoder layer whose input the question probe reads: a quarter of the way up (at least 1), so
+/// that the asked kind is carried to the answer position early and later layers can select patches
+/// by it. Which layers read the *image* is left to training.
+pub fn question_probe_layer(text_layers: i64) -> usize {
+    (text_layers as usize / 4).max(1)
+}
+
+/// Class of the shape kind a question names (`ShapeKind::ALL` order), if it names one.
+pub fn asked_kind(question: &str) -> Option<i64> {
+    use horizon_data::synthetic::ShapeKind;
+    ShapeKind::ALL
+        .iter()
+        .position(|k| {
+            question
+                .split(|c: char| !c.is_alphanumeric())
+                .any(|w| w == k.name() || w.strip_suffix('s') == Some(k.name()))
+        })
+        .map(|i| i as i64)
 }
 
 impl TrainConfig {
@@ -191,6 +220,8 @@ impl TrainConfig {
             embed_init_std: 0.0,
             aux_normalized: false,
             attend_weight: 0.0,
+            text_scene_fraction: 0.0,
+            question_weight: 0.0,
         }
     }
 
@@ -225,8 +256,13 @@ pub fn prompt_text(question: &str) -> String {
 }
 
 /// The vocabulary covers every prompt and answer the generator can produce: questions and answers of
-/// many samples per category, and each glyph as a first and as a later character.
-fn build_vocab_tokenizer(gen: &GenConfig, seed: u64) -> Result<tokenizers::Tokenizer> {
+/// many samples per category, and each glyph as a first and as a later character; with `scenes`, also
+/// the text descriptions of coarse scenes ([`scene_text`]).
+fn build_vocab_tokenizer(
+    gen: &GenConfig,
+    seed: u64,
+    scenes: bool,
+) -> Result<tokenizers::Tokenizer> {
     let mut texts: Vec<String> = vec!["USER: ".into()];
     for cat in Category::ALL {
         for i in 0..400 {
@@ -234,6 +270,9 @@ fn build_vocab_tokenizer(gen: &GenConfig, seed: u64) -> Result<tokenizers::Token
             texts.push(format!("\n{} ASSISTANT: {}", s.question, s.answer));
             texts.push(format!("USER: {} ASSISTANT: {}", s.question, s.answer));
             texts.push(s.answer.clone());
+            if scenes && cat.kind() == synthetic::TaskKind::Coarse {
+                texts.push(prompt_text(&s.question).replacen("<image>", &scene_text(&s), 1));
+            }
         }
     }
     for c in synthetic::font::ALPHABET.chars() {
@@ -242,17 +281,34 @@ fn build_vocab_tokenizer(gen: &GenConfig, seed: u64) -> Result<tokenizers::Token
     tokenizer::build_tokenizer(texts.iter().map(String::as_str))
 }
 
+/// The scene of a coarse sample in words, shapes in drawing order: `red circle, blue square`. Samples
+/// that show the scene this way instead of as an image teach the decoder to look the question's shape
+/// up in its context: measured, image-only training never does (the answers of every model trained so
+/// far are exactly invariant to the asked shape: `fixtures/question_sensitivity.py`), because carrying
+/// the asked kind to the answer only pays once a later head selects patches by it, and vice versa.
+pub fn scene_text(s: &SynthSample) -> String {
+    s.meta
+        .shapes
+        .iter()
+        .map(|x| format!("{} {}", x.color.name(), x.kind.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One training example, tokenized.
 struct Example {
     ids: Vec<i64>,
     /// Whether position t's next token (t + 1) is supervised: the answer tokens and EOS of every turn.
     supervised: Vec<bool>,
+    /// Empty for a text-scene example.
     pixels: Vec<f32>,
-    /// Position of the first image token.
+    /// Position of the first image token (0 and unused for a text-scene example).
     image_start: usize,
     /// (query position, evidence patches) for the first turn's answer tokens that have evidence
     /// ([`attend::answer_token_evidence`]).
     evidence: Vec<(usize, Vec<usize>)>,
+    /// (last prompt position, class of the shape kind the question names), for the question probe.
+    asked: Option<(usize, i64)>,
 }
 
 /// Further questions about the same image, answered from the generator's ground truth, phrased exactly
@@ -306,9 +362,14 @@ fn encode_example(
     s: &SynthSample,
     extra: usize,
     patch_size: u32,
+    text_scene: bool,
 ) -> Result<Example> {
-    let prompt =
-        prompt_text(&s.question).replacen("<image>", &"<image>".repeat(num_image_tokens), 1);
+    let visual = if text_scene {
+        scene_text(s)
+    } else {
+        "<image>".repeat(num_image_tokens)
+    };
+    let prompt = prompt_text(&s.question).replacen("<image>", &visual, 1);
     let mut ids: Vec<i64> = tok
         .encode(prompt, true)
         .map_err(|e| anyhow!("tokenizing a prompt: {e}"))?
@@ -317,10 +378,17 @@ fn encode_example(
         .map(|&i| i as i64)
         .collect();
     let mut supervised = vec![false; ids.len()];
-    let image_start = ids
-        .iter()
-        .position(|&i| i == tokenizer::IMAGE.1 as i64)
-        .ok_or_else(|| anyhow!("the prompt has no image token"))?;
+    let image_start = match ids.iter().position(|&i| i == tokenizer::IMAGE.1 as i64) {
+        Some(p) => p,
+        None if text_scene => 0,
+        None => bail!("the prompt has no image token"),
+    };
+    if text_scene && ids.contains(&(tokenizer::UNK.1 as i64)) {
+        bail!(
+            "the scene text of {} has a token outside the vocabulary",
+            s.id
+        );
+    }
     let encode = |text: &str| -> Result<Vec<i64>> {
         let enc = tok
             .encode(text, false)
@@ -345,7 +413,12 @@ fn encode_example(
     push_answer(&mut ids, &s.answer)?;
     // Answer token k is predicted at position answer_start - 1 + k (EOS has no evidence).
     let n_answer = ids.len() - 1 - answer_start;
-    let evidence = attend::answer_token_evidence(s, n_answer, patch_size)
+    let evidence = if text_scene {
+        Vec::new()
+    } else {
+        attend::answer_token_evidence(s, n_answer, patch_size)
+    };
+    let evidence = evidence
         .into_iter()
         .enumerate()
         .filter_map(|(k, e)| e.map(|e| (answer_start - 1 + k, e)))
@@ -356,13 +429,18 @@ fn encode_example(
         push_answer(&mut ids, &a)?;
     }
     supervised.resize(ids.len(), false);
-    let pv = clip_preprocess(&s.image, image_proc, ResampleOrder::Pillow12)?;
+    let pixels = if text_scene {
+        Vec::new()
+    } else {
+        clip_preprocess(&s.image, image_proc, ResampleOrder::Pillow12)?.data
+    };
     Ok(Example {
         ids,
         supervised,
-        pixels: pv.data,
+        pixels,
         image_start,
         evidence,
+        asked: asked_kind(&s.question).map(|k| (answer_start - 1, k)),
     })
 }
 
@@ -567,6 +645,25 @@ fn batch_samples(cfg: &TrainConfig, step: usize) -> Result<Vec<SynthSample>> {
         .collect()
 }
 
+/// Which samples of step `step` are shown as a text scene instead of an image: coarse ones, each with
+/// probability `text_scene_fraction` (seeded by the run's seed and the step).
+fn text_scene_flags(cfg: &TrainConfig, step: usize, samples: &[SynthSample]) -> Vec<bool> {
+    use rand::{Rng, SeedableRng};
+    if cfg.text_scene_fraction <= 0.0 {
+        return vec![false; samples.len()];
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+        cfg.seed ^ 0x5ce9e ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+    );
+    samples
+        .iter()
+        .map(|s| {
+            let draw = rng.gen::<f64>();
+            s.category.kind() == synthetic::TaskKind::Coarse && draw < cfg.text_scene_fraction
+        })
+        .collect()
+}
+
 /// Losses of one step: the answer (language-model) loss and the dense per-patch loss ([`aux`]).
 #[derive(Debug, Clone, Copy)]
 pub struct StepLosses {
@@ -599,7 +696,7 @@ pub fn train(
 ) -> Result<Option<PathBuf>> {
     std::fs::create_dir_all(run_dir)?;
     let gen = GenConfig::default().with_image_size(cfg.spec.image_size as u32);
-    let tok = build_vocab_tokenizer(&gen, cfg.seed)?;
+    let tok = build_vocab_tokenizer(&gen, cfg.seed, cfg.text_scene_fraction > 0.0)?;
     let vocab = tok.get_vocab_size(true) as i64;
     let config_json = cfg.spec.config_json(vocab);
     let llava_cfg = LlavaConfig::from_json(Path::new("config.json"), config_json.clone())?;
@@ -666,6 +763,32 @@ pub fn train(
         params.push(("aux_head.weight".into(), w));
         params.push(("aux_head.bias".into(), b));
     }
+    // The question probe (training only), in the same file as the per-patch head.
+    let question_idx = params.len();
+    if cfg.question_weight > 0.0 {
+        let kinds = horizon_data::synthetic::ShapeKind::ALL.len() as i64;
+        let (w, b) = if state.step > 0 && aux_file.exists() {
+            let saved: std::collections::HashMap<String, Tensor> =
+                Tensor::read_safetensors(&aux_file)?.into_iter().collect();
+            let get = |n: &str| -> Result<Tensor> {
+                Ok(saved
+                    .get(n)
+                    .ok_or_else(|| anyhow!("{}: no tensor {n}", aux_file.display()))?
+                    .to_device(device)
+                    .set_requires_grad(true))
+            };
+            (get("question_head.weight")?, get("question_head.bias")?)
+        } else {
+            tch::manual_seed(cfg.seed as i64 ^ 0x9e57);
+            (
+                (Tensor::randn([kinds, cfg.spec.text_hidden], (Kind::Float, device)) * 0.02)
+                    .set_requires_grad(true),
+                Tensor::zeros([kinds], (Kind::Float, device)).set_requires_grad(true),
+            )
+        };
+        params.push(("question_head.weight".into(), w));
+        params.push(("question_head.bias".into(), b));
+    }
     let mut opt = AdamW::new(&params);
     let moments = ckpt.join("optimizer.safetensors");
     if state.step > 0 && moments.exists() {
@@ -708,9 +831,11 @@ pub fn train(
     while state.step < cfg.steps {
         let step = state.step;
         let samples = batch_samples(cfg, step)?;
+        let text_scenes = text_scene_flags(cfg, step, &samples);
         let examples: Vec<Example> = samples
             .iter()
-            .map(|s| {
+            .zip(&text_scenes)
+            .map(|(s, &text_scene)| {
                 encode_example(
                     &tok,
                     &image_proc,
@@ -718,9 +843,12 @@ pub fn train(
                     s,
                     cfg.extra_turns,
                     cfg.spec.patch_size as u32,
+                    text_scene,
                 )
             })
             .collect::<Result<_>>()?;
+        // Samples shown as an image (text scenes have no pixels and no per-patch targets).
+        let with_image: Vec<usize> = (0..samples.len()).filter(|&i| !text_scenes[i]).collect();
         let max_len = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
         let b = examples.len() as i64;
         let mut ids = vec![tokenizer::PAD.1 as i64; examples.len() * max_len];
@@ -743,15 +871,21 @@ pub fn train(
             .iter()
             .flat_map(|e| e.pixels.iter().copied())
             .collect();
-        let pixels = Tensor::from_slice(&pixels)
-            .reshape([b, 3, side, side])
-            .to_device(device);
-
-        let features = model.image_features(&pixels)?;
-        let embeds = model.input_embeds_with_features(&ids, &features)?;
+        let n_img = with_image.len() as i64;
+        let (features, embeds) = if n_img > 0 {
+            let pixels = Tensor::from_slice(&pixels)
+                .reshape([n_img, 3, side, side])
+                .to_device(device);
+            let features = model.image_features(&pixels)?;
+            let embeds = model.input_embeds_with_features(&ids, &features)?;
+            (Some(features), embeds)
+        } else {
+            (None, model.language_model.embed(&ids))
+        };
         // Right padding with a causal mask: real tokens never attend to the padding after them.
         let mut layer_inputs = Vec::new();
-        let want_inputs = (cfg.attend_weight > 0.0).then_some(&mut layer_inputs);
+        let want_inputs =
+            (cfg.attend_weight > 0.0 || cfg.question_weight > 0.0).then_some(&mut layer_inputs);
         let out =
             model
                 .language_model
@@ -764,7 +898,7 @@ pub fn train(
             logits.cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, -100, 0.0);
         let lm_loss_v = loss.double_value(&[]);
         let mut aux_loss_v = 0.0;
-        if cfg.aux_weight > 0.0 {
+        if let (true, Some(features)) = (cfg.aux_weight > 0.0, &features) {
             let (w, bias) = (&params[n_model_params].1, &params[n_model_params + 1].1);
             let aux_in = if cfg.aux_normalized {
                 let rms = features
@@ -772,21 +906,48 @@ pub fn train(
                     .mean_dim(-1, true, Kind::Float)
                     .g_add_scalar(1e-6)
                     .sqrt();
-                &features / rms
+                features / rms
             } else {
                 features.shallow_clone()
             };
             let aux_logits = aux_in.linear(w, Some(bias));
-            let targets: Vec<i64> = samples
+            let targets: Vec<i64> = with_image
                 .iter()
-                .flat_map(|s| aux::patch_targets(&s.meta, cfg.spec.patch_size as u32))
+                .flat_map(|&i| aux::patch_targets(&samples[i].meta, cfg.spec.patch_size as u32))
                 .collect();
             let targets = Tensor::from_slice(&targets)
-                .reshape([b, features.size()[1], -1])
+                .reshape([n_img, features.size()[1], -1])
                 .to_device(device);
             let aux_l = aux::aux_loss(&aux_logits, &targets);
             aux_loss_v = aux_l.double_value(&[]);
             loss += aux_l * cfg.aux_weight;
+        }
+        let asked: Vec<(usize, usize, i64)> = examples
+            .iter()
+            .enumerate()
+            .filter_map(|(r, e)| e.asked.map(|(t, k)| (r, t, k)))
+            .collect();
+        if cfg.question_weight > 0.0 && !asked.is_empty() {
+            let x = &layer_inputs[question_probe_layer(cfg.spec.text_layers)];
+            let d = cfg.spec.text_hidden;
+            let rows: Vec<i64> = asked
+                .iter()
+                .map(|&(r, t, _)| (r * max_len + t) as i64)
+                .collect();
+            let h = x
+                .reshape([-1, d])
+                .index_select(0, &Tensor::from_slice(&rows).to_device(device));
+            let rms = h
+                .pow_tensor_scalar(2)
+                .mean_dim(-1, true, Kind::Float)
+                .g_add_scalar(1e-6)
+                .sqrt();
+            let (w, bias) = (&params[question_idx].1, &params[question_idx + 1].1);
+            let logits = (h / rms).linear(w, Some(bias));
+            let classes: Vec<i64> = asked.iter().map(|&(_, _, k)| k).collect();
+            let classes = Tensor::from_slice(&classes).to_device(device);
+            let q_loss = logits.cross_entropy_for_logits(&classes);
+            loss += q_loss * cfg.question_weight;
         }
         let mut attend_v = 0.0;
         if cfg.attend_weight > 0.0 {
@@ -855,7 +1016,7 @@ pub fn train(
         if state.step % cfg.checkpoint_every == 0 || state.step == cfg.steps || stopping {
             state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
             export(&ckpt, &params)?;
-            if cfg.aux_weight > 0.0 {
+            if params.len() > n_model_params {
                 let aux_cpu: Vec<(&str, Tensor)> = params[n_model_params..]
                     .iter()
                     .map(|(n, t)| (n.as_str(), t.detach().to_device(Device::Cpu)))
@@ -882,4 +1043,59 @@ pub fn train(
     let final_dir = run_dir.join("model");
     export(&final_dir, &params)?;
     Ok(Some(final_dir))
+}
+
+#[cfg(test)]
+mod scene_tests {
+    use super::*;
+
+    #[test]
+    fn asked_kind_names_the_shape_of_every_coarse_question() {
+        use horizon_data::synthetic::ShapeKind;
+        let gen = GenConfig::default();
+        for i in 0..30 {
+            let s = synthetic::generate(&gen, Category::ShapeColor, 3, i).unwrap();
+            let target = s.meta.shapes[s.meta.target.unwrap()].kind;
+            let k = asked_kind(&s.question).unwrap() as usize;
+            assert_eq!(ShapeKind::ALL[k], target, "{}", s.question);
+            let s = synthetic::generate(&gen, Category::ShapeExists, 3, i).unwrap();
+            let k = asked_kind(&s.question).unwrap() as usize;
+            assert!(s.question.contains(ShapeKind::ALL[k].name()));
+        }
+        let circle = ShapeKind::ALL
+            .iter()
+            .position(|k| *k == ShapeKind::Circle)
+            .unwrap() as i64;
+        assert_eq!(
+            asked_kind("How many circles are there in the image?"),
+            Some(circle)
+        );
+        assert_eq!(asked_kind("What is the text in the image?"), None);
+        assert_eq!(asked_kind("Which character is inside the red box?"), None);
+        assert_eq!(question_probe_layer(8), 2);
+        assert_eq!(question_probe_layer(12), 3);
+        assert_eq!(question_probe_layer(2), 1);
+    }
+
+    /// The scene text names every drawn shape once, as colour then kind, so a shape_color question is
+    /// answered by the colour word right before the asked kind.
+    #[test]
+    fn scene_text_answers_the_question() {
+        let gen = GenConfig::default();
+        for i in 0..50 {
+            let s = synthetic::generate(&gen, Category::ShapeColor, 3, i).unwrap();
+            let scene = scene_text(&s);
+            let items: Vec<&str> = scene.split(", ").collect();
+            assert_eq!(items.len(), s.meta.shapes.len());
+            let asked = s
+                .question
+                .trim_start_matches("What color is the ")
+                .trim_end_matches('?');
+            let item = items
+                .iter()
+                .find(|x| x.ends_with(&format!(" {asked}")))
+                .expect("the asked shape is described");
+            assert_eq!(item.split(' ').next().unwrap(), s.answer);
+        }
+    }
 }
