@@ -109,17 +109,19 @@ pub struct TrainArgs {
     /// Weight of the attention supervision: for each answer token that a region of the image decides
     /// (the asked shape, the circles, the boxed glyph, the k-th glyph), some head of some decoder layer
     /// must attend there (-log of the mass of the head, shared by the batch, with the most; training
-    /// only, the layer is not chosen). Measured on the small model so far: it does not help (README,
-    /// "What did not work"). 0: off.
+    /// only, the layer is not chosen). Measured on the small model: alone it does not help colour;
+    /// with --question-weight it adds a little (README, "What did not work"). 0: off.
     #[arg(long, default_value_t = 0.0)]
     attend_weight: f64,
     /// Fraction of the coarse training samples shown as a text description of the scene ("red circle,
     /// blue square") instead of the image, so that the decoder learns to look up the question's shape
-    /// in its context (image-only training never conditions on the question; README). 0: off.
+    /// in its context. Measured: no help, the decoder does not learn the lookup in text either
+    /// (README). 0: off.
     #[arg(long, default_value_t = 0.0)]
     text_scene_fraction: f64,
     /// Weight of the question probe: a linear head on the last prompt token a quarter of the way up
-    /// the decoder must name the shape kind the question asks about (training only). 0: off.
+    /// the decoder must name the shape kind the question asks about (training only). Measured: the
+    /// first option that makes the answers depend on the question (README). 0: off.
     #[arg(long, default_value_t = 0.0)]
     question_weight: f64,
 }
