@@ -645,6 +645,20 @@ fn batch_samples(cfg: &TrainConfig, step: usize) -> Result<Vec<SynthSample>> {
         .collect()
 }
 
+/// A training-only head (`{name}.weight`, `{name}.bias`) from the checkpoint's head file, trainable.
+fn saved_head(file: &Path, name: &str, device: Device) -> Result<(Tensor, Tensor)> {
+    let saved: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(file)?.into_iter().collect();
+    let get = |n: String| -> Result<Tensor> {
+        Ok(saved
+            .get(&n)
+            .ok_or_else(|| anyhow!("{}: no tensor {n}", file.display()))?
+            .to_device(device)
+            .set_requires_grad(true))
+    };
+    Ok((get(format!("{name}.weight"))?, get(format!("{name}.bias"))?))
+}
+
 /// Which samples of step `step` are shown as a text scene instead of an image: coarse ones, each with
 /// probability `text_scene_fraction` (seeded by the run's seed and the step).
 fn text_scene_flags(cfg: &TrainConfig, step: usize, samples: &[SynthSample]) -> Vec<bool> {
@@ -747,16 +761,7 @@ pub fn train(
     let n_model_params = params.len();
     if cfg.aux_weight > 0.0 {
         let (w, b) = if state.step > 0 && aux_file.exists() {
-            let saved: std::collections::HashMap<String, Tensor> =
-                Tensor::read_safetensors(&aux_file)?.into_iter().collect();
-            let get = |n: &str| -> Result<Tensor> {
-                Ok(saved
-                    .get(n)
-                    .ok_or_else(|| anyhow!("{}: no tensor {n}", aux_file.display()))?
-                    .to_device(device)
-                    .set_requires_grad(true))
-            };
-            (get("aux_head.weight")?, get("aux_head.bias")?)
+            saved_head(&aux_file, "aux_head", device)?
         } else {
             aux::new_head(cfg.spec.text_hidden, device, cfg.seed as i64)
         };
@@ -768,16 +773,7 @@ pub fn train(
     if cfg.question_weight > 0.0 {
         let kinds = horizon_data::synthetic::ShapeKind::ALL.len() as i64;
         let (w, b) = if state.step > 0 && aux_file.exists() {
-            let saved: std::collections::HashMap<String, Tensor> =
-                Tensor::read_safetensors(&aux_file)?.into_iter().collect();
-            let get = |n: &str| -> Result<Tensor> {
-                Ok(saved
-                    .get(n)
-                    .ok_or_else(|| anyhow!("{}: no tensor {n}", aux_file.display()))?
-                    .to_device(device)
-                    .set_requires_grad(true))
-            };
-            (get("question_head.weight")?, get("question_head.bias")?)
+            saved_head(&aux_file, "question_head", device)?
         } else {
             tch::manual_seed(cfg.seed as i64 ^ 0x9e57);
             (
