@@ -126,6 +126,22 @@ pub struct TrainArgs {
     question_weight: f64,
 }
 
+/// A loss weight must be finite and >= 0.
+fn check_weight(flag: &str, value: f64) -> Result<()> {
+    if !(value >= 0.0 && value.is_finite()) {
+        anyhow::bail!("{flag}: {value} is not a finite weight >= 0");
+    }
+    Ok(())
+}
+
+/// A fraction of steps or samples must lie in [0, 1].
+fn check_fraction(flag: &str, value: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&value) {
+        anyhow::bail!("{flag}: {value} is not in [0, 1]");
+    }
+    Ok(())
+}
+
 pub fn run_train(args: &TrainArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     if let Some(t) = args.threads {
@@ -147,30 +163,10 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     cfg.attend_weight = args.attend_weight;
     cfg.text_scene_fraction = args.text_scene_fraction;
     cfg.question_weight = args.question_weight;
-    if !(args.question_weight >= 0.0 && args.question_weight.is_finite()) {
-        anyhow::bail!(
-            "--question-weight: {} is not a finite weight >= 0",
-            args.question_weight
-        );
-    }
-    if !(0.0..=1.0).contains(&args.text_scene_fraction) {
-        anyhow::bail!(
-            "--text-scene-fraction: {} is not in [0, 1]",
-            args.text_scene_fraction
-        );
-    }
-    if !(args.attend_weight >= 0.0 && args.attend_weight.is_finite()) {
-        anyhow::bail!(
-            "--attend-weight: {} is not a finite weight >= 0",
-            args.attend_weight
-        );
-    }
-    if !(0.0..=1.0).contains(&args.curriculum_fraction) {
-        anyhow::bail!(
-            "--curriculum-fraction: {} is not in [0, 1]",
-            args.curriculum_fraction
-        );
-    }
+    check_weight("--question-weight", args.question_weight)?;
+    check_weight("--attend-weight", args.attend_weight)?;
+    check_fraction("--text-scene-fraction", args.text_scene_fraction)?;
+    check_fraction("--curriculum-fraction", args.curriculum_fraction)?;
     if !(0.0..1.0).contains(&args.coarse_only_fraction) {
         anyhow::bail!(
             "--coarse-only-fraction: {} is not in [0, 1)",

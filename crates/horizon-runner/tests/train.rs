@@ -4,7 +4,7 @@
 use tch::{Device, Kind, Tensor};
 
 use horizon_runner::processor::{Processor, PromptTemplate};
-use horizon_runner::train::{train, SmallModelSpec, StopAt, TrainConfig};
+use horizon_runner::train::{train, SmallModelSpec, StepLosses, StopAt, TrainConfig};
 use horizon_runner::VlModel;
 
 /// Random initialization seeds libtorch's global generator (`tch::manual_seed`), so training runs in
@@ -53,6 +53,23 @@ fn curriculum_schedule() {
     assert_eq!(cfg.glyphs_at(99), 3);
 }
 
+/// Trains `cfg` to the end in a fresh directory: the exported model, every step's losses, and the
+/// directory (kept alive by the caller).
+fn train_to_end(cfg: &TrainConfig) -> (std::path::PathBuf, Vec<StepLosses>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut losses = Vec::new();
+    let model = train(
+        cfg,
+        dir.path(),
+        Device::Cpu,
+        StopAt::default(),
+        |_, l, _| losses.push(l),
+    )
+    .unwrap()
+    .unwrap();
+    (model, losses, dir)
+}
+
 fn weights(dir: &std::path::Path) -> Vec<(String, Tensor)> {
     let mut w = Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
     w.sort_by(|a, b| a.0.cmp(&b.0));
@@ -63,10 +80,7 @@ fn weights(dir: &std::path::Path) -> Vec<(String, Tensor)> {
 fn resumed_training_equals_uninterrupted() {
     let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let cfg = micro();
-    let a = tempfile::tempdir().unwrap();
-    let full = train(&cfg, a.path(), Device::Cpu, StopAt::default(), |_, _, _| {})
-        .unwrap()
-        .unwrap();
+    let (full, _, _a) = train_to_end(&cfg);
 
     // Interrupted after step 2 (a checkpoint is written on stopping), then resumed in the same directory.
     let b = tempfile::tempdir().unwrap();
@@ -131,17 +145,8 @@ fn attention_supervision_moves_attention_to_the_evidence() {
         cfg.checkpoint_every = steps;
         cfg.attend_weight = attend_weight;
         cfg.coarse_only_fraction = 0.0;
-        let dir = tempfile::tempdir().unwrap();
-        let mut masses = Vec::new();
-        let model = train(
-            &cfg,
-            dir.path(),
-            Device::Cpu,
-            StopAt::default(),
-            |_, l, _| masses.push(l.attend),
-        )
-        .unwrap()
-        .unwrap();
+        let (model, losses, dir) = train_to_end(&cfg);
+        let masses: Vec<f64> = losses.iter().map(|l| l.attend).collect();
         (weights(&model), masses, dir)
     };
     let (w_off, m_off, _d1) = run(0.0, 4);
@@ -164,20 +169,10 @@ fn text_scene_training_runs_without_images() {
     let mut cfg = micro();
     cfg.text_scene_fraction = 1.0;
     cfg.coarse_only_fraction = 0.5;
-    let dir = tempfile::tempdir().unwrap();
-    let mut losses = Vec::new();
-    let model = train(
-        &cfg,
-        dir.path(),
-        Device::Cpu,
-        StopAt::default(),
-        |_, l, _| losses.push((l.lm, l.aux)),
-    )
-    .unwrap()
-    .unwrap();
+    let (model, losses, _dir) = train_to_end(&cfg);
     // Steps 0-1 are coarse only, hence text only: no per-patch loss; steps 2-3 have reading samples.
-    assert_eq!(losses[0].1, 0.0);
-    assert_eq!(losses[1].1, 0.0);
-    assert!(losses.iter().all(|(lm, _)| lm.is_finite() && *lm > 0.0));
+    assert_eq!(losses[0].aux, 0.0);
+    assert_eq!(losses[1].aux, 0.0);
+    assert!(losses.iter().all(|l| l.lm.is_finite() && l.lm > 0.0));
     VlModel::load(&model, Device::Cpu, Kind::Float).unwrap();
 }

@@ -185,6 +185,24 @@ impl LlamaAttention {
         })
     }
 
+    /// `proj(x)` `[B, S, heads * head_dim]` split into heads: `[B, heads, S, head_dim]`.
+    fn split_heads(&self, proj: &Linear, x: &Tensor, heads: i64) -> Tensor {
+        let (b, s, _) = x.size3().expect("[B, S, D] hidden states");
+        proj.forward(x)
+            .view([b, s, heads, self.head_dim])
+            .transpose(1, 2)
+    }
+
+    /// Queries and keys of `x` with the rotary embedding applied (`apply_rotary_pos_emb`).
+    fn rotated_qk(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor) {
+        let q = self.split_heads(&self.q_proj, x, self.num_heads);
+        let k = self.split_heads(&self.k_proj, x, self.num_kv_heads);
+        let (cos, sin) = (cos.unsqueeze(1), sin.unsqueeze(1));
+        let q = &q * &cos + rotate_half(&q) * &sin;
+        let k = &k * &cos + rotate_half(&k) * &sin;
+        (q, k)
+    }
+
     fn forward(
         &self,
         x: &Tensor,
@@ -192,26 +210,9 @@ impl LlamaAttention {
         sin: &Tensor,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Tensor {
-        let (b, s, _) = x.size3().expect("[B, S, D] hidden states");
-        let q = self
-            .q_proj
-            .forward(x)
-            .view([b, s, self.num_heads, self.head_dim])
-            .transpose(1, 2);
-        let k = self
-            .k_proj
-            .forward(x)
-            .view([b, s, self.num_kv_heads, self.head_dim])
-            .transpose(1, 2);
-        let v = self
-            .v_proj
-            .forward(x)
-            .view([b, s, self.num_kv_heads, self.head_dim])
-            .transpose(1, 2);
-        let (cos, sin) = (cos.unsqueeze(1), sin.unsqueeze(1));
-        let q = &q * &cos + rotate_half(&q) * &sin;
-        let mut k = &k * &cos + rotate_half(&k) * &sin;
-        let mut v = v;
+        let s = x.size()[1];
+        let (q, mut k) = self.rotated_qk(x, cos, sin);
+        let mut v = self.split_heads(&self.v_proj, x, self.num_kv_heads);
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2);
@@ -231,9 +232,7 @@ impl LlamaAttention {
         } else {
             (k, v)
         };
-        let out = sdpa(&q, &k, &v, s > 1, self.scaling, enable_gqa);
-        let out = out.transpose(1, 2).contiguous().reshape([b, s, -1]);
-        self.o_proj.forward(&out)
+        self.project_out(&sdpa(&q, &k, &v, s > 1, self.scaling, enable_gqa))
     }
 }
 
@@ -243,20 +242,8 @@ impl LlamaAttention {
     /// SDPA and never materializes them; the trainer recomputes them from a layer's input to supervise
     /// where the answer looks (`train::attend`), and a test checks `weights · V` against the forward.
     pub fn attention_weights(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-        let (b, s, _) = x.size3().expect("[B, S, D] hidden states");
-        let q = self
-            .q_proj
-            .forward(x)
-            .view([b, s, self.num_heads, self.head_dim])
-            .transpose(1, 2);
-        let k = self
-            .k_proj
-            .forward(x)
-            .view([b, s, self.num_kv_heads, self.head_dim])
-            .transpose(1, 2);
-        let (cos, sin) = (cos.unsqueeze(1), sin.unsqueeze(1));
-        let q = &q * &cos + rotate_half(&q) * &sin;
-        let k = &k * &cos + rotate_half(&k) * &sin;
+        let s = x.size()[1];
+        let (q, k) = self.rotated_qk(x, cos, sin);
         let k = k.repeat_interleave_self_int(self.num_heads / self.num_kv_heads, 1, None);
         let scores = q
             .to_kind(Kind::Float)
@@ -271,11 +258,7 @@ impl LlamaAttention {
     /// `v_proj` of `x`, heads repeated to the query heads: `[B, heads, S, head_dim]` (for the test
     /// that recombines [`Self::attention_weights`] into the layer's output).
     pub fn values(&self, x: &Tensor) -> Tensor {
-        let (b, s, _) = x.size3().expect("[B, S, D] hidden states");
-        self.v_proj
-            .forward(x)
-            .view([b, s, self.num_kv_heads, self.head_dim])
-            .transpose(1, 2)
+        self.split_heads(&self.v_proj, x, self.num_kv_heads)
             .repeat_interleave_self_int(self.num_heads / self.num_kv_heads, 1, None)
     }
 

@@ -645,6 +645,17 @@ fn batch_samples(cfg: &TrainConfig, step: usize) -> Result<Vec<SynthSample>> {
         .collect()
 }
 
+/// `t` divided by its root mean square over the last dimension: what the training-only heads read, so
+/// that sharpening their logits cannot be done by inflating the hidden states' scale.
+fn rms_normalized(t: &Tensor) -> Tensor {
+    let rms = t
+        .pow_tensor_scalar(2)
+        .mean_dim(-1, true, Kind::Float)
+        .g_add_scalar(1e-6)
+        .sqrt();
+    t / rms
+}
+
 /// A training-only head (`{name}.weight`, `{name}.bias`) from the checkpoint's head file, trainable.
 fn saved_head(file: &Path, name: &str, device: Device) -> Result<(Tensor, Tensor)> {
     let saved: std::collections::HashMap<String, Tensor> =
@@ -897,12 +908,7 @@ pub fn train(
         if let (true, Some(features)) = (cfg.aux_weight > 0.0, &features) {
             let (w, bias) = (&params[n_model_params].1, &params[n_model_params + 1].1);
             let aux_in = if cfg.aux_normalized {
-                let rms = features
-                    .pow_tensor_scalar(2)
-                    .mean_dim(-1, true, Kind::Float)
-                    .g_add_scalar(1e-6)
-                    .sqrt();
-                features / rms
+                rms_normalized(features)
             } else {
                 features.shallow_clone()
             };
@@ -933,13 +939,8 @@ pub fn train(
             let h = x
                 .reshape([-1, d])
                 .index_select(0, &Tensor::from_slice(&rows).to_device(device));
-            let rms = h
-                .pow_tensor_scalar(2)
-                .mean_dim(-1, true, Kind::Float)
-                .g_add_scalar(1e-6)
-                .sqrt();
             let (w, bias) = (&params[question_idx].1, &params[question_idx + 1].1);
-            let logits = (h / rms).linear(w, Some(bias));
+            let logits = rms_normalized(&h).linear(w, Some(bias));
             let classes: Vec<i64> = asked.iter().map(|&(_, _, k)| k).collect();
             let classes = Tensor::from_slice(&classes).to_device(device);
             let q_loss = logits.cross_entropy_for_logits(&classes);
