@@ -96,6 +96,11 @@ pub struct TrainArgs {
     /// The per-patch head reads RMS-normalized visual tokens (keeps their scale set by the answers).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     aux_normalized: bool,
+    /// The per-patch head scores each patch's shape kind and colour against the decoder's own input
+    /// embeddings of those words (`circle`, `red`), pulling visual tokens toward the words the questions
+    /// use.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    aux_word_aligned: bool,
     /// Further questions about the same image per sample, as later chat turns (shape presence, colour,
     /// circle count from the generator's ground truth).
     #[arg(long, default_value_t = 0)]
@@ -124,6 +129,27 @@ pub struct TrainArgs {
     /// first option that makes the answers depend on the question (README). 0: off.
     #[arg(long, default_value_t = 0.0)]
     question_weight: f64,
+    /// Weight of the early answer: a linear head on the question's shape word (`circle` in "What color
+    /// is the circle?") halfway up the decoder must already predict the answer (training only), so the
+    /// word looks its shape up among the patches and the answer position copies it from there.
+    #[arg(long, default_value_t = 0.0)]
+    early_answer_weight: f64,
+    /// Attention supervision of the coarse questions in two hops: the question's shape word looks at
+    /// its shape's patches (a head below the early-answer layer), the answer looks at the shape word
+    /// (a head above).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    attend_via_shape_word: bool,
+    /// Standard deviation of the decoder's initial query and key projections (0: HF's 0.02).
+    #[arg(long, default_value_t = 0.0)]
+    qk_init_std: f64,
+    /// Attention supervision: the best head for each query on its own (default: one head for the
+    /// whole batch).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    attend_per_query: bool,
+    /// Experiment: the question before the image in the training prompt (evaluate with --template raw
+    /// and the same layout).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    question_first: bool,
 }
 
 /// A loss weight must be finite and >= 0.
@@ -160,9 +186,17 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     cfg.extra_turns = args.extra_turns;
     cfg.embed_init_std = args.embed_init_std;
     cfg.aux_normalized = args.aux_normalized;
+    cfg.aux_word_aligned = args.aux_word_aligned;
     cfg.attend_weight = args.attend_weight;
     cfg.text_scene_fraction = args.text_scene_fraction;
     cfg.question_weight = args.question_weight;
+    cfg.early_answer_weight = args.early_answer_weight;
+    cfg.attend_via_shape_word = args.attend_via_shape_word;
+    cfg.qk_init_std = args.qk_init_std;
+    cfg.attend_per_query = args.attend_per_query;
+    cfg.question_first = args.question_first;
+    check_weight("--qk-init-std", args.qk_init_std)?;
+    check_weight("--early-answer-weight", args.early_answer_weight)?;
     check_weight("--question-weight", args.question_weight)?;
     check_weight("--attend-weight", args.attend_weight)?;
     check_fraction("--text-scene-fraction", args.text_scene_fraction)?;
@@ -183,27 +217,32 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         )
         .expect("valid template"),
     );
-    let mut avg = None::<(f64, f64, f64)>;
+    let mut avg = None::<(f64, f64, f64, f64)>;
     let stop = StopAt {
         step: args.stop_at_step,
         seconds: args.time_budget_minutes.map(|m| m * 60.0),
     };
     let dir = train(&cfg, &args.run_dir, device, stop, |step, loss, lr| {
-        let (a, x, m) = avg.map_or((loss.lm, loss.aux, loss.attend), |(a, x, m)| {
+        let now = (loss.lm, loss.aux, loss.attend, loss.early_answer);
+        let (a, x, m, e) = avg.map_or(now, |(a, x, m, e)| {
             (
-                0.98 * a + 0.02 * loss.lm,
-                0.98 * x + 0.02 * loss.aux,
-                0.98 * m + 0.02 * loss.attend,
+                0.98 * a + 0.02 * now.0,
+                0.98 * x + 0.02 * now.1,
+                0.98 * m + 0.02 * now.2,
+                0.98 * e + 0.02 * now.3,
             )
         });
-        avg = Some((a, x, m));
+        avg = Some((a, x, m, e));
         bar.set_position(step as u64 + 1);
         // The evidence mass is the attention supervision's progress; shown only when it is on.
-        let mass = if cfg.attend_weight > 0.0 {
+        let mut mass = if cfg.attend_weight > 0.0 {
             format!(" evidence mass {m:.3}")
         } else {
             String::new()
         };
+        if cfg.early_answer_weight > 0.0 {
+            mass += &format!(" early answer loss {e:.3}");
+        }
         bar.set_message(format!("loss {a:.4}  patch loss {x:.4}{mass}  lr {lr:.2e}"));
         // Logs of background runs (no terminal, so no bar) still show progress.
         if bar.is_hidden() && (step + 1) % 50 == 0 {

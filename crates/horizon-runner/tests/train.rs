@@ -32,8 +32,10 @@ fn micro() -> TrainConfig {
     cfg.checkpoint_every = 2;
     // Steps 0-1 coarse only, 2-3 with the reading tasks: the resume below crosses the boundary.
     cfg.coarse_only_fraction = 0.5;
-    // The question probe's head is checkpointed with the per-patch head: the resume covers both.
+    // The question probe's and the early answer's heads are checkpointed with the per-patch head:
+    // the resume covers all three.
     cfg.question_weight = 1.0;
+    cfg.early_answer_weight = 1.0;
     cfg
 }
 
@@ -129,7 +131,7 @@ fn resumed_training_equals_uninterrupted() {
     // The per-patch head is training-only: checkpointed apart, never exported.
     assert!(names
         .iter()
-        .all(|n| !n.contains("aux_head") && !n.contains("question_head")));
+        .all(|n| !n.contains("aux_head") && !n.contains("question_head") && !n.contains("early")));
     assert!(b.path().join("checkpoint/aux_head.safetensors").exists());
 }
 
@@ -175,4 +177,51 @@ fn text_scene_training_runs_without_images() {
     assert_eq!(losses[1].aux, 0.0);
     assert!(losses.iter().all(|l| l.lm.is_finite() && l.lm > 0.0));
     VlModel::load(&model, Device::Cpu, Kind::Float).unwrap();
+}
+
+/// Turns one training option on.
+type SetOption = fn(&mut TrainConfig);
+
+/// The shape-word options train end to end: the early answer's loss is reported only when it is on,
+/// the two-hop attention supervision (per query), the word-aligned per-patch head, the larger query and
+/// key initialization and the question-first layout each change the trained weights, and every
+/// export loads like any other.
+#[test]
+fn shape_word_options_train_and_export() {
+    let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let base = || {
+        let mut cfg = micro();
+        cfg.early_answer_weight = 0.0;
+        cfg.question_weight = 0.0;
+        cfg
+    };
+    let (plain, plain_losses, _d0) = train_to_end(&base());
+    assert!(plain_losses.iter().all(|l| l.early_answer == 0.0));
+    let variants: [(&str, SetOption); 4] = [
+        ("early answer + two hops", |c| {
+            c.early_answer_weight = 1.0;
+            c.attend_weight = 1.0;
+            c.attend_via_shape_word = true;
+            c.attend_per_query = true;
+        }),
+        ("word-aligned", |c| c.aux_word_aligned = true),
+        ("qk init", |c| c.qk_init_std = 0.1),
+        ("question first", |c| c.question_first = true),
+    ];
+    for (name, set) in variants {
+        let mut cfg = base();
+        set(&mut cfg);
+        let (model, losses, _d) = train_to_end(&cfg);
+        assert!(losses.iter().all(|l| l.lm.is_finite()), "{name}");
+        if cfg.early_answer_weight > 0.0 {
+            assert!(losses.iter().any(|l| l.early_answer > 0.0), "{name}");
+            assert!(losses.iter().any(|l| l.attend > 0.0), "{name}");
+        }
+        let (a, b) = (weights(&plain), weights(&model));
+        assert!(
+            a.iter().zip(&b).any(|((_, x), (_, y))| !x.equal(y)),
+            "{name} left the weights unchanged"
+        );
+        VlModel::load(&model, Device::Cpu, Kind::Float).unwrap();
+    }
 }

@@ -131,6 +131,35 @@ pub fn aux_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
     total.expect("groups") / classes.len() as f64
 }
 
+/// `logits` with the shape groups' kind and colour classes (not their "none" class) replaced by the
+/// dot products of the RMS-normalized visual tokens `features_n` `[B, N, D]` with the word embeddings
+/// `kind_words` `[3, D]` and `color_words` `[colours, D]`: the visual token of a red circle is then
+/// trained toward the directions of the words `circle` and `red`, the ones the question names and the
+/// answer uses, so that the decoder can match the question's word to the patch like a token to a token.
+pub fn with_word_logits(
+    logits: &Tensor,
+    features_n: &Tensor,
+    kind_words: &Tensor,
+    color_words: &Tensor,
+) -> Tensor {
+    let classes = group_classes();
+    let kind_scores = features_n.matmul(&kind_words.tr());
+    let color_scores = features_n.matmul(&color_words.tr());
+    let shape_start: usize = classes[..3 * QUADS].iter().sum();
+    let mut parts = vec![logits.narrow(2, 0, shape_start as i64)];
+    let mut offset = shape_start as i64;
+    for (g, scores) in [&kind_scores, &color_scores, &kind_scores]
+        .into_iter()
+        .enumerate()
+    {
+        let c = classes[3 * QUADS + g] as i64;
+        parts.push(logits.narrow(2, offset, 1)); // "none" keeps its free weight
+        parts.push(scores.shallow_clone());
+        offset += c;
+    }
+    Tensor::cat(&parts, 2)
+}
+
 /// A fresh head `[head_width, hidden]` weight and bias (small init), as trainable tensors.
 pub fn new_head(hidden: i64, device: Device, seed: i64) -> (Tensor, Tensor) {
     tch::manual_seed(seed ^ 0x0a0e);
@@ -193,6 +222,50 @@ mod tests {
                 .filter(|p| p[3 * QUADS + 2] == kind_class(ShapeKind::Circle))
                 .count();
             assert_eq!(circles.to_string(), s.answer, "sample {i}");
+        }
+    }
+
+    /// The word-aligned logits, recomputed naively: every class outside the shape groups and each
+    /// group's "none" class keep the free head's logit; kind and colour classes are the dot product of
+    /// the normalized token with the word's embedding.
+    #[test]
+    fn word_logits_replace_only_the_shape_classes() {
+        let (b, n, d) = (2i64, 3i64, 5i64);
+        let width = head_width();
+        let logits = Tensor::randn([b, n, width], (Kind::Float, Device::Cpu));
+        let feats = Tensor::randn([b, n, d], (Kind::Float, Device::Cpu));
+        let kinds = Tensor::randn([3, d], (Kind::Float, Device::Cpu));
+        let colors = Tensor::randn(
+            [NamedColor::ALL.len() as i64, d],
+            (Kind::Float, Device::Cpu),
+        );
+        let out = with_word_logits(&logits, &feats, &kinds, &colors);
+        assert_eq!(out.size(), vec![b, n, width]);
+        let classes = group_classes();
+        let shape_start: usize = classes[..3 * QUADS].iter().sum();
+        let dot = |f: &Tensor, w: &Tensor| (f * w).sum(Kind::Float).double_value(&[]);
+        for bi in 0..b {
+            for ni in 0..n {
+                let f = feats.get(bi).get(ni);
+                let row = out.get(bi).get(ni);
+                let free = logits.get(bi).get(ni);
+                let mut col = 0usize;
+                for (g, &c) in classes.iter().enumerate() {
+                    for k in 0..c {
+                        let got = row.double_value(&[col as i64]);
+                        let want = if g < 3 * QUADS || k == 0 {
+                            free.double_value(&[col as i64])
+                        } else if g == 3 * QUADS + 1 {
+                            dot(&f, &colors.get(k as i64 - 1))
+                        } else {
+                            dot(&f, &kinds.get(k as i64 - 1))
+                        };
+                        assert!((got - want).abs() < 1e-4, "group {g} class {k}");
+                        col += 1;
+                    }
+                }
+                assert!(col >= shape_start);
+            }
         }
     }
 }
