@@ -150,6 +150,14 @@ pub struct TrainArgs {
     /// and the same layout).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     question_first: bool,
+    /// Weight of a penalty on the mean square of the decoder's residual stream (keeps the first layers
+    /// from writing vectors hundreds of times larger than the question's word embeddings).
+    #[arg(long, default_value_t = 0.0)]
+    activation_penalty: f64,
+    /// The head the attention supervision trains: index into the supervised layers' heads, layer-major
+    /// (default: the best head of each step).
+    #[arg(long)]
+    attend_head: Option<usize>,
 }
 
 /// A loss weight must be finite and >= 0.
@@ -195,6 +203,9 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     cfg.qk_init_std = args.qk_init_std;
     cfg.attend_per_query = args.attend_per_query;
     cfg.question_first = args.question_first;
+    cfg.activation_penalty = args.activation_penalty;
+    cfg.attend_head = args.attend_head;
+    check_weight("--activation-penalty", args.activation_penalty)?;
     check_weight("--qk-init-std", args.qk_init_std)?;
     check_weight("--early-answer-weight", args.early_answer_weight)?;
     check_weight("--question-weight", args.question_weight)?;

@@ -183,9 +183,9 @@ fn text_scene_training_runs_without_images() {
 type SetOption = fn(&mut TrainConfig);
 
 /// The shape-word options train end to end: the early answer's loss is reported only when it is on,
-/// the two-hop attention supervision (per query), the word-aligned per-patch head, the larger query and
-/// key initialization and the question-first layout each change the trained weights, and every
-/// export loads like any other.
+/// the two-hop attention supervision (per query), a fixed supervised head with the residual penalty,
+/// the word-aligned per-patch head, the larger query and key initialization and the question-first
+/// layout each change the trained weights, and every export loads like any other.
 #[test]
 fn shape_word_options_train_and_export() {
     let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
@@ -197,12 +197,17 @@ fn shape_word_options_train_and_export() {
     };
     let (plain, plain_losses, _d0) = train_to_end(&base());
     assert!(plain_losses.iter().all(|l| l.early_answer == 0.0));
-    let variants: [(&str, SetOption); 4] = [
+    let variants: [(&str, SetOption); 5] = [
         ("early answer + two hops", |c| {
             c.early_answer_weight = 1.0;
             c.attend_weight = 1.0;
             c.attend_via_shape_word = true;
             c.attend_per_query = true;
+        }),
+        ("fixed head + residual penalty", |c| {
+            c.attend_weight = 1.0;
+            c.attend_head = Some(1);
+            c.activation_penalty = 1e-2;
         }),
         ("word-aligned", |c| c.aux_word_aligned = true),
         ("qk init", |c| c.qk_init_std = 0.1),

@@ -64,17 +64,19 @@ pub fn answer_token_evidence(
 /// `weights`: per layer `[B, H, S, S]` attention probabilities; `evidence`: `[B, S, S]` float, 1 where
 /// key j is evidence for query t; `queries`: `[B, S]` float, 1 for the query positions supervised.
 pub fn attention_loss(weights: &[Tensor], evidence: &Tensor, queries: &Tensor) -> (Tensor, f64) {
-    attention_loss_with(weights, evidence, queries, false)
+    attention_loss_with(weights, evidence, queries, false, None)
 }
 
 /// [`attention_loss`], or with `per_query` the best head for each query on its own: right where the
 /// query itself names what to look for (the question's shape word), so that a head per shape kind is
-/// a correct answer rather than a way around the question.
+/// a correct answer rather than a way around the question. `fixed_head` (an index into the layers'
+/// heads in order, layer-major) names the shared head instead of choosing the best one each step.
 pub fn attention_loss_with(
     weights: &[Tensor],
     evidence: &Tensor,
     queries: &Tensor,
     per_query: bool,
+    fixed_head: Option<usize>,
 ) -> (Tensor, f64) {
     let ev = evidence.unsqueeze(1);
     // [B, L*H, S]: mass on the evidence per layer and head, for every query.
@@ -94,7 +96,10 @@ pub fn attention_loss_with(
         let mean_mass = ((&best * queries).sum(Kind::Float) / &n).double_value(&[]);
         return (loss, mean_mass);
     }
-    let head = mean_per_head.argmax(0, false).int64_value(&[]);
+    let head = match fixed_head {
+        Some(h) => (h as i64).min(mean_per_head.size()[0] - 1),
+        None => mean_per_head.argmax(0, false).int64_value(&[]),
+    };
     let chosen = mass.select(1, head);
     let loss = (-(&chosen + 1e-6).log() * queries).sum(Kind::Float) / &n;
     let mean_mass = mean_per_head.double_value(&[head]);
@@ -231,9 +236,29 @@ mod tests {
         ev[2 * 3] = 1.0;
         let ev = Tensor::from_slice(&ev).reshape([1, 3, 3]);
         let q = Tensor::from_slice(&[0f32, 1.0, 1.0]).reshape([1, 3]);
-        let (loss, mass) = attention_loss_with(&[w], &ev, &q, true);
+        let (loss, mass) = attention_loss_with(&[w], &ev, &q, true, None);
         assert!((mass - (0.9 + 0.8) / 2.0).abs() < 1e-6);
         let want = -((0.9f64 + 1e-6).ln() + (0.8f64 + 1e-6).ln()) / 2.0;
         assert!((loss.double_value(&[]) - want).abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_fixed_head_is_used_whatever_its_mass() {
+        // The batch of one_head_serves_the_whole_batch with head 0 named: (0.9, 0.0) for the two
+        // queries, although head 1 has the larger mean.
+        let w = Tensor::from_slice(&[
+            1.0f32, 0.0, 0.0, 0.9, 0.1, 0.0, 0.0, 0.5, 0.5, // head 0
+            1.0, 0.0, 0.0, 0.2, 0.8, 0.0, 0.8, 0.1, 0.1, // head 1
+        ])
+        .reshape([1, 2, 3, 3]);
+        let mut ev = vec![0f32; 9];
+        ev[3] = 1.0;
+        ev[2 * 3] = 1.0;
+        let ev = Tensor::from_slice(&ev).reshape([1, 3, 3]);
+        let q = Tensor::from_slice(&[0f32, 1.0, 1.0]).reshape([1, 3]);
+        let (loss, mass) = attention_loss_with(&[w], &ev, &q, false, Some(0));
+        assert!((mass - 0.45).abs() < 1e-6);
+        let want = -((0.9f64 + 1e-6).ln() + (0.0f64 + 1e-6).ln()) / 2.0;
+        assert!((loss.double_value(&[]) - want).abs() < 1e-4);
     }
 }

@@ -207,6 +207,17 @@ pub struct TrainConfig {
     /// so that each patch can read the question. Evaluated with `--template raw`.
     #[serde(default)]
     pub question_first: bool,
+    /// Weight of a penalty on the mean square of the decoder's residual stream (every layer's input,
+    /// every position). Measured without it (`fixtures/word_identity.py`): the first layer writes a
+    /// vector of norm ~400 on the question's words, whose embeddings have norm ~0.7, so the word that
+    /// names the asked shape is a 0.2% perturbation of a common vector in every later layer.
+    #[serde(default)]
+    pub activation_penalty: f64,
+    /// The head the attention supervision trains (index into the supervised layers' heads, layer-major)
+    /// instead of the best one of each step, which can change from step to step while several heads
+    /// have about the same mass.
+    #[serde(default)]
+    pub attend_head: Option<usize>,
 }
 
 /// The decoder layer whose input the early-answer head reads: halfway up. The shape word comes after
@@ -267,6 +278,8 @@ impl TrainConfig {
             qk_init_std: 0.0,
             attend_per_query: false,
             question_first: false,
+            activation_penalty: 0.0,
+            attend_head: None,
         }
     }
 
@@ -1021,9 +1034,11 @@ pub fn train(
         };
         // Right padding with a causal mask: real tokens never attend to the padding after them.
         let mut layer_inputs = Vec::new();
-        let want_inputs =
-            (cfg.attend_weight > 0.0 || cfg.question_weight > 0.0 || cfg.early_answer_weight > 0.0)
-                .then_some(&mut layer_inputs);
+        let want_inputs = (cfg.attend_weight > 0.0
+            || cfg.question_weight > 0.0
+            || cfg.early_answer_weight > 0.0
+            || cfg.activation_penalty > 0.0)
+            .then_some(&mut layer_inputs);
         let out =
             model
                 .language_model
@@ -1085,6 +1100,14 @@ pub fn train(
             let classes = Tensor::from_slice(&classes).to_device(device);
             let q_loss = logits.cross_entropy_for_logits(&classes);
             loss += q_loss * cfg.question_weight;
+        }
+        if cfg.activation_penalty > 0.0 {
+            let squares: Vec<Tensor> = layer_inputs
+                .iter()
+                .map(|x| x.pow_tensor_scalar(2).mean(Kind::Float))
+                .collect();
+            let mean_square = Tensor::stack(&squares, 0).mean(Kind::Float);
+            loss += mean_square * cfg.activation_penalty;
         }
         let early: Vec<(usize, usize, i64)> = examples
             .iter()
@@ -1151,6 +1174,7 @@ pub fn train(
                 &ev,
                 &queries,
                 cfg.attend_per_query,
+                cfg.attend_head,
             );
             if cfg.attend_via_shape_word {
                 // Second hop: the answer reads the shape word, in a head from the early-answer layer up.
