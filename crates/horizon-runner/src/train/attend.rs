@@ -199,15 +199,12 @@ mod tests {
         assert!((loss.double_value(&[]) + (0.8f64 + 1e-6).ln()).abs() < 1e-5);
     }
 
-    #[test]
-    fn one_head_serves_the_whole_batch() {
-        // Two supervised queries of one sample, evidence at key 0: head 0 is the better head for
-        // query 1 (0.9 vs 0.2), head 1 for query 2 (0.8 vs 0.0). The loss uses the head with the
-        // larger mean (head 1) for both queries, not each query's best.
+    /// One layer, two heads, S = 3; queries 1 and 2 supervised with evidence at key 0. Head 0 puts 0.9
+    /// and 0.0 there, head 1 0.2 and 0.8. Returns (weights, evidence, queries).
+    fn two_heads_two_queries() -> (Tensor, Tensor, Tensor) {
         let w = Tensor::from_slice(&[
-            // head 0
-            1.0f32, 0.0, 0.0, 0.9, 0.1, 0.0, 0.0, 0.5, 0.5, // head 1
-            1.0, 0.0, 0.0, 0.2, 0.8, 0.0, 0.8, 0.1, 0.1,
+            1.0f32, 0.0, 0.0, 0.9, 0.1, 0.0, 0.0, 0.5, 0.5, // head 0
+            1.0, 0.0, 0.0, 0.2, 0.8, 0.0, 0.8, 0.1, 0.1, // head 1
         ])
         .reshape([1, 2, 3, 3]);
         let mut ev = vec![0f32; 9];
@@ -215,6 +212,15 @@ mod tests {
         ev[2 * 3] = 1.0; // query 2 -> key 0
         let ev = Tensor::from_slice(&ev).reshape([1, 3, 3]);
         let q = Tensor::from_slice(&[0f32, 1.0, 1.0]).reshape([1, 3]);
+        (w, ev, q)
+    }
+
+    #[test]
+    fn one_head_serves_the_whole_batch() {
+        // Two supervised queries of one sample, evidence at key 0: head 0 is the better head for
+        // query 1 (0.9 vs 0.2), head 1 for query 2 (0.8 vs 0.0). The loss uses the head with the
+        // larger mean (head 1) for both queries, not each query's best.
+        let (w, ev, q) = two_heads_two_queries();
         let (loss, mass) = attention_loss(&[w], &ev, &q);
         // Head 0: (0.9 + 0.0) / 2 = 0.45; head 1: (0.2 + 0.8) / 2 = 0.5.
         assert!((mass - 0.5).abs() < 1e-6);
@@ -226,16 +232,7 @@ mod tests {
     fn per_query_takes_each_querys_best_head() {
         // The batch of one_head_serves_the_whole_batch: per query, head 0 for query 1 (0.9) and
         // head 1 for query 2 (0.8).
-        let w = Tensor::from_slice(&[
-            1.0f32, 0.0, 0.0, 0.9, 0.1, 0.0, 0.0, 0.5, 0.5, // head 0
-            1.0, 0.0, 0.0, 0.2, 0.8, 0.0, 0.8, 0.1, 0.1, // head 1
-        ])
-        .reshape([1, 2, 3, 3]);
-        let mut ev = vec![0f32; 9];
-        ev[3] = 1.0;
-        ev[2 * 3] = 1.0;
-        let ev = Tensor::from_slice(&ev).reshape([1, 3, 3]);
-        let q = Tensor::from_slice(&[0f32, 1.0, 1.0]).reshape([1, 3]);
+        let (w, ev, q) = two_heads_two_queries();
         let (loss, mass) = attention_loss_with(&[w], &ev, &q, true, None);
         assert!((mass - (0.9 + 0.8) / 2.0).abs() < 1e-6);
         let want = -((0.9f64 + 1e-6).ln() + (0.8f64 + 1e-6).ln()) / 2.0;
@@ -246,16 +243,7 @@ mod tests {
     fn a_fixed_head_is_used_whatever_its_mass() {
         // The batch of one_head_serves_the_whole_batch with head 0 named: (0.9, 0.0) for the two
         // queries, although head 1 has the larger mean.
-        let w = Tensor::from_slice(&[
-            1.0f32, 0.0, 0.0, 0.9, 0.1, 0.0, 0.0, 0.5, 0.5, // head 0
-            1.0, 0.0, 0.0, 0.2, 0.8, 0.0, 0.8, 0.1, 0.1, // head 1
-        ])
-        .reshape([1, 2, 3, 3]);
-        let mut ev = vec![0f32; 9];
-        ev[3] = 1.0;
-        ev[2 * 3] = 1.0;
-        let ev = Tensor::from_slice(&ev).reshape([1, 3, 3]);
-        let q = Tensor::from_slice(&[0f32, 1.0, 1.0]).reshape([1, 3]);
+        let (w, ev, q) = two_heads_two_queries();
         let (loss, mass) = attention_loss_with(&[w], &ev, &q, false, Some(0));
         assert!((mass - 0.45).abs() < 1e-6);
         let want = -((0.9f64 + 1e-6).ln() + (0.0f64 + 1e-6).ln()) / 2.0;

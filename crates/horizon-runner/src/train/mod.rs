@@ -765,6 +765,48 @@ fn saved_head(file: &Path, name: &str, device: Device) -> Result<(Tensor, Tensor
     Ok((get(format!("{name}.weight"))?, get(format!("{name}.bias"))?))
 }
 
+/// A training-only linear head `[classes, text_hidden]` (small init, seeded) or, when resuming, the
+/// one saved in the checkpoint's head file.
+fn linear_head(
+    file: &Path,
+    resuming: bool,
+    name: &str,
+    classes: i64,
+    cfg: &TrainConfig,
+    seed: i64,
+    device: Device,
+) -> Result<(Tensor, Tensor)> {
+    if resuming {
+        return saved_head(file, name, device);
+    }
+    tch::manual_seed(seed);
+    let w = Tensor::randn([classes, cfg.spec.text_hidden], (Kind::Float, device)) * 0.02;
+    let b = Tensor::zeros([classes], (Kind::Float, device));
+    Ok((w.set_requires_grad(true), b.set_requires_grad(true)))
+}
+
+/// Cross-entropy of a training-only linear head (`head`: weight, bias) on the RMS-normalized hidden
+/// states `x` `[B, S, D]` at the given `(row, position, class)` targets.
+fn position_head_loss(
+    x: &Tensor,
+    max_len: usize,
+    targets: &[(usize, usize, i64)],
+    head: &[(String, Tensor)],
+) -> Tensor {
+    let device = x.device();
+    let rows: Vec<i64> = targets
+        .iter()
+        .map(|&(r, t, _)| (r * max_len + t) as i64)
+        .collect();
+    let d = x.size()[2];
+    let h = x
+        .reshape([-1, d])
+        .index_select(0, &Tensor::from_slice(&rows).to_device(device));
+    let logits = rms_normalized(&h).linear(&head[0].1, Some(&head[1].1));
+    let classes: Vec<i64> = targets.iter().map(|&(_, _, k)| k).collect();
+    logits.cross_entropy_for_logits(&Tensor::from_slice(&classes).to_device(device))
+}
+
 /// Which samples of step `step` are shown as a text scene instead of an image: coarse ones, each with
 /// probability `text_scene_fraction` (seeded by the run's seed and the step).
 fn text_scene_flags(cfg: &TrainConfig, step: usize, samples: &[SynthSample]) -> Vec<bool> {
@@ -888,19 +930,20 @@ pub fn train(
         params.push(("aux_head.bias".into(), b));
     }
     // The question probe (training only), in the same file as the per-patch head.
+    let resuming = state.step > 0 && aux_file.exists();
     let question_idx = params.len();
     if cfg.question_weight > 0.0 {
         let kinds = horizon_data::synthetic::ShapeKind::ALL.len() as i64;
-        let (w, b) = if state.step > 0 && aux_file.exists() {
-            saved_head(&aux_file, "question_head", device)?
-        } else {
-            tch::manual_seed(cfg.seed as i64 ^ 0x9e57);
-            (
-                (Tensor::randn([kinds, cfg.spec.text_hidden], (Kind::Float, device)) * 0.02)
-                    .set_requires_grad(true),
-                Tensor::zeros([kinds], (Kind::Float, device)).set_requires_grad(true),
-            )
-        };
+        let seed = cfg.seed as i64 ^ 0x9e57;
+        let (w, b) = linear_head(
+            &aux_file,
+            resuming,
+            "question_head",
+            kinds,
+            cfg,
+            seed,
+            device,
+        )?;
         params.push(("question_head.weight".into(), w));
         params.push(("question_head.bias".into(), b));
     }
@@ -934,16 +977,9 @@ pub fn train(
     // The early-answer head (training only), in the same file as the per-patch head.
     let early_idx = params.len();
     if cfg.early_answer_weight > 0.0 {
-        let (w, b) = if state.step > 0 && aux_file.exists() {
-            saved_head(&aux_file, "early_answer_head", device)?
-        } else {
-            tch::manual_seed(cfg.seed as i64 ^ 0xea71);
-            (
-                (Tensor::randn([vocab, cfg.spec.text_hidden], (Kind::Float, device)) * 0.02)
-                    .set_requires_grad(true),
-                Tensor::zeros([vocab], (Kind::Float, device)).set_requires_grad(true),
-            )
-        };
+        let name = "early_answer_head";
+        let seed = cfg.seed as i64 ^ 0xea71;
+        let (w, b) = linear_head(&aux_file, resuming, name, vocab, cfg, seed, device)?;
         params.push(("early_answer_head.weight".into(), w));
         params.push(("early_answer_head.bias".into(), b));
     }
@@ -1086,20 +1122,8 @@ pub fn train(
             .collect();
         if cfg.question_weight > 0.0 && !asked.is_empty() {
             let x = &layer_inputs[question_probe_layer(cfg.spec.text_layers)];
-            let d = cfg.spec.text_hidden;
-            let rows: Vec<i64> = asked
-                .iter()
-                .map(|&(r, t, _)| (r * max_len + t) as i64)
-                .collect();
-            let h = x
-                .reshape([-1, d])
-                .index_select(0, &Tensor::from_slice(&rows).to_device(device));
-            let (w, bias) = (&params[question_idx].1, &params[question_idx + 1].1);
-            let logits = rms_normalized(&h).linear(w, Some(bias));
-            let classes: Vec<i64> = asked.iter().map(|&(_, _, k)| k).collect();
-            let classes = Tensor::from_slice(&classes).to_device(device);
-            let q_loss = logits.cross_entropy_for_logits(&classes);
-            loss += q_loss * cfg.question_weight;
+            let head = &params[question_idx..question_idx + 2];
+            loss += position_head_loss(x, max_len, &asked, head) * cfg.question_weight;
         }
         if cfg.activation_penalty > 0.0 {
             let squares: Vec<Tensor> = layer_inputs
@@ -1117,19 +1141,8 @@ pub fn train(
         let mut early_v = 0.0;
         if cfg.early_answer_weight > 0.0 && !early.is_empty() {
             let x = &layer_inputs[early_answer_layer(cfg.spec.text_layers)];
-            let d = cfg.spec.text_hidden;
-            let rows: Vec<i64> = early
-                .iter()
-                .map(|&(r, t, _)| (r * max_len + t) as i64)
-                .collect();
-            let h = x
-                .reshape([-1, d])
-                .index_select(0, &Tensor::from_slice(&rows).to_device(device));
-            let (w, bias) = (&params[early_idx].1, &params[early_idx + 1].1);
-            let logits = rms_normalized(&h).linear(w, Some(bias));
-            let targets: Vec<i64> = early.iter().map(|&(_, _, y)| y).collect();
-            let targets = Tensor::from_slice(&targets).to_device(device);
-            let early_loss = logits.cross_entropy_for_logits(&targets);
+            let head = &params[early_idx..early_idx + 2];
+            let early_loss = position_head_loss(x, max_len, &early, head);
             early_v = early_loss.double_value(&[]);
             loss += early_loss * cfg.early_answer_weight;
         }
