@@ -807,6 +807,44 @@ fn position_head_loss(
     logits.cross_entropy_for_logits(&Tensor::from_slice(&classes).to_device(device))
 }
 
+/// Multiplies the freshly initialised parameters whose name `matches` by `std / 0.02`, so that they
+/// start at standard deviation `std` instead of HF's 0.02 (nothing when `std` is 0).
+fn rescale_initial(params: &[(String, Tensor)], std: f64, matches: impl Fn(&str) -> bool) {
+    if std <= 0.0 {
+        return;
+    }
+    let _guard = tch::no_grad_guard();
+    for (name, p) in params {
+        if matches(name) {
+            let mut p = p.shallow_clone();
+            let _ = p.g_mul_scalar_(std / 0.02);
+        }
+    }
+}
+
+/// The dense inputs of [`attend::attention_loss`] from `(row, query position, key position)` triples:
+/// evidence `[B, S, S]` (1 at each key of each triple) and the supervised queries `[B, S]`.
+fn evidence_tensors(
+    triples: impl Iterator<Item = (usize, usize, usize)>,
+    b: i64,
+    max_len: usize,
+    device: Device,
+) -> (Tensor, Tensor) {
+    let mut ev = vec![0f32; b as usize * max_len * max_len];
+    let mut queries = vec![0f32; b as usize * max_len];
+    for (r, t, key) in triples {
+        queries[r * max_len + t] = 1.0;
+        ev[(r * max_len + t) * max_len + key] = 1.0;
+    }
+    let s = max_len as i64;
+    (
+        Tensor::from_slice(&ev).reshape([b, s, s]).to_device(device),
+        Tensor::from_slice(&queries)
+            .reshape([b, s])
+            .to_device(device),
+    )
+}
+
 /// Which samples of step `step` are shown as a text scene instead of an image: coarse ones, each with
 /// probability `text_scene_fraction` (seeded by the run's seed and the step).
 fn text_scene_flags(cfg: &TrainConfig, step: usize, samples: &[SynthSample]) -> Vec<bool> {
@@ -897,25 +935,14 @@ pub fn train(
     let weights = weights.record_parameters();
     let model = LlavaForConditionalGeneration::from_weights(&weights, llava_cfg)?;
     let mut params = weights.take_parameters();
-    if state.step == 0 && cfg.embed_init_std > 0.0 {
-        let _guard = tch::no_grad_guard();
-        for (name, p) in &params {
-            if name.ends_with("embed_tokens.weight") {
-                let mut p = p.shallow_clone();
-                let _ = p.g_mul_scalar_(cfg.embed_init_std / 0.02);
-            }
-        }
-    }
-    if state.step == 0 && cfg.qk_init_std > 0.0 {
-        let _guard = tch::no_grad_guard();
-        for (name, p) in &params {
-            let decoder_qk = name.starts_with("model.language_model.")
-                && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight"));
-            if decoder_qk {
-                let mut p = p.shallow_clone();
-                let _ = p.g_mul_scalar_(cfg.qk_init_std / 0.02);
-            }
-        }
+    if state.step == 0 {
+        rescale_initial(&params, cfg.embed_init_std, |name| {
+            name.ends_with("embed_tokens.weight")
+        });
+        rescale_initial(&params, cfg.qk_init_std, |name| {
+            name.starts_with("model.language_model.")
+                && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight"))
+        });
     }
     // The dense per-patch head (training only): kept in its own file, never in the exported model.
     let aux_file = ckpt.join("aux_head.safetensors");
@@ -947,33 +974,33 @@ pub fn train(
         params.push(("question_head.weight".into(), w));
         params.push(("question_head.bias".into(), b));
     }
-    let embed_idx = params
-        .iter()
-        .position(|(n, _)| n.ends_with("embed_tokens.weight"))
-        .ok_or_else(|| anyhow!("the decoder has no embed_tokens"))?;
-    let word_ids = |words: Vec<&str>| -> Result<Tensor> {
-        let ids = words
+    // (decoder embedding index, kind word ids, colour word ids) for the word-aligned per-patch head.
+    let aligned_words = if cfg.aux_word_aligned {
+        let embed_idx = params
             .iter()
-            .map(|w| {
-                tok.token_to_id(&format!("\u{2581}{w}"))
-                    .map(|i| i as i64)
-                    .ok_or_else(|| anyhow!("the vocabulary has no word {w:?}"))
-            })
-            .collect::<Result<Vec<i64>>>()?;
-        Ok(Tensor::from_slice(&ids).to_device(device))
+            .position(|(n, _)| n.ends_with("embed_tokens.weight"))
+            .ok_or_else(|| anyhow!("the decoder has no embed_tokens"))?;
+        let word_ids = |words: Vec<&str>| -> Result<Tensor> {
+            let ids = words
+                .iter()
+                .map(|w| {
+                    tok.token_to_id(&format!("\u{2581}{w}"))
+                        .map(|i| i as i64)
+                        .ok_or_else(|| anyhow!("the vocabulary has no word {w:?}"))
+                })
+                .collect::<Result<Vec<i64>>>()?;
+            Ok(Tensor::from_slice(&ids).to_device(device))
+        };
+        let kinds = horizon_data::synthetic::ShapeKind::ALL.map(|k| k.name());
+        let colors = horizon_data::synthetic::NamedColor::ALL.map(|c| c.name());
+        Some((
+            embed_idx,
+            word_ids(kinds.to_vec())?,
+            word_ids(colors.to_vec())?,
+        ))
+    } else {
+        None
     };
-    let kind_word_ids = word_ids(
-        horizon_data::synthetic::ShapeKind::ALL
-            .iter()
-            .map(|k| k.name())
-            .collect(),
-    )?;
-    let color_word_ids = word_ids(
-        horizon_data::synthetic::NamedColor::ALL
-            .iter()
-            .map(|c| c.name())
-            .collect(),
-    )?;
     // The early-answer head (training only), in the same file as the per-patch head.
     let early_idx = params.len();
     if cfg.early_answer_weight > 0.0 {
@@ -1095,13 +1122,13 @@ pub fn train(
                 features.shallow_clone()
             };
             let mut aux_logits = aux_in.linear(w, Some(bias));
-            if cfg.aux_word_aligned {
-                let embed = &params[embed_idx].1;
+            if let Some((embed_idx, kind_word_ids, color_word_ids)) = &aligned_words {
+                let embed = &params[*embed_idx].1;
                 aux_logits = aux::with_word_logits(
                     &aux_logits,
                     &rms_normalized(features),
-                    &embed.index_select(0, &kind_word_ids),
-                    &embed.index_select(0, &color_word_ids),
+                    &embed.index_select(0, kind_word_ids),
+                    &embed.index_select(0, color_word_ids),
                 );
             }
             let targets: Vec<i64> = with_image
@@ -1162,20 +1189,16 @@ pub fn train(
                         .attention_weights(&layer.input_layernorm.forward(x), &cos, &sin)
                 })
                 .collect();
-            let mut ev = vec![0f32; examples.len() * max_len * max_len];
-            let mut queries = vec![0f32; examples.len() * max_len];
-            for (r, e) in examples.iter().enumerate() {
-                for (t, patches) in &e.evidence {
-                    queries[r * max_len + t] = 1.0;
-                    for p in patches {
-                        ev[(r * max_len + t) * max_len + e.image_start + p] = 1.0;
-                    }
-                }
-            }
-            let ev = Tensor::from_slice(&ev).reshape([b, s, s]).to_device(device);
-            let queries = Tensor::from_slice(&queries)
-                .reshape([b, s])
-                .to_device(device);
+            let (ev, queries) = evidence_tensors(
+                examples.iter().enumerate().flat_map(|(r, e)| {
+                    e.evidence.iter().flat_map(move |(t, patches)| {
+                        patches.iter().map(move |p| (r, *t, e.image_start + p))
+                    })
+                }),
+                b,
+                max_len,
+                device,
+            );
             // From the shape word, only the layers below the early answer can serve it.
             let layers = if cfg.attend_via_shape_word {
                 early_answer_layer(cfg.spec.text_layers)
@@ -1191,18 +1214,15 @@ pub fn train(
             );
             if cfg.attend_via_shape_word {
                 // Second hop: the answer reads the shape word, in a head from the early-answer layer up.
-                let mut ev = vec![0f32; examples.len() * max_len * max_len];
-                let mut queries = vec![0f32; examples.len() * max_len];
-                for (r, e) in examples.iter().enumerate() {
-                    if let Some((t, word)) = e.reads_shape_word {
-                        queries[r * max_len + t] = 1.0;
-                        ev[(r * max_len + t) * max_len + word] = 1.0;
-                    }
-                }
-                let ev = Tensor::from_slice(&ev).reshape([b, s, s]).to_device(device);
-                let queries = Tensor::from_slice(&queries)
-                    .reshape([b, s])
-                    .to_device(device);
+                let (ev, queries) = evidence_tensors(
+                    examples
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(r, e)| e.reads_shape_word.map(|(t, word)| (r, t, word))),
+                    b,
+                    max_len,
+                    device,
+                );
                 let (l2, _) = attend::attention_loss(&weights[layers..], &ev, &queries);
                 loss += l2 * cfg.attend_weight;
             }
