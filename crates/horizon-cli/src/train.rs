@@ -158,6 +158,10 @@ pub struct TrainArgs {
     /// (default: the best head of each step).
     #[arg(long)]
     attend_head: Option<usize>,
+    /// Steps at the start that train only the vision tower, the projector and the per-patch head, on
+    /// the per-patch loss (no decoder forward; needs --aux-weight > 0). They count toward --steps.
+    #[arg(long, default_value_t = 0)]
+    vision_stage_steps: usize,
 }
 
 /// A loss weight must be finite and >= 0.
@@ -186,6 +190,17 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     cfg.lr = args.lr;
     cfg.checkpoint_every = args.checkpoint_every;
     cfg.aux_weight = args.aux_weight;
+    cfg.vision_stage_steps = args.vision_stage_steps;
+    if cfg.vision_stage_steps > 0 && cfg.aux_weight == 0.0 {
+        anyhow::bail!("--vision-stage-steps: the vision stage trains on the per-patch loss, which --aux-weight 0 turns off");
+    }
+    if cfg.vision_stage_steps >= cfg.steps {
+        anyhow::bail!(
+            "--vision-stage-steps: {} leaves none of the {} --steps for the decoder",
+            cfg.vision_stage_steps,
+            cfg.steps
+        );
+    }
     cfg.warmup_steps = args.warmup_steps;
     cfg.fine_weight = args.fine_weight;
     cfg.max_glyphs = args.max_glyphs;
@@ -235,13 +250,16 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     };
     let dir = train(&cfg, &args.run_dir, device, stop, |step, loss, lr| {
         let now = (loss.lm, loss.aux, loss.attend, loss.early_answer);
+        // The answer loss is NaN during the vision stage: its average starts afresh after it.
+        let ema = |old: f64, new: f64| {
+            if old.is_nan() {
+                new
+            } else {
+                0.98 * old + 0.02 * new
+            }
+        };
         let (a, x, m, e) = avg.map_or(now, |(a, x, m, e)| {
-            (
-                0.98 * a + 0.02 * now.0,
-                0.98 * x + 0.02 * now.1,
-                0.98 * m + 0.02 * now.2,
-                0.98 * e + 0.02 * now.3,
-            )
+            (ema(a, now.0), ema(x, now.1), ema(m, now.2), ema(e, now.3))
         });
         avg = Some((a, x, m, e));
         bar.set_position(step as u64 + 1);
@@ -268,7 +286,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     match dir {
         Some(dir) => eprintln!("model written to {}", dir.display()),
         None => eprintln!(
-            "stopped at the time budget; checkpoint in {} (rerun the same command to resume)",
+            "stopped early (--stop-at-step or --time-budget-minutes); checkpoint in {} (rerun without the stop to resume)",
             args.run_dir.display()
         ),
     }

@@ -230,3 +230,75 @@ fn shape_word_options_train_and_export() {
         VlModel::load(&model, Device::Cpu, Kind::Float).unwrap();
     }
 }
+
+/// The vision stage trains the vision side alone: after it, every decoder weight is still its initial
+/// value (read from a run at learning rate 0, same seed) while the tower and the projector have moved;
+/// its steps report no answer loss, and the decoder starts training on the first step after it.
+#[test]
+fn vision_stage_trains_only_the_vision_side() {
+    let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let stop_after = |cfg: &TrainConfig, steps: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut losses = Vec::new();
+        let stop = StopAt {
+            step: Some(steps),
+            seconds: None,
+        };
+        train(cfg, dir.path(), Device::Cpu, stop, |_, l, _| losses.push(l)).unwrap();
+        (weights(&dir.path().join("checkpoint")), losses, dir)
+    };
+    let mut frozen = micro();
+    frozen.lr = 0.0;
+    let (initial, _, _d0) = stop_after(&frozen, 1);
+    let mut staged = micro();
+    staged.vision_stage_steps = 2;
+    let (after_stage, losses, _d1) = stop_after(&staged, 2);
+    assert!(losses.iter().all(|l| l.lm.is_nan() && l.aux > 0.0));
+    let (after_one_more, losses, _d2) = stop_after(&staged, 3);
+    assert!(losses[2].lm.is_finite());
+    let changed = |a: &[(String, Tensor)], b: &[(String, Tensor)], prefix: &str| {
+        a.iter()
+            .zip(b)
+            .filter(|((n, _), _)| n.starts_with(prefix))
+            .map(|((n, x), (_, y))| (n.clone(), !x.equal(y)))
+            .collect::<Vec<_>>()
+    };
+    let decoder = changed(&initial, &after_stage, "language_model.");
+    assert!(!decoder.is_empty());
+    for (name, moved) in decoder {
+        assert!(!moved, "{name} changed during the vision stage");
+    }
+    for prefix in [
+        "vision_tower.vision_model.encoder.",
+        "multi_modal_projector.",
+    ] {
+        assert!(changed(&initial, &after_stage, prefix)
+            .iter()
+            .all(|(_, m)| *m));
+    }
+    assert!(changed(&after_stage, &after_one_more, "language_model.")
+        .iter()
+        .any(|(_, m)| *m));
+}
+
+/// The learning rate warms up and decays once over the vision stage and once over the rest.
+#[test]
+fn vision_stage_has_its_own_schedule() {
+    let mut cfg = micro();
+    cfg.steps = 100;
+    cfg.vision_stage_steps = 40;
+    cfg.warmup_steps = 10;
+    cfg.lr = 1.0;
+    let plain = TrainConfig {
+        vision_stage_steps: 0,
+        steps: 40,
+        ..cfg.clone()
+    };
+    for step in 0..40 {
+        assert_eq!(cfg.lr_at(step), plain.lr_at(step), "step {step}");
+    }
+    assert_eq!(cfg.lr_at(40), cfg.lr_at(0));
+    assert!((cfg.lr_at(49) - 1.0).abs() < 1e-12);
+    assert!(cfg.lr_at(39) < 0.06 && cfg.lr_at(99) < 0.06);
+    assert!(cfg.lr_at(70) > cfg.lr_at(90));
+}

@@ -218,6 +218,10 @@ pub struct TrainConfig {
     /// have about the same mass.
     #[serde(default)]
     pub attend_head: Option<usize>,
+    /// Steps at the start that train the vision tower, the projector and the per-patch head alone, on
+    /// the per-patch loss only (no decoder forward): staged training of the vision side.
+    #[serde(default)]
+    pub vision_stage_steps: usize,
 }
 
 /// The decoder layer whose input the early-answer head reads: halfway up. The shape word comes after
@@ -280,15 +284,26 @@ impl TrainConfig {
             question_first: false,
             activation_penalty: 0.0,
             attend_head: None,
+            vision_stage_steps: 0,
         }
     }
 
-    /// Warm-up then cosine decay to 5% of the peak.
+    /// Warm-up then cosine decay to 5% of the peak, once for the vision stage and once for the rest
+    /// (the decoder starts from scratch when the stage ends, so it gets a full schedule of its own).
     pub fn lr_at(&self, step: usize) -> f64 {
-        if step < self.warmup_steps {
-            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        let (start, len) = if step < self.vision_stage_steps {
+            (0, self.vision_stage_steps)
+        } else {
+            (
+                self.vision_stage_steps,
+                self.steps - self.vision_stage_steps,
+            )
+        };
+        let (step, warmup) = (step - start, self.warmup_steps);
+        if step < warmup {
+            return self.lr * (step + 1) as f64 / warmup as f64;
         }
-        let t = (step - self.warmup_steps) as f64 / (self.steps - self.warmup_steps).max(1) as f64;
+        let t = (step - warmup) as f64 / (len - warmup).max(1) as f64;
         self.lr * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos()))
     }
 
@@ -704,14 +719,21 @@ fn batch_samples(cfg: &TrainConfig, step: usize) -> Result<Vec<SynthSample>> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
         cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
     );
+    // The vision stage has no answers to learn, only patches: every category, with the most glyphs.
+    let vision_stage = step < cfg.vision_stage_steps;
+    let glyphs = if vision_stage {
+        cfg.max_glyphs
+    } else {
+        cfg.glyphs_at(step)
+    };
     let gen = GenConfig::default()
         .with_image_size(cfg.spec.image_size as u32)
-        .with_glyphs(1, cfg.glyphs_at(step));
+        .with_glyphs(1, glyphs);
     let weights: Vec<f64> = Category::ALL
         .iter()
         .map(|c| {
             if c.kind() == synthetic::TaskKind::Fine {
-                if step < cfg.fine_start() {
+                if step < cfg.fine_start() && !vision_stage {
                     0.0
                 } else {
                     cfg.fine_weight
@@ -1085,35 +1107,15 @@ pub fn train(
             .flat_map(|e| e.pixels.iter().copied())
             .collect();
         let n_img = with_image.len() as i64;
-        let (features, embeds) = if n_img > 0 {
+        let features = if n_img > 0 {
             let pixels = Tensor::from_slice(&pixels)
                 .reshape([n_img, 3, side, side])
                 .to_device(device);
-            let features = model.image_features(&pixels)?;
-            let embeds = model.input_embeds_with_features(&ids, &features)?;
-            (Some(features), embeds)
+            Some(model.image_features(&pixels)?)
         } else {
-            (None, model.language_model.embed(&ids))
+            None
         };
-        // Right padding with a causal mask: real tokens never attend to the padding after them.
-        let mut layer_inputs = Vec::new();
-        let want_inputs = (cfg.attend_weight > 0.0
-            || cfg.question_weight > 0.0
-            || cfg.early_answer_weight > 0.0
-            || cfg.activation_penalty > 0.0)
-            .then_some(&mut layer_inputs);
-        let out =
-            model
-                .language_model
-                .prefill(&embeds, &Intervention::none(), None, want_inputs)?;
-        let logits = model
-            .lm_head
-            .forward(&out.hidden)
-            .reshape([b * max_len as i64, -1]);
-        let mut loss =
-            logits.cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, -100, 0.0);
-        let lm_loss_v = loss.double_value(&[]);
-        let mut aux_loss_v = 0.0;
+        let mut aux_l = None;
         if let (true, Some(features)) = (cfg.aux_weight > 0.0, &features) {
             let (w, bias) = (&params[n_model_params].1, &params[n_model_params + 1].1);
             let aux_in = if cfg.aux_normalized {
@@ -1138,96 +1140,131 @@ pub fn train(
             let targets = Tensor::from_slice(&targets)
                 .reshape([n_img, features.size()[1], -1])
                 .to_device(device);
-            let aux_l = aux::aux_loss(&aux_logits, &targets);
-            aux_loss_v = aux_l.double_value(&[]);
-            loss += aux_l * cfg.aux_weight;
+            aux_l = Some(aux::aux_loss(&aux_logits, &targets));
         }
-        let asked: Vec<(usize, usize, i64)> = examples
-            .iter()
-            .enumerate()
-            .filter_map(|(r, e)| e.asked.map(|(t, k)| (r, t, k)))
-            .collect();
-        if cfg.question_weight > 0.0 && !asked.is_empty() {
-            let x = &layer_inputs[question_probe_layer(cfg.spec.text_layers)];
-            let head = &params[question_idx..question_idx + 2];
-            loss += position_head_loss(x, max_len, &asked, head) * cfg.question_weight;
-        }
-        if cfg.activation_penalty > 0.0 {
-            let squares: Vec<Tensor> = layer_inputs
-                .iter()
-                .map(|x| x.pow_tensor_scalar(2).mean(Kind::Float))
-                .collect();
-            let mean_square = Tensor::stack(&squares, 0).mean(Kind::Float);
-            loss += mean_square * cfg.activation_penalty;
-        }
-        let early: Vec<(usize, usize, i64)> = examples
-            .iter()
-            .enumerate()
-            .filter_map(|(r, e)| e.early_answer.map(|(t, y)| (r, t, y)))
-            .collect();
-        let mut early_v = 0.0;
-        if cfg.early_answer_weight > 0.0 && !early.is_empty() {
-            let x = &layer_inputs[early_answer_layer(cfg.spec.text_layers)];
-            let head = &params[early_idx..early_idx + 2];
-            let early_loss = position_head_loss(x, max_len, &early, head);
-            early_v = early_loss.double_value(&[]);
-            loss += early_loss * cfg.early_answer_weight;
-        }
-        let mut attend_v = 0.0;
-        if cfg.attend_weight > 0.0 {
-            let lm = &model.language_model;
-            let s = max_len as i64;
-            let positions = Tensor::arange(s, (Kind::Int64, device)).unsqueeze(0);
-            let (cos, sin) = lm.rotary_emb.cos_sin(&positions, Kind::Float);
-            let weights: Vec<Tensor> = lm
-                .layers
-                .iter()
-                .zip(&layer_inputs)
-                .map(|(layer, x)| {
-                    layer
-                        .self_attn
-                        .attention_weights(&layer.input_layernorm.forward(x), &cos, &sin)
-                })
-                .collect();
-            let (ev, queries) = evidence_tensors(
-                examples.iter().enumerate().flat_map(|(r, e)| {
-                    e.evidence.iter().flat_map(move |(t, patches)| {
-                        patches.iter().map(move |p| (r, *t, e.image_start + p))
-                    })
-                }),
-                b,
-                max_len,
-                device,
-            );
-            // From the shape word, only the layers below the early answer can serve it.
-            let layers = if cfg.attend_via_shape_word {
-                early_answer_layer(cfg.spec.text_layers)
-            } else {
-                weights.len()
+        let aux_loss_v = aux_l.as_ref().map_or(0.0, |l| l.double_value(&[]));
+        // The answer loss and every decoder-side term; none of them in the vision stage.
+        let vision_stage = step < cfg.vision_stage_steps;
+        let mut loss = Tensor::zeros([], (Kind::Float, device));
+        let (mut lm_loss_v, mut early_v, mut attend_v) = (f64::NAN, 0.0, 0.0);
+        if vision_stage {
+            if let Some(aux_l) = &aux_l {
+                loss += aux_l * cfg.aux_weight;
+            }
+        } else {
+            // Right padding with a causal mask: real tokens never attend to the padding after them.
+            let mut layer_inputs = Vec::new();
+            let want_inputs = (cfg.attend_weight > 0.0
+                || cfg.question_weight > 0.0
+                || cfg.early_answer_weight > 0.0
+                || cfg.activation_penalty > 0.0)
+                .then_some(&mut layer_inputs);
+            let embeds = match &features {
+                Some(features) => model.input_embeds_with_features(&ids, features)?,
+                None => model.language_model.embed(&ids),
             };
-            let (l, best) = attend::attention_loss_with(
-                &weights[..layers],
-                &ev,
-                &queries,
-                cfg.attend_per_query,
-                cfg.attend_head,
-            );
-            if cfg.attend_via_shape_word {
-                // Second hop: the answer reads the shape word, in a head from the early-answer layer up.
+            let out =
+                model
+                    .language_model
+                    .prefill(&embeds, &Intervention::none(), None, want_inputs)?;
+            let logits = model
+                .lm_head
+                .forward(&out.hidden)
+                .reshape([b * max_len as i64, -1]);
+            let lm_loss =
+                logits.cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, -100, 0.0);
+            lm_loss_v = lm_loss.double_value(&[]);
+            loss += lm_loss;
+            if let Some(aux_l) = &aux_l {
+                loss += aux_l * cfg.aux_weight;
+            }
+            let asked: Vec<(usize, usize, i64)> = examples
+                .iter()
+                .enumerate()
+                .filter_map(|(r, e)| e.asked.map(|(t, k)| (r, t, k)))
+                .collect();
+            if cfg.question_weight > 0.0 && !asked.is_empty() {
+                let x = &layer_inputs[question_probe_layer(cfg.spec.text_layers)];
+                let head = &params[question_idx..question_idx + 2];
+                loss += position_head_loss(x, max_len, &asked, head) * cfg.question_weight;
+            }
+            if cfg.activation_penalty > 0.0 {
+                let squares: Vec<Tensor> = layer_inputs
+                    .iter()
+                    .map(|x| x.pow_tensor_scalar(2).mean(Kind::Float))
+                    .collect();
+                let mean_square = Tensor::stack(&squares, 0).mean(Kind::Float);
+                loss += mean_square * cfg.activation_penalty;
+            }
+            let early: Vec<(usize, usize, i64)> = examples
+                .iter()
+                .enumerate()
+                .filter_map(|(r, e)| e.early_answer.map(|(t, y)| (r, t, y)))
+                .collect();
+            if cfg.early_answer_weight > 0.0 && !early.is_empty() {
+                let x = &layer_inputs[early_answer_layer(cfg.spec.text_layers)];
+                let head = &params[early_idx..early_idx + 2];
+                let early_loss = position_head_loss(x, max_len, &early, head);
+                early_v = early_loss.double_value(&[]);
+                loss += early_loss * cfg.early_answer_weight;
+            }
+            if cfg.attend_weight > 0.0 {
+                let lm = &model.language_model;
+                let s = max_len as i64;
+                let positions = Tensor::arange(s, (Kind::Int64, device)).unsqueeze(0);
+                let (cos, sin) = lm.rotary_emb.cos_sin(&positions, Kind::Float);
+                let weights: Vec<Tensor> = lm
+                    .layers
+                    .iter()
+                    .zip(&layer_inputs)
+                    .map(|(layer, x)| {
+                        layer.self_attn.attention_weights(
+                            &layer.input_layernorm.forward(x),
+                            &cos,
+                            &sin,
+                        )
+                    })
+                    .collect();
                 let (ev, queries) = evidence_tensors(
-                    examples
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(r, e)| e.reads_shape_word.map(|(t, word)| (r, t, word))),
+                    examples.iter().enumerate().flat_map(|(r, e)| {
+                        e.evidence.iter().flat_map(move |(t, patches)| {
+                            patches.iter().map(move |p| (r, *t, e.image_start + p))
+                        })
+                    }),
                     b,
                     max_len,
                     device,
                 );
-                let (l2, _) = attend::attention_loss(&weights[layers..], &ev, &queries);
-                loss += l2 * cfg.attend_weight;
+                // From the shape word, only the layers below the early answer can serve it.
+                let layers = if cfg.attend_via_shape_word {
+                    early_answer_layer(cfg.spec.text_layers)
+                } else {
+                    weights.len()
+                };
+                let (l, best) = attend::attention_loss_with(
+                    &weights[..layers],
+                    &ev,
+                    &queries,
+                    cfg.attend_per_query,
+                    cfg.attend_head,
+                );
+                if cfg.attend_via_shape_word {
+                    // Second hop: the answer reads the shape word, in a head from the early-answer layer up.
+                    let (ev, queries) = evidence_tensors(
+                        examples
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(r, e)| e.reads_shape_word.map(|(t, word)| (r, t, word))),
+                        b,
+                        max_len,
+                        device,
+                    );
+                    let (l2, _) = attend::attention_loss(&weights[layers..], &ev, &queries);
+                    loss += l2 * cfg.attend_weight;
+                }
+                attend_v = best;
+                loss += l * cfg.attend_weight;
             }
-            attend_v = best;
-            loss += l * cfg.attend_weight;
         }
         for (_, p) in &params {
             let mut g = p.grad();
@@ -1245,7 +1282,9 @@ pub fn train(
         }
         state.step += 1;
         // The recorded loss is the answer (language-model) loss; the per-patch loss is reported apart.
-        state.losses.push((step, lm_loss_v));
+        if !vision_stage {
+            state.losses.push((step, lm_loss_v));
+        }
         on_step(
             step,
             StepLosses {
