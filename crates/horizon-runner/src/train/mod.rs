@@ -222,6 +222,16 @@ pub struct TrainConfig {
     /// the per-patch loss only (no decoder forward): staged training of the vision side.
     #[serde(default)]
     pub vision_stage_steps: usize,
+    /// The vision tower starts at HF `CLIPPreTrainedModel._init_weights`' standard deviations (e.g.
+    /// 0.1 for the class embedding and the attention output, 0.04 for q/k/v at width 96) instead of
+    /// 0.02 everywhere: with 0.02 the attention logits start ~25x flatter and a patch is slow to learn
+    /// anything about its neighbours (shape kind, glyphs that straddle patches).
+    #[serde(default)]
+    pub vision_init_hf: bool,
+    /// The per-patch loss weighs "nothing here" and the other classes half and half in each group
+    /// ([`aux::aux_loss_balanced`]) instead of "nothing here" at 0.2 per target ([`aux::aux_loss`]).
+    #[serde(default)]
+    pub aux_balanced: bool,
 }
 
 /// The decoder layer whose input the early-answer head reads: halfway up. The shape word comes after
@@ -285,6 +295,8 @@ impl TrainConfig {
             activation_penalty: 0.0,
             attend_head: None,
             vision_stage_steps: 0,
+            vision_init_hf: false,
+            aux_balanced: false,
         }
     }
 
@@ -844,6 +856,29 @@ fn rescale_initial(params: &[(String, Tensor)], std: f64, matches: impl Fn(&str)
     }
 }
 
+/// Rescales the vision tower's initial (std 0.02) weights to the standard deviations of HF
+/// `CLIPPreTrainedModel._init_weights` (initializer factor 1): class embedding `h^-0.5`; q/k/v
+/// `h^-0.5 (2L)^-0.5`; attention output `h^-0.5`; fc1 `(2h)^-0.5`; fc2 `h^-0.5 (2L)^-0.5`. The patch
+/// and position embeddings keep 0.02, as in HF.
+fn clip_hf_init(params: &[(String, Tensor)], spec: &SmallModelSpec) {
+    let h = spec.vision_hidden as f64;
+    let in_proj = h.powf(-0.5) * (2.0 * spec.vision_layers as f64).powf(-0.5);
+    let rules: [(&str, f64); 7] = [
+        ("embeddings.class_embedding", h.powf(-0.5)),
+        ("self_attn.q_proj.weight", in_proj),
+        ("self_attn.k_proj.weight", in_proj),
+        ("self_attn.v_proj.weight", in_proj),
+        ("self_attn.out_proj.weight", h.powf(-0.5)),
+        ("mlp.fc1.weight", (2.0 * h).powf(-0.5)),
+        ("mlp.fc2.weight", in_proj),
+    ];
+    for (suffix, std) in rules {
+        rescale_initial(params, std, |name| {
+            name.contains("vision_tower.") && name.ends_with(suffix)
+        });
+    }
+}
+
 /// The dense inputs of [`attend::attention_loss`] from `(row, query position, key position)` triples:
 /// evidence `[B, S, S]` (1 at each key of each triple) and the supervised queries `[B, S]`.
 fn evidence_tensors(
@@ -961,6 +996,9 @@ pub fn train(
         rescale_initial(&params, cfg.embed_init_std, |name| {
             name.ends_with("embed_tokens.weight")
         });
+        if cfg.vision_init_hf {
+            clip_hf_init(&params, &cfg.spec);
+        }
         rescale_initial(&params, cfg.qk_init_std, |name| {
             name.starts_with("model.language_model.")
                 && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight"))
@@ -1140,7 +1178,11 @@ pub fn train(
             let targets = Tensor::from_slice(&targets)
                 .reshape([n_img, features.size()[1], -1])
                 .to_device(device);
-            aux_l = Some(aux::aux_loss(&aux_logits, &targets));
+            aux_l = Some(if cfg.aux_balanced {
+                aux::aux_loss_balanced(&aux_logits, &targets)
+            } else {
+                aux::aux_loss(&aux_logits, &targets)
+            });
         }
         let aux_loss_v = aux_l.as_ref().map_or(0.0, |l| l.double_value(&[]));
         // The answer loss and every decoder-side term; none of them in the vision stage.
