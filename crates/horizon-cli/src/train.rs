@@ -159,7 +159,9 @@ pub struct TrainArgs {
     #[arg(long)]
     attend_head: Option<usize>,
     /// Steps at the start that train only the vision tower, the projector and the per-patch head, on
-    /// the per-patch loss (no decoder forward; needs --aux-weight > 0). They count toward --steps.
+    /// the per-patch loss (no decoder forward; needs --aux-weight > 0). They count toward --steps, and
+    /// the category mix and glyph curriculum follow --coarse-only-fraction and --curriculum-fraction
+    /// as in the rest of the run; the decoder then gets a warm-up and cosine schedule of its own.
     #[arg(long, default_value_t = 0)]
     vision_stage_steps: usize,
     /// Initialize the vision tower as HF CLIP does (larger attention and MLP weights than the 0.02

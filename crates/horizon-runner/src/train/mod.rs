@@ -731,21 +731,14 @@ fn batch_samples(cfg: &TrainConfig, step: usize) -> Result<Vec<SynthSample>> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
         cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
     );
-    // The vision stage has no answers to learn, only patches: every category, with the most glyphs.
-    let vision_stage = step < cfg.vision_stage_steps;
-    let glyphs = if vision_stage {
-        cfg.max_glyphs
-    } else {
-        cfg.glyphs_at(step)
-    };
     let gen = GenConfig::default()
         .with_image_size(cfg.spec.image_size as u32)
-        .with_glyphs(1, glyphs);
+        .with_glyphs(1, cfg.glyphs_at(step));
     let weights: Vec<f64> = Category::ALL
         .iter()
         .map(|c| {
             if c.kind() == synthetic::TaskKind::Fine {
-                if step < cfg.fine_start() && !vision_stage {
+                if step < cfg.fine_start() {
                     0.0
                 } else {
                     cfg.fine_weight
