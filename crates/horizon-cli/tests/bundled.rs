@@ -117,9 +117,9 @@ const FLOORS: [(&str, &[(&str, usize)]); 2] = [
     (
         "horizon-small",
         &[
-            ("shape_color", 9),
-            ("shape_exists", 10),
-            ("count_circles", 6),
+            ("shape_color", 17),
+            ("shape_exists", 14),
+            ("count_circles", 5),
         ],
     ),
 ];
