@@ -100,35 +100,48 @@ pub fn patch_targets(meta: &SampleMeta, patch: u32) -> Vec<i64> {
     t
 }
 
+/// Each target group's logits `[B*N, classes]` and targets `[B*N]`, in [`group_classes`] order.
+/// `logits`: `[B, N, head_width]`; `targets`: `[B, N, groups]`.
+fn groups<'a>(logits: &Tensor, targets: &'a Tensor) -> impl Iterator<Item = (Tensor, Tensor)> + 'a {
+    let classes = group_classes();
+    let flat = logits.reshape([-1, logits.size()[2]]);
+    let tflat = targets.reshape([-1, classes.len() as i64]);
+    let offsets: Vec<i64> = classes
+        .iter()
+        .scan(0i64, |o, &c| {
+            let start = *o;
+            *o += c as i64;
+            Some(start)
+        })
+        .collect();
+    classes
+        .into_iter()
+        .zip(offsets)
+        .enumerate()
+        .map(move |(g, (c, offset))| (flat.narrow(1, offset, c as i64), tflat.select(1, g as i64)))
+}
+
 /// Mean cross-entropy over the target groups. `logits`: `[B, N, head_width]`; `targets`: `[B, N, groups]`.
 /// "Nothing here" (class 0) is by far the most common target, so it weighs 0.2.
 pub fn aux_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
-    let classes = group_classes();
-    let width = logits.size()[2];
-    let flat = logits.reshape([-1, width]);
-    let tflat = targets.reshape([-1, classes.len() as i64]);
-    let mut offset = 0i64;
     let mut total: Option<Tensor> = None;
-    for (g, &c) in classes.iter().enumerate() {
-        let mut w = vec![1f32; c];
+    for (group_logits, target) in groups(logits, targets) {
+        let mut w = vec![1f32; group_logits.size()[1] as usize];
         w[0] = 0.2;
         let weight = Tensor::from_slice(&w).to_device(logits.device());
-        let l = flat
-            .narrow(1, offset, c as i64)
-            .cross_entropy_loss::<Tensor>(
-                &tflat.select(1, g as i64),
-                Some(weight),
-                tch::Reduction::Mean,
-                -100,
-                0.0,
-            );
+        let l = group_logits.cross_entropy_loss::<Tensor>(
+            &target,
+            Some(weight),
+            tch::Reduction::Mean,
+            -100,
+            0.0,
+        );
         total = Some(match total {
             None => l,
             Some(t) => t + l,
         });
-        offset += c as i64;
     }
-    total.expect("groups") / classes.len() as f64
+    total.expect("groups") / group_classes().len() as f64
 }
 
 /// Like [`aux_loss`], but each group's loss is half the mean cross-entropy of its "nothing here"
@@ -138,26 +151,23 @@ pub fn aux_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
 /// (0.5% of test glyphs named after a 3,000-step vision stage); the shape kind, on ~9 of 64
 /// patches, was learned as "circle" everywhere.
 pub fn aux_loss_balanced(logits: &Tensor, targets: &Tensor) -> Tensor {
-    let classes = group_classes();
-    let width = logits.size()[2];
-    let flat = logits.reshape([-1, width]);
-    let tflat = targets.reshape([-1, classes.len() as i64]);
-    let mut offset = 0i64;
     let mut total = Tensor::zeros([], (Kind::Float, logits.device()));
-    for (g, &c) in classes.iter().enumerate() {
-        let target = tflat.select(1, g as i64);
-        let per_target = flat
-            .narrow(1, offset, c as i64)
-            .cross_entropy_loss::<Tensor>(&target, None, tch::Reduction::None, -100, 0.0);
+    for (group_logits, target) in groups(logits, targets) {
+        let per_target = group_logits.cross_entropy_loss::<Tensor>(
+            &target,
+            None,
+            tch::Reduction::None,
+            -100,
+            0.0,
+        );
         let none = target.eq(0).to_kind(Kind::Float);
         for mask in [&none, &(1.0 - &none)] {
             let count = mask.sum(Kind::Float);
             let mean = (&per_target * mask).sum(Kind::Float) / count.clamp_min(1.0);
             total += mean * 0.5;
         }
-        offset += c as i64;
     }
-    total / classes.len() as f64
+    total / group_classes().len() as f64
 }
 
 /// `logits` with the shape groups' kind and colour classes (not their "none" class) replaced by the

@@ -1181,12 +1181,11 @@ pub fn train(
         // The answer loss and every decoder-side term; none of them in the vision stage.
         let vision_stage = step < cfg.vision_stage_steps;
         let mut loss = Tensor::zeros([], (Kind::Float, device));
+        if let Some(aux_l) = &aux_l {
+            loss += aux_l * cfg.aux_weight;
+        }
         let (mut lm_loss_v, mut early_v, mut attend_v) = (f64::NAN, 0.0, 0.0);
-        if vision_stage {
-            if let Some(aux_l) = &aux_l {
-                loss += aux_l * cfg.aux_weight;
-            }
-        } else {
+        if !vision_stage {
             // Right padding with a causal mask: real tokens never attend to the padding after them.
             let mut layer_inputs = Vec::new();
             let want_inputs = (cfg.attend_weight > 0.0
@@ -1210,9 +1209,6 @@ pub fn train(
                 logits.cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, -100, 0.0);
             lm_loss_v = lm_loss.double_value(&[]);
             loss += lm_loss;
-            if let Some(aux_l) = &aux_l {
-                loss += aux_l * cfg.aux_weight;
-            }
             let asked: Vec<(usize, usize, i64)> = examples
                 .iter()
                 .enumerate()
