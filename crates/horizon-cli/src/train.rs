@@ -173,6 +173,15 @@ pub struct TrainArgs {
     /// groups answering "none" everywhere (measured, README).
     #[arg(long)]
     aux_balanced: bool,
+    /// A second per-patch head (training only) names, for each quadrant of each patch, the glyph whose
+    /// box holds the quadrant's centre: every piece of a glyph is supervised, not only the quadrant of
+    /// its centre, several times the glyph signal per image.
+    #[arg(long)]
+    aux_glyph_cover: bool,
+    /// Sampling weight of the reading categories during the vision stage (default: --fine-weight).
+    /// Glyph recognition is the slow part of the tower's learning and needs many glyph images.
+    #[arg(long)]
+    vision_stage_fine_weight: Option<f64>,
 }
 
 /// A loss weight must be finite and >= 0.
@@ -204,6 +213,14 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     cfg.vision_stage_steps = args.vision_stage_steps;
     cfg.vision_init_hf = args.vision_init_hf;
     cfg.aux_balanced = args.aux_balanced;
+    cfg.aux_glyph_cover = args.aux_glyph_cover;
+    if let Some(w) = args.vision_stage_fine_weight {
+        check_weight("--vision-stage-fine-weight", w)?;
+    }
+    cfg.vision_stage_fine_weight = args.vision_stage_fine_weight;
+    if cfg.aux_glyph_cover && cfg.aux_weight == 0.0 {
+        anyhow::bail!("--aux-glyph-cover: the glyph-cover head is part of the per-patch loss, which --aux-weight 0 turns off");
+    }
     if cfg.vision_stage_steps > 0 && cfg.aux_weight == 0.0 {
         anyhow::bail!("--vision-stage-steps: the vision stage trains on the per-patch loss, which --aux-weight 0 turns off");
     }
@@ -257,6 +274,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         .expect("valid template"),
     );
     let mut avg = None::<(f64, f64, f64, f64)>;
+    let mut glyphs = std::collections::VecDeque::<(i64, i64)>::new();
     let stop = StopAt {
         step: args.stop_at_step,
         seconds: args.time_budget_minutes.map(|m| m * 60.0),
@@ -284,6 +302,17 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         };
         if cfg.early_answer_weight > 0.0 {
             mass += &format!(" early answer loss {e:.3}");
+        }
+        // Glyph accuracy of the per-patch head on the last 50 fresh batches (before their update).
+        glyphs.push_back(loss.glyph_hits);
+        if glyphs.len() > 50 {
+            glyphs.pop_front();
+        }
+        let (right, total) = glyphs
+            .iter()
+            .fold((0, 0), |(r, t), &(r2, t2)| (r + r2, t + t2));
+        if total > 0 {
+            mass += &format!(" glyph acc {:.1}%", 100.0 * right as f64 / total as f64);
         }
         bar.set_message(format!("loss {a:.4}  patch loss {x:.4}{mass}  lr {lr:.2e}"));
         // Logs of background runs (no terminal, so no bar) still show progress.

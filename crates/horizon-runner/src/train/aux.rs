@@ -103,7 +103,15 @@ pub fn patch_targets(meta: &SampleMeta, patch: u32) -> Vec<i64> {
 /// Each target group's logits `[B*N, classes]` and targets `[B*N]`, in [`group_classes`] order.
 /// `logits`: `[B, N, head_width]`; `targets`: `[B, N, groups]`.
 fn groups<'a>(logits: &Tensor, targets: &'a Tensor) -> impl Iterator<Item = (Tensor, Tensor)> + 'a {
-    let classes = group_classes();
+    groups_of(logits, targets, group_classes())
+}
+
+/// [`groups`] for any head: `classes` lists the width of each target group in the head's output order.
+fn groups_of<'a>(
+    logits: &Tensor,
+    targets: &'a Tensor,
+    classes: Vec<usize>,
+) -> impl Iterator<Item = (Tensor, Tensor)> + 'a {
     let flat = logits.reshape([-1, logits.size()[2]]);
     let tflat = targets.reshape([-1, classes.len() as i64]);
     let offsets: Vec<i64> = classes
@@ -151,8 +159,14 @@ pub fn aux_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
 /// (0.5% of test glyphs named after a 3,000-step vision stage); the shape kind, on ~9 of 64
 /// patches, was learned as "circle" everywhere.
 pub fn aux_loss_balanced(logits: &Tensor, targets: &Tensor) -> Tensor {
-    let mut total = Tensor::zeros([], (Kind::Float, logits.device()));
-    for (group_logits, target) in groups(logits, targets) {
+    balanced_loss(groups(logits, targets)) / group_classes().len() as f64
+}
+
+/// Sum over target groups of half the mean cross-entropy of the "nothing here" targets and half that
+/// of the named ones ([`aux_loss_balanced`]).
+fn balanced_loss(groups: impl Iterator<Item = (Tensor, Tensor)>) -> Tensor {
+    let mut total: Option<Tensor> = None;
+    for (group_logits, target) in groups {
         let per_target = group_logits.cross_entropy_loss::<Tensor>(
             &target,
             None,
@@ -163,11 +177,81 @@ pub fn aux_loss_balanced(logits: &Tensor, targets: &Tensor) -> Tensor {
         let none = target.eq(0).to_kind(Kind::Float);
         for mask in [&none, &(1.0 - &none)] {
             let count = mask.sum(Kind::Float);
-            let mean = (&per_target * mask).sum(Kind::Float) / count.clamp_min(1.0);
-            total += mean * 0.5;
+            let mean = (&per_target * mask).sum(Kind::Float) / count.clamp_min(1.0) * 0.5;
+            total = Some(match total {
+                None => mean,
+                Some(t) => t + mean,
+            });
         }
     }
-    total / group_classes().len() as f64
+    total.expect("groups")
+}
+
+/// Classes of each group of the glyph-cover head: for each quadrant of the patch, the glyph whose box
+/// holds the quadrant's centre (none + alphabet).
+pub fn cover_classes() -> Vec<usize> {
+    vec![1 + font::ALPHABET.chars().count(); QUADS]
+}
+
+/// Width of the glyph-cover head's output.
+pub fn cover_width() -> i64 {
+    cover_classes().iter().sum::<usize>() as i64
+}
+
+/// Glyph-cover targets of one image: `[num_patches * 4]`, row-major patches, quadrants row-major. The
+/// centre targets of [`patch_targets`] name each glyph once (its centre's quadrant); a 5x7 glyph covers
+/// ~2 quadrant centres and a 10x14 one ~9, so these give every patch that holds a piece of a glyph the
+/// glyph's name: several times the signal per image for learning to recognize glyphs from their parts.
+/// Glyphs are at least one font pixel apart, so no quadrant centre lies in two glyph boxes.
+pub fn cover_targets(meta: &SampleMeta, patch: u32) -> Vec<i64> {
+    let per_row = meta.image_size / patch;
+    let half = patch / 2;
+    let mut t = vec![0i64; (per_row * per_row) as usize * QUADS];
+    for pr in 0..per_row {
+        for pc in 0..per_row {
+            for q in 0..QUADS as u32 {
+                // The quadrant's centre pixel.
+                let x = pc * patch + (q % 2) * half + half / 2;
+                let y = pr * patch + (q / 2) * half + half / 2;
+                let covering = meta.glyphs.iter().find(|g| {
+                    g.bbox.x <= x
+                        && x < g.bbox.x + g.bbox.w
+                        && g.bbox.y <= y
+                        && y < g.bbox.y + g.bbox.h
+                });
+                if let Some(ci) =
+                    covering.and_then(|g| font::ALPHABET.chars().position(|c| c == g.ch))
+                {
+                    t[(pr * per_row + pc) as usize * QUADS + q as usize] = 1 + ci as i64;
+                }
+            }
+        }
+    }
+    t
+}
+
+/// Balanced loss ([`aux_loss_balanced`]) of the glyph-cover head, mean over its groups.
+/// `logits`: `[B, N, cover_width]`; `targets`: `[B, N, 4]`.
+pub fn cover_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
+    balanced_loss(groups_of(logits, targets, cover_classes())) / QUADS as f64
+}
+
+/// Of the glyph centres in the batch (the quadrant glyph groups' named targets), how many the head
+/// names right: `(right, total)`. Every training batch is freshly generated, so measured before the
+/// step's update this is held-out accuracy; it says whether the visual tokens carry glyph identity.
+pub fn glyph_hits(logits: &Tensor, targets: &Tensor) -> (i64, i64) {
+    let _guard = tch::no_grad_guard();
+    let (mut right, mut total) = (0, 0);
+    for (group_logits, target) in groups(logits, targets).take(QUADS) {
+        let named = target.ne(0);
+        let hit = group_logits
+            .argmax(1, false)
+            .eq_tensor(&target)
+            .logical_and(&named);
+        right += hit.sum(Kind::Int64).int64_value(&[]);
+        total += named.sum(Kind::Int64).int64_value(&[]);
+    }
+    (right, total)
 }
 
 /// `logits` with the shape groups' kind and colour classes (not their "none" class) replaced by the
@@ -308,9 +392,58 @@ mod tests {
         }
     }
 
-    /// The balanced loss, recomputed naively with scalar loops: for each group, the mean of
+    /// The balanced loss recomputed naively with scalar loops: for each group, the mean of
     /// `-log softmax` over the "none" targets and over the others, each halved, averaged over groups.
-    /// Group 0 of the second case has no named target, so only its "none" half counts.
+    /// `logits`: `[rows, width]`; `targets`: `[rows * groups]`.
+    fn naive_balanced(logits: &Tensor, targets: &[i64], classes: &[usize]) -> f64 {
+        let rows = logits.size()[0];
+        let flat: Vec<Vec<f64>> = (0..rows)
+            .map(|r| {
+                let row = logits.get(r);
+                (0..logits.size()[1])
+                    .map(|k| row.double_value(&[k]))
+                    .collect()
+            })
+            .collect();
+        let mut want = 0.0;
+        let mut offset = 0;
+        for (g, &c) in classes.iter().enumerate() {
+            let (mut sums, mut counts) = ([0.0f64; 2], [0usize; 2]);
+            for (r, row) in flat.iter().enumerate() {
+                let z = &row[offset..offset + c];
+                let lse = z.iter().map(|v| v.exp()).sum::<f64>().ln();
+                let y = targets[r * classes.len() + g] as usize;
+                let side = (y != 0) as usize;
+                sums[side] += lse - z[y];
+                counts[side] += 1;
+            }
+            for side in 0..2 {
+                if counts[side] > 0 {
+                    want += 0.5 * sums[side] / counts[side] as f64;
+                }
+            }
+            offset += c;
+        }
+        want / classes.len() as f64
+    }
+
+    /// Deterministic targets for `rows` rows of `classes` groups; group 0 all "none" if asked.
+    fn some_targets(rows: usize, classes: &[usize], zero_group0: bool) -> Vec<i64> {
+        (0..rows)
+            .flat_map(|r| {
+                classes.iter().enumerate().map(move |(g, &c)| {
+                    if zero_group0 && g == 0 {
+                        0
+                    } else {
+                        ((r * 7 + g * 3) % c) as i64
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// The balanced loss against [`naive_balanced`]. Group 0 of the second case has no named target,
+    /// so only its "none" half counts.
     #[test]
     fn balanced_loss_matches_a_naive_recomputation() {
         let classes = group_classes();
@@ -318,50 +451,98 @@ mod tests {
         tch::manual_seed(3);
         let logits = Tensor::randn([b, n, head_width()], (Kind::Float, Device::Cpu));
         for zero_group0 in [false, true] {
-            let targets: Vec<i64> = (0..(b * n) as usize)
-                .flat_map(|r| {
-                    classes
-                        .iter()
-                        .enumerate()
-                        .map(move |(g, &c)| {
-                            if zero_group0 && g == 0 {
-                                0
-                            } else {
-                                ((r * 7 + g * 3) % c) as i64
-                            }
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect();
+            let targets = some_targets((b * n) as usize, &classes, zero_group0);
             let t = Tensor::from_slice(&targets).reshape([b, n, classes.len() as i64]);
             let got = aux_loss_balanced(&logits, &t).double_value(&[]);
-            let flat: Vec<Vec<f64>> = (0..b * n)
-                .map(|r| {
-                    let row = logits.reshape([b * n, -1]).get(r);
-                    (0..head_width()).map(|k| row.double_value(&[k])).collect()
-                })
-                .collect();
-            let mut want = 0.0;
-            let mut offset = 0;
-            for (g, &c) in classes.iter().enumerate() {
-                let (mut sums, mut counts) = ([0.0f64; 2], [0usize; 2]);
-                for (r, row) in flat.iter().enumerate() {
-                    let z = &row[offset..offset + c];
-                    let lse = z.iter().map(|v| v.exp()).sum::<f64>().ln();
-                    let y = targets[r * classes.len() + g] as usize;
-                    let side = (y != 0) as usize;
-                    sums[side] += lse - z[y];
-                    counts[side] += 1;
-                }
-                for side in 0..2 {
-                    if counts[side] > 0 {
-                        want += 0.5 * sums[side] / counts[side] as f64;
-                    }
-                }
-                offset += c;
-            }
-            want /= classes.len() as f64;
+            let want = naive_balanced(&logits.reshape([b * n, -1]), &targets, &classes);
             assert!((got - want).abs() < 1e-5, "{got} vs {want}");
         }
+    }
+
+    /// The glyph-cover loss against the same naive recomputation, over the cover head's groups.
+    #[test]
+    fn cover_loss_matches_a_naive_recomputation() {
+        let classes = cover_classes();
+        let (b, n) = (3i64, 4i64);
+        tch::manual_seed(5);
+        let logits = Tensor::randn([b, n, cover_width()], (Kind::Float, Device::Cpu));
+        for zero_group0 in [false, true] {
+            let targets = some_targets((b * n) as usize, &classes, zero_group0);
+            let t = Tensor::from_slice(&targets).reshape([b, n, classes.len() as i64]);
+            let got = cover_loss(&logits, &t).double_value(&[]);
+            let want = naive_balanced(&logits.reshape([b * n, -1]), &targets, &classes);
+            assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        }
+    }
+
+    /// Cover targets against the drawn glyphs: every named quadrant centre lies in the box of a glyph
+    /// of that name, every glyph is named (a 5-pixel-wide, 7-high box always holds a quadrant centre),
+    /// and the count of named quadrants equals, glyph by glyph, the number of centre columns
+    /// (x = 4k + 2) times centre rows in its box, counted arithmetically.
+    #[test]
+    fn cover_targets_name_each_glyph_where_it_is_drawn() {
+        let gen = GenConfig::default().with_glyphs(1, 3);
+        let alphabet: Vec<char> = font::ALPHABET.chars().collect();
+        for cat in [Category::ReadText, Category::BoxedChar] {
+            for i in 0..20 {
+                let s = generate(&gen, cat, 11, i).unwrap();
+                let t = cover_targets(&s.meta, 8);
+                assert_eq!(t.len(), 64 * QUADS);
+                let mut named = std::collections::BTreeSet::new();
+                for (k, &c) in t.iter().enumerate() {
+                    if c == 0 {
+                        continue;
+                    }
+                    let (p, q) = (k / QUADS, k % QUADS);
+                    let x = (p % 8) as u32 * 8 + (q % 2) as u32 * 4 + 2;
+                    let y = (p / 8) as u32 * 8 + (q / 2) as u32 * 4 + 2;
+                    let ch = alphabet[c as usize - 1];
+                    assert!(
+                        s.meta.glyphs.iter().any(|g| g.ch == ch
+                            && (g.bbox.x..g.bbox.x + g.bbox.w).contains(&x)
+                            && (g.bbox.y..g.bbox.y + g.bbox.h).contains(&y)),
+                        "{cat:?} {i}: quadrant {k} named {ch} outside any {ch}"
+                    );
+                    named.insert(ch);
+                }
+                let drawn: std::collections::BTreeSet<char> =
+                    s.meta.glyphs.iter().map(|g| g.ch).collect();
+                assert_eq!(named, drawn, "{cat:?} {i}");
+                let centres =
+                    |start: u32, len: u32| (start..start + len).filter(|v| v % 4 == 2).count();
+                let want: usize = s
+                    .meta
+                    .glyphs
+                    .iter()
+                    .map(|g| centres(g.bbox.x, g.bbox.w) * centres(g.bbox.y, g.bbox.h))
+                    .sum();
+                assert_eq!(t.iter().filter(|&&c| c != 0).count(), want, "{cat:?} {i}");
+            }
+        }
+    }
+
+    /// Glyph hits count only the named centre targets of the glyph groups, right when the head's
+    /// largest logit is the target's class.
+    #[test]
+    fn glyph_hits_count_named_glyph_centres() {
+        let classes = group_classes();
+        let (b, n) = (2i64, 3i64);
+        let rows = (b * n) as usize;
+        // Row r names glyph r + 1 in quadrant r % 4 (and nothing in the other glyph groups).
+        let mut targets = vec![0i64; rows * classes.len()];
+        for r in 0..rows {
+            targets[r * classes.len() + r % QUADS] = r as i64 + 1;
+        }
+        let mut logits = vec![0f32; rows * head_width() as usize];
+        for r in 0..rows {
+            // Right for even rows, glyph r + 2 for odd ones; "none" elsewhere is irrelevant.
+            let g = r % QUADS;
+            let offset: usize = classes[..g].iter().sum();
+            let class = if r % 2 == 0 { r + 1 } else { r + 2 };
+            logits[r * head_width() as usize + offset + class] = 5.0;
+        }
+        let logits = Tensor::from_slice(&logits).reshape([b, n, head_width()]);
+        let t = Tensor::from_slice(&targets).reshape([b, n, classes.len() as i64]);
+        assert_eq!(glyph_hits(&logits, &t), (3, rows as i64));
     }
 }

@@ -232,6 +232,16 @@ pub struct TrainConfig {
     /// ([`aux::aux_loss_balanced`]) instead of "nothing here" at 0.2 per target ([`aux::aux_loss`]).
     #[serde(default)]
     pub aux_balanced: bool,
+    /// A second training-only per-patch head names, for each quadrant of each patch, the glyph whose
+    /// box holds the quadrant's centre ([`aux::cover_targets`]): every piece of a glyph is supervised,
+    /// not only its centre (balanced loss, added to the per-patch loss).
+    #[serde(default)]
+    pub aux_glyph_cover: bool,
+    /// Sampling weight of the reading categories during the vision stage (default: `fine_weight`).
+    /// Glyphs are the slow part of the tower's learning and need many glyph images; the decoder
+    /// phase keeps `fine_weight`.
+    #[serde(default)]
+    pub vision_stage_fine_weight: Option<f64>,
 }
 
 /// The decoder layer whose input the early-answer head reads: halfway up. The shape word comes after
@@ -297,6 +307,8 @@ impl TrainConfig {
             vision_stage_steps: 0,
             vision_init_hf: false,
             aux_balanced: false,
+            aux_glyph_cover: false,
+            vision_stage_fine_weight: None,
         }
     }
 
@@ -740,6 +752,8 @@ fn batch_samples(cfg: &TrainConfig, step: usize) -> Result<Vec<SynthSample>> {
             if c.kind() == synthetic::TaskKind::Fine {
                 if step < cfg.fine_start() {
                     0.0
+                } else if step < cfg.vision_stage_steps {
+                    cfg.vision_stage_fine_weight.unwrap_or(cfg.fine_weight)
                 } else {
                     cfg.fine_weight
                 }
@@ -924,6 +938,9 @@ pub struct StepLosses {
     pub attend: f64,
     /// Cross-entropy of the early answer at the question's shape word (0 when off).
     pub early_answer: f64,
+    /// Glyph centres of this (fresh) batch that the per-patch head named right, and all of them
+    /// ([`aux::glyph_hits`]; (0, 0) without the per-patch loss or glyphs).
+    pub glyph_hits: (i64, i64),
 }
 
 /// When a call to [`train`] returns before the run is finished (a checkpoint is written first), so
@@ -1063,6 +1080,16 @@ pub fn train(
         params.push(("early_answer_head.weight".into(), w));
         params.push(("early_answer_head.bias".into(), b));
     }
+    // The glyph-cover head (training only), in the same file as the per-patch head.
+    let cover_idx = params.len();
+    if cfg.aux_glyph_cover {
+        let seed = cfg.seed as i64 ^ 0xc0fe;
+        let name = "glyph_cover_head";
+        let width = aux::cover_width();
+        let (w, b) = linear_head(&aux_file, resuming, name, width, cfg, seed, device)?;
+        params.push(("glyph_cover_head.weight".into(), w));
+        params.push(("glyph_cover_head.bias".into(), b));
+    }
     let mut opt = AdamW::new(&params);
     let moments = ckpt.join("optimizer.safetensors");
     if state.step > 0 && moments.exists() {
@@ -1147,6 +1174,7 @@ pub fn train(
             None
         };
         let mut aux_l = None;
+        let mut glyph_hits = (0, 0);
         if let (true, Some(features)) = (cfg.aux_weight > 0.0, &features) {
             let (w, bias) = (&params[n_model_params].1, &params[n_model_params + 1].1);
             let aux_in = if cfg.aux_normalized {
@@ -1171,11 +1199,24 @@ pub fn train(
             let targets = Tensor::from_slice(&targets)
                 .reshape([n_img, features.size()[1], -1])
                 .to_device(device);
-            aux_l = Some(if cfg.aux_balanced {
+            glyph_hits = aux::glyph_hits(&aux_logits, &targets);
+            let mut l = if cfg.aux_balanced {
                 aux::aux_loss_balanced(&aux_logits, &targets)
             } else {
                 aux::aux_loss(&aux_logits, &targets)
-            });
+            };
+            if cfg.aux_glyph_cover {
+                let (w, bias) = (&params[cover_idx].1, &params[cover_idx + 1].1);
+                let cover: Vec<i64> = with_image
+                    .iter()
+                    .flat_map(|&i| aux::cover_targets(&samples[i].meta, cfg.spec.patch_size as u32))
+                    .collect();
+                let cover = Tensor::from_slice(&cover)
+                    .reshape([n_img, features.size()[1], -1])
+                    .to_device(device);
+                l += aux::cover_loss(&aux_in.linear(w, Some(bias)), &cover);
+            }
+            aux_l = Some(l);
         }
         let aux_loss_v = aux_l.as_ref().map_or(0.0, |l| l.double_value(&[]));
         // The answer loss and every decoder-side term; none of them in the vision stage.
@@ -1323,6 +1364,7 @@ pub fn train(
                 aux: aux_loss_v,
                 attend: attend_v,
                 early_answer: early_v,
+                glyph_hits,
             },
             lr,
         );
@@ -1366,6 +1408,47 @@ pub fn train(
 mod scene_tests {
     use super::*;
     use horizon_data::synthetic::ShapeKind;
+
+    /// The vision stage samples the reading categories at its own weight, the decoder phase at
+    /// `fine_weight`; before `fine_start` there are none in either.
+    #[test]
+    fn vision_stage_samples_reading_at_its_own_weight() {
+        let mut cfg = TrainConfig::new(SmallModelSpec::small(), 100, 0);
+        cfg.batch_size = 64;
+        cfg.coarse_only_fraction = 0.1;
+        cfg.vision_stage_steps = 50;
+        cfg.fine_weight = 1.0;
+        let fine_share = |cfg: &TrainConfig, step: usize| {
+            let batch = batch_samples(cfg, step).unwrap();
+            let fine = batch
+                .iter()
+                .filter(|s| s.category.kind() == synthetic::TaskKind::Fine)
+                .count();
+            fine as f64 / batch.len() as f64
+        };
+        cfg.vision_stage_fine_weight = Some(0.0);
+        assert_eq!(fine_share(&cfg, 5), 0.0);
+        assert_eq!(fine_share(&cfg, 30), 0.0);
+        assert!(fine_share(&cfg, 60) > 0.0);
+        // Weight 100 against the three coarse categories at 1: reading is ~98.5% of the stage.
+        cfg.vision_stage_fine_weight = Some(100.0);
+        assert_eq!(fine_share(&cfg, 5), 0.0);
+        assert!(fine_share(&cfg, 30) > 0.9);
+        let decoder = fine_share(&cfg, 60);
+        assert!(decoder > 0.0 && decoder < 0.9, "{decoder}");
+        // Without it the stage uses fine_weight, as before the option existed.
+        cfg.vision_stage_fine_weight = None;
+        let mut plain = cfg.clone();
+        plain.vision_stage_steps = 0;
+        let cats = |cfg: &TrainConfig| -> Vec<Category> {
+            batch_samples(cfg, 30)
+                .unwrap()
+                .iter()
+                .map(|s| s.category)
+                .collect()
+        };
+        assert_eq!(cats(&cfg), cats(&plain));
+    }
 
     #[test]
     fn asked_kind_names_the_shape_of_every_coarse_question() {
