@@ -182,6 +182,11 @@ pub struct TrainArgs {
     /// Glyph recognition is the slow part of the tower's learning and needs many glyph images.
     #[arg(long)]
     vision_stage_fine_weight: Option<f64>,
+    /// Learning-rate multiplier of the vision tower and the projector after the vision stage (1: the
+    /// decoder's rate; 0: frozen). At the decoder's fresh peak rate the untrained decoder's gradients
+    /// undo the glyph features of the stage (measured, README).
+    #[arg(long, default_value_t = 1.0)]
+    decoder_phase_vision_lr: f64,
 }
 
 /// A loss weight must be finite and >= 0.
@@ -218,6 +223,8 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         check_weight("--vision-stage-fine-weight", w)?;
     }
     cfg.vision_stage_fine_weight = args.vision_stage_fine_weight;
+    check_weight("--decoder-phase-vision-lr", args.decoder_phase_vision_lr)?;
+    cfg.decoder_phase_vision_lr = args.decoder_phase_vision_lr;
     if cfg.aux_glyph_cover && cfg.aux_weight == 0.0 {
         anyhow::bail!("--aux-glyph-cover: the glyph-cover head is part of the per-patch loss, which --aux-weight 0 turns off");
     }

@@ -233,7 +233,8 @@ fn shape_word_options_train_and_export() {
 
 /// The vision stage trains the vision side alone: after it, every decoder weight is still its initial
 /// value (read from a run at learning rate 0, same seed) while the tower and the projector have moved;
-/// its steps report no answer loss, and the decoder starts training on the first step after it.
+/// its steps report no answer loss, and the decoder starts training on the first step after it (the
+/// vision side too, unless `decoder_phase_vision_lr` is 0).
 #[test]
 fn vision_stage_trains_only_the_vision_side() {
     let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
@@ -277,6 +278,24 @@ fn vision_stage_trains_only_the_vision_side() {
             .all(|(_, m)| *m));
     }
     assert!(changed(&after_stage, &after_one_more, "language_model.")
+        .iter()
+        .any(|(_, m)| *m));
+    // With the vision side's rate at 0 after the stage, the step after it moves the decoder only.
+    let mut frozen_after = staged.clone();
+    frozen_after.decoder_phase_vision_lr = 0.0;
+    let (frozen_one_more, _, _d3) = stop_after(&frozen_after, 3);
+    for prefix in ["vision_tower.", "multi_modal_projector."] {
+        let vision = changed(&after_stage, &frozen_one_more, prefix);
+        assert!(!vision.is_empty());
+        for (name, moved) in vision {
+            assert!(!moved, "{name} changed after the stage at rate 0");
+        }
+        // ... where at the default rate it moves.
+        assert!(changed(&after_stage, &after_one_more, prefix)
+            .iter()
+            .any(|(_, m)| *m));
+    }
+    assert!(changed(&after_stage, &frozen_one_more, "language_model.")
         .iter()
         .any(|(_, m)| *m));
 }

@@ -242,6 +242,15 @@ pub struct TrainConfig {
     /// phase keeps `fine_weight`.
     #[serde(default)]
     pub vision_stage_fine_weight: Option<f64>,
+    /// Learning-rate multiplier of the vision tower and the projector after the vision stage (1: the
+    /// decoder's rate; 0: frozen). Measured: at the decoder's fresh 2e-3 the untrained decoder's
+    /// gradients undo the stage's glyph features (README, session 6).
+    #[serde(default = "one")]
+    pub decoder_phase_vision_lr: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// The decoder layer whose input the early-answer head reads: halfway up. The shape word comes after
@@ -309,6 +318,7 @@ impl TrainConfig {
             aux_balanced: false,
             aux_glyph_cover: false,
             vision_stage_fine_weight: None,
+            decoder_phase_vision_lr: 1.0,
         }
     }
 
@@ -694,14 +704,23 @@ impl AdamW {
         }
     }
 
-    fn step(&mut self, params: &[(String, Tensor)], lr: f64, wd: f64, step: usize) {
+    /// `lr_scale(i)`: multiplier of the learning rate of parameter `i` (0 skips it).
+    fn step(
+        &mut self,
+        params: &[(String, Tensor)],
+        lr: f64,
+        wd: f64,
+        step: usize,
+        lr_scale: impl Fn(usize) -> f64,
+    ) {
         let _guard = tch::no_grad_guard();
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
         let t = (step + 1) as i32;
         let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
         for (i, (_, p)) in params.iter().enumerate() {
             let g = p.grad();
-            if !g.defined() {
+            let lr = lr * lr_scale(i);
+            if !g.defined() || lr == 0.0 {
                 continue;
             }
             let _ = self.m[i].g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
@@ -1091,6 +1110,11 @@ pub fn train(
         params.push(("glyph_cover_head.bias".into(), b));
     }
     let mut opt = AdamW::new(&params);
+    // The tower and the projector, whose rate --decoder-phase-vision-lr scales after the stage.
+    let is_vision_side: Vec<bool> = params
+        .iter()
+        .map(|(n, _)| n.contains("vision_tower.") || n.contains("multi_modal_projector."))
+        .collect();
     let moments = ckpt.join("optimizer.safetensors");
     if state.step > 0 && moments.exists() {
         let saved: std::collections::HashMap<String, Tensor> =
@@ -1347,7 +1371,14 @@ pub fn train(
         loss.backward();
         clip_grad_norm(&params, cfg.grad_clip);
         let lr = cfg.lr_at(step);
-        opt.step(&params, lr, cfg.weight_decay, step);
+        let after_stage = !vision_stage && cfg.vision_stage_steps > 0;
+        opt.step(&params, lr, cfg.weight_decay, step, |i| {
+            if after_stage && is_vision_side[i] {
+                cfg.decoder_phase_vision_lr
+            } else {
+                1.0
+            }
+        });
         let loss_v = loss.double_value(&[]);
         if !loss_v.is_finite() {
             bail!("training diverged at step {step} (loss {loss_v})");
