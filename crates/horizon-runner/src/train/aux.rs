@@ -442,37 +442,35 @@ mod tests {
             .collect()
     }
 
-    /// The balanced loss against [`naive_balanced`]. Group 0 of the second case has no named target,
-    /// so only its "none" half counts.
-    #[test]
-    fn balanced_loss_matches_a_naive_recomputation() {
-        let classes = group_classes();
+    /// `loss` (a balanced loss over the groups `classes`, `width` wide) against [`naive_balanced`] on
+    /// random logits. In the second case group 0 has no named target, so only its "none" half counts.
+    fn check_balanced(
+        loss: fn(&Tensor, &Tensor) -> Tensor,
+        classes: &[usize],
+        width: i64,
+        seed: i64,
+    ) {
         let (b, n) = (2i64, 5i64);
-        tch::manual_seed(3);
-        let logits = Tensor::randn([b, n, head_width()], (Kind::Float, Device::Cpu));
+        tch::manual_seed(seed);
+        let logits = Tensor::randn([b, n, width], (Kind::Float, Device::Cpu));
         for zero_group0 in [false, true] {
-            let targets = some_targets((b * n) as usize, &classes, zero_group0);
+            let targets = some_targets((b * n) as usize, classes, zero_group0);
             let t = Tensor::from_slice(&targets).reshape([b, n, classes.len() as i64]);
-            let got = aux_loss_balanced(&logits, &t).double_value(&[]);
-            let want = naive_balanced(&logits.reshape([b * n, -1]), &targets, &classes);
+            let got = loss(&logits, &t).double_value(&[]);
+            let want = naive_balanced(&logits.reshape([b * n, -1]), &targets, classes);
             assert!((got - want).abs() < 1e-5, "{got} vs {want}");
         }
     }
 
-    /// The glyph-cover loss against the same naive recomputation, over the cover head's groups.
+    #[test]
+    fn balanced_loss_matches_a_naive_recomputation() {
+        check_balanced(aux_loss_balanced, &group_classes(), head_width(), 3);
+    }
+
+    /// The glyph-cover head's loss, over its own groups.
     #[test]
     fn cover_loss_matches_a_naive_recomputation() {
-        let classes = cover_classes();
-        let (b, n) = (3i64, 4i64);
-        tch::manual_seed(5);
-        let logits = Tensor::randn([b, n, cover_width()], (Kind::Float, Device::Cpu));
-        for zero_group0 in [false, true] {
-            let targets = some_targets((b * n) as usize, &classes, zero_group0);
-            let t = Tensor::from_slice(&targets).reshape([b, n, classes.len() as i64]);
-            let got = cover_loss(&logits, &t).double_value(&[]);
-            let want = naive_balanced(&logits.reshape([b * n, -1]), &targets, &classes);
-            assert!((got - want).abs() < 1e-5, "{got} vs {want}");
-        }
+        check_balanced(cover_loss, &cover_classes(), cover_width(), 5);
     }
 
     /// Cover targets against the drawn glyphs: every named quadrant centre lies in the box of a glyph

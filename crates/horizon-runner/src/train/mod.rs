@@ -1216,13 +1216,17 @@ pub fn train(
                     &embed.index_select(0, color_word_ids),
                 );
             }
-            let targets: Vec<i64> = with_image
-                .iter()
-                .flat_map(|&i| aux::patch_targets(&samples[i].meta, cfg.spec.patch_size as u32))
-                .collect();
-            let targets = Tensor::from_slice(&targets)
-                .reshape([n_img, features.size()[1], -1])
-                .to_device(device);
+            // `[images, patches, groups]` targets of the image samples, from one of aux's target fns.
+            let batch_targets = |targets_of: fn(&synthetic::SampleMeta, u32) -> Vec<i64>| {
+                let t: Vec<i64> = with_image
+                    .iter()
+                    .flat_map(|&i| targets_of(&samples[i].meta, cfg.spec.patch_size as u32))
+                    .collect();
+                Tensor::from_slice(&t)
+                    .reshape([n_img, features.size()[1], -1])
+                    .to_device(device)
+            };
+            let targets = batch_targets(aux::patch_targets);
             glyph_hits = aux::glyph_hits(&aux_logits, &targets);
             let mut l = if cfg.aux_balanced {
                 aux::aux_loss_balanced(&aux_logits, &targets)
@@ -1231,13 +1235,7 @@ pub fn train(
             };
             if cfg.aux_glyph_cover {
                 let (w, bias) = (&params[cover_idx].1, &params[cover_idx + 1].1);
-                let cover: Vec<i64> = with_image
-                    .iter()
-                    .flat_map(|&i| aux::cover_targets(&samples[i].meta, cfg.spec.patch_size as u32))
-                    .collect();
-                let cover = Tensor::from_slice(&cover)
-                    .reshape([n_img, features.size()[1], -1])
-                    .to_device(device);
+                let cover = batch_targets(aux::cover_targets);
                 l += aux::cover_loss(&aux_in.linear(w, Some(bias)), &cover);
             }
             aux_l = Some(l);
