@@ -264,11 +264,23 @@ fn vision_stage_trains_only_the_vision_side() {
             .map(|((n, x), (_, y))| (n.clone(), !x.equal(y)))
             .collect::<Vec<_>>()
     };
-    let decoder = changed(&initial, &after_stage, "language_model.");
-    assert!(!decoder.is_empty());
-    for (name, moved) in decoder {
-        assert!(!moved, "{name} changed during the vision stage");
-    }
+    // Every weight under `prefix` (there is at least one) is the same in `a` and `b`.
+    let unmoved = |a: &[(String, Tensor)], b: &[(String, Tensor)], prefix: &str, when: &str| {
+        let weights = changed(a, b, prefix);
+        assert!(!weights.is_empty());
+        for (name, moved) in weights {
+            assert!(!moved, "{name} changed {when}");
+        }
+    };
+    let any_moved = |a: &[(String, Tensor)], b: &[(String, Tensor)], prefix: &str| {
+        changed(a, b, prefix).iter().any(|(_, m)| *m)
+    };
+    unmoved(
+        &initial,
+        &after_stage,
+        "language_model.",
+        "during the vision stage",
+    );
     for prefix in [
         "vision_tower.vision_model.encoder.",
         "multi_modal_projector.",
@@ -277,27 +289,22 @@ fn vision_stage_trains_only_the_vision_side() {
             .iter()
             .all(|(_, m)| *m));
     }
-    assert!(changed(&after_stage, &after_one_more, "language_model.")
-        .iter()
-        .any(|(_, m)| *m));
+    assert!(any_moved(&after_stage, &after_one_more, "language_model."));
     // With the vision side's rate at 0 after the stage, the step after it moves the decoder only.
     let mut frozen_after = staged.clone();
     frozen_after.decoder_phase_vision_lr = 0.0;
     let (frozen_one_more, _, _d3) = stop_after(&frozen_after, 3);
     for prefix in ["vision_tower.", "multi_modal_projector."] {
-        let vision = changed(&after_stage, &frozen_one_more, prefix);
-        assert!(!vision.is_empty());
-        for (name, moved) in vision {
-            assert!(!moved, "{name} changed after the stage at rate 0");
-        }
+        unmoved(
+            &after_stage,
+            &frozen_one_more,
+            prefix,
+            "after the stage at rate 0",
+        );
         // ... where at the default rate it moves.
-        assert!(changed(&after_stage, &after_one_more, prefix)
-            .iter()
-            .any(|(_, m)| *m));
+        assert!(any_moved(&after_stage, &after_one_more, prefix));
     }
-    assert!(changed(&after_stage, &frozen_one_more, "language_model.")
-        .iter()
-        .any(|(_, m)| *m));
+    assert!(any_moved(&after_stage, &frozen_one_more, "language_model."));
 }
 
 /// The learning rate warms up and decays once over the vision stage and once over the rest.
