@@ -11,7 +11,7 @@ use horizon_data::imageproc::to_rgb_like_pil;
 use horizon_data::synthetic::{self, GenConfig};
 use horizon_runner::device::parse_device;
 use horizon_runner::generate::{generate_greedy, GenerationConfig};
-use horizon_runner::train::{train, SmallModelSpec, StopAt, TrainConfig};
+use horizon_runner::train::{extend_run, train, SmallModelSpec, StopAt, TrainConfig};
 use horizon_runner::Intervention;
 
 use crate::{load_model, ModelOptions};
@@ -187,6 +187,12 @@ pub struct TrainArgs {
     /// undo the glyph features of the stage (measured, README).
     #[arg(long, default_value_t = 1.0)]
     decoder_phase_vision_lr: f64,
+    /// Lengthen the checkpointed run in --run-dir (finished or not) to --steps and go on training;
+    /// every other setting must be the run's own. The last phase's cosine schedule is stretched to the
+    /// new length from the current step on (a warm restart, not the same as planning --steps from the
+    /// start).
+    #[arg(long)]
+    extend: bool,
 }
 
 /// A loss weight must be finite and >= 0.
@@ -239,6 +245,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         );
     }
     cfg.warmup_steps = args.warmup_steps;
+    check_weight("--fine-weight", args.fine_weight)?;
     cfg.fine_weight = args.fine_weight;
     cfg.max_glyphs = args.max_glyphs;
     cfg.curriculum_fraction = args.curriculum_fraction;
@@ -272,6 +279,15 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     }
     if args.max_glyphs == 0 || args.batch_size == 0 || args.steps == 0 {
         anyhow::bail!("--max-glyphs, --batch-size and --steps must be at least 1");
+    }
+    if args.extend {
+        let at = extend_run(&cfg, &args.run_dir)?;
+        eprintln!(
+            "extended {} to {} steps; resuming at step {at} (lr {:.2e})",
+            args.run_dir.display(),
+            cfg.steps,
+            cfg.lr_at(at)
+        );
     }
     let bar = ProgressBar::new(args.steps as u64);
     bar.set_style(

@@ -4,7 +4,7 @@
 use tch::{Device, Kind, Tensor};
 
 use horizon_runner::processor::{Processor, PromptTemplate};
-use horizon_runner::train::{train, SmallModelSpec, StepLosses, StopAt, TrainConfig};
+use horizon_runner::train::{extend_run, train, SmallModelSpec, StepLosses, StopAt, TrainConfig};
 use horizon_runner::VlModel;
 
 /// Random initialization seeds libtorch's global generator (`tch::manual_seed`), so training runs in
@@ -133,6 +133,68 @@ fn resumed_training_equals_uninterrupted() {
         .iter()
         .all(|n| !n.contains("aux_head") && !n.contains("question_head") && !n.contains("early")));
     assert!(b.path().join("checkpoint/aux_head.safetensors").exists());
+}
+
+/// A finished run, lengthened with `extend_run`, goes on from its last checkpoint (not from scratch) on
+/// the longer schedule; anything but a larger `steps` is refused, naming the state file.
+#[test]
+fn extended_run_goes_on_from_its_checkpoint() {
+    let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = micro();
+    let (short, _, dir) = train_to_end(&cfg);
+    let short_weights = weights(&short);
+
+    let mut longer = cfg.clone();
+    longer.steps = 6;
+    // Without extending, the longer settings do not match the checkpoint.
+    assert!(train(
+        &longer,
+        dir.path(),
+        Device::Cpu,
+        StopAt::default(),
+        |_, _, _| {}
+    )
+    .is_err());
+    // Only a larger step count may change.
+    let mut same = cfg.clone();
+    let err = extend_run(&same, dir.path()).unwrap_err().to_string();
+    assert!(err.contains("state.json") && err.contains("steps"), "{err}");
+    same.steps = 6;
+    same.lr *= 2.0;
+    let err = extend_run(&same, dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("state.json") && err.contains("config"),
+        "{err}"
+    );
+    let none = tempfile::tempdir().unwrap();
+    let err = extend_run(&longer, none.path()).unwrap_err().to_string();
+    assert!(err.contains("state.json"), "{err}");
+
+    assert_eq!(extend_run(&longer, dir.path()).unwrap(), 4);
+    let mut seen = Vec::new();
+    let extended = train(
+        &longer,
+        dir.path(),
+        Device::Cpu,
+        StopAt::default(),
+        |s, _, lr| seen.push((s, lr)),
+    )
+    .unwrap()
+    .unwrap();
+    // Steps 4 and 5 only, at the longer schedule's rates.
+    assert_eq!(seen, vec![(4, longer.lr_at(4)), (5, longer.lr_at(5))]);
+    // The step-4 checkpoint was the finished short run, so every weight starts there and moves on.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["step"], 6);
+    assert_eq!(state["config"]["steps"], 6);
+    let ext = weights(&extended);
+    assert_eq!(ext.len(), short_weights.len());
+    assert!(ext
+        .iter()
+        .zip(&short_weights)
+        .any(|((_, a), (_, b))| !a.equal(b)));
 }
 
 /// The attention supervision is wired into the loss: its evidence mass is reported only when it is on,

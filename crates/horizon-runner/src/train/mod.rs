@@ -972,6 +972,42 @@ pub struct StopAt {
     pub seconds: Option<f64>,
 }
 
+/// Lengthens a checkpointed run in `run_dir` to `cfg.steps`, so that the next [`train`] with `cfg`
+/// resumes it and goes on (also after the run has finished). Every other setting must equal the
+/// checkpoint's. The last phase's cosine schedule is recomputed for the new length, so from the
+/// current step on the learning rate jumps to where the longer schedule would be (a warm restart), and
+/// the result differs from a run planned with `cfg.steps` from the start. The coarse-only phase and the
+/// glyph curriculum are fractions of the steps too and move with them (nothing changes for a run
+/// already past both). Returns the checkpoint's step.
+pub fn extend_run(cfg: &TrainConfig, run_dir: &Path) -> Result<usize> {
+    let state_path = run_dir.join("state.json");
+    let text = std::fs::read_to_string(&state_path)
+        .with_context(|| format!("{}: no run to extend", state_path.display()))?;
+    let mut state: TrainerState = serde_json::from_str(&text)
+        .with_context(|| format!("{}: invalid trainer state", state_path.display()))?;
+    let old = state.config.steps;
+    if cfg.steps <= old {
+        bail!(
+            "{}: steps: the run already has {old} steps; extending needs more than that (got {})",
+            state_path.display(),
+            cfg.steps
+        );
+    }
+    let mut same_but_steps = cfg.clone();
+    same_but_steps.steps = old;
+    if same_but_steps != state.config {
+        bail!(
+            "{}: config: only --steps may change when extending a run; another setting differs from the checkpoint's",
+            state_path.display()
+        );
+    }
+    state.config.steps = cfg.steps;
+    let tmp = state_path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_string(&state)?)?;
+    std::fs::rename(&tmp, &state_path)?;
+    Ok(state.step)
+}
+
 /// Trains (or resumes) a model into `run_dir` (`checkpoint/`, `state.json`) and exports the final
 /// llava-hf directory to `run_dir/model`, returned as `Some`; `None` when `stop` ended the call first.
 /// `on_step(step, losses, lr)` reports progress.
