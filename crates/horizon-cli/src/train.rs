@@ -198,6 +198,11 @@ pub struct TrainArgs {
     /// --size large: a decoder step takes ~30% longer (the padded batch grows).
     #[arg(long)]
     count_turn: bool,
+    /// Weight of the pooled count loss: a linear head (training only) on the mean of each image's
+    /// normalized visual tokens must name how many circles, squares and triangles it has, so that an
+    /// even look over the image returns a count of objects rather than the area they cover. 0: off.
+    #[arg(long, default_value_t = 0.0)]
+    pooled_count_weight: f64,
     /// Lengthen the checkpointed run in --run-dir (finished or not) to --steps and go on training;
     /// every other setting must be the run's own. The last phase's cosine schedule is stretched to the
     /// new length from the current step on (a warm restart, not the same as planning --steps from the
@@ -286,6 +291,11 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         .map(|t| parse_category_weights(t, args.fine_weight))
         .transpose()?;
     cfg.count_turn = args.count_turn;
+    check_weight("--pooled-count-weight", args.pooled_count_weight)?;
+    if args.pooled_count_weight > 0.0 && args.aux_weight == 0.0 {
+        anyhow::bail!("--pooled-count-weight: the pooled count loss is part of the per-patch loss, which --aux-weight 0 turns off");
+    }
+    cfg.pooled_count_weight = args.pooled_count_weight;
     if cfg.aux_glyph_cover && cfg.aux_weight == 0.0 {
         anyhow::bail!("--aux-glyph-cover: the glyph-cover head is part of the per-patch loss, which --aux-weight 0 turns off");
     }
@@ -353,6 +363,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     );
     let mut avg = None::<(f64, f64, f64, f64)>;
     let mut glyphs = std::collections::VecDeque::<(i64, i64)>::new();
+    let mut counts = std::collections::VecDeque::<(i64, i64)>::new();
     let stop = StopAt {
         step: args.stop_at_step,
         seconds: args.time_budget_minutes.map(|m| m * 60.0),
@@ -391,6 +402,16 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
             .fold((0, 0), |(r, t), &(r2, t2)| (r + r2, t + t2));
         if total > 0 {
             mass += &format!(" glyph acc {:.1}%", 100.0 * right as f64 / total as f64);
+        }
+        counts.push_back(loss.count_hits);
+        if counts.len() > 50 {
+            counts.pop_front();
+        }
+        let (right, total) = counts
+            .iter()
+            .fold((0, 0), |(r, t), &(r2, t2)| (r + r2, t + t2));
+        if total > 0 {
+            mass += &format!(" count acc {:.1}%", 100.0 * right as f64 / total as f64);
         }
         bar.set_message(format!("loss {a:.4}  patch loss {x:.4}{mass}  lr {lr:.2e}"));
         // Logs of background runs (no terminal, so no bar) still show progress.

@@ -260,6 +260,12 @@ pub struct TrainConfig {
     /// recipe.
     #[serde(default)]
     pub count_turn: bool,
+    /// Weight of the pooled count loss ([`aux::pooled_count_loss`]): a training-only linear head on
+    /// the mean of each image's normalized visual tokens names how many shapes of each kind it has,
+    /// so that counting objects, not covered area, is what an even look over the image returns
+    /// (0 turns it off).
+    #[serde(default)]
+    pub pooled_count_weight: f64,
 }
 
 fn one() -> f64 {
@@ -334,6 +340,7 @@ impl TrainConfig {
             decoder_phase_vision_lr: 1.0,
             decoder_category_weights: None,
             count_turn: false,
+            pooled_count_weight: 0.0,
         }
     }
 
@@ -987,6 +994,9 @@ pub struct StepLosses {
     /// Glyph centres of this (fresh) batch that the per-patch head named right, and all of them
     /// ([`aux::glyph_hits`]; (0, 0) without the per-patch loss or glyphs).
     pub glyph_hits: (i64, i64),
+    /// Images of this batch with circles whose circle count the pooled count head named right, and
+    /// all images with circles ((0, 0) when the pooled count loss is off).
+    pub count_hits: (i64, i64),
 }
 
 /// When a call to [`train`] returns before the run is finished (a checkpoint is written first), so
@@ -1172,6 +1182,16 @@ pub fn train(
         params.push(("glyph_cover_head.weight".into(), w));
         params.push(("glyph_cover_head.bias".into(), b));
     }
+    // The pooled count head (training only), in the same file as the per-patch head.
+    let count_idx = params.len();
+    if cfg.pooled_count_weight > 0.0 {
+        let seed = cfg.seed as i64 ^ 0xc0de;
+        let name = "pooled_count_head";
+        let width = aux::pooled_count_width();
+        let (w, b) = linear_head(&aux_file, resuming, name, width, cfg, seed, device)?;
+        params.push(("pooled_count_head.weight".into(), w));
+        params.push(("pooled_count_head.bias".into(), b));
+    }
     let mut opt = AdamW::new(&params);
     // The tower and the projector, whose rate --decoder-phase-vision-lr scales after the stage.
     let is_vision_side: Vec<bool> = params
@@ -1262,6 +1282,7 @@ pub fn train(
         };
         let mut aux_l = None;
         let mut glyph_hits = (0, 0);
+        let mut count_hits = (0, 0);
         if let (true, Some(features)) = (cfg.aux_weight > 0.0, &features) {
             let (w, bias) = (&params[n_model_params].1, &params[n_model_params + 1].1);
             let aux_in = if cfg.aux_normalized {
@@ -1300,6 +1321,20 @@ pub fn train(
                 let (w, bias) = (&params[cover_idx].1, &params[cover_idx + 1].1);
                 let cover = batch_targets(aux::cover_targets);
                 l += aux::cover_loss(&aux_in.linear(w, Some(bias)), &cover);
+            }
+            if cfg.pooled_count_weight > 0.0 {
+                let (w, bias) = (&params[count_idx].1, &params[count_idx + 1].1);
+                let counts: Vec<i64> = with_image
+                    .iter()
+                    .flat_map(|&i| aux::kind_counts(&samples[i].meta))
+                    .collect();
+                let counts = Tensor::from_slice(&counts)
+                    .reshape([n_img, -1])
+                    .to_device(device);
+                let (count_l, hits) =
+                    aux::pooled_count_loss(&rms_normalized(features), w, bias, &counts);
+                count_hits = hits;
+                l += count_l * cfg.pooled_count_weight;
             }
             aux_l = Some(l);
         }
@@ -1457,6 +1492,7 @@ pub fn train(
                 attend: attend_v,
                 early_answer: early_v,
                 glyph_hits,
+                count_hits,
             },
             lr,
         );
