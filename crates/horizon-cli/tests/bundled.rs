@@ -5,6 +5,7 @@
 mod common;
 use common::{horizon, root};
 
+use horizon_runner::parity::{f32_logits_tolerance, max_abs_diff};
 use std::path::PathBuf;
 use tch::Tensor;
 
@@ -76,11 +77,15 @@ fn bundled_models_match_hf() {
                 "{name} {}: input ids differ from HF",
                 s.id
             );
-            let diff = (&ours["logits"] - &refs[&format!("logits.{i}")])
-                .abs()
-                .max()
-                .double_value(&[]);
-            assert!(diff < 1e-4, "{name} {}: max |logit diff| {diff}", s.id);
+            // Relative to the largest reference logit: see `horizon_runner::parity`.
+            let reference = &refs[&format!("logits.{i}")];
+            let diff = max_abs_diff(&ours["logits"], reference);
+            let tol = f32_logits_tolerance(reference);
+            assert!(
+                diff <= tol,
+                "{name} {}: max |logit diff| {diff} (tolerance {tol})",
+                s.id
+            );
 
             let (ok, answer, err) = horizon(&[
                 "generate",
@@ -106,7 +111,7 @@ fn bundled_models_match_hf() {
 
 /// Regression floors on the first 20 samples of each category, per model: a little under what the
 /// bundled models scored on that slice when they were committed (README, "The bundled benchmark and small
-/// models", has the full-split numbers; `horizon-large` scored 20 / 19 / 14 / 8 / 13 of 20 on colour,
+/// models", has the full-split numbers; `horizon-large` (session 10) scored 20 / 19 / 17 / 8 / 17 of 20 on colour,
 /// presence, count, text, box). They are NOT the targets of the embedded-default issue (at least 90%
 /// coarse, 60% reading for the larger model), which count and text reading do not reach yet;
 /// categories a model has not learned (the smaller model's reading) have no floor. Chance on 20
@@ -117,9 +122,9 @@ const FLOORS: [(&str, &[(&str, usize)]); 2] = [
         &[
             ("shape_color", 18),
             ("shape_exists", 17),
-            ("count_circles", 11),
+            ("count_circles", 14),
             ("read_text", 5),
-            ("boxed_char", 10),
+            ("boxed_char", 14),
         ],
     ),
     (

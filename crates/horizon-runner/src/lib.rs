@@ -12,6 +12,7 @@ pub mod intervention;
 pub mod model;
 pub mod models;
 pub mod nn;
+pub mod parity;
 pub mod processor;
 pub mod train;
 pub mod weights;
