@@ -2,7 +2,7 @@
 //! transformers 5.17.0): `forward` output against HF logits, and one-line errors on bad input.
 
 mod common;
-use common::{horizon, root};
+use common::{horizon, horizon_one_thread, root};
 
 use horizon_runner::parity::{f32_logits_tolerance, max_abs_diff};
 use std::path::{Path, PathBuf};
@@ -50,7 +50,7 @@ fn assert_one_line_error(ok: bool, stderr: &str, needles: &[&str]) {
 }
 
 fn run_forward(model: &Path, image_path: &Path, out: &Path) -> (bool, String, String) {
-    horizon(&[
+    horizon_one_thread(&[
         "forward",
         "--model",
         model.to_str().unwrap(),
@@ -107,7 +107,7 @@ fn forward_and_generate_on_qwen2_5_vl_match_hf() {
         let image = dir.join(meta["image"].as_str().unwrap());
         let question = meta["question"].as_str().unwrap();
         let out = tmp.path().join(format!("{case}.safetensors"));
-        let (ok, _, stderr) = horizon(&[
+        let (ok, _, stderr) = horizon_one_thread(&[
             "forward",
             "--model",
             model_dir.to_str().unwrap(),
@@ -138,7 +138,7 @@ fn forward_and_generate_on_qwen2_5_vl_match_hf() {
             diff <= tol,
             "{case}: max abs logits difference {diff} (tolerance {tol})"
         );
-        let (ok, stdout, stderr) = horizon(&[
+        let (ok, stdout, stderr) = horizon_one_thread(&[
             "generate",
             "--model",
             model_dir.to_str().unwrap(),
