@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 use horizon_runner::models::llava::{LlavaConfig, LlavaForConditionalGeneration};
+use horizon_runner::parity::max_abs_diff;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -44,7 +45,7 @@ fn attention_weights_recombine_into_the_forward() {
         );
         let recombined = attn.project_out(&w.matmul(&attn.values(&x)));
         let forward = attn.forward_causal(&x, &cos, &sin);
-        let diff = (recombined - forward).abs().max().double_value(&[]);
+        let diff = max_abs_diff(&recombined, &forward);
         assert!(diff < 1e-5, "max |diff| = {diff}");
     }
 }
