@@ -49,3 +49,38 @@ fn attention_weights_recombine_into_the_forward() {
         assert!(diff < 1e-5, "max |diff| = {diff}");
     }
 }
+
+/// `attention_weights_at` gives the rows of `attention_weights` it is asked for, in any order and with
+/// repeats (a trainer's padded slots repeat position 0).
+#[test]
+fn attention_weights_at_rows_are_the_full_matrix_rows() {
+    let dir = root().join("fixtures/llava/models/llava-tiny");
+    let path = dir.join("config.json");
+    let cfg = LlavaConfig::from_json(
+        &path,
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let model = LlavaForConditionalGeneration::load(&dir, cfg, Device::Cpu, Kind::Float).unwrap();
+    let lm = &model.language_model;
+    let (b, s) = (2i64, 9i64);
+    tch::manual_seed(5);
+    let x = Tensor::randn([b, s, lm.cfg.hidden_size], (Kind::Float, Device::Cpu));
+    let positions = Tensor::arange(s, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+    let (cos, sin) = lm.rotary_emb.cos_sin(&positions, Kind::Float);
+    let rows = [[8i64, 3, 0, 0], [0, 5, 6, 8]];
+    let at = Tensor::from_slice(rows.as_flattened()).reshape([b, 4]);
+    for layer in &lm.layers {
+        let attn = &layer.self_attn;
+        let full = attn.attention_weights(&x, &cos, &sin);
+        let got = attn.attention_weights_at(&x, &cos, &sin, &at);
+        assert_eq!(got.size(), [b, lm.cfg.num_attention_heads, 4, s]);
+        for (bi, row) in rows.iter().enumerate() {
+            for (slot, &p) in row.iter().enumerate() {
+                let want = full.get(bi as i64).select(1, p);
+                let diff = max_abs_diff(&got.get(bi as i64).select(1, slot as i64), &want);
+                assert!(diff < 1e-6, "row {bi} position {p}: max |diff| = {diff}");
+            }
+        }
+    }
+}

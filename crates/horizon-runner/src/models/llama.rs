@@ -255,6 +255,41 @@ impl LlamaAttention {
             .softmax(-1, Kind::Float)
     }
 
+    /// Rows of [`Self::attention_weights`]: for each batch row b and slot r, the probabilities with
+    /// which the query at position `rows[b, r]` attends to every key, `[B, heads, R, S]` (float32).
+    /// The trainer supervises a few answer positions per sample, so it asks for those rows only: the
+    /// scores cost `R × S` per head instead of `S × S`. Softmax rows are independent, so each row is
+    /// the full matrix's row (a test compares them).
+    pub fn attention_weights_at(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        rows: &Tensor,
+    ) -> Tensor {
+        let s = x.size()[1];
+        let (b, r) = rows.size2().expect("[B, R] query positions");
+        let (q, k) = self.rotated_qk(x, cos, sin);
+        let at_rows = rows.view([b, 1, r, 1]);
+        let q = q.gather(
+            2,
+            &at_rows.expand([b, self.num_heads, r, self.head_dim], false),
+            false,
+        );
+        let k = k.repeat_interleave_self_int(self.num_heads / self.num_kv_heads, 1, None);
+        let scores = q
+            .to_kind(Kind::Float)
+            .matmul(&k.to_kind(Kind::Float).transpose(-1, -2))
+            * self.scaling;
+        // Key j is in the future of the query at position p when j > p.
+        let future = Tensor::arange(s, (Kind::Int64, x.device()))
+            .view([1, 1, 1, s])
+            .gt_tensor(&at_rows);
+        scores
+            .masked_fill(&future, f64::NEG_INFINITY)
+            .softmax(-1, Kind::Float)
+    }
+
     /// `v_proj` of `x`, heads repeated to the query heads: `[B, heads, S, head_dim]` (for the test
     /// that recombines [`Self::attention_weights`] into the layer's output).
     pub fn values(&self, x: &Tensor) -> Tensor {
