@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-use horizon_runner::models::llava::{LlavaConfig, LlavaForConditionalGeneration};
 use horizon_runner::train::{attend, early_answer_layer};
+use horizon_runner::VlModel;
 
 /// A training batch of the large model: 32 samples of 90 tokens, 64 of them image tokens from position
 /// 5; per sample one shape-word query (position 75, evidence 4 patches) and three answer queries
@@ -41,39 +41,15 @@ fn triples() -> (Vec<Triple>, Vec<Triple>) {
     (hop_one, hop_two)
 }
 
-/// Evidence `[B, Q, S]` and query flags `[B, Q]`, the query rows being `rows[r]` (its slots in order).
-fn evidence(triples: &[Triple], rows: &[Vec<usize>]) -> (Tensor, Tensor) {
-    let w = rows[0].len();
-    let s = SEQ as usize;
-    let mut ev = vec![0f32; rows.len() * w * s];
-    let mut q = vec![0f32; rows.len() * w];
-    for &(r, t, key) in triples {
-        let slot = rows[r]
-            .iter()
-            .position(|&p| p == t)
-            .expect("query has a row");
-        q[r * w + slot] = 1.0;
-        ev[(r * w + slot) * s + key] = 1.0;
-    }
-    (
-        Tensor::from_slice(&ev).reshape([BATCH, w as i64, SEQ]),
-        Tensor::from_slice(&q).reshape([BATCH, w as i64]),
-    )
-}
-
 fn main() {
     let reps: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(20);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/models/horizon-large");
-    let path = dir.join("config.json");
-    let cfg = LlavaConfig::from_json(
-        &path,
-        serde_json::from_str(&std::fs::read_to_string(&path).expect("config.json")).unwrap(),
-    )
-    .expect("config");
-    let model = LlavaForConditionalGeneration::load(&dir, cfg, Device::Cpu, Kind::Float).unwrap();
+    let VlModel::Llava(model) = VlModel::load(&dir, Device::Cpu, Kind::Float).unwrap() else {
+        panic!("{}: not a LLaVA model", dir.display());
+    };
     let lm = &model.language_model;
     let hidden = lm.cfg.hidden_size;
     tch::manual_seed(0);
@@ -89,16 +65,13 @@ fn main() {
     let split = early_answer_layer(lm.layers.len() as i64);
     let (hop_one, hop_two) = triples();
 
-    let full_rows: Vec<Vec<usize>> = vec![(0..SEQ as usize).collect(); BATCH as usize];
-    let few_rows: Vec<Vec<usize>> = vec![vec![75, 86, 87, 88]; BATCH as usize];
-    let at = Tensor::from_slice(
-        &few_rows
-            .concat()
-            .iter()
-            .map(|&p| p as i64)
-            .collect::<Vec<_>>(),
-    )
-    .reshape([BATCH, 4]);
+    // The full matrices are the rows version with every position a row.
+    let full_rows = attend::QueryRows::new(vec![(0..SEQ as usize).collect(); BATCH as usize]);
+    let few_rows = attend::QueryRows::new(vec![vec![75, 86, 87, 88]; BATCH as usize]);
+    let at = few_rows.tensor(Device::Cpu);
+    let evidence = |triples: &[Triple], rows: &attend::QueryRows| {
+        attend::evidence_tensors(triples.iter().copied(), rows, SEQ as usize, Device::Cpu)
+    };
     let full_ev = (
         evidence(&hop_one, &full_rows),
         evidence(&hop_two, &full_rows),

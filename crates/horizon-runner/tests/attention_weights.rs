@@ -5,23 +5,26 @@
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-use horizon_runner::models::llava::{LlavaConfig, LlavaForConditionalGeneration};
+use horizon_runner::models::llava::LlavaForConditionalGeneration;
 use horizon_runner::parity::max_abs_diff;
+use horizon_runner::VlModel;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The llava-tiny fixture through the public loader.
+fn llava_tiny() -> Box<LlavaForConditionalGeneration> {
+    let dir = root().join("fixtures/llava/models/llava-tiny");
+    match VlModel::load(&dir, Device::Cpu, Kind::Float).unwrap() {
+        VlModel::Llava(model) => model,
+        _ => panic!("{}: not a LLaVA model", dir.display()),
+    }
+}
+
 #[test]
 fn attention_weights_recombine_into_the_forward() {
-    let dir = root().join("fixtures/llava/models/llava-tiny");
-    let path = dir.join("config.json");
-    let cfg = LlavaConfig::from_json(
-        &path,
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap(),
-    )
-    .unwrap();
-    let model = LlavaForConditionalGeneration::load(&dir, cfg, Device::Cpu, Kind::Float).unwrap();
+    let model = llava_tiny();
     let lm = &model.language_model;
     let (b, s) = (2i64, 9i64);
     tch::manual_seed(3);
@@ -54,14 +57,7 @@ fn attention_weights_recombine_into_the_forward() {
 /// repeats (a trainer's padded slots repeat position 0).
 #[test]
 fn attention_weights_at_rows_are_the_full_matrix_rows() {
-    let dir = root().join("fixtures/llava/models/llava-tiny");
-    let path = dir.join("config.json");
-    let cfg = LlavaConfig::from_json(
-        &path,
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap(),
-    )
-    .unwrap();
-    let model = LlavaForConditionalGeneration::load(&dir, cfg, Device::Cpu, Kind::Float).unwrap();
+    let model = llava_tiny();
     let lm = &model.language_model;
     let (b, s) = (2i64, 9i64);
     tch::manual_seed(5);

@@ -244,14 +244,20 @@ impl LlamaAttention {
     pub fn attention_weights(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
         let s = x.size()[1];
         let (q, k) = self.rotated_qk(x, cos, sin);
+        let future = Tensor::ones([s, s], (Kind::Bool, x.device())).triu(1);
+        self.probabilities(&q, &k, &future)
+    }
+
+    /// Softmax over the keys of `q · kᵀ · scaling` in float32, with `future` (broadcast to the scores)
+    /// masked out; kv heads are repeated to the query heads.
+    fn probabilities(&self, q: &Tensor, k: &Tensor, future: &Tensor) -> Tensor {
         let k = k.repeat_interleave_self_int(self.num_heads / self.num_kv_heads, 1, None);
         let scores = q
             .to_kind(Kind::Float)
             .matmul(&k.to_kind(Kind::Float).transpose(-1, -2))
             * self.scaling;
-        let future = Tensor::ones([s, s], (Kind::Bool, x.device())).triu(1);
         scores
-            .masked_fill(&future, f64::NEG_INFINITY)
+            .masked_fill(future, f64::NEG_INFINITY)
             .softmax(-1, Kind::Float)
     }
 
@@ -276,18 +282,11 @@ impl LlamaAttention {
             &at_rows.expand([b, self.num_heads, r, self.head_dim], false),
             false,
         );
-        let k = k.repeat_interleave_self_int(self.num_heads / self.num_kv_heads, 1, None);
-        let scores = q
-            .to_kind(Kind::Float)
-            .matmul(&k.to_kind(Kind::Float).transpose(-1, -2))
-            * self.scaling;
         // Key j is in the future of the query at position p when j > p.
         let future = Tensor::arange(s, (Kind::Int64, x.device()))
             .view([1, 1, 1, s])
             .gt_tensor(&at_rows);
-        scores
-            .masked_fill(&future, f64::NEG_INFINITY)
-            .softmax(-1, Kind::Float)
+        self.probabilities(&q, &k, &future)
     }
 
     /// `v_proj` of `x`, heads repeated to the query heads: `[B, heads, S, head_dim]` (for the test

@@ -18,7 +18,7 @@
 //! llava-hf model, and questions and images are as fine-grained as without it.
 
 use horizon_data::synthetic::{Category, SynthSample};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// For each of the `n_answer_tokens` tokens of `s.answer` (tokenized), the row-major patch indices that
 /// decide it, or `None` where no image region does: the k-th glyph of a `read_text` string (one token
@@ -104,6 +104,76 @@ pub fn attention_loss_with(
     let loss = (-(&chosen + 1e-6).log() * queries).sum(Kind::Float) / &n;
     let mean_mass = mean_per_head.double_value(&[head]);
     (loss, mean_mass)
+}
+
+/// The query positions the attention loss supervises, per batch row (sorted, distinct): the rows of the
+/// attention matrices the trainer computes ([`crate::models::llama::LlamaAttention::attention_weights_at`]).
+pub struct QueryRows {
+    positions: Vec<Vec<usize>>,
+    width: usize,
+}
+
+impl QueryRows {
+    pub fn new(mut positions: Vec<Vec<usize>>) -> Self {
+        for p in &mut positions {
+            p.sort_unstable();
+            p.dedup();
+        }
+        // At least one slot, so that a batch without supervised queries still has valid shapes.
+        let width = positions.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        Self { positions, width }
+    }
+
+    /// `[B, R]` positions; a row's unused slots repeat position 0 (no triple points at them, so their
+    /// query flag stays 0).
+    pub fn tensor(&self, device: Device) -> Tensor {
+        let mut flat = vec![0i64; self.positions.len() * self.width];
+        for (r, p) in self.positions.iter().enumerate() {
+            for (slot, &t) in p.iter().enumerate() {
+                flat[r * self.width + slot] = t as i64;
+            }
+        }
+        Tensor::from_slice(&flat)
+            .reshape([self.positions.len() as i64, self.width as i64])
+            .to_device(device)
+    }
+
+    /// Slots per batch row (the longest row's query count, at least 1).
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    fn slot(&self, row: usize, position: usize) -> usize {
+        self.positions[row]
+            .binary_search(&position)
+            .expect("every supervised query position has a slot")
+    }
+}
+
+/// The inputs of [`attention_loss`] over the rows `rows` from `(row, query position, key
+/// position)` triples: evidence `[B, R, S]` (1 at each key of each triple, in its query's slot) and the
+/// supervised query slots `[B, R]`.
+pub fn evidence_tensors(
+    triples: impl Iterator<Item = (usize, usize, usize)>,
+    rows: &QueryRows,
+    max_len: usize,
+    device: Device,
+) -> (Tensor, Tensor) {
+    let (b, w) = (rows.positions.len(), rows.width);
+    let mut ev = vec![0f32; b * w * max_len];
+    let mut queries = vec![0f32; b * w];
+    for (r, t, key) in triples {
+        let slot = rows.slot(r, t);
+        queries[r * w + slot] = 1.0;
+        ev[(r * w + slot) * max_len + key] = 1.0;
+    }
+    let (b, w, s) = (b as i64, w as i64, max_len as i64);
+    (
+        Tensor::from_slice(&ev).reshape([b, w, s]).to_device(device),
+        Tensor::from_slice(&queries)
+            .reshape([b, w])
+            .to_device(device),
+    )
 }
 
 #[cfg(test)]
@@ -248,5 +318,79 @@ mod tests {
         assert!((mass - 0.45).abs() < 1e-6);
         let want = -((0.9f64 + 1e-6).ln() + (0.0f64 + 1e-6).ln()) / 2.0;
         assert!((loss.double_value(&[]) - want).abs() < 1e-4);
+    }
+}
+
+#[cfg(test)]
+mod query_row_tests {
+    use super::*;
+
+    /// The naive inputs of the attention loss: every query position is a row, `[B, S, S]` and `[B, S]`.
+    fn dense_evidence(triples: &[(usize, usize, usize)], b: usize, s: usize) -> (Tensor, Tensor) {
+        let mut ev = vec![0f32; b * s * s];
+        let mut queries = vec![0f32; b * s];
+        for &(r, t, key) in triples {
+            queries[r * s + t] = 1.0;
+            ev[(r * s + t) * s + key] = 1.0;
+        }
+        let (b, s) = (b as i64, s as i64);
+        (
+            Tensor::from_slice(&ev).reshape([b, s, s]),
+            Tensor::from_slice(&queries).reshape([b, s]),
+        )
+    }
+
+    /// The loss over the supervised rows only equals the loss over the full attention matrices, in
+    /// every head-choice mode and for both hops' sets of triples (which share the rows).
+    #[test]
+    fn the_loss_over_supervised_rows_equals_the_full_matrix_loss() {
+        let (b, h, s) = (3usize, 4i64, 11usize);
+        tch::manual_seed(11);
+        let full: Vec<Tensor> = (0..3)
+            .map(|_| {
+                Tensor::randn(
+                    [b as i64, h, s as i64, s as i64],
+                    (Kind::Float, Device::Cpu),
+                )
+                .softmax(-1, Kind::Float)
+            })
+            .collect();
+        // Hop one: several keys per query, several queries in row 0, none in row 2.
+        let hop_one = [
+            (0, 9, 1),
+            (0, 9, 2),
+            (0, 10, 3),
+            (0, 7, 4),
+            (1, 8, 0),
+            (1, 8, 5),
+        ];
+        // Hop two: a query shared with hop one (row 0, position 10) and one of its own.
+        let hop_two = [(0, 10, 6), (1, 10, 2)];
+        let mut positions = vec![Vec::new(); b];
+        for &(r, t, _) in hop_one.iter().chain(&hop_two) {
+            positions[r].push(t);
+        }
+        let rows = QueryRows::new(positions);
+        assert_eq!(rows.width(), 3);
+        let at = rows.tensor(Device::Cpu);
+        let index = at
+            .view([b as i64, 1, rows.width as i64, 1])
+            .expand([b as i64, h, rows.width as i64, s as i64], false);
+        let compact: Vec<Tensor> = full.iter().map(|w| w.gather(2, &index, false)).collect();
+        for hop in [&hop_one[..], &hop_two[..]] {
+            let (ev_full, q_full) = dense_evidence(hop, b, s);
+            let (ev, q) = evidence_tensors(hop.iter().copied(), &rows, s, Device::Cpu);
+            for (per_query, head) in [(false, None), (true, None), (false, Some(5))] {
+                let (want, want_mass) =
+                    attention_loss_with(&full, &ev_full, &q_full, per_query, head);
+                let (got, mass) = attention_loss_with(&compact, &ev, &q, per_query, head);
+                let (want, got) = (want.double_value(&[]), got.double_value(&[]));
+                assert!(
+                    (want - got).abs() < 1e-6,
+                    "{per_query} {head:?}: {want} vs {got}"
+                );
+                assert!((want_mass - mass).abs() < 1e-6);
+            }
+        }
     }
 }
