@@ -142,6 +142,7 @@ fn bundled_models_score_above_the_floors() {
     let dir = tempfile::tempdir().unwrap();
     for (name, floors) in FLOORS {
         let json = dir.path().join(format!("{name}.json"));
+        let pred = dir.path().join(format!("{name}.parquet"));
         let (ok, table, err) = horizon(&[
             "eval",
             "--model",
@@ -152,14 +153,30 @@ fn bundled_models_score_above_the_floors() {
             "20",
             "--json",
             json.to_str().unwrap(),
+            "--predictions",
+            pred.to_str().unwrap(),
         ]);
         assert!(ok, "{err}");
+        // The per-sample file agrees with the summary, and its `correct` with its own answers.
+        let rows = horizon_data::predictions::read_predictions(&pred).unwrap();
+        assert_eq!(rows.len(), 100);
+        let ids: std::collections::HashSet<_> = rows.iter().map(|r| &r.question_id).collect();
+        assert_eq!(ids.len(), 100, "one row per sample");
+        let mut correct_by_cat: std::collections::BTreeMap<&str, u64> = Default::default();
+        for r in &rows {
+            let norm = |s: &str| s.trim().trim_end_matches('.').to_lowercase();
+            let matches = r.answers.iter().any(|a| norm(a) == norm(&r.prediction));
+            assert_eq!(r.correct, matches, "{r:?}");
+            *correct_by_cat.entry(&r.category).or_default() += r.correct as u64;
+        }
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         let cats = v.as_object().unwrap();
         assert_eq!(cats.len(), 5, "{table}");
-        for r in cats.values() {
+        for (cat, r) in cats {
             assert_eq!(r["total"].as_u64(), Some(20), "{table}");
+            let from_rows = correct_by_cat.get(cat.as_str()).copied().unwrap_or(0);
+            assert_eq!(r["correct"].as_u64(), Some(from_rows), "{cat}");
         }
         for (cat, floor) in floors {
             let correct = cats[*cat]["correct"].as_u64().unwrap() as usize;

@@ -279,6 +279,29 @@ fn bad_cli_values_are_rejected() {
         ]);
         assert_one_line_error(ok, &stderr, &[flag, value]);
     }
+    // Training options are checked before anything is built or written.
+    let run_dir = tempfile::tempdir().unwrap();
+    for (flag, value) in [
+        ("--vision-width", "100"),
+        ("--vision-layers", "0"),
+        ("--coarse-only-fraction", "1.5"),
+        ("--pooled-count-weight", "inf"),
+    ] {
+        let (ok, _, stderr) = horizon(&[
+            "train",
+            "--steps",
+            "10",
+            "--run-dir",
+            run_dir.path().join("run").to_str().unwrap(),
+            flag,
+            value,
+        ]);
+        assert_one_line_error(ok, &stderr, &[flag, value]);
+        assert!(
+            !run_dir.path().join("run").exists(),
+            "{flag}: nothing written"
+        );
+    }
 }
 
 #[test]

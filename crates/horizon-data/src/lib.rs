@@ -5,4 +5,5 @@ pub mod atomic;
 pub mod bench;
 pub mod imageproc;
 pub mod info_rows;
+pub mod predictions;
 pub mod synthetic;

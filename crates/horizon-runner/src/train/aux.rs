@@ -269,6 +269,43 @@ pub fn cover_width() -> i64 {
 /// glyph's name: several times the signal per image for learning to recognize glyphs from their parts.
 /// Glyphs are at least one font pixel apart, so no quadrant centre lies in two glyph boxes.
 pub fn cover_targets(meta: &SampleMeta, patch: u32) -> Vec<i64> {
+    quadrant_targets(meta, patch, |gi| {
+        let ch = meta.glyphs[gi].ch;
+        font::ALPHABET
+            .chars()
+            .position(|c| c == ch)
+            .map_or(0, |ci| 1 + ci as i64)
+    })
+}
+
+/// Reading-order cover targets of one image: `[num_patches * 4]` like [`cover_targets`], but each
+/// quadrant whose centre lies in a glyph's box is named by that glyph's place in the reading order
+/// (1 to 4; a fifth glyph or later is 4, as in [`patch_targets`]). `None` for an image with a red box,
+/// whose glyphs have no reading order. The centre targets of [`patch_targets`] give the order at one
+/// quadrant per glyph; the order of the k-th glyph is what reading a string needs (the decoder's k-th
+/// answer token looks for it), and a tower trained on the centres alone named the third glyph's place
+/// for only 24% of the bundled split's three-glyph strings (README, "Session 13").
+pub fn order_cover_targets(meta: &SampleMeta, patch: u32) -> Option<Vec<i64>> {
+    if meta.red_box.is_some() {
+        return None;
+    }
+    Some(quadrant_targets(meta, patch, |gi| 1 + gi.min(3) as i64))
+}
+
+/// Classes of each group of the reading-order cover head: none, then places 1 to 4.
+pub fn order_cover_classes() -> Vec<usize> {
+    vec![5; QUADS]
+}
+
+/// Width of the reading-order cover head's output.
+pub fn order_cover_width() -> i64 {
+    order_cover_classes().iter().sum::<usize>() as i64
+}
+
+/// `[num_patches * 4]` targets, row-major patches, quadrants row-major: `class(i)` for the quadrants
+/// whose centre pixel lies in the box of glyph `i`, 0 elsewhere. Glyphs are at least one font pixel
+/// apart, so no quadrant centre lies in two glyph boxes.
+fn quadrant_targets(meta: &SampleMeta, patch: u32, class: impl Fn(usize) -> i64) -> Vec<i64> {
     let per_row = meta.image_size / patch;
     let half = patch / 2;
     let mut t = vec![0i64; (per_row * per_row) as usize * QUADS];
@@ -278,16 +315,14 @@ pub fn cover_targets(meta: &SampleMeta, patch: u32) -> Vec<i64> {
                 // The quadrant's centre pixel.
                 let x = pc * patch + (q % 2) * half + half / 2;
                 let y = pr * patch + (q / 2) * half + half / 2;
-                let covering = meta.glyphs.iter().find(|g| {
+                let covering = meta.glyphs.iter().position(|g| {
                     g.bbox.x <= x
                         && x < g.bbox.x + g.bbox.w
                         && g.bbox.y <= y
                         && y < g.bbox.y + g.bbox.h
                 });
-                if let Some(ci) =
-                    covering.and_then(|g| font::ALPHABET.chars().position(|c| c == g.ch))
-                {
-                    t[(pr * per_row + pc) as usize * QUADS + q as usize] = 1 + ci as i64;
+                if let Some(gi) = covering {
+                    t[(pr * per_row + pc) as usize * QUADS + q as usize] = class(gi);
                 }
             }
         }
@@ -299,6 +334,29 @@ pub fn cover_targets(meta: &SampleMeta, patch: u32) -> Vec<i64> {
 /// `logits`: `[B, N, cover_width]`; `targets`: `[B, N, 4]`.
 pub fn cover_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
     balanced_loss(groups_of(logits, targets, cover_classes())) / QUADS as f64
+}
+
+/// Balanced loss of the reading-order cover head, mean over its groups.
+/// `logits`: `[B, N, order_cover_width]`; `targets`: `[B, N, 4]`.
+pub fn order_cover_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
+    balanced_loss(groups_of(logits, targets, order_cover_classes())) / QUADS as f64
+}
+
+/// Of the glyph centres of the batch's images without a red box, how many the per-patch head's
+/// reading-order groups place right: `(right, total)` (held-out, like [`glyph_hits`]).
+pub fn order_hits(logits: &Tensor, targets: &Tensor) -> (i64, i64) {
+    let _guard = tch::no_grad_guard();
+    let (mut right, mut total) = (0, 0);
+    for (group_logits, target) in groups(logits, targets).skip(QUADS).take(QUADS) {
+        let named = target.ne(0);
+        let hit = group_logits
+            .argmax(1, false)
+            .eq_tensor(&target)
+            .logical_and(&named);
+        right += hit.sum(Kind::Int64).int64_value(&[]);
+        total += named.sum(Kind::Int64).int64_value(&[]);
+    }
+    (right, total)
 }
 
 /// Of the glyph centres in the batch (the quadrant glyph groups' named targets), how many the head
@@ -638,6 +696,76 @@ mod tests {
                 assert_eq!(t.iter().filter(|&&c| c != 0).count(), want, "{cat:?} {i}");
             }
         }
+    }
+
+    /// Reading-order cover targets: none for images with a red box; otherwise a quadrant is named
+    /// exactly where the glyph cover names it, by the place (1-based, left to right) of the glyph whose
+    /// box holds the quadrant's centre, found here by sorting the glyph boxes by x.
+    #[test]
+    fn order_cover_targets_place_each_covered_quadrant_in_reading_order() {
+        let gen = GenConfig::default().with_glyphs(1, 3);
+        for i in 0..20 {
+            let boxed = generate(&gen, Category::BoxedChar, 12, i).unwrap();
+            assert!(order_cover_targets(&boxed.meta, 8).is_none());
+            let s = generate(&gen, Category::ReadText, 12, i).unwrap();
+            let order = order_cover_targets(&s.meta, 8).unwrap();
+            let cover = cover_targets(&s.meta, 8);
+            assert_eq!(order.len(), cover.len());
+            let mut xs: Vec<u32> = s.meta.glyphs.iter().map(|g| g.bbox.x).collect();
+            xs.sort();
+            let mut places = std::collections::BTreeSet::new();
+            for (k, (&o, &c)) in order.iter().zip(&cover).enumerate() {
+                assert_eq!(o == 0, c == 0, "{i}: quadrant {k}");
+                if o == 0 {
+                    continue;
+                }
+                let (p, q) = (k / QUADS, k % QUADS);
+                let x = (p % 8) as u32 * 8 + (q % 2) as u32 * 4 + 2;
+                let place = xs.iter().filter(|&&gx| gx <= x).count() as i64;
+                assert_eq!(o, place, "{i}: quadrant {k}");
+                places.insert(o);
+            }
+            let n = s.meta.glyphs.len() as i64;
+            assert_eq!(places, (1..=n).collect(), "{i}: every glyph placed");
+        }
+        // Empty images (shapes only) are all "none".
+        let shapes = generate(&gen, Category::ShapeColor, 12, 0).unwrap();
+        assert!(order_cover_targets(&shapes.meta, 8)
+            .unwrap()
+            .iter()
+            .all(|&o| o == 0));
+    }
+
+    /// Order hits count only the named centre targets of the reading-order groups.
+    #[test]
+    fn order_hits_count_named_order_targets() {
+        let classes = group_classes();
+        let width = head_width() as usize;
+        // One row; quadrant 0 holds glyph 1 at place 2, quadrant 3 glyph 2 at place 1.
+        let mut targets = vec![0i64; classes.len()];
+        targets[0] = 1;
+        targets[3] = 2;
+        targets[QUADS] = 2;
+        targets[QUADS + 3] = 1;
+        let offset = |g: usize| classes[..g].iter().sum::<usize>();
+        let mut logits = vec![0f32; width];
+        logits[offset(QUADS) + 2] = 5.0; // place 2: right
+        logits[offset(QUADS + 3) + 3] = 5.0; // place 3: wrong
+        logits[offset(QUADS + 1) + 4] = 5.0; // an unnamed quadrant: not counted
+        let l = Tensor::from_slice(&logits).reshape([1, 1, width as i64]);
+        let t = Tensor::from_slice(&targets).reshape([1, 1, classes.len() as i64]);
+        assert_eq!(order_hits(&l, &t), (1, 2));
+    }
+
+    /// The reading-order cover head's loss, over its own groups.
+    #[test]
+    fn order_cover_loss_matches_a_naive_recomputation() {
+        check_balanced(
+            order_cover_loss,
+            &order_cover_classes(),
+            order_cover_width(),
+            7,
+        );
     }
 
     /// Glyph hits count only the named centre targets of the glyph groups, right when the head's

@@ -237,6 +237,12 @@ pub struct TrainConfig {
     /// not only its centre (balanced loss, added to the per-patch loss).
     #[serde(default)]
     pub aux_glyph_cover: bool,
+    /// Weight of a third training-only per-patch head that names, for each quadrant whose centre lies
+    /// in a glyph's box, that glyph's place in the reading order ([`aux::order_cover_targets`];
+    /// images with a red box are left out, their glyphs have no order). Balanced loss, added to the
+    /// per-patch loss; 0 turns it off.
+    #[serde(default)]
+    pub aux_order_cover_weight: f64,
     /// Sampling weight of the reading categories during the vision stage (default: `fine_weight`).
     /// Glyphs are the slow part of the tower's learning and need many glyph images; the decoder
     /// phase keeps `fine_weight`.
@@ -336,6 +342,7 @@ impl TrainConfig {
             vision_init_hf: false,
             aux_balanced: false,
             aux_glyph_cover: false,
+            aux_order_cover_weight: 0.0,
             vision_stage_fine_weight: None,
             decoder_phase_vision_lr: 1.0,
             decoder_category_weights: None,
@@ -974,6 +981,9 @@ pub struct StepLosses {
     /// Images of this batch with circles whose circle count the pooled count head named right, and
     /// all images with circles ((0, 0) when the pooled count loss is off).
     pub count_hits: (i64, i64),
+    /// Glyph centres of this batch's images without a red box whose reading-order place the per-patch
+    /// head named right, and all of them ([`aux::order_hits`]).
+    pub order_hits: (i64, i64),
 }
 
 /// When a call to [`train`] returns before the run is finished (a checkpoint is written first), so
@@ -1159,6 +1169,16 @@ pub fn train(
         params.push(("glyph_cover_head.weight".into(), w));
         params.push(("glyph_cover_head.bias".into(), b));
     }
+    // The reading-order cover head (training only), in the same file as the per-patch head.
+    let order_cover_idx = params.len();
+    if cfg.aux_order_cover_weight > 0.0 {
+        let seed = cfg.seed as i64 ^ 0x04de;
+        let name = "order_cover_head";
+        let width = aux::order_cover_width();
+        let (w, b) = linear_head(&aux_file, resuming, name, width, cfg, seed, device)?;
+        params.push(("order_cover_head.weight".into(), w));
+        params.push(("order_cover_head.bias".into(), b));
+    }
     // The pooled count head (training only), in the same file as the per-patch head.
     let count_idx = params.len();
     if cfg.pooled_count_weight > 0.0 {
@@ -1260,6 +1280,7 @@ pub fn train(
         let mut aux_l = None;
         let mut glyph_hits = (0, 0);
         let mut count_hits = (0, 0);
+        let mut order_hits = (0, 0);
         if let (true, Some(features)) = (cfg.aux_weight > 0.0, &features) {
             let (w, bias) = (&params[n_model_params].1, &params[n_model_params + 1].1);
             let aux_in = if cfg.aux_normalized {
@@ -1289,6 +1310,7 @@ pub fn train(
             };
             let targets = batch_targets(aux::patch_targets);
             glyph_hits = aux::glyph_hits(&aux_logits, &targets);
+            order_hits = aux::order_hits(&aux_logits, &targets);
             let mut l = if cfg.aux_balanced {
                 aux::aux_loss_balanced(&aux_logits, &targets)
             } else {
@@ -1298,6 +1320,28 @@ pub fn train(
                 let (w, bias) = (&params[cover_idx].1, &params[cover_idx + 1].1);
                 let cover = batch_targets(aux::cover_targets);
                 l += aux::cover_loss(&aux_in.linear(w, Some(bias)), &cover);
+            }
+            // Only images without a red box: a boxed image's glyphs have no reading order.
+            let ordered: Vec<(i64, Vec<i64>)> = (cfg.aux_order_cover_weight > 0.0)
+                .then(|| {
+                    with_image.iter().enumerate().filter_map(|(row, &i)| {
+                        aux::order_cover_targets(&samples[i].meta, cfg.spec.patch_size as u32)
+                            .map(|t| (row as i64, t))
+                    })
+                })
+                .into_iter()
+                .flatten()
+                .collect();
+            if !ordered.is_empty() {
+                let (w, bias) = (&params[order_cover_idx].1, &params[order_cover_idx + 1].1);
+                let rows: Vec<i64> = ordered.iter().map(|(r, _)| *r).collect();
+                let t: Vec<i64> = ordered.into_iter().flat_map(|(_, t)| t).collect();
+                let rows = Tensor::from_slice(&rows).to_device(device);
+                let t = Tensor::from_slice(&t)
+                    .reshape([rows.size()[0], features.size()[1], -1])
+                    .to_device(device);
+                let logits = aux_in.index_select(0, &rows).linear(w, Some(bias));
+                l += aux::order_cover_loss(&logits, &t) * cfg.aux_order_cover_weight;
             }
             if cfg.pooled_count_weight > 0.0 {
                 let (w, bias) = (&params[count_idx].1, &params[count_idx + 1].1);
@@ -1475,6 +1519,7 @@ pub fn train(
                 early_answer: early_v,
                 glyph_hits,
                 count_hits,
+                order_hits,
             },
             lr,
         );
