@@ -1,6 +1,12 @@
 //! Atomic file writes: readers (and resumed runs) never see a partial file.
 
 use anyhow::{Context, Result};
+use arrow::array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// Writes `path` by letting `write` fill a temporary file beside it (same directory, so the rename is
@@ -20,6 +26,34 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     }
     std::fs::rename(&tmp, path)
         .with_context(|| format!("{}: cannot rename into place", path.display()))
+}
+
+/// Writes `batch` as a zstd-compressed Parquet file at `path` atomically ([`write_atomic`]), with
+/// `metadata` as `key=value` pairs in the file footer.
+pub fn write_parquet_atomic(
+    path: &Path,
+    batch: &RecordBatch,
+    metadata: &[(String, String)],
+) -> Result<()> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_key_value_metadata(Some(
+            metadata
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+                .collect(),
+        ))
+        .build();
+    write_atomic(path, |tmp| {
+        let file =
+            File::create(tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+        let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+        writer.write(batch)?;
+        writer
+            .close()
+            .with_context(|| format!("{}: cannot write", tmp.display()))?;
+        Ok(())
+    })
 }
 
 fn temp_path(path: &Path) -> PathBuf {

@@ -25,16 +25,13 @@ use anyhow::{anyhow, Context, Result};
 use arrow::array::{Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::{ArrowWriter, ProjectionMask};
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
+use parquet::arrow::ProjectionMask;
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::atomic::write_atomic;
+use crate::atomic::write_parquet_atomic;
 
 /// One information row (see the module documentation for the meaning of each field).
 #[derive(Debug, Clone, PartialEq)]
@@ -113,25 +110,7 @@ fn to_batch(rows: &[InfoRow]) -> Result<RecordBatch> {
 /// Writes `rows` to `path` atomically (temporary file in the same directory, then rename), zstd
 /// compressed, with `metadata` as `key=value` pairs in the file footer.
 pub fn write_info_rows(path: &Path, rows: &[InfoRow], metadata: &[(String, String)]) -> Result<()> {
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_key_value_metadata(Some(
-            metadata
-                .iter()
-                .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
-                .collect(),
-        ))
-        .build();
-    write_atomic(path, |tmp| {
-        let file =
-            File::create(tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-        let mut writer = ArrowWriter::try_new(file, info_schema(), Some(props))?;
-        writer.write(&to_batch(rows)?)?;
-        writer
-            .close()
-            .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        Ok(())
-    })
+    write_parquet_atomic(path, &to_batch(rows)?, metadata)
 }
 
 /// The `*.parquet` part files of an output directory, sorted by name (temporary files excluded).

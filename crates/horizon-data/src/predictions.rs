@@ -19,15 +19,11 @@ use arrow::array::{Array, BooleanArray, ListArray, RecordBatch, StringArray};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::atomic::write_atomic;
+use crate::atomic::write_parquet_atomic;
 
 /// One evaluated sample (see the module documentation for the meaning of each field).
 #[derive(Debug, Clone, PartialEq)]
@@ -90,25 +86,7 @@ pub fn write_predictions(
     rows: &[Prediction],
     metadata: &[(String, String)],
 ) -> Result<()> {
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_key_value_metadata(Some(
-            metadata
-                .iter()
-                .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
-                .collect(),
-        ))
-        .build();
-    write_atomic(path, |tmp| {
-        let file =
-            File::create(tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-        let mut writer = ArrowWriter::try_new(file, predictions_schema(), Some(props))?;
-        writer.write(&to_batch(rows)?)?;
-        writer
-            .close()
-            .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        Ok(())
-    })
+    write_parquet_atomic(path, &to_batch(rows)?, metadata)
 }
 
 /// Reads a predictions file back (every column checked against the schema).

@@ -345,27 +345,22 @@ pub fn order_cover_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
 /// Of the glyph centres of the batch's images without a red box, how many the per-patch head's
 /// reading-order groups place right: `(right, total)` (held-out, like [`glyph_hits`]).
 pub fn order_hits(logits: &Tensor, targets: &Tensor) -> (i64, i64) {
-    let _guard = tch::no_grad_guard();
-    let (mut right, mut total) = (0, 0);
-    for (group_logits, target) in groups(logits, targets).skip(QUADS).take(QUADS) {
-        let named = target.ne(0);
-        let hit = group_logits
-            .argmax(1, false)
-            .eq_tensor(&target)
-            .logical_and(&named);
-        right += hit.sum(Kind::Int64).int64_value(&[]);
-        total += named.sum(Kind::Int64).int64_value(&[]);
-    }
-    (right, total)
+    named_hits(groups(logits, targets).skip(QUADS).take(QUADS))
 }
 
 /// Of the glyph centres in the batch (the quadrant glyph groups' named targets), how many the head
 /// names right: `(right, total)`. Every training batch is freshly generated, so measured before the
 /// step's update this is held-out accuracy; it says whether the visual tokens carry glyph identity.
 pub fn glyph_hits(logits: &Tensor, targets: &Tensor) -> (i64, i64) {
+    named_hits(groups(logits, targets).take(QUADS))
+}
+
+/// Over `(logits, targets)` groups: how many named (non-zero) targets the largest logit gets right,
+/// and how many named targets there are.
+fn named_hits(groups: impl Iterator<Item = (Tensor, Tensor)>) -> (i64, i64) {
     let _guard = tch::no_grad_guard();
     let (mut right, mut total) = (0, 0);
-    for (group_logits, target) in groups(logits, targets).take(QUADS) {
+    for (group_logits, target) in groups {
         let named = target.ne(0);
         let hit = group_logits
             .argmax(1, false)
