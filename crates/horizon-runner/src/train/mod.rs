@@ -1322,26 +1322,24 @@ pub fn train(
                 l += aux::cover_loss(&aux_in.linear(w, Some(bias)), &cover);
             }
             // Only images without a red box: a boxed image's glyphs have no reading order.
-            let ordered: Vec<(i64, Vec<i64>)> = (cfg.aux_order_cover_weight > 0.0)
-                .then(|| {
-                    with_image.iter().enumerate().filter_map(|(row, &i)| {
+            if cfg.aux_order_cover_weight > 0.0 {
+                let (rows, targets): (Vec<i64>, Vec<Vec<i64>>) = with_image
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(row, &i)| {
                         aux::order_cover_targets(&samples[i].meta, cfg.spec.patch_size as u32)
                             .map(|t| (row as i64, t))
                     })
-                })
-                .into_iter()
-                .flatten()
-                .collect();
-            if !ordered.is_empty() {
-                let (w, bias) = (&params[order_cover_idx].1, &params[order_cover_idx + 1].1);
-                let rows: Vec<i64> = ordered.iter().map(|(r, _)| *r).collect();
-                let t: Vec<i64> = ordered.into_iter().flat_map(|(_, t)| t).collect();
-                let rows = Tensor::from_slice(&rows).to_device(device);
-                let t = Tensor::from_slice(&t)
-                    .reshape([rows.size()[0], features.size()[1], -1])
-                    .to_device(device);
-                let logits = aux_in.index_select(0, &rows).linear(w, Some(bias));
-                l += aux::order_cover_loss(&logits, &t) * cfg.aux_order_cover_weight;
+                    .unzip();
+                if !rows.is_empty() {
+                    let (w, bias) = (&params[order_cover_idx].1, &params[order_cover_idx + 1].1);
+                    let t = Tensor::from_slice(&targets.concat())
+                        .reshape([rows.len() as i64, features.size()[1], -1])
+                        .to_device(device);
+                    let rows = Tensor::from_slice(&rows).to_device(device);
+                    let logits = aux_in.index_select(0, &rows).linear(w, Some(bias));
+                    l += aux::order_cover_loss(&logits, &t) * cfg.aux_order_cover_weight;
+                }
             }
             if cfg.pooled_count_weight > 0.0 {
                 let (w, bias) = (&params[count_idx].1, &params[count_idx + 1].1);
