@@ -66,7 +66,9 @@ pub struct TrainArgs {
     lr: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Run directory: checkpoint/ and state.json (a rerun resumes), model/ at the end.
+    /// Run directory: checkpoint/ (weights, training-only heads, optimizer moments and state.json,
+    /// replaced whole at each checkpoint, so a killed run resumes from the last complete one), a copy
+    /// of state.json beside it, and model/ at the end. A rerun with the same settings resumes.
     #[arg(long)]
     run_dir: PathBuf,
     /// cpu, cuda or cuda:N.

@@ -56,6 +56,63 @@ pub fn write_parquet_atomic(
     })
 }
 
+/// Replaces the directory `dir` by one that `fill` writes whole, so that a kill at any moment leaves
+/// either the old directory or the new one complete (after [`recover_dir`]), never a mix of the two.
+/// `fill` writes into `{dir}.tmp`; the old directory is renamed to `{dir}.prev`, the new one into
+/// place, and the old one removed. The only moment with no `dir` is between the two renames, and
+/// [`recover_dir`] puts `{dir}.prev` back then. Unlike [`write_atomic`] the staging names are fixed
+/// (not per process), because a later process has to find what a killed one left.
+pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    recover_dir(dir)?;
+    let (tmp, prev) = (sibling(dir, "tmp"), sibling(dir, "prev"));
+    std::fs::create_dir_all(&tmp)
+        .with_context(|| format!("{}: cannot create directory", tmp.display()))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if dir.exists() {
+        std::fs::rename(dir, &prev)
+            .with_context(|| format!("{}: cannot move aside", dir.display()))?;
+    }
+    std::fs::rename(&tmp, dir)
+        .with_context(|| format!("{}: cannot rename into place", dir.display()))?;
+    if prev.exists() {
+        std::fs::remove_dir_all(&prev)
+            .with_context(|| format!("{}: cannot remove", prev.display()))?;
+    }
+    Ok(())
+}
+
+/// Brings `dir` back to a complete state after a [`write_dir_atomic`] was killed: a missing `dir`
+/// with a `{dir}.prev` (killed between the renames) gets the previous directory back; a leftover
+/// `{dir}.tmp` (killed while filling, or before the swap) and `{dir}.prev` (killed after the swap)
+/// are removed. Does nothing when no write was interrupted.
+pub fn recover_dir(dir: &Path) -> Result<()> {
+    let (tmp, prev) = (sibling(dir, "tmp"), sibling(dir, "prev"));
+    if !dir.exists() && prev.exists() {
+        std::fs::rename(&prev, dir).with_context(|| {
+            format!("{}: cannot restore from {}", dir.display(), prev.display())
+        })?;
+    }
+    for leftover in [tmp, prev] {
+        if leftover.exists() {
+            std::fs::remove_dir_all(&leftover)
+                .with_context(|| format!("{}: cannot remove", leftover.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `{dir}.{suffix}` beside `dir` (appended, so a name with dots keeps them).
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    dir.with_file_name(format!("{name}.{suffix}"))
+}
+
 fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
@@ -84,5 +141,83 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(leftovers.len(), 1, "temporary file removed");
+    }
+
+    fn file_in(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("f")).unwrap()
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn directory_is_replaced_whole_or_not_at_all() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ckpt");
+        let fill = |text: &'static str| {
+            move |tmp: &Path| -> Result<()> { Ok(std::fs::write(tmp.join("f"), text)?) }
+        };
+        write_dir_atomic(&dir, fill("one")).unwrap();
+        write_dir_atomic(&dir, fill("two")).unwrap();
+        assert_eq!(file_in(&dir), "two");
+        assert_eq!(names_in(root.path()), ["ckpt"]);
+        // A failing fill keeps the old directory and leaves nothing behind.
+        let err = write_dir_atomic(&dir, |tmp| {
+            std::fs::write(tmp.join("f"), "half")?;
+            anyhow::bail!("disk full")
+        });
+        assert!(err.is_err());
+        assert_eq!(file_in(&dir), "two");
+        assert_eq!(names_in(root.path()), ["ckpt"]);
+    }
+
+    /// Each point where a kill can stop `write_dir_atomic`, laid out by hand: recovery yields a
+    /// complete directory (the old one, or the new one once it is in place) and no leftovers.
+    #[test]
+    fn recovery_after_a_kill_at_each_point_of_the_write() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ckpt");
+        let (tmp, prev) = (root.path().join("ckpt.tmp"), root.path().join("ckpt.prev"));
+        let make = |d: &Path, text: &str| {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("f"), text).unwrap();
+        };
+        // Killed while filling: the old directory stays.
+        make(&dir, "old");
+        make(&tmp, "ne");
+        recover_dir(&dir).unwrap();
+        assert_eq!(
+            (file_in(&dir), names_in(root.path())),
+            ("old".into(), vec!["ckpt".into()])
+        );
+        // Killed between the two renames: the old directory comes back.
+        std::fs::rename(&dir, &prev).unwrap();
+        make(&tmp, "new");
+        recover_dir(&dir).unwrap();
+        assert_eq!(
+            (file_in(&dir), names_in(root.path())),
+            ("old".into(), vec!["ckpt".into()])
+        );
+        // Killed after the swap, before the old one was removed: the new directory stays.
+        std::fs::rename(&dir, &prev).unwrap();
+        make(&dir, "new");
+        recover_dir(&dir).unwrap();
+        assert_eq!(
+            (file_in(&dir), names_in(root.path())),
+            ("new".into(), vec!["ckpt".into()])
+        );
+        // A later write starts from whatever a kill left.
+        make(&tmp, "ne");
+        write_dir_atomic(&dir, |t| Ok(std::fs::write(t.join("f"), "next")?)).unwrap();
+        assert_eq!(
+            (file_in(&dir), names_in(root.path())),
+            ("next".into(), vec!["ckpt".into()])
+        );
     }
 }

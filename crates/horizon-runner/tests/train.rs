@@ -135,6 +135,95 @@ fn resumed_training_equals_uninterrupted() {
     assert!(b.path().join("checkpoint/aux_head.safetensors").exists());
 }
 
+/// Copies the files of directory `from` into a new directory `to` (one level: a run's checkpoint).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// A kill at any point of a checkpoint write resumes from the last complete checkpoint and ends with
+/// exactly the weights of an uninterrupted run. The kill points are laid out on disk as a killed write
+/// leaves them: a half-written staging directory; the old checkpoint moved aside and the new one not
+/// yet in place; the new checkpoint in place but the run's `state.json` still the old one's.
+#[test]
+fn killed_checkpoint_write_resumes_from_a_complete_checkpoint() {
+    let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cfg = micro();
+    cfg.steps = 6;
+    let (full, _, _a) = train_to_end(&cfg);
+    let stop_at = |step| StopAt {
+        step: Some(step),
+        seconds: None,
+    };
+    let resume = |dir: &std::path::Path| {
+        let mut seen = Vec::new();
+        let model = train(&cfg, dir, Device::Cpu, StopAt::default(), |s, _, _| {
+            seen.push(s)
+        })
+        .unwrap()
+        .unwrap();
+        let (wa, wb) = (weights(&full), weights(&model));
+        assert_eq!(wa.len(), wb.len());
+        for ((na, ta), (_, tb)) in wa.iter().zip(&wb) {
+            assert!(ta.equal(tb), "{na} differs after resume");
+        }
+        let leftovers: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("checkpoint."))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        seen
+    };
+    let stopped_at = |step| {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            train(&cfg, dir.path(), Device::Cpu, stop_at(step), |_, _, _| {})
+                .unwrap()
+                .is_none()
+        );
+        dir
+    };
+    let ckpt = |d: &tempfile::TempDir| d.path().join("checkpoint");
+    let sibling = |d: &tempfile::TempDir, s: &str| d.path().join(format!("checkpoint.{s}"));
+
+    // Killed while writing the step-4 checkpoint: a staging directory with a torn weights file.
+    let a = stopped_at(2);
+    std::fs::create_dir_all(sibling(&a, "tmp")).unwrap();
+    let torn = std::fs::read(ckpt(&a).join("model.safetensors")).unwrap();
+    std::fs::write(
+        sibling(&a, "tmp").join("model.safetensors"),
+        &torn[..torn.len() / 2],
+    )
+    .unwrap();
+    assert_eq!(resume(a.path()), vec![2, 3, 4, 5]);
+
+    // Killed between the renames: the step-2 checkpoint aside, the step-4 one not in place.
+    let b = stopped_at(2);
+    std::fs::rename(ckpt(&b), sibling(&b, "prev")).unwrap();
+    copy_dir(&sibling(&b, "prev"), &sibling(&b, "tmp"));
+    assert_eq!(resume(b.path()), vec![2, 3, 4, 5]);
+
+    // Killed after the step-4 checkpoint went into place, before the old one was removed and the
+    // run's state.json rewritten: the run goes on from step 4, not from the stale state's step 2.
+    let c = stopped_at(2);
+    let stale_state = std::fs::read(c.path().join("state.json")).unwrap();
+    copy_dir(&ckpt(&c), &c.path().join("step2"));
+    assert!(train(&cfg, c.path(), Device::Cpu, stop_at(4), |_, _, _| {})
+        .unwrap()
+        .is_none());
+    std::fs::rename(c.path().join("step2"), sibling(&c, "prev")).unwrap();
+    std::fs::write(c.path().join("state.json"), stale_state).unwrap();
+    assert_eq!(resume(c.path()), vec![4, 5]);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.path().join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["step"], 6, "the run's copy of the state is mended");
+}
+
 /// A finished run, lengthened with `extend_run`, goes on from its last checkpoint (not from scratch) on
 /// the longer schedule; anything but a larger `steps` is refused, naming the state file.
 #[test]

@@ -17,6 +17,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
+use horizon_data::atomic::{recover_dir, write_atomic, write_dir_atomic};
 use horizon_data::imageproc::{clip_preprocess, ClipImageProcessorConfig, ResampleOrder};
 use horizon_data::synthetic::{self, Category, GenConfig, SynthSample};
 
@@ -652,20 +653,16 @@ pub struct TrainerState {
     pub elapsed_s: f64,
 }
 
-/// Writes a llava-hf checkpoint directory for `params` (module-tree names) at `dir`, atomically.
-fn write_model_dir(
-    dir: &Path,
+/// Writes the files of a llava-hf checkpoint for `params` (module-tree names) into the existing
+/// directory `tmp` (a staging directory of [`write_dir_atomic`]).
+fn write_model_files(
+    tmp: &Path,
     config: &serde_json::Value,
     tok: &tokenizers::Tokenizer,
     spec: &SmallModelSpec,
     params: &[(String, Tensor)],
     extra: &[(&str, &Tensor)],
 ) -> Result<()> {
-    let tmp = dir.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp)?;
     let write_json = |name: &str, v: &serde_json::Value| -> Result<()> {
         std::fs::write(tmp.join(name), serde_json::to_string_pretty(v)? + "\n")
             .with_context(|| format!("{}: cannot write", tmp.join(name).display()))
@@ -710,11 +707,6 @@ fn write_model_dir(
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
     Tensor::write_safetensors(&refs, tmp.join("model.safetensors"))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-    }
-    std::fs::rename(&tmp, dir)
-        .with_context(|| format!("{}: cannot rename into place", dir.display()))?;
     Ok(())
 }
 
@@ -1004,11 +996,9 @@ pub struct StopAt {
 /// glyph curriculum are fractions of the steps too and move with them (nothing changes for a run
 /// already past both). Returns the checkpoint's step.
 pub fn extend_run(cfg: &TrainConfig, run_dir: &Path) -> Result<usize> {
-    let state_path = run_dir.join("state.json");
-    let text = std::fs::read_to_string(&state_path)
-        .with_context(|| format!("{}: no run to extend", state_path.display()))?;
-    let mut state: TrainerState = serde_json::from_str(&text)
-        .with_context(|| format!("{}: invalid trainer state", state_path.display()))?;
+    let Some((mut state, state_path)) = checkpointed_state(run_dir)? else {
+        bail!("{}: no run to extend", run_dir.join("state.json").display());
+    };
     let old = state.config.steps;
     if cfg.steps <= old {
         bail!(
@@ -1026,14 +1016,45 @@ pub fn extend_run(cfg: &TrainConfig, run_dir: &Path) -> Result<usize> {
         );
     }
     state.config.steps = cfg.steps;
-    let tmp = state_path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_string(&state)?)?;
-    std::fs::rename(&tmp, &state_path)?;
+    write_state(&state_path, &state)?;
+    // The run's copy for readers (the same file for a checkpoint written before the copy existed).
+    write_state(&run_dir.join("state.json"), &state)?;
     Ok(state.step)
 }
 
-/// Trains (or resumes) a model into `run_dir` (`checkpoint/`, `state.json`) and exports the final
-/// llava-hf directory to `run_dir/model`, returned as `Some`; `None` when `stop` ended the call first.
+/// The state of the run in `run_dir` and the file it was read from: the checkpoint's own
+/// `checkpoint/state.json`, written in one atomic group with the weights, heads and moments, or for a
+/// checkpoint written before that file existed, the run's `state.json`. First mends a checkpoint
+/// write that a kill interrupted ([`recover_dir`]). `None` when the run has no checkpoint yet.
+fn checkpointed_state(run_dir: &Path) -> Result<Option<(TrainerState, PathBuf)>> {
+    let ckpt = run_dir.join("checkpoint");
+    recover_dir(&ckpt)?;
+    if !ckpt.join("model.safetensors").exists() {
+        return Ok(None);
+    }
+    let path = [ckpt.join("state.json"), run_dir.join("state.json")]
+        .into_iter()
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow!("{}: a checkpoint without state.json", ckpt.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let state = serde_json::from_str(&text)
+        .with_context(|| format!("{}: invalid trainer state", path.display()))?;
+    Ok(Some((state, path)))
+}
+
+fn write_state(path: &Path, state: &TrainerState) -> Result<()> {
+    write_atomic(path, |tmp| {
+        std::fs::write(tmp, serde_json::to_string(state)?)
+            .with_context(|| format!("{}: cannot write", tmp.display()))
+    })
+}
+
+/// Trains (or resumes) a model into `run_dir` and exports the final llava-hf directory to
+/// `run_dir/model`, returned as `Some`; `None` when `stop` ended the call first. Each checkpoint is one
+/// directory, `run_dir/checkpoint` (the model files, the training-only heads, the AdamW moments and
+/// `state.json`), replaced whole ([`write_dir_atomic`]), so a kill at any moment resumes from the last
+/// complete checkpoint. `run_dir/state.json` is a copy of the checkpoint's state for readers.
 /// `on_step(step, losses, lr)` reports progress.
 pub fn train(
     cfg: &TrainConfig,
@@ -1056,15 +1077,16 @@ pub fn train(
 
     let ckpt = run_dir.join("checkpoint");
     let state_path = run_dir.join("state.json");
-    let (weights, mut state) = if ckpt.join("model.safetensors").exists() && state_path.exists() {
-        let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(&state_path)?)
-            .with_context(|| format!("{}: invalid trainer state", state_path.display()))?;
+    let (weights, mut state) = if let Some((state, path)) = checkpointed_state(run_dir)? {
         if state.config != *cfg {
             bail!(
                 "{}: resuming with different settings than the checkpoint",
-                state_path.display()
+                path.display()
             );
         }
+        // A kill after the checkpoint went into place but before its copy was written leaves the
+        // copy a checkpoint behind.
+        write_state(&state_path, &state)?;
         (
             Weights::open(&ckpt, LLAVA_KEY_RENAMES, device, Kind::Float)?,
             state,
@@ -1219,9 +1241,9 @@ pub fn train(
         ("vision_tower.vision_model.post_layernorm.weight", &post_w),
         ("vision_tower.vision_model.post_layernorm.bias", &post_b),
     ];
-    // The model's own parameters as a llava-hf directory (checkpoints and the final export).
-    let export = |dir: &Path, params: &[(String, Tensor)]| {
-        write_model_dir(
+    // The model's own parameters as llava-hf files (checkpoints and the final export).
+    let model_files = |dir: &Path, params: &[(String, Tensor)]| {
+        write_model_files(
             dir,
             &config_json,
             &tok,
@@ -1527,33 +1549,34 @@ pub fn train(
                 .is_some_and(|s| started.elapsed().as_secs_f64() >= s);
         if state.step % cfg.checkpoint_every == 0 || state.step == cfg.steps || stopping {
             state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-            export(&ckpt, &params)?;
-            if params.len() > n_model_params {
-                let aux_cpu: Vec<(&str, Tensor)> = params[n_model_params..]
-                    .iter()
-                    .map(|(n, t)| (n.as_str(), t.detach().to_device(Device::Cpu)))
-                    .collect();
-                let refs: Vec<(&str, &Tensor)> = aux_cpu.iter().map(|(n, t)| (*n, t)).collect();
-                Tensor::write_safetensors(&refs, &aux_file)?;
-            }
-            let mut moments_named: Vec<(String, Tensor)> = Vec::new();
-            for (i, (name, _)) in params.iter().enumerate() {
-                moments_named.push((format!("m.{name}"), opt.m[i].to_device(Device::Cpu)));
-                moments_named.push((format!("v.{name}"), opt.v[i].to_device(Device::Cpu)));
-            }
-            let refs: Vec<(&str, &Tensor)> =
-                moments_named.iter().map(|(n, t)| (n.as_str(), t)).collect();
-            Tensor::write_safetensors(&refs, ckpt.join("optimizer.safetensors"))?;
-            let tmp = state_path.with_extension("tmp");
-            std::fs::write(&tmp, serde_json::to_string(&state)?)?;
-            std::fs::rename(&tmp, &state_path)?;
+            write_dir_atomic(&ckpt, |tmp| {
+                model_files(tmp, &params)?;
+                if params.len() > n_model_params {
+                    let aux_cpu: Vec<(&str, Tensor)> = params[n_model_params..]
+                        .iter()
+                        .map(|(n, t)| (n.as_str(), t.detach().to_device(Device::Cpu)))
+                        .collect();
+                    let refs: Vec<(&str, &Tensor)> = aux_cpu.iter().map(|(n, t)| (*n, t)).collect();
+                    Tensor::write_safetensors(&refs, tmp.join("aux_head.safetensors"))?;
+                }
+                let mut moments_named: Vec<(String, Tensor)> = Vec::new();
+                for (i, (name, _)) in params.iter().enumerate() {
+                    moments_named.push((format!("m.{name}"), opt.m[i].to_device(Device::Cpu)));
+                    moments_named.push((format!("v.{name}"), opt.v[i].to_device(Device::Cpu)));
+                }
+                let refs: Vec<(&str, &Tensor)> =
+                    moments_named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+                Tensor::write_safetensors(&refs, tmp.join("optimizer.safetensors"))?;
+                write_state(&tmp.join("state.json"), &state)
+            })?;
+            write_state(&state_path, &state)?;
         }
         if stopping && state.step < cfg.steps {
             return Ok(None);
         }
     }
     let final_dir = run_dir.join("model");
-    export(&final_dir, &params)?;
+    write_dir_atomic(&final_dir, |tmp| model_files(tmp, &params))?;
     Ok(Some(final_dir))
 }
 
