@@ -143,17 +143,15 @@ mod tests {
         assert_eq!(leftovers.len(), 1, "temporary file removed");
     }
 
-    fn file_in(dir: &Path) -> String {
-        std::fs::read_to_string(dir.join("f")).unwrap()
-    }
-
-    fn names_in(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
+    /// `root` holds only the directory `ckpt` (no staging or previous directory), whose file `f`
+    /// reads `text`.
+    fn assert_only_ckpt_with(root: &Path, text: &str) {
+        let names: Vec<String> = std::fs::read_dir(root)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        v.sort();
-        v
+        assert_eq!(names, ["ckpt"]);
+        assert_eq!(std::fs::read_to_string(root.join("ckpt/f")).unwrap(), text);
     }
 
     #[test]
@@ -165,16 +163,14 @@ mod tests {
         };
         write_dir_atomic(&dir, fill("one")).unwrap();
         write_dir_atomic(&dir, fill("two")).unwrap();
-        assert_eq!(file_in(&dir), "two");
-        assert_eq!(names_in(root.path()), ["ckpt"]);
+        assert_only_ckpt_with(root.path(), "two");
         // A failing fill keeps the old directory and leaves nothing behind.
         let err = write_dir_atomic(&dir, |tmp| {
             std::fs::write(tmp.join("f"), "half")?;
             anyhow::bail!("disk full")
         });
         assert!(err.is_err());
-        assert_eq!(file_in(&dir), "two");
-        assert_eq!(names_in(root.path()), ["ckpt"]);
+        assert_only_ckpt_with(root.path(), "two");
     }
 
     /// Each point where a kill can stop `write_dir_atomic`, laid out by hand: recovery yields a
@@ -192,32 +188,20 @@ mod tests {
         make(&dir, "old");
         make(&tmp, "ne");
         recover_dir(&dir).unwrap();
-        assert_eq!(
-            (file_in(&dir), names_in(root.path())),
-            ("old".into(), vec!["ckpt".into()])
-        );
+        assert_only_ckpt_with(root.path(), "old");
         // Killed between the two renames: the old directory comes back.
         std::fs::rename(&dir, &prev).unwrap();
         make(&tmp, "new");
         recover_dir(&dir).unwrap();
-        assert_eq!(
-            (file_in(&dir), names_in(root.path())),
-            ("old".into(), vec!["ckpt".into()])
-        );
+        assert_only_ckpt_with(root.path(), "old");
         // Killed after the swap, before the old one was removed: the new directory stays.
         std::fs::rename(&dir, &prev).unwrap();
         make(&dir, "new");
         recover_dir(&dir).unwrap();
-        assert_eq!(
-            (file_in(&dir), names_in(root.path())),
-            ("new".into(), vec!["ckpt".into()])
-        );
+        assert_only_ckpt_with(root.path(), "new");
         // A later write starts from whatever a kill left.
         make(&tmp, "ne");
         write_dir_atomic(&dir, |t| Ok(std::fs::write(t.join("f"), "next")?)).unwrap();
-        assert_eq!(
-            (file_in(&dir), names_in(root.path())),
-            ("next".into(), vec!["ckpt".into()])
-        );
+        assert_only_ckpt_with(root.path(), "next");
     }
 }
