@@ -441,13 +441,15 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         });
         avg = Some((a, x, m, e));
         bar.set_position(step as u64 + 1);
-        // The evidence mass is the attention supervision's progress; shown only when it is on.
-        let mut mass = if cfg.attend_weight > 0.0 {
+        // The evidence mass is the attention supervision's progress; shown only when it is on, and
+        // (like the early-answer loss) only after the vision stage, which runs no decoder.
+        let decoder_phase = !a.is_nan();
+        let mut mass = if cfg.attend_weight > 0.0 && decoder_phase {
             format!(" evidence mass {m:.3}")
         } else {
             String::new()
         };
-        if cfg.early_answer_weight > 0.0 {
+        if cfg.early_answer_weight > 0.0 && decoder_phase {
             mass += &format!(" early answer loss {e:.3}");
         }
         // Accuracies of the training-only heads on the last 50 fresh batches (before their update).
@@ -460,11 +462,19 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 mass += &format!(" {label} acc {pct:.1}%");
             }
         }
-        bar.set_message(format!("loss {a:.4}  patch loss {x:.4}{mass}  lr {lr:.2e}"));
+        // The vision stage has no answer tokens, so no answer loss yet: shown as "-", not NaN.
+        let answer_loss = if a.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{a:.4}")
+        };
+        bar.set_message(format!(
+            "loss {answer_loss}  patch loss {x:.4}{mass}  lr {lr:.2e}"
+        ));
         // Logs of background runs (no terminal, so no bar) still show progress.
         if bar.is_hidden() && (step + 1) % 50 == 0 {
             eprintln!(
-                "step {} loss {a:.4} patch loss {x:.4}{mass} lr {lr:.2e} elapsed {:.0}s",
+                "step {} loss {answer_loss} patch loss {x:.4}{mass} lr {lr:.2e} elapsed {:.0}s",
                 step + 1,
                 bar.elapsed().as_secs_f64()
             );
