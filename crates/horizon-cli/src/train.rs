@@ -463,10 +463,10 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
             }
         }
         // The vision stage has no answer tokens, so no answer loss yet: shown as "-", not NaN.
-        let answer_loss = if a.is_nan() {
-            "-".to_string()
-        } else {
+        let answer_loss = if decoder_phase {
             format!("{a:.4}")
+        } else {
+            "-".to_string()
         };
         bar.set_message(format!(
             "loss {answer_loss}  patch loss {x:.4}{mass}  lr {lr:.2e}"

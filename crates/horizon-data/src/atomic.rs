@@ -106,19 +106,20 @@ pub fn recover_dir(dir: &Path) -> Result<()> {
 
 /// `{dir}.{suffix}` beside `dir` (appended, so a name with dots keeps them).
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    dir.with_file_name(format!("{name}.{suffix}"))
+    beside(dir, |name| format!("{name}.{suffix}"))
 }
 
 fn temp_path(path: &Path) -> PathBuf {
+    beside(path, |name| format!(".{name}.tmp{}", std::process::id()))
+}
+
+/// The path in the same directory as `path` whose file name `rename` makes from `path`'s.
+fn beside(path: &Path, rename: impl FnOnce(&str) -> String) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+    path.with_file_name(rename(&name))
 }
 
 #[cfg(test)]

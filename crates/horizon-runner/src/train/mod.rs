@@ -653,6 +653,12 @@ pub struct TrainerState {
     pub elapsed_s: f64,
 }
 
+/// File names inside a run directory and its checkpoint, shared by the writer and the resume path.
+const CHECKPOINT_DIR: &str = "checkpoint";
+const STATE_FILE: &str = "state.json";
+const AUX_HEAD_FILE: &str = "aux_head.safetensors";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
 /// Writes the files of a llava-hf checkpoint for `params` (module-tree names) into the existing
 /// directory `tmp` (a staging directory of [`write_dir_atomic`]).
 fn write_model_files(
@@ -997,7 +1003,7 @@ pub struct StopAt {
 /// already past both). Returns the checkpoint's step.
 pub fn extend_run(cfg: &TrainConfig, run_dir: &Path) -> Result<usize> {
     let Some((mut state, state_path)) = checkpointed_state(run_dir)? else {
-        bail!("{}: no run to extend", run_dir.join("state.json").display());
+        bail!("{}: no run to extend", run_dir.join(STATE_FILE).display());
     };
     let old = state.config.steps;
     if cfg.steps <= old {
@@ -1018,7 +1024,7 @@ pub fn extend_run(cfg: &TrainConfig, run_dir: &Path) -> Result<usize> {
     state.config.steps = cfg.steps;
     write_state(&state_path, &state)?;
     // The run's copy for readers (the same file for a checkpoint written before the copy existed).
-    write_state(&run_dir.join("state.json"), &state)?;
+    write_state(&run_dir.join(STATE_FILE), &state)?;
     Ok(state.step)
 }
 
@@ -1027,12 +1033,12 @@ pub fn extend_run(cfg: &TrainConfig, run_dir: &Path) -> Result<usize> {
 /// checkpoint written before that file existed, the run's `state.json`. First mends a checkpoint
 /// write that a kill interrupted ([`recover_dir`]). `None` when the run has no checkpoint yet.
 fn checkpointed_state(run_dir: &Path) -> Result<Option<(TrainerState, PathBuf)>> {
-    let ckpt = run_dir.join("checkpoint");
+    let ckpt = run_dir.join(CHECKPOINT_DIR);
     recover_dir(&ckpt)?;
     if !ckpt.join("model.safetensors").exists() {
         return Ok(None);
     }
-    let path = [ckpt.join("state.json"), run_dir.join("state.json")]
+    let path = [ckpt.join(STATE_FILE), run_dir.join(STATE_FILE)]
         .into_iter()
         .find(|p| p.exists())
         .ok_or_else(|| anyhow!("{}: a checkpoint without state.json", ckpt.display()))?;
@@ -1075,8 +1081,8 @@ pub fn train(
         "preprocessor_config.json",
     )?;
 
-    let ckpt = run_dir.join("checkpoint");
-    let state_path = run_dir.join("state.json");
+    let ckpt = run_dir.join(CHECKPOINT_DIR);
+    let state_path = run_dir.join(STATE_FILE);
     let (weights, mut state) = if let Some((state, path)) = checkpointed_state(run_dir)? {
         if state.config != *cfg {
             bail!(
@@ -1116,7 +1122,7 @@ pub fn train(
         });
     }
     // The dense per-patch head (training only): kept in its own file, never in the exported model.
-    let aux_file = ckpt.join("aux_head.safetensors");
+    let aux_file = ckpt.join(AUX_HEAD_FILE);
     let n_model_params = params.len();
     if cfg.aux_weight > 0.0 {
         let (w, b) = if state.step > 0 && aux_file.exists() {
@@ -1217,7 +1223,7 @@ pub fn train(
         .iter()
         .map(|(n, _)| n.contains("vision_tower.") || n.contains("multi_modal_projector."))
         .collect();
-    let moments = ckpt.join("optimizer.safetensors");
+    let moments = ckpt.join(OPTIMIZER_FILE);
     if state.step > 0 && moments.exists() {
         let saved: std::collections::HashMap<String, Tensor> =
             Tensor::read_safetensors(&moments)?.into_iter().collect();
@@ -1557,7 +1563,7 @@ pub fn train(
                         .map(|(n, t)| (n.as_str(), t.detach().to_device(Device::Cpu)))
                         .collect();
                     let refs: Vec<(&str, &Tensor)> = aux_cpu.iter().map(|(n, t)| (*n, t)).collect();
-                    Tensor::write_safetensors(&refs, tmp.join("aux_head.safetensors"))?;
+                    Tensor::write_safetensors(&refs, tmp.join(AUX_HEAD_FILE))?;
                 }
                 let mut moments_named: Vec<(String, Tensor)> = Vec::new();
                 for (i, (name, _)) in params.iter().enumerate() {
@@ -1566,8 +1572,8 @@ pub fn train(
                 }
                 let refs: Vec<(&str, &Tensor)> =
                     moments_named.iter().map(|(n, t)| (n.as_str(), t)).collect();
-                Tensor::write_safetensors(&refs, tmp.join("optimizer.safetensors"))?;
-                write_state(&tmp.join("state.json"), &state)
+                Tensor::write_safetensors(&refs, tmp.join(OPTIMIZER_FILE))?;
+                write_state(&tmp.join(STATE_FILE), &state)
             })?;
             write_state(&state_path, &state)?;
         }
