@@ -6,7 +6,7 @@
 use crate::horizon::{find_horizon, HorizonResult, Threshold};
 use crate::read::InfoTable;
 use crate::stats;
-use crate::{Metric, Mode};
+use crate::{InfoMode, Metric};
 use anyhow::{anyhow, bail, Result};
 use ndarray::Array2;
 use rayon::prelude::*;
@@ -22,7 +22,7 @@ pub struct AnalysisParams {
     /// The per-run quantity (default `p`).
     pub metric: Metric,
     /// Which window runs (default `keep-only`).
-    pub mode: Mode,
+    pub mode: InfoMode,
     /// The `target` rows to use (default `gt`).
     pub target: String,
     /// Bootstrap resamples B (default 1000).
@@ -41,7 +41,7 @@ impl Default for AnalysisParams {
     fn default() -> Self {
         AnalysisParams {
             metric: Metric::P,
-            mode: Mode::KeepOnly,
+            mode: InfoMode::KeepOnly,
             target: "gt".into(),
             bootstrap: 1000,
             confidence: 0.95,
@@ -52,9 +52,10 @@ impl Default for AnalysisParams {
     }
 }
 
-/// The window grid. Window `w` sits at (`row_of[w]`, `col_of[w]`).
+/// The window layout the rows show (geometry: `horizon_data::window::WindowGrid`). Window `w` sits at
+/// (`row_of[w]`, `col_of[w]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WindowGrid {
+pub struct WindowLayout {
     pub rows: usize,
     pub cols: usize,
     pub n_windows: usize,
@@ -64,11 +65,11 @@ pub struct WindowGrid {
     pub window_size: Option<usize>,
 }
 
-impl WindowGrid {
+impl WindowLayout {
     /// A row-major `rows × cols` grid.
-    pub fn row_major(rows: usize, cols: usize) -> WindowGrid {
+    pub fn row_major(rows: usize, cols: usize) -> WindowLayout {
         let n = rows * cols;
-        WindowGrid {
+        WindowLayout {
             rows,
             cols,
             n_windows: n,
@@ -146,7 +147,7 @@ pub struct InputSummary {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Analysis {
     pub params: AnalysisParams,
-    pub grid: WindowGrid,
+    pub grid: WindowLayout,
     /// Sorted by model, then task, the pooled group last within each model.
     pub groups: Vec<GroupResult>,
     pub input: InputSummary,
@@ -340,9 +341,9 @@ pub fn analyze(t: &InfoTable, params: &AnalysisParams) -> Result<Analysis> {
             let mut missing = 0usize;
             for k in 0..nl {
                 let base = match pmode {
-                    Mode::KeepOnly => text[s * nl + k],
-                    Mode::LeaveOut if metric == Metric::Kl => 0.0,
-                    Mode::LeaveOut => {
+                    InfoMode::KeepOnly => text[s * nl + k],
+                    InfoMode::LeaveOut if metric == Metric::Kl => 0.0,
+                    InfoMode::LeaveOut => {
                         let f = full_at[s * nl + k];
                         if f.is_nan() {
                             full[s]
@@ -359,10 +360,10 @@ pub fn analyze(t: &InfoTable, params: &AnalysisParams) -> Result<Analysis> {
                         missing += 1;
                     }
                     *x = match (pmode, metric) {
-                        (Mode::KeepOnly, Metric::Kl) => base - *x,
-                        (Mode::KeepOnly, _) => *x - base,
-                        (Mode::LeaveOut, Metric::Kl) => *x,
-                        (Mode::LeaveOut, _) => base - *x,
+                        (InfoMode::KeepOnly, Metric::Kl) => base - *x,
+                        (InfoMode::KeepOnly, _) => *x - base,
+                        (InfoMode::LeaveOut, Metric::Kl) => *x,
+                        (InfoMode::LeaveOut, _) => base - *x,
                     };
                 }
             }
@@ -556,7 +557,7 @@ fn window_grid(
     target: u32,
     mode: u32,
     var_of: &[Var],
-) -> WindowGrid {
+) -> WindowLayout {
     let meta = (
         t.metadata_usize("horizon.grid_rows"),
         t.metadata_usize("horizon.grid_cols"),
@@ -600,7 +601,7 @@ fn window_grid(
             }
         }
     };
-    let mut grid = WindowGrid::row_major(rows, cols);
+    let mut grid = WindowLayout::row_major(rows, cols);
     for w in 0..n_from_rows {
         if row_of[w] >= 0 && col_of[w] >= 0 {
             grid.row_of[w] = row_of[w];

@@ -62,7 +62,7 @@ mod read;
 pub mod stats;
 
 pub use aggregate::{
-    analyze, Analysis, AnalysisParams, GroupResult, InputSummary, LayerStats, WindowGrid,
+    analyze, Analysis, AnalysisParams, GroupResult, InputSummary, LayerStats, WindowLayout,
     POOLED_TASK,
 };
 pub use horizon::{find_horizon, HorizonResult, Threshold, NO_HORIZON};
@@ -121,41 +121,5 @@ impl std::fmt::Display for Metric {
     }
 }
 
-/// Which window runs the information is computed from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-pub enum Mode {
-    /// Keep only window w's visual tokens from layer K on.
-    #[default]
-    #[serde(rename = "keep-only")]
-    KeepOnly,
-    /// Drop only window w's visual tokens from layer K on.
-    #[serde(rename = "leave-out")]
-    LeaveOut,
-}
-
-impl Mode {
-    /// The value of the `mode` column.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::KeepOnly => "keep-only",
-            Mode::LeaveOut => "leave-out",
-        }
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s {
-            "keep-only" => Ok(Mode::KeepOnly),
-            "leave-out" => Ok(Mode::LeaveOut),
-            _ => anyhow::bail!("unknown mode `{s}` (expected keep-only or leave-out)"),
-        }
-    }
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Which window runs the information is computed from (one definition, shared with the writer).
+pub use horizon_data::info_rows::InfoMode;

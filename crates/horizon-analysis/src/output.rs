@@ -1,6 +1,6 @@
 //! Outputs: `horizon.json`, the per-layer table and the per-window table, written atomically.
 
-use crate::aggregate::{Analysis, AnalysisParams, InputSummary, WindowGrid};
+use crate::aggregate::{Analysis, AnalysisParams, InputSummary, WindowLayout};
 use crate::horizon::HorizonResult;
 use anyhow::{Context, Result};
 use arrow::array::{
@@ -70,7 +70,7 @@ pub struct HorizonReport {
     pub tool: String,
     pub definitions: std::collections::BTreeMap<String, String>,
     pub parameters: AnalysisParams,
-    pub grid: WindowGrid,
+    pub grid: WindowLayout,
     pub input: InputSummary,
     pub models: Vec<ModelEntry>,
     pub summary: Vec<SummaryLine>,

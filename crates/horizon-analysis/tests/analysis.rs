@@ -8,7 +8,7 @@ fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol * (1.0 + a.abs().max(b.abs()))
 }
 
-fn params(metric: Metric, mode: Mode) -> AnalysisParams {
+fn params(metric: Metric, mode: InfoMode) -> AnalysisParams {
     AnalysisParams {
         metric,
         mode,
@@ -62,7 +62,7 @@ fn tiny_keep_only_p_by_hand() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("info.parquet");
     write_rows(&f, &tiny_rows(), (1, 2));
-    let a = read_analyze(&f, &params(Metric::P, Mode::KeepOnly));
+    let a = read_analyze(&f, &params(Metric::P, InfoMode::KeepOnly));
     assert_eq!(a.groups.len(), 2); // task t and pooled
     let g = a.group("m", "t").unwrap();
     assert_eq!(g.n_samples, 2);
@@ -93,7 +93,7 @@ fn tiny_leave_out_and_kl_by_hand() {
     let f = dir.path().join("info.parquet");
     write_rows(&f, &tiny_rows(), (1, 2));
     // leave-out p: a: 0.8-0.4=0.4, 0.8-0.6=0.2; b: 0.6-0.6=0, 0.6-0.6=0
-    let a = read_analyze(&f, &params(Metric::P, Mode::LeaveOut));
+    let a = read_analyze(&f, &params(Metric::P, InfoMode::LeaveOut));
     let g = a.group("m", "t").unwrap();
     assert!(close(g.window_means[[0, 0]], 0.2, 1e-12));
     assert!(close(g.window_means[[0, 1]], 0.1, 1e-12));
@@ -107,18 +107,18 @@ fn tiny_leave_out_and_kl_by_hand() {
     assert!(close(l.entropy_norm, h, 1e-12));
     assert!(close(l.gini, 0.2 / (8.0 * 0.15), 1e-12));
     // keep-only kl: text 1.0 - [0.25, 0.75] for both samples -> [0.75, 0.25]
-    let a = read_analyze(&f, &params(Metric::Kl, Mode::KeepOnly));
+    let a = read_analyze(&f, &params(Metric::Kl, InfoMode::KeepOnly));
     let g = a.group("m", "t").unwrap();
     assert!(close(g.window_means[[0, 0]], 0.75, 1e-12));
     assert!(close(g.window_means[[0, 1]], 0.25, 1e-12));
     // leave-out kl: KL_{-w}: a [0.5, 0.1], b [0.5, 0.1]
-    let a = read_analyze(&f, &params(Metric::Kl, Mode::LeaveOut));
+    let a = read_analyze(&f, &params(Metric::Kl, InfoMode::LeaveOut));
     let g = a.group("m", "t").unwrap();
     assert!(close(g.window_means[[0, 0]], 0.5, 1e-12));
     assert!(close(g.window_means[[0, 1]], 0.1, 1e-12));
     assert!(close(g.layers[0].mean, 0.3, 1e-12));
     // keep-only logp: a: ln .5 - ln .1, ln .3 - ln .1; b: ln .2 - ln .2, ln .4 - ln .2
-    let a = read_analyze(&f, &params(Metric::Logp, Mode::KeepOnly));
+    let a = read_analyze(&f, &params(Metric::Logp, InfoMode::KeepOnly));
     let g = a.group("m", "t").unwrap();
     assert!(close(
         g.window_means[[0, 0]],
@@ -154,7 +154,7 @@ fn matches_naive_oracle_all_metrics_and_modes() {
     assert_eq!(table.len(), rows.len());
     assert_eq!(table.files.len(), 2);
     for metric in Metric::ALL {
-        for mode in [Mode::KeepOnly, Mode::LeaveOut] {
+        for mode in [InfoMode::KeepOnly, InfoMode::LeaveOut] {
             let a = analyze(&table, &params(metric, mode)).unwrap();
             assert_eq!(a.groups.len(), 6);
             for grp in &a.groups {
@@ -215,7 +215,7 @@ fn missing_windows_and_baselines_are_skipped_and_counted() {
     );
     let f = dir.path().join("x.parquet");
     write_rows(&f, &rows, (1, 2));
-    let a = read_analyze(&f, &params(Metric::P, Mode::KeepOnly));
+    let a = read_analyze(&f, &params(Metric::P, InfoMode::KeepOnly));
     let g = a.group("m", "t").unwrap();
     let l = &g.layers[0];
     // a: I_a = 0.3 (windows 0.4, 0.2); b: only window 0 -> I_b = 0.0; c: no baseline -> skipped
@@ -233,7 +233,7 @@ fn duplicate_rows_are_an_error() {
     write_rows(&dir.path().join("a.parquet"), &rows, (1, 2));
     write_rows(&dir.path().join("b.parquet"), &rows[..3], (1, 2));
     let t = read_info_rows(dir.path()).unwrap();
-    let e = analyze(&t, &params(Metric::P, Mode::KeepOnly))
+    let e = analyze(&t, &params(Metric::P, InfoMode::KeepOnly))
         .unwrap_err()
         .to_string();
     assert!(e.contains("duplicate"), "{e}");
@@ -265,7 +265,7 @@ fn horizon_of(levels: &[f64]) -> HorizonResult {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("h.parquet");
     write_rows(&f, &level_rows(levels), (2, 2));
-    let a = read_analyze(&f, &params(Metric::P, Mode::KeepOnly));
+    let a = read_analyze(&f, &params(Metric::P, InfoMode::KeepOnly));
     a.group("m", "t").unwrap().horizon.clone()
 }
 
@@ -324,7 +324,7 @@ fn pooled_group_pools_tasks() {
     }
     let f = dir.path().join("p.parquet");
     write_rows(&f, &rows, (2, 2));
-    let a = read_analyze(&f, &params(Metric::P, Mode::KeepOnly));
+    let a = read_analyze(&f, &params(Metric::P, InfoMode::KeepOnly));
     assert_eq!(a.group("m", "t").unwrap().horizon.horizon, Some(1));
     assert_eq!(a.group("m", "u").unwrap().horizon.horizon, Some(2));
     let p = a.group("m", POOLED_TASK).unwrap();
@@ -342,7 +342,7 @@ fn bootstrap_is_deterministic_for_a_seed() {
     let f = dir.path().join("r.parquet");
     write_rows(&f, &rows, (2, 2));
     let t = read_info_rows(&f).unwrap();
-    let p = params(Metric::P, Mode::KeepOnly);
+    let p = params(Metric::P, InfoMode::KeepOnly);
     let a1 = analyze(&t, &p).unwrap();
     let a2 = analyze(&t, &p).unwrap();
     assert_eq!(a1, a2);
@@ -422,7 +422,7 @@ fn target_and_mode_selection() {
     }
     let f = dir.path().join("t.parquet");
     write_rows(&f, &rows, (1, 2));
-    let a = read_analyze(&f, &params(Metric::P, Mode::KeepOnly));
+    let a = read_analyze(&f, &params(Metric::P, InfoMode::KeepOnly));
     assert!(close(a.group("m", "t").unwrap().layers[0].mean, 0.2, 1e-12));
     assert_eq!(a.input.rows_other_target, 12);
     assert_eq!(a.input.rows_other_mode, 4);
@@ -430,7 +430,7 @@ fn target_and_mode_selection() {
         &f,
         &AnalysisParams {
             target: "greedy".into(),
-            ..params(Metric::P, Mode::KeepOnly)
+            ..params(Metric::P, InfoMode::KeepOnly)
         },
     );
     assert!(g.group("m", "t").unwrap().layers[0].mean.abs() < 1e-12);

@@ -4,9 +4,12 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use horizon_data::info_rows::Target;
 
 use horizon_analysis::{
-    analyze, read_info_rows_many, write_outputs, Analysis, AnalysisParams, Metric, Mode,
+    analyze, read_info_rows_many, write_outputs, Analysis, AnalysisParams, InfoMode, Metric,
     ReadOptions, Threshold,
 };
 use horizon_plot::{
@@ -21,14 +24,14 @@ pub struct AnalysisArgs {
     #[arg(long, required = true, num_args = 1.., value_delimiter = ',')]
     pub info: Vec<PathBuf>,
     /// Quantity per run: p (probability of y), logp, or kl (KL to the unpruned model).
-    #[arg(long, default_value = "p")]
-    pub metric: String,
+    #[arg(long, default_value = "p", value_parser = Metric::from_str)]
+    pub metric: Metric,
     /// keep-only or leave-out rows.
-    #[arg(long, default_value = "keep-only")]
-    pub mode: String,
+    #[arg(long, default_value = "keep-only", value_parser = InfoMode::from_str)]
+    pub mode: InfoMode,
     /// gt or greedy rows.
-    #[arg(long, default_value = "gt")]
-    pub target: String,
+    #[arg(long, default_value = "gt", value_parser = Target::from_str)]
+    pub target: Target,
     /// Vanishing threshold as a fraction of the largest |mean information| over layers.
     #[arg(long, default_value_t = 0.05)]
     pub threshold: f64,
@@ -54,15 +57,9 @@ impl AnalysisArgs {
             bail!("--confidence: {} is not in (0, 1)", self.confidence);
         }
         let params = AnalysisParams {
-            metric: self
-                .metric
-                .parse::<Metric>()
-                .map_err(|e| anyhow::anyhow!("--metric: {e}"))?,
-            mode: self
-                .mode
-                .parse::<Mode>()
-                .map_err(|e| anyhow::anyhow!("--mode: {e}"))?,
-            target: self.target.clone(),
+            metric: self.metric,
+            mode: self.mode,
+            target: self.target.as_str().to_string(),
             bootstrap: self.bootstrap,
             confidence: self.confidence,
             seed: self.seed,

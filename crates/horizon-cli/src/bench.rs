@@ -10,13 +10,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-use horizon_runner::device::{dtype_name, parse_device, parse_dtype};
+use horizon_runner::device::dtype_name;
+
+use crate::options::RunOptions;
 use horizon_runner::info::{
     full_run, naive_variant, sweep_sample, variant_keep_sets, InfoMode, SweepConfig, WindowGrid,
 };
-use horizon_runner::{ModelInputs, VlModel};
+use horizon_runner::{ModelInputs, VisualTokens, VlModel};
 
-use crate::info::parse_layers;
+use horizon_runner::sweep::parse_layers;
 
 /// config.json of llava-hf/llava-1.5-7b-hf as published (sparse; HF defaults fill the rest).
 const LLAVA_1_5_7B_CONFIG: &str = r#"{
@@ -40,12 +42,8 @@ pub struct BenchArgs {
     /// Override the number of decoder layers (to fit a small machine; timings then scale with it).
     #[arg(long)]
     num_layers: Option<i64>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    #[command(flatten)]
+    run: RunOptions,
     /// Text tokens around the image in the synthetic prompt.
     #[arg(long, default_value_t = 40)]
     text_tokens: usize,
@@ -132,19 +130,22 @@ fn synthetic_inputs(
     if grid * grid != n_img {
         bail!("{n_img} visual tokens do not form a square grid (config {cfg})");
     }
+    let n = ids.len() as i64;
     Ok(ModelInputs {
         input_ids: Tensor::from_slice(&ids).unsqueeze(0).to_device(device),
         pixel_values: Some(Tensor::randn([1, 3, side, side], (Kind::Float, device))),
-        visual_positions: (first_visual..first_visual + n_img).collect(),
-        visual_grid: (grid, grid),
         image_grid_thw: Vec::new(),
-        position_ids: None,
+        visual: VisualTokens {
+            positions: (first_visual..first_visual + n_img).collect(),
+            grid: (grid, grid),
+        },
+        position_ids: Tensor::arange(n, (Kind::Int64, device)).unsqueeze(0),
+        rope_deltas: 0,
     })
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let device = parse_device(&args.device)?;
-    let kind = parse_dtype(&args.dtype)?;
+    let (device, kind) = (args.run.device, args.run.dtype);
     let (origin, mut cfg) = load_config(&args.config)?;
     if let Some(n) = args.num_layers {
         if n < 1 {
@@ -167,7 +168,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "horizon bench: {} ({num_layers} decoder layers), {} tokens ({} visual), {} on {:?}; random weights in {load_s:.1} s",
         origin.display(),
         inputs.seq_len(),
-        inputs.visual_positions.len(),
+        inputs.visual.positions.len(),
         dtype_name(kind),
         device
     );
@@ -204,7 +205,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let engine_s = t.elapsed().as_secs_f64();
     let variants = results.len() - 1;
 
-    let grid = WindowGrid::new(inputs.visual_grid, args.window)?;
+    let grid = WindowGrid::new(inputs.visual.grid, args.window)?;
     let (text_only, windows) = variant_keep_sets(&inputs, &grid, InfoMode::KeepOnly);
     let all: Vec<(usize, &Vec<usize>)> = layers
         .iter()
@@ -242,7 +243,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(path) = &args.json {
         let out = json!({
             "config": origin.display().to_string(), "num_layers": num_layers, "device": format!("{device:?}"),
-            "dtype": dtype_name(kind), "seq_len": inputs.seq_len(), "visual_tokens": inputs.visual_positions.len(),
+            "dtype": dtype_name(kind), "seq_len": inputs.seq_len(), "visual_tokens": inputs.visual.positions.len(),
             "load_s": load_s, "forward_s": forward_s, "sweep_layers": layers, "window": args.window,
             "variants": variants, "engine_s": engine_s, "naive_variants_run": naive_n,
             "naive_s_per_variant": naive_mean, "naive_total_s": naive_total,

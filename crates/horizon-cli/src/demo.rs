@@ -6,13 +6,14 @@ use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
 
-use horizon_analysis::write_outputs;
-use horizon_runner::info::InfoMode;
-use horizon_runner::processor::PromptTemplate;
+use std::str::FromStr;
+
+use horizon_analysis::{write_outputs, Metric};
+use horizon_data::info_rows::{InfoMode, Target};
 
 use crate::analysis::{print_summary, render_figures, AnalysisArgs};
 use crate::info::{self, InfoArgs};
-use crate::ModelOptions;
+use crate::options::{ModelOptions, RunOptions};
 
 /// The bundled models, larger first (the order of the rows and curves).
 pub const BUNDLED_MODELS: [&str; 2] = ["data/models/horizon-large", "data/models/horizon-small"];
@@ -46,20 +47,16 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     window: u32,
     /// keep-only or leave-out.
-    #[arg(long, default_value = "keep-only", value_parser = InfoMode::parse)]
+    #[arg(long, default_value = "keep-only", value_parser = InfoMode::from_str)]
     mode: InfoMode,
     /// gt or greedy.
-    #[arg(long, default_value = "gt", value_parser = ["gt", "greedy"])]
-    target: String,
+    #[arg(long, default_value = "gt", value_parser = Target::from_str)]
+    target: Target,
     /// Variants per batch (default: from a 2 GB memory budget).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: Option<u32>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    #[command(flatten)]
+    run: RunOptions,
     /// Seed of the bootstrap (and of the sample shuffle when --shuffle is given).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -110,13 +107,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             args.models.len()
         );
         info::run(&InfoArgs {
-            model: ModelOptions {
-                model: model.clone(),
-                template: PromptTemplate::Auto,
-                device: args.device.clone(),
-                dtype: args.dtype.clone(),
-                pillow_version: crate::DEFAULT_PILLOW_VERSION.into(),
-            },
+            model: ModelOptions::for_dir(model.clone(), args.run),
             model_name: Some(name),
             bench: args.bench.clone(),
             image_dir: args.image_dir.clone(),
@@ -125,7 +116,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             layers: Some(args.layers.clone()),
             window: args.window,
             mode: args.mode,
-            target: args.target.clone(),
+            target: args.target,
             limit: args.limit,
             per_category: Some(args.per_category),
             seed: args.shuffle.then_some(args.seed),
@@ -139,9 +130,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     eprintln!("statistics, horizons and figures");
     let analysis = AnalysisArgs {
         info: info_dirs,
-        metric: "p".into(),
-        mode: args.mode.name().into(),
-        target: args.target.clone(),
+        metric: Metric::P,
+        mode: args.mode,
+        target: args.target,
         threshold: args.threshold,
         absolute_threshold: None,
         bootstrap: args.bootstrap,

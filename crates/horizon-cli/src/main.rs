@@ -4,6 +4,8 @@ mod analysis;
 mod bench;
 mod demo;
 mod info;
+mod options;
+mod progress;
 mod train;
 
 use anyhow::{Context, Result};
@@ -13,19 +15,19 @@ use std::process::ExitCode;
 use tch::{Kind, Tensor};
 
 use horizon_data::atomic::write_atomic;
-use horizon_data::imageproc::ResampleOrder;
-use horizon_runner::device::{parse_device, parse_dtype};
 use horizon_runner::generate::{generate_greedy, GenerationConfig};
-use horizon_runner::processor::{Processor, PromptTemplate};
+use horizon_runner::processor::Processor;
 use horizon_runner::{Intervention, VlModel};
+
+use options::ModelOptions;
 
 #[derive(Parser)]
 #[command(
     name = "horizon",
     version,
     about = "How much each visual token of a vision-language model still matters at each decoder layer",
-    long_about = "horizon runs HF-format vision-language checkpoints (llava-hf LLaVA-1.5) with libtorch, \
-measures per-layer visual-token information, locates the information horizon, and renders its figures."
+    long_about = "horizon runs HF-format vision-language checkpoints (llava-hf LLaVA-1.5, Qwen2.5-VL) with \
+libtorch, measures per-layer visual-token information, locates the information horizon, and renders its figures."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -56,34 +58,6 @@ enum Command {
     Train(train::TrainArgs),
     /// Greedy-generation accuracy per category (exact match) on a benchmark.
     Eval(train::EvalArgs),
-}
-
-/// The Pillow release HF's PIL-backend preprocessing is reproduced for unless told otherwise (the one
-/// the fixtures were made with).
-pub const DEFAULT_PILLOW_VERSION: &str = "12.3.0";
-
-/// Which checkpoint to run and how.
-#[derive(Args)]
-pub struct ModelOptions {
-    /// HF checkpoint directory (config.json, safetensors shards, tokenizer.json, preprocessor_config.json).
-    #[arg(long)]
-    model: PathBuf,
-    /// Prompt template: auto (the family's chat template), llava-hf (`USER: <image>\n{prompt} ASSISTANT:`),
-    /// vicuna-v1 (original LLaVA with its system text, as the reference procedure uses), qwen (Qwen2.5-VL
-    /// chat with its default system message), or raw (the prompt as given, with one `<image>` for LLaVA or
-    /// one `<|image_pad|>` for Qwen2.5-VL).
-    #[arg(long, default_value = "auto", value_parser = PromptTemplate::parse)]
-    template: PromptTemplate,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Compute dtype: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
-    /// Pillow release whose bicubic resize to reproduce: HF's PIL-backend preprocessing calls Pillow,
-    /// and Pillow 13 changed the pass order of some resizes.
-    #[arg(long, default_value = DEFAULT_PILLOW_VERSION)]
-    pillow_version: String,
 }
 
 /// One image and one question.
@@ -117,27 +91,15 @@ struct GenerateArgs {
     max_new_tokens: u32,
 }
 
-/// Loads the model and its processor as the options say.
-pub fn load_model(opts: &ModelOptions) -> Result<(VlModel, Processor)> {
-    let device = parse_device(&opts.device)?;
-    let kind = parse_dtype(&opts.dtype)?;
-    let order = ResampleOrder::from_pillow_version(&opts.pillow_version)
-        .map_err(|e| anyhow::anyhow!("--pillow-version: {e}"))?;
-    let model = VlModel::load(&opts.model, device, kind)?;
-    let mut processor = Processor::load(&opts.model, &model)?;
-    processor.set_resample_order(order);
-    Ok((model, processor))
-}
-
 fn load(args: &ModelArgs) -> Result<(VlModel, Processor, horizon_runner::ModelInputs)> {
-    let (model, processor) = load_model(&args.options)?;
+    let (model, processor) = args.options.load()?;
     let inputs = processor.prepare(&model, &args.prompt, &args.image, args.options.template)?;
     Ok((model, processor, inputs))
 }
 
 fn forward(args: &ForwardArgs) -> Result<()> {
     let (model, _, inputs) = load(&args.model)?;
-    let out = model.prefill(&inputs, &Intervention::none(), None, None)?;
+    let out = model.prefill(&inputs, &mut Intervention::none(), None, None)?;
     let logits = model
         .lm_head(&out.hidden)
         .squeeze_dim(0)
@@ -154,7 +116,7 @@ fn forward(args: &ForwardArgs) -> Result<()> {
         args.save_logits.display(),
         size[0],
         size[1],
-        inputs.visual_positions.len()
+        inputs.visual.positions.len()
     );
     Ok(())
 }
@@ -165,7 +127,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         max_new_tokens: args.max_new_tokens as usize,
         eos_token_ids: processor.eos_token_ids().to_vec(),
     };
-    let ids = generate_greedy(&model, &inputs, &Intervention::none(), &config)?;
+    let ids = generate_greedy(&model, &inputs, &mut Intervention::none(), &config)?;
     println!("{}", processor.decode(&ids)?);
     Ok(())
 }

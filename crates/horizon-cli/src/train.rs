@@ -12,10 +12,10 @@ use horizon_data::predictions::{write_predictions, Prediction};
 use horizon_data::synthetic::{self, GenConfig};
 use horizon_runner::device::parse_device;
 use horizon_runner::generate::{generate_greedy, GenerationConfig};
-use horizon_runner::train::{extend_run, train, SmallModelSpec, StopAt, TrainConfig};
 use horizon_runner::Intervention;
+use horizon_train::{extend_run, train, SmallModelSpec, StopAt, TrainConfig};
 
-use crate::{load_model, ModelOptions};
+use crate::options::ModelOptions;
 
 #[derive(Args)]
 pub struct SynthArgs {
@@ -523,7 +523,7 @@ fn normalize(s: &str) -> String {
 }
 
 pub fn eval(args: &EvalArgs) -> Result<()> {
-    let (model, processor) = load_model(&args.model)?;
+    let (model, processor) = args.model.load()?;
     let opts = OpenOptions {
         image_dir: args.image_dir.clone(),
         limit: args.limit,
@@ -553,7 +553,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         );
         let inputs =
             processor.prepare_image(&model, &sample.question, &image, args.model.template)?;
-        let ids = generate_greedy(&model, &inputs, &Intervention::none(), &gen)?;
+        let ids = generate_greedy(&model, &inputs, &mut Intervention::none(), &gen)?;
         let answer = processor.decode(&ids)?;
         let e = per_cat.entry(sample.category.clone()).or_default();
         e.1 += 1;

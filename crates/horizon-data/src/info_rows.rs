@@ -26,12 +26,94 @@ use arrow::array::{Array, Float64Array, Int32Array, Int64Array, RecordBatch, Str
 use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::atomic::write_parquet_atomic;
+
+/// Which window runs the information is computed from: the `mode` column.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+pub enum InfoMode {
+    /// Keep only window w's visual tokens from layer K on (the reference): I = p_w − p_text.
+    #[default]
+    #[serde(rename = "keep-only")]
+    KeepOnly,
+    /// Drop only window w's visual tokens from layer K on: I = p_full − p_{−w}.
+    #[serde(rename = "leave-out")]
+    LeaveOut,
+}
+
+impl InfoMode {
+    /// The value of the `mode` column (and of `--mode`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KeepOnly => "keep-only",
+            Self::LeaveOut => "leave-out",
+        }
+    }
+}
+
+impl std::str::FromStr for InfoMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "keep-only" => Ok(Self::KeepOnly),
+            "leave-out" => Ok(Self::LeaveOut),
+            _ => anyhow::bail!("unknown mode '{s}' (expected keep-only or leave-out)"),
+        }
+    }
+}
+
+impl std::fmt::Display for InfoMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which token y is scored: the `target` column.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+pub enum Target {
+    /// The first token of the ground-truth answer (the reference procedure).
+    #[default]
+    #[serde(rename = "gt")]
+    Gt,
+    /// The unpruned model's own first answer token.
+    #[serde(rename = "greedy")]
+    Greedy,
+}
+
+impl Target {
+    /// The value of the `target` column (and of `--target`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gt => "gt",
+            Self::Greedy => "greedy",
+        }
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "gt" => Ok(Self::Gt),
+            "greedy" => Ok(Self::Greedy),
+            _ => anyhow::bail!("unknown target '{s}' (expected gt or greedy)"),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One information row (see the module documentation for the meaning of each field).
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +248,29 @@ pub fn completed_samples(dir: &Path) -> Result<HashSet<(String, String)>> {
         }
     }
     Ok(done)
+}
+
+/// The `horizon.*` key-value metadata of the first part file in `dir` (the run's settings), or `None`
+/// when `dir` holds no part file yet.
+pub fn run_metadata(dir: &Path) -> Result<Option<BTreeMap<String, String>>> {
+    let Some(first) = part_files(dir)?.into_iter().next() else {
+        return Ok(None);
+    };
+    let file = File::open(&first).with_context(|| format!("{}: cannot open", first.display()))?;
+    let reader = parquet::file::reader::SerializedFileReader::new(file)
+        .map_err(|e| anyhow!("{}: not a readable Parquet file ({e})", first.display()))?;
+    use parquet::file::reader::FileReader;
+    let kv = reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .cloned()
+        .unwrap_or_default();
+    Ok(Some(
+        kv.into_iter()
+            .filter_map(|k| k.value.map(|v| (k.key, v)))
+            .collect(),
+    ))
 }
 
 #[cfg(test)]

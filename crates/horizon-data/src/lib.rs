@@ -7,3 +7,4 @@ pub mod imageproc;
 pub mod info_rows;
 pub mod predictions;
 pub mod synthetic;
+pub mod window;

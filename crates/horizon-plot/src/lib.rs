@@ -14,7 +14,7 @@
 //! with plotters on first use.
 
 use anyhow::{anyhow, bail, Context, Result};
-use horizon_analysis::{Analysis, GroupResult, Metric, Mode};
+use horizon_analysis::{Analysis, GroupResult, InfoMode, Metric};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -127,14 +127,14 @@ fn render<F: Figure>(fig: &F, path: &Path) -> Result<()> {
 }
 
 /// Axis / colour-bar label of the information for the analysis' metric and mode.
-pub fn information_label(metric: Metric, mode: Mode) -> String {
+pub fn information_label(metric: Metric, mode: InfoMode) -> String {
     let q = match (metric, mode) {
-        (Metric::P, Mode::KeepOnly) => "p_w − p_text (probability)",
-        (Metric::P, Mode::LeaveOut) => "p_full − p_−w (probability)",
-        (Metric::Logp, Mode::KeepOnly) => "log p_w − log p_text (nats)",
-        (Metric::Logp, Mode::LeaveOut) => "log p_full − log p_−w (nats)",
-        (Metric::Kl, Mode::KeepOnly) => "KL_text − KL_w (nats)",
-        (Metric::Kl, Mode::LeaveOut) => "KL_−w (nats)",
+        (Metric::P, InfoMode::KeepOnly) => "p_w − p_text (probability)",
+        (Metric::P, InfoMode::LeaveOut) => "p_full − p_−w (probability)",
+        (Metric::Logp, InfoMode::KeepOnly) => "log p_w − log p_text (nats)",
+        (Metric::Logp, InfoMode::LeaveOut) => "log p_full − log p_−w (nats)",
+        (Metric::Kl, InfoMode::KeepOnly) => "KL_text − KL_w (nats)",
+        (Metric::Kl, InfoMode::LeaveOut) => "KL_−w (nats)",
     };
     format!("information {q}")
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 /// "count" vanishes from layer 8 on, task "color" never vanishes, one layer (5) is missing.
 fn synthetic() -> Analysis {
     let (gr, gc) = (6usize, 6usize);
-    let grid = WindowGrid::row_major(gr, gc);
+    let grid = WindowLayout::row_major(gr, gc);
     let layers: Vec<i32> = (0..16).filter(|&k| k != 5).collect();
     let mut groups = vec![];
     for model in ["llava-1.5-7b", "qwen2.5-vl-3b"] {

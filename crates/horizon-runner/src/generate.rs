@@ -5,9 +5,9 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
-use crate::intervention::Intervention;
+use crate::decoder::KvCache;
+use crate::intervention::TokenSelector;
 use crate::model::{ModelInputs, VlModel};
-use crate::models::llama::KvCache;
 
 /// When to stop generating.
 #[derive(Debug, Clone)]
@@ -25,17 +25,30 @@ pub fn greedy_token(logits: &Tensor) -> i64 {
         .int64_value(&[])
 }
 
-/// Generates up to `max_new_tokens` new token ids (EOS included when produced).
+/// Generates up to `max_new_tokens` new token ids (EOS included when produced). The prompt is
+/// prefilled under `selector`; each layer's cache holds only the tokens that layer kept, and decode
+/// positions follow the selector's position policy.
 pub fn generate_greedy(
     model: &VlModel,
     inputs: &ModelInputs,
-    intervention: &Intervention,
+    selector: &mut dyn TokenSelector,
     config: &GenerationConfig,
 ) -> Result<Vec<i64>> {
+    Ok(generate_greedy_with_cache(model, inputs, selector, config)?.0)
+}
+
+/// [`generate_greedy`], also returning the KV cache at the end (its size is the memory a pruned
+/// prompt saves).
+pub fn generate_greedy_with_cache(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    selector: &mut dyn TokenSelector,
+    config: &GenerationConfig,
+) -> Result<(Vec<i64>, KvCache)> {
     let _guard = tch::no_grad_guard();
     let prompt_len = inputs.seq_len();
     let mut cache = KvCache::new(model.num_layers());
-    let out = model.prefill(inputs, intervention, Some(&mut cache), None)?;
+    let out = model.prefill(inputs, selector, Some(&mut cache), None)?;
     let last = out.hidden.narrow(1, out.hidden.size()[1] - 1, 1);
     let mut next = greedy_token(&model.lm_head(&last));
     let mut generated = Vec::with_capacity(config.max_new_tokens);
@@ -45,8 +58,8 @@ pub fn generate_greedy(
             break;
         }
         let position = prompt_len + generated.len() - 1;
-        let logits = model.decode_step(next, position, prompt_len, intervention, &mut cache);
+        let logits = model.decode_step(next, position, &mut cache);
         next = greedy_token(&logits);
     }
-    Ok(generated)
+    Ok((generated, cache))
 }

@@ -12,83 +12,8 @@ use tch::{Kind, Tensor};
 
 use crate::intervention::Intervention;
 use crate::model::{ModelInputs, VlModel};
-
-/// Which tokens a window variant keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InfoMode {
-    /// Keep only window w's visual tokens (the reference procedure): I = p_w − p_text.
-    KeepOnly,
-    /// Drop only window w: I = p_full − p_{−w}.
-    LeaveOut,
-}
-
-impl InfoMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::KeepOnly => "keep-only",
-            Self::LeaveOut => "leave-out",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "keep-only" => Self::KeepOnly,
-            "leave-out" => Self::LeaveOut,
-            other => bail!("--mode: '{other}' is not one of keep-only, leave-out"),
-        })
-    }
-}
-
-/// `size`×`size` blocks of the visual token grid, numbered row-major. Edge windows of a grid that is
-/// not a multiple of `size` are partial (they hold the tokens that exist).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WindowGrid {
-    pub grid_rows: usize,
-    pub grid_cols: usize,
-    pub size: usize,
-}
-
-impl WindowGrid {
-    pub fn new(grid: (usize, usize), size: usize) -> Result<Self> {
-        if size == 0 {
-            bail!("--window: the window size must be at least 1");
-        }
-        Ok(Self {
-            grid_rows: grid.0,
-            grid_cols: grid.1,
-            size,
-        })
-    }
-
-    pub fn window_rows(&self) -> usize {
-        self.grid_rows.div_ceil(self.size)
-    }
-
-    pub fn window_cols(&self) -> usize {
-        self.grid_cols.div_ceil(self.size)
-    }
-
-    pub fn num_windows(&self) -> usize {
-        self.window_rows() * self.window_cols()
-    }
-
-    /// (row, col) of window `w` on the window grid.
-    pub fn window_position(&self, w: usize) -> (usize, usize) {
-        (w / self.window_cols(), w % self.window_cols())
-    }
-
-    /// Raster indices (into the visual token list) of window `w`, ascending.
-    pub fn window_tokens(&self, w: usize) -> Vec<usize> {
-        let (wr, wc) = self.window_position(w);
-        let mut out = Vec::with_capacity(self.size * self.size);
-        for r in wr * self.size..((wr + 1) * self.size).min(self.grid_rows) {
-            for c in wc * self.size..((wc + 1) * self.size).min(self.grid_cols) {
-                out.push(r * self.grid_cols + c);
-            }
-        }
-        out
-    }
-}
+pub use horizon_data::info_rows::{InfoMode, Target};
+pub use horizon_data::window::WindowGrid;
 
 /// What a variant keeps from layer K on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +57,7 @@ pub fn variant_keep_sets(
     mode: InfoMode,
 ) -> (Vec<usize>, Vec<Vec<usize>>) {
     let seq = inputs.seq_len();
-    let visual = &inputs.visual_positions;
+    let visual = &inputs.visual.positions;
     let is_visual = {
         let mut v = vec![false; seq];
         for &p in visual {
@@ -195,7 +120,12 @@ impl FullRun {
 /// One unpruned prefill keeping every layer's input.
 pub fn full_run(model: &VlModel, inputs: &ModelInputs) -> Result<FullRun> {
     let mut layer_inputs = Vec::with_capacity(model.num_layers());
-    let out = model.prefill(inputs, &Intervention::none(), None, Some(&mut layer_inputs))?;
+    let out = model.prefill(
+        inputs,
+        &mut Intervention::none(),
+        None,
+        Some(&mut layer_inputs),
+    )?;
     let last = out.hidden.select(1, out.hidden.size()[1] - 1);
     Ok(FullRun {
         log_probs: next_token_log_probs(model, &last),
@@ -226,7 +156,7 @@ pub fn sweep_sample(
     if let Some(&k) = cfg.layers.iter().find(|&&k| k >= num_layers) {
         bail!("--layers: layer {k} does not exist (the decoder has {num_layers} layers, 0-based)");
     }
-    let grid = WindowGrid::new(inputs.visual_grid, cfg.window_size)?;
+    let grid = WindowGrid::new(inputs.visual.grid, cfg.window_size)?;
     let (text_only, windows) = variant_keep_sets(inputs, &grid, cfg.mode);
     let device = model.device();
     let (p0, lp0, _) = score(&full.log_probs, &full.log_probs, target)[0];
@@ -300,8 +230,8 @@ pub fn naive_variant(
     layer: usize,
     keep: &[usize],
 ) -> Result<(f64, f64, f64)> {
-    let iv = Intervention::cut_at(layer, keep.iter().copied())?;
-    let out = model.prefill(inputs, &iv, None, None)?;
+    let mut iv = Intervention::cut_at(layer, keep.iter().copied())?;
+    let out = model.prefill(inputs, &mut iv, None, None)?;
     let last = out.hidden.select(1, out.hidden.size()[1] - 1);
     let _guard = tch::no_grad_guard();
     Ok(score(&next_token_log_probs(model, &last), &full.log_probs, target)[0])

@@ -8,6 +8,63 @@
 //! these into the same forward.
 
 use anyhow::{bail, Result};
+use tch::Tensor;
+
+/// Where the visual tokens sit in the prompt.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VisualTokens {
+    /// Sequence indices of the visual tokens, ascending (raster order of the grid).
+    pub positions: Vec<usize>,
+    /// Token grid (rows, cols); `positions[r * cols + c]` is token (r, c). For Qwen2.5-VL the merged
+    /// grid of the image, which varies with its resolution.
+    pub grid: (usize, usize),
+}
+
+impl VisualTokens {
+    /// `mask[p]` says whether prompt position `p` (of `seq_len`) is a visual token.
+    pub fn mask(&self, seq_len: usize) -> Vec<bool> {
+        let mut m = vec![false; seq_len];
+        for &p in &self.positions {
+            if p < seq_len {
+                m[p] = true;
+            }
+        }
+        m
+    }
+}
+
+/// What a [`TokenSelector`] sees before decoder layer `layer` runs.
+pub struct CutContext<'a> {
+    /// 0-based layer about to run.
+    pub layer: usize,
+    pub num_layers: usize,
+    /// That layer's input `[1, S', D]`: the output of layer − 1 (the input embeddings at layer 0).
+    pub hidden: &'a Tensor,
+    /// Original prompt indices of the `S'` rows, ascending.
+    pub kept: &'a [usize],
+    pub visual: &'a VisualTokens,
+    /// When [`TokenSelector::attention_rows`] asked for them at layer − 1: that layer's attention
+    /// probabilities `[heads, R, S']` (f32) of the requested query rows over the `S'` kept keys.
+    pub attention: Option<&'a Tensor>,
+}
+
+/// Decides, during the forward, which prompt positions each decoder layer processes.
+pub trait TokenSelector {
+    /// Before layer `ctx.layer`: the positions it and the later layers keep (ascending original
+    /// indices, a subset of `ctx.kept` holding the last prompt position), or `None` to keep all.
+    fn select(&mut self, ctx: &CutContext) -> Result<Option<Vec<usize>>>;
+
+    /// Before layer `layer` runs over `kept`: the query rows (original indices) whose attention
+    /// probabilities at `layer` the selection before `layer + 1` needs. Only that layer computes them.
+    fn attention_rows(&self, _layer: usize, _kept: &[usize]) -> Option<Vec<usize>> {
+        None
+    }
+
+    /// How kept tokens are numbered after a cut.
+    fn positions(&self) -> PositionPolicy {
+        PositionPolicy::Original
+    }
+}
 
 /// How kept tokens are numbered for rotary embeddings after a cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -135,14 +192,20 @@ impl Intervention {
         }
         Ok(())
     }
+}
 
-    /// How far a decoding step's position id at `layer` shifts down: 0 with original positions, else
-    /// the number of prompt tokens removed by cuts at or before `layer`.
-    pub fn decode_position_shift(&self, layer: usize, seq_len: usize) -> usize {
-        match (self.positions, self.kept_at_layer(layer)) {
-            (PositionPolicy::Renumbered, Some(keep)) => seq_len - keep.len(),
-            _ => 0,
+/// The static intervention as a selector: the cut starting at each layer, checked against the prompt
+/// at layer 0.
+impl TokenSelector for Intervention {
+    fn select(&mut self, ctx: &CutContext) -> Result<Option<Vec<usize>>> {
+        if ctx.layer == 0 {
+            self.validate(ctx.kept.len(), ctx.num_layers)?;
         }
+        Ok(self.cut_starting_at(ctx.layer).map(|c| c.keep.clone()))
+    }
+
+    fn positions(&self) -> PositionPolicy {
+        self.positions
     }
 }
 
@@ -163,11 +226,6 @@ mod tests {
         assert!(iv.validate(10, 8).is_ok());
         assert!(iv.validate(11, 8).is_err(), "last position 10 dropped");
         assert!(iv.validate(10, 4).is_err(), "layer 4 does not exist");
-        assert_eq!(iv.decode_position_shift(5, 10), 0);
-        let renum = iv.with_positions(PositionPolicy::Renumbered);
-        assert_eq!(renum.decode_position_shift(1, 10), 0);
-        assert_eq!(renum.decode_position_shift(3, 10), 5);
-        assert_eq!(renum.decode_position_shift(5, 10), 7);
     }
 
     #[test]

@@ -1,21 +1,34 @@
 //! horizon-runner: the libtorch-backed model runner of horizon.
 //!
-//! It loads HF-format vision-language checkpoints as users have them (llava-hf LLaVA-1.5), reproduces
-//! HF transformers' outputs, and runs every forward under an explicit [`Intervention`]: which prompt
-//! positions each decoder layer processes. Information sweeps, pruning methods and plain generation
-//! are all callers of that one forward.
+//! It loads HF-format vision-language checkpoints as users have them (llava-hf LLaVA-1.5,
+//! Qwen2.5-VL), reproduces HF transformers' outputs, and runs every forward through one decoder loop
+//! ([`decoder`]) that asks a [`TokenSelector`] before each layer which prompt positions it processes.
+//! A fixed [`Intervention`] is one selector; information sweeps ([`info`]), pruning methods and
+//! generation ([`generate`]) are all callers of that one forward.
+//!
+//! Layout: [`checkpoint`] and [`weights`] read a checkpoint directory; [`nn`] and [`decoder`] are the
+//! shared modules; [`models`] holds one folder per family (`config`, `model`, `processor`, as HF
+//! splits them) plus the CLIP tower; [`model`] and [`processor`] dispatch over the families.
 
+pub mod checkpoint;
+pub mod decoder;
 pub mod device;
 pub mod generate;
 pub mod info;
+pub mod inputs;
 pub mod intervention;
 pub mod model;
 pub mod models;
 pub mod nn;
 pub mod parity;
+pub mod processing;
 pub mod processor;
-pub mod train;
+pub mod sweep;
 pub mod weights;
 
-pub use intervention::{Cut, Intervention, PositionPolicy};
-pub use model::{ModelInputs, VlModel};
+pub use decoder::KvCache;
+pub use inputs::ModelInputs;
+pub use intervention::{
+    Cut, CutContext, Intervention, PositionPolicy, TokenSelector, VisualTokens,
+};
+pub use model::VlModel;

@@ -1,67 +1,31 @@
 //! Model-family dispatch: a checkpoint directory's `config.json` names its `model_type`; everything
-//! downstream (CLI, information sweeps, generation) talks to [`VlModel`] and never to a family directly.
+//! downstream (CLI, information sweeps, pruning, generation) talks to [`VlModel`] and never to a
+//! family directly. Every family is a vision side that fills the prompt's embeddings and the one
+//! shared [`Decoder`]; prefill, resumed layers and decoding are written once, here and in
+//! [`crate::decoder`].
 
 use anyhow::{anyhow, bail, Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-use crate::intervention::Intervention;
-use crate::models::llama::{DecoderOutput, KvCache};
-use crate::models::llava::{LlavaConfig, LlavaForConditionalGeneration, LLAVA_KEY_RENAMES};
+use crate::checkpoint::read_config;
+use crate::decoder::{Decoder, DecoderOutput, KvCache};
+pub use crate::inputs::ModelInputs;
+use crate::intervention::TokenSelector;
+use crate::models::llava::{LlavaConfig, LlavaForConditionalGeneration, LLAVA_LAYOUTS};
 use crate::models::qwen2_5_vl::{
-    Qwen2_5VlConfig, Qwen2_5VlForConditionalGeneration, QWEN2_5_VL_KEY_RENAMES,
+    Qwen2_5VlConfig, Qwen2_5VlForConditionalGeneration, QWEN2_5_VL_LAYOUTS,
 };
+use crate::nn::Linear;
 use crate::weights::Weights;
 
 /// Model families horizon runs, by HF `model_type`.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llava", "qwen2_5_vl"];
 
-/// Tokenized prompt and preprocessed image, on the model's device.
-pub struct ModelInputs {
-    /// `[1, S]` int64.
-    pub input_ids: Tensor,
-    /// `[1, 3, H, W]` float32 for LLaVA; cast to the vision tower's dtype inside.
-    pub pixel_values: Option<Tensor>,
-    /// Sequence indices holding visual tokens, ascending (the raster order of the image grid).
-    pub visual_positions: Vec<usize>,
-    /// Visual token grid (rows, cols); `visual_positions[r * cols + c]` is token (r, c). For
-    /// Qwen2.5-VL it is the merged-token grid of the image, which varies with its resolution.
-    pub visual_grid: (usize, usize),
-    /// Qwen2.5-VL: patch grid `[t, h, w]` of each image (empty for LLaVA).
-    pub image_grid_thw: Vec<[i64; 3]>,
-    /// Qwen2.5-VL: the prompt's 3-D M-RoPE position ids `[3, 1, S]` (None for 1-D rotary models, whose
-    /// position ids are the sequence indices).
-    pub position_ids: Option<Tensor>,
-}
-
-impl ModelInputs {
-    pub fn seq_len(&self) -> usize {
-        self.input_ids.size()[1] as usize
-    }
-
-    pub fn input_ids_vec(&self) -> Vec<i64> {
-        Vec::<i64>::try_from(self.input_ids.reshape([-1]).to_device(Device::Cpu))
-            .expect("int64 input ids")
-    }
-}
-
 /// A loaded vision-language model of any supported family.
 pub enum VlModel {
     Llava(Box<LlavaForConditionalGeneration>),
     Qwen2_5Vl(Box<Qwen2_5VlForConditionalGeneration>),
-}
-
-/// `config.json` of a checkpoint directory, parsed as JSON, with its path for error messages.
-pub fn read_config(dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
-    if !dir.is_dir() {
-        bail!("{}: model directory not found", dir.display());
-    }
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| anyhow!("{}: cannot read model config ({e})", path.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| anyhow!("{}: invalid JSON ({e})", path.display()))?;
-    Ok((path, value))
 }
 
 impl VlModel {
@@ -103,7 +67,7 @@ impl VlModel {
                 let config = LlavaConfig::from_json(path, value)?;
                 let weights = match weights {
                     Some(w) => w,
-                    None => Weights::open(dir, LLAVA_KEY_RENAMES, device, kind)
+                    None => Weights::open(dir, LLAVA_LAYOUTS, device, kind)
                         .with_context(|| format!("loading {}", dir.display()))?,
                 };
                 let model = LlavaForConditionalGeneration::from_weights(&weights, config)
@@ -114,7 +78,7 @@ impl VlModel {
                 let config = Qwen2_5VlConfig::from_json(path, value)?;
                 let weights = match weights {
                     Some(w) => w,
-                    None => Weights::open(dir, QWEN2_5_VL_KEY_RENAMES, device, kind)
+                    None => Weights::open(dir, QWEN2_5_VL_LAYOUTS, device, kind)
                         .with_context(|| format!("loading {}", dir.display()))?,
                 };
                 let model = Qwen2_5VlForConditionalGeneration::from_weights(&weights, config)
@@ -136,42 +100,38 @@ impl VlModel {
         }
     }
 
-    pub fn num_layers(&self) -> usize {
+    /// The language model: the one decoder every family shares.
+    pub fn decoder(&self) -> &Decoder {
         match self {
-            Self::Llava(m) => m.language_model.num_layers(),
-            Self::Qwen2_5Vl(m) => m.num_layers(),
+            Self::Llava(m) => &m.language_model,
+            Self::Qwen2_5Vl(m) => &m.language_model,
         }
     }
 
-    /// The token embedding matrix (its device and dtype are the model's).
-    fn embed_tokens(&self) -> &Tensor {
+    fn lm_head_linear(&self) -> &Linear {
         match self {
-            Self::Llava(m) => &m.language_model.embed_tokens,
-            Self::Qwen2_5Vl(m) => &m.language_model.embed_tokens,
+            Self::Llava(m) => &m.lm_head,
+            Self::Qwen2_5Vl(m) => &m.lm_head,
         }
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.decoder().num_layers()
     }
 
     pub fn device(&self) -> Device {
-        self.embed_tokens().device()
+        self.decoder().embed_tokens.device()
     }
 
     /// The compute dtype.
     pub fn kind(&self) -> Kind {
-        self.embed_tokens().kind()
+        self.decoder().embed_tokens.kind()
     }
 
     /// (hidden size, intermediate size, attention heads) of the decoder, for memory estimates.
     pub fn text_dims(&self) -> (i64, i64, i64) {
-        match self {
-            Self::Llava(m) => {
-                let c = &m.language_model.cfg;
-                (c.hidden_size, c.intermediate_size, c.num_attention_heads)
-            }
-            Self::Qwen2_5Vl(m) => {
-                let c = &m.config.text_config;
-                (c.hidden_size, c.intermediate_size, c.num_attention_heads)
-            }
-        }
+        let c = &self.decoder().cfg;
+        (c.hidden_size, c.intermediate_size, c.num_attention_heads)
     }
 
     /// Token id of the image placeholder in prompts.
@@ -182,32 +142,54 @@ impl VlModel {
         }
     }
 
-    /// Prefill under `intervention`: final-norm hidden states of the tokens the last layer kept.
+    /// The prompt's input embeddings `[1, S, D]`: token embeddings with the image features scattered
+    /// into the image-token positions.
+    pub fn input_embeds(&self, inputs: &ModelInputs) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        match self {
+            Self::Llava(m) => m.input_embeds(&inputs.input_ids, inputs.pixel_values.as_ref()),
+            Self::Qwen2_5Vl(m) => m.input_embeds(
+                &inputs.input_ids,
+                inputs.pixel_values.as_ref(),
+                &inputs.image_grid_thw,
+            ),
+        }
+        .context("building input embeddings")
+    }
+
+    /// Prefill with `selector` deciding before each layer which prompt positions it processes (an
+    /// [`crate::Intervention`] for fixed cuts): final-norm hidden states of the tokens the last layer
+    /// kept. `cache` records keys/values for decoding; `layer_inputs` receives every layer's input.
     pub fn prefill(
         &self,
         inputs: &ModelInputs,
-        intervention: &Intervention,
+        selector: &mut dyn TokenSelector,
+        cache: Option<&mut KvCache>,
+        layer_inputs: Option<&mut Vec<Tensor>>,
+    ) -> Result<DecoderOutput> {
+        let embeds = self.input_embeds(inputs)?;
+        self.prefill_embeds(&embeds, inputs, selector, cache, layer_inputs)
+    }
+
+    /// [`Self::prefill`] from already built input embeddings (a pre-LLM pruning stage gathers them).
+    pub fn prefill_embeds(
+        &self,
+        embeds: &Tensor,
+        inputs: &ModelInputs,
+        selector: &mut dyn TokenSelector,
         cache: Option<&mut KvCache>,
         layer_inputs: Option<&mut Vec<Tensor>>,
     ) -> Result<DecoderOutput> {
         let _guard = tch::no_grad_guard();
-        match self {
-            Self::Llava(m) => m.prefill(
-                &inputs.input_ids,
-                inputs.pixel_values.as_ref(),
-                intervention,
-                cache,
-                layer_inputs,
-            ),
-            Self::Qwen2_5Vl(m) => m.prefill(
-                &inputs.input_ids,
-                inputs.pixel_values.as_ref(),
-                &inputs.image_grid_thw,
-                intervention,
-                cache,
-                layer_inputs,
-            ),
-        }
+        self.decoder().prefill(
+            embeds,
+            &inputs.position_ids,
+            inputs.rope_deltas,
+            &inputs.visual,
+            selector,
+            cache,
+            layer_inputs,
+        )
     }
 
     /// Runs decoder layers `from..` (then the final norm) on hidden states `[B, S, D]` whose rows hold
@@ -221,55 +203,29 @@ impl VlModel {
         inputs: &ModelInputs,
     ) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
-        match self {
-            Self::Llava(m) => Ok(m.language_model.forward_from_layer(from, hidden, keep)),
-            Self::Qwen2_5Vl(m) => {
-                let pos = inputs
-                    .position_ids
-                    .as_ref()
-                    .ok_or_else(|| anyhow!("Qwen2.5-VL inputs without M-RoPE position ids"))?;
-                let (b, s) = keep.size2()?;
-                let pos = pos
-                    .select(1, 0)
-                    .index_select(1, &keep.reshape([-1]))
-                    .reshape([3, b, s]);
-                Ok(m.language_model.forward_from_layer(from, hidden, &pos))
-            }
-        }
+        let decoder = self.decoder();
+        let positions = decoder
+            .rotary_emb
+            .gather_positions(&inputs.position_ids, keep);
+        Ok(decoder.forward_from_layer(from, hidden, &positions))
     }
 
     /// Logits in the model dtype for hidden states `[B, S, D]`.
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
         let _guard = tch::no_grad_guard();
-        match self {
-            Self::Llava(m) => m.lm_head.forward(hidden),
-            Self::Qwen2_5Vl(m) => m.lm_head.forward(hidden),
-        }
+        self.lm_head_linear().forward(hidden)
     }
 
     /// Logits `[1, V]` of the next token after decoding `token` at cache position `position` (the prompt
-    /// length plus tokens generated so far).
-    pub fn decode_step(
-        &self,
-        token: i64,
-        position: usize,
-        prompt_len: usize,
-        intervention: &Intervention,
-        cache: &mut KvCache,
-    ) -> Tensor {
+    /// length plus tokens generated so far); each layer's rotary position follows the prefill's
+    /// position policy (recorded in `cache`).
+    pub fn decode_step(&self, token: i64, position: usize, cache: &mut KvCache) -> Tensor {
         let _guard = tch::no_grad_guard();
-        match self {
-            Self::Llava(m) => {
-                let lm = &m.language_model;
-                let ids = Tensor::from_slice(&[token])
-                    .to_device(self.device())
-                    .unsqueeze(0);
-                let embeds = lm.embed(&ids);
-                let hidden = lm.decode_step(&embeds, position, prompt_len, intervention, cache);
-                self.lm_head(&hidden).select(1, 0)
-            }
-            // Renumbered positions are refused at prefill, so the cache position is all it needs.
-            Self::Qwen2_5Vl(m) => m.decode_step(token, position, cache),
-        }
+        let decoder = self.decoder();
+        let ids = Tensor::from_slice(&[token])
+            .to_device(self.device())
+            .unsqueeze(0);
+        let hidden = decoder.decode_step(&decoder.embed(&ids), position, cache);
+        self.lm_head(&hidden).select(1, 0)
     }
 }

@@ -1,10 +1,11 @@
 //! Checkpoint weights as users have them: `model.safetensors`, or shards listed in
 //! `model.safetensors.index.json`, memory-mapped so that a 7B checkpoint is never held twice in RAM.
 //!
-//! Tensors are looked up by the dotted name of the HF module tree (`model.language_model.layers.0...`).
-//! Published checkpoints often store older names (`language_model.model.layers.0...`); each model family
-//! supplies the same prefix renames HF applies on load ([`KeyRename`]), so the model code can use the
-//! module-tree names only.
+//! Tensors are looked up by the dotted name of the HF module tree (`model.language_model.layers.0...`),
+//! transformers 5.17's in-memory names. Checkpoints on disk store them in one of several layouts
+//! (published legacy names, what 5.x `save_pretrained` writes, the in-memory names themselves); each
+//! family lists its [`CheckpointLayout`]s, the checkpoint's names choose one, and the model code uses
+//! the module-tree names only. Names that fit no single layout are an error naming the first one.
 
 use anyhow::{anyhow, bail, Context, Result};
 use memmap2::Mmap;
@@ -19,6 +20,77 @@ use tch::{Device, Kind, Tensor};
 pub struct KeyRename {
     pub on_disk: &'static str,
     pub in_model: &'static str,
+}
+
+/// One way a family's tensor names are written on disk: every stored name starts with one rule's
+/// `on_disk` prefix (the in-memory layout's rules are identities).
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointLayout {
+    /// Named in errors, e.g. "published llava-hf".
+    pub name: &'static str,
+    pub renames: &'static [KeyRename],
+}
+
+impl CheckpointLayout {
+    /// The module-tree name of `disk_name`, if it fits this layout.
+    pub fn to_model(&self, disk_name: &str) -> Option<String> {
+        self.renames.iter().find_map(|r| {
+            disk_name
+                .strip_prefix(r.on_disk)
+                .map(|rest| format!("{}{}", r.in_model, rest))
+        })
+    }
+
+    /// The name this layout stores the module-tree name `model_name` under, if it has one.
+    pub fn to_disk(&self, model_name: &str) -> Option<String> {
+        self.renames.iter().find_map(|r| {
+            model_name
+                .strip_prefix(r.in_model)
+                .map(|rest| format!("{}{}", r.on_disk, rest))
+        })
+    }
+}
+
+/// The layout all of `names` fit (the first such in `layouts`), or an error naming the first name
+/// that the best-fitting layout does not take, with the layouts tried.
+pub fn choose_layout<'a>(
+    dir: &Path,
+    names: &[String],
+    layouts: &'a [CheckpointLayout],
+) -> Result<&'a CheckpointLayout> {
+    let mut sorted: Vec<&String> = names.iter().collect();
+    sorted.sort();
+    let misfits: Vec<Option<&String>> = layouts
+        .iter()
+        .map(|l| sorted.iter().copied().find(|n| l.to_model(n).is_none()))
+        .collect();
+    if let Some(i) = misfits.iter().position(Option::is_none) {
+        return Ok(&layouts[i]);
+    }
+    let fits = |l: &CheckpointLayout| sorted.iter().filter(|n| l.to_model(n).is_some()).count();
+    let (best, _) = layouts
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, l)| (fits(l), std::cmp::Reverse(*i)))
+        .ok_or_else(|| anyhow!("no checkpoint layout given"))?;
+    let key = misfits[best].expect("every layout has a misfit here");
+    let kind = if layouts.iter().any(|l| l.to_model(key).is_some()) {
+        format!(
+            "mixes checkpoint layouts: it fits another layout than the {} names before it",
+            layouts[best].name
+        )
+    } else {
+        "fits no known checkpoint layout".to_string()
+    };
+    bail!(
+        "{}: tensor {key} {kind} (layouts: {})",
+        dir.display(),
+        layouts
+            .iter()
+            .map(|l| l.name)
+            .collect::<Vec<_>>()
+            .join("; ")
+    )
 }
 
 struct Shard {
@@ -41,9 +113,10 @@ pub struct Weights {
     device: Device,
     kind: Kind,
     random: bool,
-    /// When set, every tensor handed out requires grad and is recorded here: the trainable parameters
-    /// of a model built from these weights, in load order.
-    parameters: Option<std::cell::RefCell<Vec<(String, Tensor)>>>,
+    /// Every tensor handed out, by module-tree name, in load order: what a model built from these
+    /// weights holds (the checkpoint check compares it with what the files contain; a trainer makes
+    /// these its parameters).
+    loaded: std::cell::RefCell<Vec<(String, Tensor)>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -52,9 +125,14 @@ struct ShardIndex {
 }
 
 impl Weights {
-    /// Maps the checkpoint in `dir`. `renames` turn on-disk names into module-tree names; tensors are
-    /// converted to floating `kind` (integer tensors keep theirs) and moved to `device` when read.
-    pub fn open(dir: &Path, renames: &[KeyRename], device: Device, kind: Kind) -> Result<Self> {
+    /// Maps the checkpoint in `dir`, whose names are in one of `layouts`; tensors are converted to
+    /// floating `kind` (integer tensors keep theirs) and moved to `device` when read.
+    pub fn open(
+        dir: &Path,
+        layouts: &[CheckpointLayout],
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
         let single_path = dir.join("model.safetensors");
         let files: Vec<String> = if index_path.exists() {
@@ -80,7 +158,7 @@ impl Weights {
         };
 
         let mut shards = Vec::with_capacity(files.len());
-        let mut entries = HashMap::new();
+        let mut stored: Vec<(usize, String)> = Vec::new();
         for (shard_idx, file) in files.iter().enumerate() {
             let path = dir.join(file);
             let handle = File::open(&path).map_err(|e| {
@@ -99,17 +177,24 @@ impl Weights {
                 })?;
                 st.names().into_iter().map(|s| s.to_string()).collect()
             };
-            for disk_name in names {
-                let model_name = rename(&disk_name, renames);
-                entries.insert(
-                    model_name,
-                    Entry {
-                        shard: shard_idx,
-                        disk_name,
-                    },
+            stored.extend(names.into_iter().map(|n| (shard_idx, n)));
+            shards.push(Shard { path, mmap });
+        }
+        let names: Vec<String> = stored.iter().map(|(_, n)| n.clone()).collect();
+        let layout = choose_layout(dir, &names, layouts)?;
+        let mut entries = HashMap::new();
+        for (shard, disk_name) in stored {
+            let model_name = layout
+                .to_model(&disk_name)
+                .expect("the layout fits every name");
+            if let Some(prev) = entries.insert(model_name.clone(), Entry { shard, disk_name }) {
+                bail!(
+                    "{}: tensors {} and {model_name} name the same module ({})",
+                    dir.display(),
+                    prev.disk_name,
+                    layout.name
                 );
             }
-            shards.push(Shard { path, mmap });
         }
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -118,7 +203,7 @@ impl Weights {
             device,
             kind,
             random: false,
-            parameters: None,
+            loaded: Default::default(),
         })
     }
 
@@ -134,23 +219,36 @@ impl Weights {
             device,
             kind,
             random: true,
-            parameters: None,
+            loaded: Default::default(),
         }
     }
 
-    /// Makes every tensor read from now on a trainable parameter (see [`Weights::take_parameters`]).
-    pub fn record_parameters(mut self) -> Self {
-        self.parameters = Some(Default::default());
-        self
+    /// The tensors handed out so far, by module-tree name, in load order. Each shares storage with
+    /// the tensor the model holds.
+    pub fn loaded(&self) -> Vec<(String, Tensor)> {
+        self.loaded
+            .borrow()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect()
     }
 
-    /// The trainable parameters recorded so far, by module-tree name. Each shares storage (and grad)
-    /// with the tensor the model holds.
-    pub fn take_parameters(&self) -> Vec<(String, Tensor)> {
-        self.parameters
-            .as_ref()
-            .map(|p| std::mem::take(&mut *p.borrow_mut()))
-            .unwrap_or_default()
+    /// Module-tree names of the checkpoint's tensors that no module read, sorted.
+    pub fn unused(&self) -> Vec<String> {
+        let used: std::collections::HashSet<String> = self
+            .loaded
+            .borrow()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut names: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|n| !used.contains(*n))
+            .cloned()
+            .collect();
+        names.sort();
+        names
     }
 
     pub fn device(&self) -> Device {
@@ -168,16 +266,10 @@ impl Weights {
     /// Reads tensor `name` (module-tree name), checks its shape and returns it on the target device/kind.
     pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
         let t = self.read(name, shape)?;
-        Ok(match &self.parameters {
-            Some(params) => {
-                let t = t.set_requires_grad(true);
-                params
-                    .borrow_mut()
-                    .push((name.to_string(), t.shallow_clone()));
-                t
-            }
-            None => t,
-        })
+        self.loaded
+            .borrow_mut()
+            .push((name.to_string(), t.shallow_clone()));
+        Ok(t)
     }
 
     fn read(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
@@ -257,15 +349,6 @@ impl Weights {
             Ok(None)
         }
     }
-}
-
-fn rename(disk_name: &str, renames: &[KeyRename]) -> String {
-    for r in renames {
-        if let Some(rest) = disk_name.strip_prefix(r.on_disk) {
-            return format!("{}{}", r.in_model, rest);
-        }
-    }
-    disk_name.to_string()
 }
 
 fn kind_of(dtype: Dtype) -> Option<Kind> {

@@ -61,7 +61,7 @@ fn engine_equals_naive(model_dir: &Path, image: &Path, question: &str) {
             memory_budget_bytes: 1 << 30,
         };
         let results = sweep_sample(&model, &inputs, &full, target, &cfg).unwrap();
-        let grid = WindowGrid::new(inputs.visual_grid, window_size).unwrap();
+        let grid = WindowGrid::new(inputs.visual.grid, window_size).unwrap();
         let (text_only, windows) = variant_keep_sets(&inputs, &grid, mode);
         assert_eq!(results.len(), 1 + layers.len() * (1 + grid.num_windows()));
         let mut max_diff = 0f64;

@@ -50,7 +50,7 @@ fn load(c: &Case, kind: Kind) -> (VlModel, Processor, ModelInputs) {
 }
 
 fn all_logits(model: &VlModel, inputs: &ModelInputs, iv: &Intervention) -> Tensor {
-    let out = model.prefill(inputs, iv, None, None).unwrap();
+    let out = model.prefill(inputs, &mut iv.clone(), None, None).unwrap();
     model
         .lm_head(&out.hidden)
         .squeeze_dim(0)
@@ -91,7 +91,7 @@ fn check_case(name: &str) {
         max_new_tokens: 16,
         eos_token_ids: processor.eos_token_ids().to_vec(),
     };
-    let generated = generate_greedy(&model, &inputs, &Intervention::none(), &config).unwrap();
+    let generated = generate_greedy(&model, &inputs, &mut Intervention::none(), &config).unwrap();
     assert_eq!(
         generated, reference,
         "{name}: greedy tokens differ from HF generate"
@@ -113,6 +113,20 @@ fn pad_to_square_matches_hf() {
     check_case("pad_nonsquare");
 }
 
+/// A checkpoint transformers 5.17's own `save_pretrained` wrote after loading a published one: legacy
+/// names, and the image processor inside `processor_config.json` (no `preprocessor_config.json`).
+#[test]
+fn hf5_saved_checkpoint_matches_hf() {
+    check_case("hf5_square");
+}
+
+/// What 5.17 `save_pretrained` writes for a model built from its config: the CLIP tower as
+/// `vision_tower.embeddings.*` / `vision_tower.encoder.*`, without `vision_model.`.
+#[test]
+fn hf5_fresh_saved_checkpoint_matches_hf() {
+    check_case("hf5_fresh_square");
+}
+
 /// Dropping tokens at layer K must equal a naive recomputation: run the full model to layer K by hand,
 /// gather the kept rows and their original position ids, run the remaining layers.
 #[test]
@@ -120,23 +134,23 @@ fn cut_at_layer_equals_naive_recomputation() {
     let c = case("square");
     let (model, _, inputs) = load(&c, Kind::Float);
     let s = inputs.seq_len();
-    let vis = &inputs.visual_positions;
+    let vis = &inputs.visual.positions;
     // Keep every non-visual token and one 2x2 block of the visual grid (a keep-only window run).
-    let cols = inputs.visual_grid.1;
+    let cols = inputs.visual.grid.1;
     let window = [0, 1, cols, cols + 1].map(|i| vis[i]);
     let keep: Vec<usize> = (0..s)
         .filter(|p| !vis.contains(p) || window.contains(p))
         .collect();
     for k in [1, model.num_layers() - 1] {
-        let iv = Intervention::cut_at(k, keep.iter().copied()).unwrap();
-        let out = model.prefill(&inputs, &iv, None, None).unwrap();
+        let mut iv = Intervention::cut_at(k, keep.iter().copied()).unwrap();
+        let out = model.prefill(&inputs, &mut iv, None, None).unwrap();
         assert_eq!(out.kept, keep);
 
         let mut layer_inputs = Vec::new();
         model
             .prefill(
                 &inputs,
-                &Intervention::none(),
+                &mut Intervention::none(),
                 None,
                 Some(&mut layer_inputs),
             )
@@ -201,7 +215,7 @@ fn legacy_llama_tokenizer_matches_hf_auto_tokenizer() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let prompt = expected["prompt"].as_str().unwrap();
     let want: Vec<u32> = serde_json::from_value(expected["input_ids"].clone()).unwrap();
-    let tokenizer = horizon_runner::processor::load_tokenizer(&dir).unwrap();
+    let tokenizer = horizon_runner::checkpoint::load_tokenizer(&dir).unwrap();
     let got = tokenizer.encode(prompt, true).unwrap().get_ids().to_vec();
     assert_eq!(got, want);
     let square: Vec<i64> = Vec::try_from(&case("square").tensors["input_ids"]).unwrap();

@@ -3,19 +3,18 @@
 //! image embeddings within 1e-5, logits within 1e-4 in f32 on CPU, 16 greedy tokens identical; plus the
 //! intervention semantics (3-D positions gathered at a cut) against a naive recomputation.
 //!
-//! These tests call `models::qwen2_5_vl` directly.
+//! Everything goes through the family-independent [`VlModel`] and [`Processor`], as the CLI does.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-use horizon_runner::generate::greedy_token;
-use horizon_runner::models::qwen2_5_vl::{
-    vision_window_index, KvCache, Qwen2_5VlConfig, Qwen2_5VlForConditionalGeneration,
-    Qwen2_5VlInputs, Qwen2_5VlProcessor,
-};
+use horizon_runner::generate::{generate_greedy, GenerationConfig};
+use horizon_runner::models::qwen2_5_vl::vision::vision_window_index;
+use horizon_runner::models::qwen2_5_vl::Qwen2_5VlProcessor;
 use horizon_runner::parity::{f32_logits_tolerance, max_abs_diff};
-use horizon_runner::Intervention;
+use horizon_runner::processor::{Processor, PromptTemplate};
+use horizon_runner::{Intervention, ModelInputs, PositionPolicy, VlModel};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -48,85 +47,34 @@ fn case(name: &str) -> Case {
     }
 }
 
-fn load(
-    c: &Case,
-    kind: Kind,
-) -> (
-    Qwen2_5VlForConditionalGeneration,
-    Qwen2_5VlProcessor,
-    Qwen2_5VlInputs,
-) {
-    let config = Qwen2_5VlConfig::from_dir(&c.model_dir).unwrap();
-    let model =
-        Qwen2_5VlForConditionalGeneration::load(&c.model_dir, config, Device::Cpu, kind).unwrap();
-    let processor = Qwen2_5VlProcessor::load(&c.model_dir, &model.config).unwrap();
-    let image = horizon_data::imageproc::load_rgb(&c.image).unwrap();
-    let inputs = processor.prepare(&c.question, &image, Device::Cpu).unwrap();
+fn load(c: &Case, kind: Kind) -> (VlModel, Processor, ModelInputs) {
+    let model = VlModel::load(&c.model_dir, Device::Cpu, kind).unwrap();
+    let processor = Processor::load(&c.model_dir, &model).unwrap();
+    let inputs = processor
+        .prepare(&model, &c.question, &c.image, PromptTemplate::Auto)
+        .unwrap();
     (model, processor, inputs)
 }
 
-fn prefill(
-    model: &Qwen2_5VlForConditionalGeneration,
-    inputs: &Qwen2_5VlInputs,
-    iv: &Intervention,
-    cache: Option<&mut KvCache>,
-    layer_inputs: Option<&mut Vec<Tensor>>,
-) -> horizon_runner::models::llama::DecoderOutput {
-    let _g = tch::no_grad_guard();
-    model
-        .prefill(
-            &inputs.input_ids,
-            inputs.pixel_values.as_ref(),
-            &inputs.image_grid_thw,
-            iv,
-            cache,
-            layer_inputs,
-        )
-        .unwrap()
+fn qwen(model: &VlModel) -> &horizon_runner::models::qwen2_5_vl::Qwen2_5VlForConditionalGeneration {
+    match model {
+        VlModel::Qwen2_5Vl(m) => m,
+        _ => panic!("not a Qwen2.5-VL model"),
+    }
 }
 
-fn all_logits(
-    model: &Qwen2_5VlForConditionalGeneration,
-    inputs: &Qwen2_5VlInputs,
-    iv: &Intervention,
-) -> Tensor {
-    let out = prefill(model, inputs, iv, None, None);
+fn all_logits(model: &VlModel, inputs: &ModelInputs, iv: &Intervention) -> Tensor {
+    let out = model.prefill(inputs, &mut iv.clone(), None, None).unwrap();
     model
-        .lm_head
-        .forward(&out.hidden)
+        .lm_head(&out.hidden)
         .squeeze_dim(0)
         .to_kind(Kind::Float)
-}
-
-/// HF `generate(do_sample=False)`: prefill with `lm_head` on the last position only, then one token
-/// per step at M-RoPE position `cache_position + rope_deltas`.
-fn generate_greedy(
-    model: &Qwen2_5VlForConditionalGeneration,
-    inputs: &Qwen2_5VlInputs,
-    max_new_tokens: usize,
-    eos: &[i64],
-) -> Vec<i64> {
-    let _g = tch::no_grad_guard();
-    let prompt_len = inputs.input_ids.size()[1] as usize;
-    let mut cache = KvCache::new(model.num_layers());
-    let out = prefill(model, inputs, &Intervention::none(), Some(&mut cache), None);
-    let last = out.hidden.narrow(1, out.hidden.size()[1] - 1, 1);
-    let mut next = greedy_token(&model.lm_head.forward(&last));
-    let mut generated = Vec::new();
-    while generated.len() < max_new_tokens {
-        generated.push(next);
-        if eos.contains(&next) || generated.len() == max_new_tokens {
-            break;
-        }
-        let cache_position = prompt_len + generated.len() - 1;
-        next = greedy_token(&model.decode_step(next, cache_position, &mut cache));
-    }
-    generated
 }
 
 fn check_case(name: &str) {
     let c = case(name);
     let (model, processor, inputs) = load(&c, Kind::Float);
+    let m = qwen(&model);
     assert_eq!(
         Qwen2_5VlProcessor::prompt(&c.question, None),
         c.prompt,
@@ -151,7 +99,7 @@ fn check_case(name: &str) {
     let grid: Vec<i64> = Vec::try_from(c.tensors["image_grid_thw"].reshape([-1])).unwrap();
     assert_eq!(inputs.image_grid_thw, vec![[grid[0], grid[1], grid[2]]]);
     assert_eq!(
-        inputs.visual_grid,
+        inputs.visual.grid,
         ((grid[1] / 2) as usize, (grid[2] / 2) as usize)
     );
 
@@ -159,7 +107,7 @@ fn check_case(name: &str) {
     let (wi, cu) = vision_window_index(
         &inputs.image_grid_thw,
         2,
-        model.config.vision_config.vit_merger_window_size(),
+        m.config.vision_config.vit_merger_window_size(),
     );
     let ref_wi: Vec<i64> = Vec::try_from(&c.tensors["vision_window_index"]).unwrap();
     let ref_cu: Vec<i64> = Vec::try_from(&c.tensors["vision_cu_window_seqlens"]).unwrap();
@@ -167,15 +115,15 @@ fn check_case(name: &str) {
     assert_eq!(cu, ref_cu, "{name}: cu_window_seqlens");
 
     // M-RoPE position ids and rope_deltas.
-    let (pos, delta) = model
-        .rope_index(&inputs.input_ids, &inputs.image_grid_thw)
-        .unwrap();
     assert!(
-        pos.squeeze_dim(1).equal(&c.tensors["position_ids"]),
+        inputs
+            .position_ids
+            .squeeze_dim(1)
+            .equal(&c.tensors["position_ids"]),
         "{name}: position ids differ"
     );
     assert_eq!(
-        delta,
+        inputs.rope_deltas,
         c.tensors["rope_deltas"].int64_value(&[0]),
         "{name}: rope_deltas"
     );
@@ -183,7 +131,7 @@ fn check_case(name: &str) {
     // Image embeddings.
     let embeds = {
         let _g = tch::no_grad_guard();
-        model.image_features(pv, &inputs.image_grid_thw).unwrap()
+        m.image_features(pv, &inputs.image_grid_thw).unwrap()
     };
     let d = max_abs_diff(&embeds, &c.tensors["image_embeds"]);
     eprintln!(
@@ -207,7 +155,11 @@ fn check_case(name: &str) {
 
     // Greedy generation with a KV cache.
     let reference: Vec<i64> = Vec::try_from(&c.tensors["generated_ids"]).unwrap();
-    let generated = generate_greedy(&model, &inputs, 16, processor.eos_token_ids());
+    let config = GenerationConfig {
+        max_new_tokens: 16,
+        eos_token_ids: processor.eos_token_ids().to_vec(),
+    };
+    let generated = generate_greedy(&model, &inputs, &mut Intervention::none(), &config).unwrap();
     assert_eq!(
         generated, reference,
         "{name}: greedy tokens differ from HF generate"
@@ -229,73 +181,74 @@ fn tied_flat_config_non_square_matches_hf() {
     check_case("tied_nonsquare");
 }
 
+/// A checkpoint transformers 5.17's own `save_pretrained` wrote (nested config, image processor
+/// inside `processor_config.json`).
+#[test]
+fn hf5_saved_checkpoint_matches_hf() {
+    check_case("hf5_square");
+}
+
 /// Dropping tokens at layer K equals a naive recomputation: the full model's input to layer K, the kept
-/// rows gathered with their 3-D position ids, the remaining layers run.
+/// rows gathered with their 3-D position ids (or, renumbered, `0..len` on every axis), the remaining
+/// layers run.
 #[test]
 fn cut_at_layer_equals_naive_recomputation() {
     let c = case("nonsquare");
     let (model, _, inputs) = load(&c, Kind::Float);
-    let lm = &model.language_model;
-    let s = inputs.input_ids.size()[1] as usize;
-    let vis = &inputs.visual_positions;
+    let lm = model.decoder();
+    let s = inputs.seq_len();
+    let vis = &inputs.visual.positions;
     // Keep every non-visual token and one 2x2 block of the visual grid.
-    let cols = inputs.visual_grid.1;
+    let cols = inputs.visual.grid.1;
     let window = [0, 1, cols, cols + 1].map(|i| vis[i]);
     let keep: Vec<usize> = (0..s)
         .filter(|p| !vis.contains(p) || window.contains(p))
         .collect();
-    let (position_ids, _) = model
-        .rope_index(&inputs.input_ids, &inputs.image_grid_thw)
-        .unwrap();
     let mut layer_inputs = Vec::new();
-    prefill(
-        &model,
-        &inputs,
-        &Intervention::none(),
-        None,
-        Some(&mut layer_inputs),
-    );
+    model
+        .prefill(
+            &inputs,
+            &mut Intervention::none(),
+            None,
+            Some(&mut layer_inputs),
+        )
+        .unwrap();
+    let rows = Tensor::from_slice(&keep.iter().map(|&p| p as i64).collect::<Vec<_>>());
+    let n = keep.len() as i64;
+    let renumbered = Tensor::arange(n, (Kind::Int64, Device::Cpu))
+        .view([1, 1, n])
+        .expand([3, 1, n], false);
     for k in [1, lm.num_layers() - 1] {
-        let iv = Intervention::cut_at(k, keep.iter().copied()).unwrap();
-        let out = prefill(&model, &inputs, &iv, None, None);
-        assert_eq!(out.kept, keep);
-        let rows = Tensor::from_slice(&keep.iter().map(|&p| p as i64).collect::<Vec<_>>());
-        let h = layer_inputs[k].index_select(1, &rows);
-        let naive = {
-            let _g = tch::no_grad_guard();
-            lm.forward_from_layer(k, &h, &position_ids.index_select(2, &rows))
-        };
-        let d = max_abs_diff(&out.hidden, &naive);
-        eprintln!("K={k}: max |cut - naive| = {d:e}");
-        assert!(
-            d <= 1e-5,
-            "K={k}: cut differs from naive recomputation by {d}"
-        );
+        for (policy, positions) in [
+            (
+                PositionPolicy::Original,
+                inputs.position_ids.index_select(2, &rows),
+            ),
+            (PositionPolicy::Renumbered, renumbered.shallow_clone()),
+        ] {
+            let mut iv = Intervention::cut_at(k, keep.iter().copied())
+                .unwrap()
+                .with_positions(policy);
+            let out = model.prefill(&inputs, &mut iv, None, None).unwrap();
+            assert_eq!(out.kept, keep);
+            let h = layer_inputs[k].index_select(1, &rows);
+            let naive = {
+                let _g = tch::no_grad_guard();
+                lm.forward_from_layer(k, &h, &positions)
+            };
+            let d = max_abs_diff(&out.hidden, &naive);
+            eprintln!("K={k} {policy:?}: max |cut - naive| = {d:e}");
+            assert!(
+                d <= 1e-5,
+                "K={k} {policy:?}: cut differs from naive recomputation by {d}"
+            );
+        }
     }
     // A cut keeping everything is the plain model, bit for bit.
     let all = Intervention::cut_at(1, 0..s).unwrap();
     let a = all_logits(&model, &inputs, &all);
     let b = all_logits(&model, &inputs, &Intervention::none());
     assert!(a.equal(&b));
-    // Renumbered positions are refused.
-    let renum = Intervention::cut_at(1, keep.iter().copied())
-        .unwrap()
-        .with_positions(horizon_runner::PositionPolicy::Renumbered);
-    let err = model
-        .prefill(
-            &inputs.input_ids,
-            inputs.pixel_values.as_ref(),
-            &inputs.image_grid_thw,
-            &renum,
-            None,
-            None,
-        )
-        .err()
-        .expect("renumbered positions are refused");
-    assert!(
-        err.to_string().contains("not supported for Qwen2.5-VL"),
-        "{err}"
-    );
 }
 
 /// The published key names (`visual.*`, `model.layers.*`) load into the 5.17 module tree, and a tied
@@ -303,13 +256,8 @@ fn cut_at_layer_equals_naive_recomputation() {
 #[test]
 fn tied_checkpoint_shares_lm_head_with_embeddings() {
     let c = case("tied_nonsquare");
-    let config = Qwen2_5VlConfig::from_dir(&c.model_dir).unwrap();
-    assert!(config.tie_word_embeddings);
-    let model =
-        Qwen2_5VlForConditionalGeneration::load(&c.model_dir, config, Device::Cpu, Kind::Float)
-            .unwrap();
-    assert!(model
-        .lm_head
-        .weight
-        .equal(&model.language_model.embed_tokens));
+    let model = VlModel::load(&c.model_dir, Device::Cpu, Kind::Float).unwrap();
+    let m = qwen(&model);
+    assert!(m.config.tie_word_embeddings);
+    assert!(m.lm_head.weight.equal(&m.language_model.embed_tokens));
 }

@@ -466,3 +466,35 @@ fn collect_files(
     }
     Ok(())
 }
+
+/// Which samples of a benchmark a run uses, applied in this order: shuffle with `seed` (benchmark
+/// order without one), at most `per_category` of each category, at most `limit` in all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub seed: Option<u64>,
+    pub per_category: Option<usize>,
+    pub limit: Option<usize>,
+}
+
+impl Selection {
+    /// The selected samples, in run order.
+    pub fn apply(&self, mut samples: Vec<Sample>) -> Vec<Sample> {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        if let Some(seed) = self.seed {
+            samples.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        }
+        if let Some(n) = self.per_category {
+            let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+            samples.retain(|s| {
+                let c = seen.entry(s.category.clone()).or_default();
+                *c += 1;
+                *c <= n
+            });
+        }
+        if let Some(limit) = self.limit {
+            samples.truncate(limit);
+        }
+        samples
+    }
+}

@@ -41,6 +41,34 @@ impl ConfigFile {
     }
 
     /// The field's value, or `None` when absent or `null` (HF treats `null` as "use the default").
+    /// The image-processor settings of a checkpoint directory: `preprocessor_config.json` as published
+    /// checkpoints have it, else the `image_processor` object inside `processor_config.json`, which is
+    /// where transformers 5.x `save_pretrained` writes them (and no `preprocessor_config.json`).
+    pub fn image_processor_of(dir: &Path) -> Result<Self> {
+        let standalone = dir.join("preprocessor_config.json");
+        if standalone.exists() {
+            return Self::read(&standalone);
+        }
+        let combined = dir.join("processor_config.json");
+        if !combined.exists() {
+            return Err(anyhow!(
+                "{}: neither preprocessor_config.json nor processor_config.json found",
+                dir.display()
+            ));
+        }
+        let outer = Self::read(&combined)?;
+        match outer.map.get("image_processor") {
+            Some(Value::Object(map)) => Ok(Self {
+                path: combined.join("image_processor"),
+                map: map.clone(),
+            }),
+            _ => Err(anyhow!(
+                "{}: field `image_processor`: missing or not an object (and no preprocessor_config.json beside it)",
+                combined.display()
+            )),
+        }
+    }
+
     pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
         match self.map.get(name) {
             None | Some(Value::Null) => Ok(None),

@@ -75,6 +75,12 @@ impl Qwen2VlImageProcessorConfig {
         Self::from_config(&ConfigFile::read(path.as_ref())?)
     }
 
+    /// The settings of the checkpoint directory `dir`: its `preprocessor_config.json`, or the
+    /// `image_processor` object of its `processor_config.json` (transformers 5.x `save_pretrained`).
+    pub fn from_checkpoint_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::from_config(&ConfigFile::image_processor_of(dir.as_ref())?)
+    }
+
     /// As [`Self::from_file`], from JSON text; `origin` names the source in errors.
     pub fn from_json_str(text: &str, origin: impl AsRef<Path>) -> Result<Self> {
         Self::from_config(&ConfigFile::parse(text, origin.as_ref())?)

@@ -1,4 +1,5 @@
-//! CLIP vision tower (`modeling_clip.py`, transformers 5.17.0: `CLIPVisionModel.vision_model`).
+//! CLIP vision tower (`modeling_clip.py`, transformers 5.17.0: `CLIPVisionTransformer`, which LLaVA
+//! holds as `model.vision_tower`).
 
 use anyhow::{bail, Result};
 use serde::Deserialize;

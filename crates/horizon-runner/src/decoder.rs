@@ -1,0 +1,728 @@
+//! The one decoder of every family: `LlamaModel` (`modeling_llama.py`, LLaVA-1.5's language model) and
+//! `Qwen2_5_VLTextModel` (`modeling_qwen2_5_vl.py`, a Qwen2 decoder), transformers 5.17.0.
+//!
+//! The two differ only where their configs say so, as HF's modular files show (`Qwen2Attention`
+//! inherits from `LlamaAttention`): which projections carry a bias (Llama: `attention_bias` for all
+//! four; Qwen2: q/k/v yes, o no) and the rotary embedding (1-D positions, or M-RoPE's 3-D positions
+//! with `mrope_section`). Everything else — attention, layer, the loop that applies the cuts, the KV
+//! cache and decoding — is this file, once.
+//!
+//! The loop asks a [`TokenSelector`] before each layer which prompt positions that layer and the ones
+//! after it process. A static [`crate::Intervention`] is one selector; pruning methods that score
+//! tokens from what the previous layer produced are others. When a selector asks for them, the
+//! attention probabilities of chosen query rows are computed exactly for that one layer; every layer
+//! keeps running SDPA, so asking for them changes no output.
+
+use anyhow::{anyhow, bail, Result};
+use tch::{Device, Kind, Tensor};
+
+use crate::intervention::{CutContext, PositionPolicy, TokenSelector, VisualTokens};
+use crate::nn::{rotate_half, sdpa, Activation, Linear, RmsNorm};
+use crate::weights::Weights;
+
+/// How rotary position ids are laid out and turned into angles.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RotaryKind {
+    /// `LlamaRotaryEmbedding` (default rope type): position ids `[B, S]`.
+    Default { theta: f64 },
+    /// `Qwen2_5_VLRotaryEmbedding`: 3-D position ids `[3, B, S]` (temporal, height, width); axis `i % 3`
+    /// rotates `mrope_section[i]` of the frequency pairs.
+    MRope { theta: f64, mrope_section: Vec<i64> },
+}
+
+/// What the decoder needs of a family's text config, resolved once at load.
+#[derive(Debug, Clone)]
+pub struct DecoderConfig {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub num_key_value_heads: i64,
+    pub head_dim: i64,
+    pub hidden_act: String,
+    pub rms_norm_eps: f64,
+    /// Bias on q_proj, k_proj and v_proj.
+    pub qkv_bias: bool,
+    /// Bias on o_proj.
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    pub rotary: RotaryKind,
+}
+
+impl DecoderConfig {
+    /// Checks the counts a forward divides by; `field` prefixes field names in errors
+    /// (e.g. `config.json: field text_config.`).
+    pub fn validate(&self, field: &str) -> Result<()> {
+        for (name, v) in [
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("vocab_size", self.vocab_size),
+            ("head_dim", self.head_dim),
+        ] {
+            if v <= 0 {
+                bail!("{field}{name}: {v} must be positive");
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            bail!(
+                "{field}num_key_value_heads: num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads,
+                self.num_key_value_heads
+            );
+        }
+        if self.head_dim % 2 != 0 {
+            bail!(
+                "{field}head_dim: {} is odd; rotary embeddings rotate pairs",
+                self.head_dim
+            );
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            bail!(
+                "{field}rms_norm_eps: {} must be a positive number",
+                self.rms_norm_eps
+            );
+        }
+        if let RotaryKind::MRope { mrope_section, .. } = &self.rotary {
+            if mrope_section.len() != 3 || mrope_section.iter().sum::<i64>() * 2 != self.head_dim {
+                bail!(
+                    "{field}rope_parameters.mrope_section: {mrope_section:?} does not split head_dim {} into 3 halves",
+                    self.head_dim
+                );
+            }
+        }
+        Activation::from_hf_name(&self.hidden_act)
+            .map_err(|e| anyhow!("{field}hidden_act: {e}"))?;
+        Ok(())
+    }
+}
+
+/// Rotary embedding of either kind; `inv_freq = 1 / theta^(arange(0, d, 2) / d)` computed with tensor
+/// ops so that it is bit-equal to HF.
+pub struct RotaryEmbedding {
+    inv_freq: Tensor,
+    kind: RotaryKind,
+}
+
+impl RotaryEmbedding {
+    pub fn new(head_dim: i64, kind: RotaryKind, device: Device) -> Self {
+        let theta = match &kind {
+            RotaryKind::Default { theta } | RotaryKind::MRope { theta, .. } => *theta,
+        };
+        let exponent = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, device))
+            .to_kind(Kind::Float)
+            / head_dim as f64;
+        let inv_freq = Tensor::pow_scalar(theta, &exponent).reciprocal();
+        Self { inv_freq, kind }
+    }
+
+    pub fn kind(&self) -> &RotaryKind {
+        &self.kind
+    }
+
+    /// Number of leading axes of a position-id tensor before `[B, S]`: 0 for 1-D, 1 (the 3 axes) for
+    /// M-RoPE.
+    fn lead(&self) -> usize {
+        match self.kind {
+            RotaryKind::Default { .. } => 0,
+            RotaryKind::MRope { .. } => 1,
+        }
+    }
+
+    /// Position ids `[B, S]` (1-D) or `[3, B, S]` (M-RoPE) of one scalar position repeated.
+    pub fn scalar_positions(&self, position: i64, device: Device) -> Tensor {
+        let ids = Tensor::from_slice(&[position]).to_device(device);
+        match self.kind {
+            RotaryKind::Default { .. } => ids.view([1, 1]),
+            RotaryKind::MRope { .. } => ids.view([1, 1, 1]).expand([3, 1, 1], false).contiguous(),
+        }
+    }
+
+    /// Contiguous position ids `0..len` for one sequence (a renumbered prompt), on every axis.
+    pub fn contiguous_positions(&self, len: i64, device: Device) -> Tensor {
+        let ids = Tensor::arange(len, (Kind::Int64, device));
+        match self.kind {
+            RotaryKind::Default { .. } => ids.unsqueeze(0),
+            RotaryKind::MRope { .. } => ids
+                .view([1, 1, len])
+                .expand([3, 1, len], false)
+                .contiguous(),
+        }
+    }
+
+    /// The position ids of rows `index` `[B, S']` (indices into the sequence axis of `positions`,
+    /// which holds one sequence): `[B, S']` or `[3, B, S']`.
+    pub fn gather_positions(&self, positions: &Tensor, index: &Tensor) -> Tensor {
+        let (b, s) = index.size2().expect("[B, S] index");
+        let one = positions.select(-2, 0);
+        let picked = one.index_select(-1, &index.reshape([-1]));
+        match self.kind {
+            RotaryKind::Default { .. } => picked.reshape([b, s]),
+            RotaryKind::MRope { .. } => picked.reshape([3, b, s]),
+        }
+    }
+
+    /// cos and sin `[B, S, head_dim]` in `kind`, computed like HF: a K=1 matmul of `inv_freq` and the
+    /// positions in f32, then (M-RoPE) the per-axis sections recomposed, then `cat(freqs, freqs)`.
+    pub fn cos_sin(&self, position_ids: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        match &self.kind {
+            RotaryKind::Default { .. } => {
+                let b = position_ids.size()[0];
+                let inv = self
+                    .inv_freq
+                    .view([1, -1, 1])
+                    .expand([b, -1, 1], false)
+                    .to_kind(Kind::Float);
+                let pos = position_ids.unsqueeze(1).to_kind(Kind::Float);
+                let freqs = inv.matmul(&pos).transpose(1, 2);
+                let emb = Tensor::cat(&[&freqs, &freqs], -1);
+                (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+            }
+            RotaryKind::MRope { mrope_section, .. } => {
+                let b = position_ids.size()[1];
+                let inv = self
+                    .inv_freq
+                    .view([1, 1, -1, 1])
+                    .to_kind(Kind::Float)
+                    .expand([3, b, -1, 1], false);
+                let pos = position_ids.unsqueeze(2).to_kind(Kind::Float);
+                let freqs = inv.matmul(&pos).transpose(2, 3);
+                let recompose = |f: Tensor| {
+                    let parts: Vec<Tensor> = f
+                        .split_with_sizes(mrope_section.as_slice(), -1)
+                        .iter()
+                        .enumerate()
+                        .map(|(i, m)| m.select(0, (i % 3) as i64))
+                        .collect();
+                    let f = Tensor::cat(&parts, -1);
+                    Tensor::cat(&[&f, &f], -1).to_kind(kind)
+                };
+                (recompose(freqs.cos()), recompose(freqs.sin()))
+            }
+        }
+    }
+
+    /// Checks that `positions` is `[1, S]` (1-D) or `[3, 1, S]` (M-RoPE).
+    fn check_prompt_positions(&self, positions: &Tensor, s: i64) -> Result<()> {
+        let want: Vec<i64> = match self.lead() {
+            0 => vec![1, s],
+            _ => vec![3, 1, s],
+        };
+        if positions.size() != want {
+            bail!(
+                "position ids have shape {:?}, expected {want:?}",
+                positions.size()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Per-layer key/value cache (HF `DynamicCache`): each layer holds exactly the tokens it processed, so a
+/// pruned prompt costs only its kept tokens' memory.
+pub struct KvCache {
+    pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Per layer, what a decoding step adds to its cache position to get its rotary position: the
+    /// prompt's `rope_deltas` (M-RoPE; 0 for 1-D rotary), or, below a cut with renumbered positions,
+    /// minus the number of prompt tokens removed. Set by the prefill, which knows the keep-sets.
+    pub(crate) position_offsets: Vec<i64>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: (0..num_layers).map(|_| None).collect(),
+            position_offsets: vec![0; num_layers],
+        }
+    }
+
+    /// Number of tokens cached by `layer`.
+    pub fn len_at(&self, layer: usize) -> i64 {
+        self.layers[layer].as_ref().map_or(0, |(k, _)| k.size()[2])
+    }
+
+    /// Bytes held by the cached keys and values of every layer.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, v)| {
+                (k.numel() * k.kind().elt_size_in_bytes())
+                    + (v.numel() * v.kind().elt_size_in_bytes())
+            })
+            .sum()
+    }
+}
+
+/// `LlamaAttention` / `Qwen2Attention`: GQA with rotary q/k and per-projection biases.
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+    scaling: f64,
+}
+
+impl Attention {
+    fn load(w: &Weights, p: &str, cfg: &DecoderConfig) -> Result<Self> {
+        let (h, hd, nh, nkv) = (
+            cfg.hidden_size,
+            cfg.head_dim,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+        );
+        Ok(Self {
+            q_proj: Linear::load(w, &format!("{p}.q_proj"), h, nh * hd, cfg.qkv_bias)?,
+            k_proj: Linear::load(w, &format!("{p}.k_proj"), h, nkv * hd, cfg.qkv_bias)?,
+            v_proj: Linear::load(w, &format!("{p}.v_proj"), h, nkv * hd, cfg.qkv_bias)?,
+            o_proj: Linear::load(w, &format!("{p}.o_proj"), nh * hd, h, cfg.o_bias)?,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+            scaling: (hd as f64).powf(-0.5),
+        })
+    }
+
+    /// `proj(x)` `[B, S, heads * head_dim]` split into heads: `[B, heads, S, head_dim]`.
+    fn split_heads(&self, proj: &Linear, x: &Tensor, heads: i64) -> Tensor {
+        let (b, s, _) = x.size3().expect("[B, S, D] hidden states");
+        proj.forward(x)
+            .view([b, s, heads, self.head_dim])
+            .transpose(1, 2)
+    }
+
+    /// Queries and keys of `x` with the rotary embedding applied (`apply_rotary_pos_emb`), in the
+    /// model dtype.
+    fn rotated_qk(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor) {
+        let q = self.split_heads(&self.q_proj, x, self.num_heads);
+        let k = self.split_heads(&self.k_proj, x, self.num_kv_heads);
+        let (cos, sin) = (cos.unsqueeze(1), sin.unsqueeze(1));
+        let q = &q * &cos + rotate_half(&q) * &sin;
+        let k = &k * &cos + rotate_half(&k) * &sin;
+        (q, k)
+    }
+
+    /// The attention output; with `probs_rows` `[B, R]` (row indices into this call's queries, no
+    /// cache), also the attention probabilities of those query rows `[B, heads, R, S]` in f32, as
+    /// HF's eager path computes them (`q·kᵀ·scaling`, causal mask, softmax in f32). The output
+    /// itself always comes from SDPA.
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        probs_rows: Option<&Tensor>,
+    ) -> (Tensor, Option<Tensor>) {
+        let s = x.size()[1];
+        let (q, mut k) = self.rotated_qk(x, cos, sin);
+        let mut v = self.split_heads(&self.v_proj, x, self.num_kv_heads);
+        let probs = probs_rows.map(|rows| self.probabilities_at(&q, &k, rows));
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2);
+                v = Tensor::cat(&[pv, &v], 2);
+            }
+            *slot = Some((k.shallow_clone(), v.shallow_clone()));
+        }
+        // transformers 5.17 `sdpa_attention_forward`: causal iff more than one query and no mask;
+        // `enable_gqa` only when there are shared kv heads and head_dim <= 256, else `repeat_kv`.
+        let groups = self.num_heads / self.num_kv_heads;
+        let enable_gqa = groups > 1 && self.head_dim <= 256;
+        let (k, v) = if groups > 1 && !enable_gqa {
+            (
+                k.repeat_interleave_self_int(groups, 1, None),
+                v.repeat_interleave_self_int(groups, 1, None),
+            )
+        } else {
+            (k, v)
+        };
+        let out = self.project_out(&sdpa(&q, &k, &v, s > 1, self.scaling, enable_gqa));
+        (out, probs)
+    }
+
+    /// Softmax over the keys of `q · kᵀ · scaling` (f32 softmax, HF eager order), with `future`
+    /// (broadcast to the scores) masked out; kv heads repeated to the query heads.
+    fn probabilities(&self, q: &Tensor, k: &Tensor, future: &Tensor) -> Tensor {
+        let k = k.repeat_interleave_self_int(self.num_heads / self.num_kv_heads, 1, None);
+        let scores = q.matmul(&k.transpose(-1, -2)) * self.scaling;
+        scores
+            .to_kind(Kind::Float)
+            .masked_fill(future, f64::NEG_INFINITY)
+            .softmax(-1, Kind::Float)
+    }
+
+    /// Probabilities of query rows `rows` `[B, R]` against every key of a causal pass.
+    fn probabilities_at(&self, q: &Tensor, k: &Tensor, rows: &Tensor) -> Tensor {
+        let s = q.size()[2];
+        let (b, r) = rows.size2().expect("[B, R] query rows");
+        let at_rows = rows.view([b, 1, r, 1]);
+        let q = q.gather(
+            2,
+            &at_rows.expand([b, self.num_heads, r, self.head_dim], false),
+            false,
+        );
+        // Key j is in the future of the query at row p when j > p.
+        let future = Tensor::arange(s, (Kind::Int64, q.device()))
+            .view([1, 1, 1, s])
+            .gt_tensor(&at_rows);
+        self.probabilities(&q, k, &future)
+    }
+
+    /// The attention probabilities `[B, heads, S, S]` (float32) of a causal pass over `x` with no
+    /// cache: what HF returns with `output_attentions=True` (its eager path).
+    pub fn attention_weights(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let s = x.size()[1];
+        let (q, k) = self.rotated_qk(x, cos, sin);
+        let future = Tensor::ones([s, s], (Kind::Bool, x.device())).triu(1);
+        self.probabilities(&q, &k, &future)
+    }
+
+    /// Rows of [`Self::attention_weights`]: for each batch row b and slot r, the probabilities with
+    /// which the query at row `rows[b, r]` attends to every key, `[B, heads, R, S]` (float32). Softmax
+    /// rows are independent, so each row is the full matrix's row (a test compares them); the scores
+    /// cost `R × S` per head instead of `S × S`.
+    pub fn attention_weights_at(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        rows: &Tensor,
+    ) -> Tensor {
+        let (q, k) = self.rotated_qk(x, cos, sin);
+        self.probabilities_at(&q, &k, rows)
+    }
+
+    /// `v_proj` of `x`, heads repeated to the query heads: `[B, heads, S, head_dim]`.
+    pub fn values(&self, x: &Tensor) -> Tensor {
+        self.split_heads(&self.v_proj, x, self.num_kv_heads)
+            .repeat_interleave_self_int(self.num_heads / self.num_kv_heads, 1, None)
+    }
+
+    /// `o_proj` over per-head outputs `[B, heads, S, head_dim]`.
+    pub fn project_out(&self, heads: &Tensor) -> Tensor {
+        let (b, _, s, _) = heads.size4().expect("[B, H, S, D] head outputs");
+        self.o_proj
+            .forward(&heads.transpose(1, 2).contiguous().reshape([b, s, -1]))
+    }
+
+    /// The attention output of a causal pass over `x` with no cache (the forward's SDPA path).
+    pub fn forward_causal(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        self.forward(x, cos, sin, None, None).0
+    }
+}
+
+/// `LlamaMLP` / `Qwen2MLP` / `Qwen2_5_VLMLP`: SwiGLU, `down(act(gate(x)) · up(x))`.
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    pub fn load(
+        w: &Weights,
+        p: &str,
+        hidden: i64,
+        inter: i64,
+        act: &str,
+        bias: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            gate_proj: Linear::load(w, &format!("{p}.gate_proj"), hidden, inter, bias)?,
+            up_proj: Linear::load(w, &format!("{p}.up_proj"), hidden, inter, bias)?,
+            down_proj: Linear::load(w, &format!("{p}.down_proj"), inter, hidden, bias)?,
+            act: Activation::from_hf_name(act)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let gated = self.act.forward(&self.gate_proj.forward(x)) * self.up_proj.forward(x);
+        self.down_proj.forward(&gated)
+    }
+}
+
+/// `LlamaDecoderLayer` / `Qwen2_5_VLDecoderLayer`: pre-norm attention and MLP with residuals.
+pub struct DecoderLayer {
+    pub self_attn: Attention,
+    mlp: Mlp,
+    pub input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn load(w: &Weights, p: &str, cfg: &DecoderConfig) -> Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        Ok(Self {
+            self_attn: Attention::load(w, &format!("{p}.self_attn"), cfg)?,
+            mlp: Mlp::load(
+                w,
+                &format!("{p}.mlp"),
+                h,
+                cfg.intermediate_size,
+                &cfg.hidden_act,
+                cfg.mlp_bias,
+            )?,
+            input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm"), h, eps)?,
+            post_attention_layernorm: RmsNorm::load(
+                w,
+                &format!("{p}.post_attention_layernorm"),
+                h,
+                eps,
+            )?,
+        })
+    }
+
+    /// The layer's output, and with `probs_rows` the attention probabilities of those query rows.
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        probs_rows: Option<&Tensor>,
+    ) -> (Tensor, Option<Tensor>) {
+        let (h, probs) = self.self_attn.forward(
+            &self.input_layernorm.forward(x),
+            cos,
+            sin,
+            cache,
+            probs_rows,
+        );
+        let x = x + h;
+        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
+        (x + h, probs)
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Tensor {
+        self.forward_with(x, cos, sin, cache, None).0
+    }
+}
+
+/// Result of a prefill through the decoder.
+pub struct DecoderOutput {
+    /// Final-norm hidden states `[1, S', D]` of the tokens the last layer processed.
+    pub hidden: Tensor,
+    /// Original prompt indices of those `S'` tokens.
+    pub kept: Vec<usize>,
+    /// Number of prompt tokens each layer processed, and of those how many were visual.
+    pub tokens_per_layer: Vec<usize>,
+    pub visual_per_layer: Vec<usize>,
+}
+
+/// `LlamaModel` / `Qwen2_5_VLTextModel`: embeddings, decoder layers, final norm.
+pub struct Decoder {
+    pub cfg: DecoderConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    pub rotary_emb: RotaryEmbedding,
+}
+
+impl Decoder {
+    /// Loads `{prefix}.embed_tokens`, `{prefix}.layers.N.*`, `{prefix}.norm`.
+    pub fn load(w: &Weights, prefix: &str, cfg: &DecoderConfig) -> Result<Self> {
+        let embed_tokens = w.get(
+            &format!("{prefix}.embed_tokens.weight"),
+            &[cfg.vocab_size, cfg.hidden_size],
+        )?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(w, &format!("{prefix}.layers.{i}"), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(
+            w,
+            &format!("{prefix}.norm"),
+            cfg.hidden_size,
+            cfg.rms_norm_eps,
+        )?;
+        let rotary_emb = RotaryEmbedding::new(cfg.head_dim, cfg.rotary.clone(), w.device());
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            rotary_emb,
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn embed(&self, input_ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false)
+    }
+
+    /// Prefill of `embeds` `[1, S, D]` at `positions` (`[1, S]`, or `[3, 1, S]` for M-RoPE) with
+    /// `rope_deltas` (M-RoPE; 0 otherwise). Before each layer `selector` decides which prompt positions
+    /// that layer and the later ones process; dropped tokens are gathered out of the sequence (not
+    /// masked), kept ones keep their position ids or are renumbered `0..len` as the selector's
+    /// [`PositionPolicy`] says. `cache`, when given, records every layer's keys/values and the decode
+    /// positions that follow the policy; `layer_inputs`, when given, receives each layer's input.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prefill(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        rope_deltas: i64,
+        visual: &VisualTokens,
+        selector: &mut dyn TokenSelector,
+        mut cache: Option<&mut KvCache>,
+        mut layer_inputs: Option<&mut Vec<Tensor>>,
+    ) -> Result<DecoderOutput> {
+        let (_, s, _) = embeds.size3()?;
+        self.rotary_emb.check_prompt_positions(positions, s)?;
+        let num_layers = self.num_layers();
+        let policy = selector.positions();
+        let device = embeds.device();
+        let mut kept: Vec<usize> = (0..s as usize).collect();
+        let is_visual = visual.mask(s as usize);
+        let mut positions = positions.shallow_clone();
+        let (mut cos, mut sin) = self.rotary_emb.cos_sin(&positions, embeds.kind());
+        let mut h = embeds.shallow_clone();
+        let mut attention: Option<Tensor> = None;
+        let mut tokens_per_layer = Vec::with_capacity(num_layers);
+        let mut visual_per_layer = Vec::with_capacity(num_layers);
+        let mut renumbered = false;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let ctx = CutContext {
+                layer: i,
+                num_layers,
+                hidden: &h,
+                kept: &kept,
+                visual,
+                attention: attention.as_ref(),
+            };
+            if let Some(keep) = selector.select(&ctx)? {
+                if keep.last() != Some(&(s as usize - 1)) {
+                    // The last prompt position's output is the next-token distribution.
+                    bail!(
+                        "token selection before layer {i}: the last prompt position {} must be kept",
+                        s - 1
+                    );
+                }
+                let rows = rows_of(&keep, &kept, i)?;
+                if rows.len() != kept.len() {
+                    let rows_t = Tensor::from_slice(&rows).to_device(device);
+                    h = h.index_select(1, &rows_t);
+                    positions = match policy {
+                        PositionPolicy::Original => self
+                            .rotary_emb
+                            .gather_positions(&positions, &rows_t.unsqueeze(0)),
+                        PositionPolicy::Renumbered => {
+                            renumbered = true;
+                            self.rotary_emb
+                                .contiguous_positions(keep.len() as i64, device)
+                        }
+                    };
+                    (cos, sin) = self.rotary_emb.cos_sin(&positions, embeds.kind());
+                    kept = keep;
+                }
+            }
+            tokens_per_layer.push(kept.len());
+            visual_per_layer.push(kept.iter().filter(|&&p| is_visual[p]).count());
+            if let Some(inputs) = layer_inputs.as_deref_mut() {
+                inputs.push(h.shallow_clone());
+            }
+            let probs_rows = match selector.attention_rows(i, &kept) {
+                Some(query) if i + 1 < num_layers => {
+                    let rows = rows_of(&query, &kept, i)?;
+                    Some(Tensor::from_slice(&rows).to_device(device).unsqueeze(0))
+                }
+                _ => None,
+            };
+            let slot = match cache.as_deref_mut() {
+                Some(c) => {
+                    c.position_offsets[i] = if renumbered {
+                        kept.len() as i64 - s
+                    } else {
+                        rope_deltas
+                    };
+                    Some(&mut c.layers[i])
+                }
+                None => None,
+            };
+            let (out, probs) = layer.forward_with(&h, &cos, &sin, slot, probs_rows.as_ref());
+            h = out;
+            // [1, heads, R, S'] → [heads, R, S'] for the selector at the next layer.
+            attention = probs.map(|p| p.squeeze_dim(0));
+        }
+        Ok(DecoderOutput {
+            hidden: self.norm.forward(&h),
+            kept,
+            tokens_per_layer,
+            visual_per_layer,
+        })
+    }
+
+    /// Runs decoder layers `from..` on hidden states `[B, S, D]` with per-row position ids (`[B, S]` or
+    /// `[3, B, S]`; no cache, causal attention), then the final norm. This is how an information sweep
+    /// resumes from a stored layer input without recomputing the layers below.
+    pub fn forward_from_layer(
+        &self,
+        from: usize,
+        hidden: &Tensor,
+        position_ids: &Tensor,
+    ) -> Tensor {
+        let (cos, sin) = self.rotary_emb.cos_sin(position_ids, hidden.kind());
+        let mut h = hidden.shallow_clone();
+        for layer in &self.layers[from..] {
+            h = layer.forward(&h, &cos, &sin, None);
+        }
+        self.norm.forward(&h)
+    }
+
+    /// One decoding step: `embeds` `[1, 1, D]` of the token at cache position `cache_position` (the
+    /// prompt length plus tokens generated before it). Each layer rotates it at
+    /// `cache_position + offset` (its offset set by the prefill) and attends to what it cached.
+    pub fn decode_step(
+        &self,
+        embeds: &Tensor,
+        cache_position: usize,
+        cache: &mut KvCache,
+    ) -> Tensor {
+        let device = embeds.device();
+        let mut h = embeds.shallow_clone();
+        let mut current: Option<(i64, Tensor, Tensor)> = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let pos = cache_position as i64 + cache.position_offsets[i];
+            if current.as_ref().map(|c| c.0) != Some(pos) {
+                let ids = self.rotary_emb.scalar_positions(pos, device);
+                let (cos, sin) = self.rotary_emb.cos_sin(&ids, embeds.kind());
+                current = Some((pos, cos, sin));
+            }
+            let (_, cos, sin) = current.as_ref().expect("set above");
+            h = layer.forward(&h, cos, sin, Some(&mut cache.layers[i]));
+        }
+        self.norm.forward(&h)
+    }
+}
+
+/// Rows of the current sequence (`kept`, ascending original indices) that hold `wanted` (ascending
+/// original indices); an error names the layer when `wanted` is not a subset.
+fn rows_of(wanted: &[usize], kept: &[usize], layer: usize) -> Result<Vec<i64>> {
+    if wanted.is_empty() {
+        bail!("token selection at layer {layer}: no position selected");
+    }
+    if wanted.windows(2).any(|w| w[0] >= w[1]) {
+        bail!("token selection at layer {layer}: positions are not ascending and unique");
+    }
+    wanted
+        .iter()
+        .map(|p| kept.binary_search(p).map(|r| r as i64))
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow!("token selection at layer {layer}: names a position already dropped"))
+}

@@ -1,0 +1,229 @@
+//! `LlavaForConditionalGeneration`: CLIP features of the selected layer(s), projected, scattered into
+//! the `<image>` positions; the shared decoder; `lm_head`.
+
+use anyhow::{bail, Result};
+use tch::{Kind, Tensor};
+
+use super::config::LlavaConfig;
+use crate::decoder::Decoder;
+use crate::models::clip::ClipVisionModel;
+use crate::nn::{Activation, Linear};
+use crate::weights::{CheckpointLayout, KeyRename, Weights};
+
+/// llava-hf as published (names from before transformers 4.52); HF renames them on load the same way.
+pub const LLAVA_PUBLISHED: CheckpointLayout = CheckpointLayout {
+    name: "published llava-hf (vision_tower.vision_model.*, language_model.model.*)",
+    renames: &[
+        KeyRename {
+            on_disk: "vision_tower.vision_model.",
+            in_model: "model.vision_tower.",
+        },
+        KeyRename {
+            on_disk: "multi_modal_projector.",
+            in_model: "model.multi_modal_projector.",
+        },
+        KeyRename {
+            on_disk: "language_model.model.",
+            in_model: "model.language_model.",
+        },
+        KeyRename {
+            on_disk: "language_model.lm_head.",
+            in_model: "lm_head.",
+        },
+    ],
+};
+
+/// What transformers 5.x `save_pretrained` writes for a model it built from a config: the legacy
+/// names, except the CLIP tower's, which lose `vision_model.`.
+pub const LLAVA_SAVED_5X: CheckpointLayout = CheckpointLayout {
+    name: "transformers 5 save_pretrained (vision_tower.embeddings.*, language_model.model.*)",
+    renames: &[
+        KeyRename {
+            on_disk: "vision_tower.embeddings.",
+            in_model: "model.vision_tower.embeddings.",
+        },
+        KeyRename {
+            on_disk: "vision_tower.pre_layrnorm.",
+            in_model: "model.vision_tower.pre_layrnorm.",
+        },
+        KeyRename {
+            on_disk: "vision_tower.encoder.",
+            in_model: "model.vision_tower.encoder.",
+        },
+        KeyRename {
+            on_disk: "vision_tower.post_layernorm.",
+            in_model: "model.vision_tower.post_layernorm.",
+        },
+        KeyRename {
+            on_disk: "multi_modal_projector.",
+            in_model: "model.multi_modal_projector.",
+        },
+        KeyRename {
+            on_disk: "language_model.model.",
+            in_model: "model.language_model.",
+        },
+        KeyRename {
+            on_disk: "language_model.lm_head.",
+            in_model: "lm_head.",
+        },
+    ],
+};
+
+/// transformers 5.x's in-memory module tree (`state_dict()`, `save_original_format=False`): the names
+/// the model code uses.
+pub const LLAVA_MODULE_TREE: CheckpointLayout = CheckpointLayout {
+    name: "transformers 5 module tree (model.vision_tower.*, model.language_model.*)",
+    renames: &[
+        KeyRename {
+            on_disk: "model.vision_tower.",
+            in_model: "model.vision_tower.",
+        },
+        KeyRename {
+            on_disk: "model.multi_modal_projector.",
+            in_model: "model.multi_modal_projector.",
+        },
+        KeyRename {
+            on_disk: "model.language_model.",
+            in_model: "model.language_model.",
+        },
+        KeyRename {
+            on_disk: "lm_head.",
+            in_model: "lm_head.",
+        },
+    ],
+};
+
+/// Every layout a LLaVA checkpoint may have, tried in this order.
+pub const LLAVA_LAYOUTS: &[CheckpointLayout] =
+    &[LLAVA_PUBLISHED, LLAVA_SAVED_5X, LLAVA_MODULE_TREE];
+
+/// `LlavaMultiModalProjector`: linear, activation, linear.
+pub struct LlavaMultiModalProjector {
+    linear_1: Linear,
+    act: Activation,
+    linear_2: Linear,
+}
+
+impl LlavaMultiModalProjector {
+    fn load(w: &Weights, p: &str, cfg: &LlavaConfig) -> Result<Self> {
+        let v = cfg.vision_config.hidden_size * cfg.vision_feature_layers.len() as i64;
+        let t = cfg.text_config.hidden_size;
+        let bias = cfg.multimodal_projector_bias;
+        Ok(Self {
+            linear_1: Linear::load(w, &format!("{p}.linear_1"), v, t, bias)?,
+            act: Activation::from_hf_name(&cfg.projector_hidden_act)?,
+            linear_2: Linear::load(w, &format!("{p}.linear_2"), t, t, bias)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.linear_2
+            .forward(&self.act.forward(&self.linear_1.forward(x)))
+    }
+}
+
+pub struct LlavaForConditionalGeneration {
+    pub config: LlavaConfig,
+    pub vision_tower: ClipVisionModel,
+    pub multi_modal_projector: LlavaMultiModalProjector,
+    pub language_model: Decoder,
+    pub lm_head: Linear,
+    feature_indices: Vec<usize>,
+}
+
+impl LlavaForConditionalGeneration {
+    /// Builds the model from `w` (a checkpoint, or random weights for benchmarks).
+    pub fn from_weights(w: &Weights, config: LlavaConfig) -> Result<Self> {
+        let feature_indices = config.feature_indices()?;
+        let clip_layers = *feature_indices
+            .iter()
+            .max()
+            .expect("at least one feature layer");
+        let vision_tower =
+            ClipVisionModel::load(w, "model.vision_tower", &config.vision_config, clip_layers)?;
+        let multi_modal_projector =
+            LlavaMultiModalProjector::load(w, "model.multi_modal_projector", &config)?;
+        let language_model = Decoder::load(
+            w,
+            "model.language_model",
+            &config.text_config.decoder_config(),
+        )?;
+        let tc = &config.text_config;
+        let lm_head = if w.contains("lm_head.weight") || !config.tie_word_embeddings {
+            Linear::load(w, "lm_head", tc.hidden_size, tc.vocab_size, false)?
+        } else {
+            Linear {
+                weight: language_model.embed_tokens.shallow_clone(),
+                bias: None,
+            }
+        };
+        Ok(Self {
+            config,
+            vision_tower,
+            multi_modal_projector,
+            language_model,
+            lm_head,
+            feature_indices,
+        })
+    }
+
+    /// `get_image_features`: selected CLIP hidden states (CLS dropped for "default"), projected.
+    pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let states = self.vision_tower.hidden_states(pixel_values)?;
+        let selected: Vec<Tensor> = self
+            .feature_indices
+            .iter()
+            .map(|&i| {
+                let s = &states[i];
+                if self.config.vision_feature_select_strategy == "default" {
+                    s.narrow(1, 1, s.size()[1] - 1)
+                } else {
+                    s.shallow_clone()
+                }
+            })
+            .collect();
+        let features = if selected.len() == 1 {
+            selected.into_iter().next().expect("one")
+        } else {
+            Tensor::cat(&selected, -1)
+        };
+        Ok(self.multi_modal_projector.forward(&features))
+    }
+
+    /// Token embeddings with the image features scattered into the `<image>` positions.
+    pub fn input_embeds(
+        &self,
+        input_ids: &Tensor,
+        pixel_values: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let Some(pixel_values) = pixel_values else {
+            return Ok(self.language_model.embed(input_ids));
+        };
+        let features = self.image_features(pixel_values)?;
+        self.input_embeds_with_features(input_ids, &features)
+    }
+
+    /// Token embeddings with already computed [`Self::image_features`] scattered into the `<image>`
+    /// positions (the trainer also supervises the features directly).
+    pub fn input_embeds_with_features(
+        &self,
+        input_ids: &Tensor,
+        features: &Tensor,
+    ) -> Result<Tensor> {
+        let embeds = self.language_model.embed(input_ids);
+        let features = features
+            .to_kind(embeds.kind())
+            .reshape([-1, self.config.text_config.hidden_size]);
+        let mask = input_ids.eq(self.config.image_token_id);
+        let n_tokens = mask.sum(Kind::Int64).int64_value(&[]);
+        let n_features = features.size()[0];
+        if n_tokens != n_features {
+            bail!(
+                "the prompt has {n_tokens} image tokens (id {}) but the image gives {n_features} features",
+                self.config.image_token_id
+            );
+        }
+        let mask = mask.unsqueeze(-1).expand_as(&embeds);
+        Ok(embeds.masked_scatter(&mask, &features))
+    }
+}

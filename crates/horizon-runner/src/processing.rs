@@ -1,0 +1,39 @@
+//! What every family's processor shares: the prompt templates a user chooses from and the Pillow
+//! release whose resize is reproduced.
+
+use anyhow::{bail, Result};
+use horizon_data::imageproc::ResampleOrder;
+
+/// How the question becomes a prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PromptTemplate {
+    /// The chat template of the checkpoint's family (llava-hf for LLaVA, Qwen chat for Qwen2.5-VL).
+    #[default]
+    Auto,
+    /// The llava-hf chat template: `USER: <image>\n{question} ASSISTANT:`.
+    LlavaHf,
+    /// The Qwen2.5-VL chat template with its default system message.
+    Qwen,
+    /// Original LLaVA `vicuna_v1` conversation, as the reference procedure of arXiv 2512.07580 uses.
+    VicunaV1,
+    /// The text as given; it must contain the family's image placeholder exactly once.
+    Raw,
+}
+
+impl PromptTemplate {
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "auto" => Self::Auto,
+            "llava-hf" => Self::LlavaHf,
+            "vicuna-v1" => Self::VicunaV1,
+            "qwen" => Self::Qwen,
+            "raw" => Self::Raw,
+            other => {
+                bail!("--template: '{other}' is not one of auto, llava-hf, vicuna-v1, qwen, raw")
+            }
+        })
+    }
+}
+
+/// The Pillow the reference fixtures were made with (12.3.0, pinned in fixtures/requirements.txt).
+pub const DEFAULT_RESAMPLE_ORDER: ResampleOrder = ResampleOrder::Pillow12;
