@@ -102,31 +102,16 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         memory_budget_bytes: args.memory_budget_mb << 20,
         samples_per_part: args.samples_per_part as usize,
     };
+    let plan = sweep.plan(&model, &samples, &args.out, args.resume)?;
     eprintln!(
-        "horizon info: {} samples, layers {:?}, window {}, {}, target {}",
-        samples.len(),
-        sweep.layers,
-        sweep.window,
-        sweep.mode,
-        sweep.target
+        "horizon info: {} samples ({} already done), layers {:?}, window {}, {}, target {}",
+        plan.samples, plan.already_done, sweep.layers, sweep.window, sweep.mode, sweep.target
     );
-    let progress = bar(0, "samples");
-    let report = sweep.run(
-        &model,
-        &processor,
-        &samples,
-        &args.out,
-        args.resume,
-        &mut |done, total| {
-            progress.set_length(total as u64);
-            progress.set_position(done as u64);
-        },
-    )?;
+    let progress = bar(plan.pending() as u64, "samples");
+    let report = plan.run(&model, &processor, &mut |done, _| {
+        progress.set_position(done as u64)
+    })?;
     progress.finish_and_clear();
-    eprintln!(
-        "horizon info: {} samples ({} already done)",
-        report.samples, report.already_done
-    );
     if report.skipped_no_answer > 0 {
         eprintln!(
             "skipped {} samples without a ground-truth answer (use --target greedy for them)",

@@ -3,23 +3,17 @@
 mod analysis;
 mod bench;
 mod demo;
+mod eval;
+mod forward;
+mod generate;
 mod info;
 mod options;
 mod progress;
+mod synth;
 mod train;
 
-use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use tch::{Kind, Tensor};
-
-use horizon_data::atomic::write_atomic;
-use horizon_runner::generate::{generate_greedy, GenerationConfig};
-use horizon_runner::processor::Processor;
-use horizon_runner::{Intervention, VlModel};
-
-use options::ModelOptions;
 
 #[derive(Parser)]
 #[command(
@@ -40,9 +34,9 @@ enum Command {
     /// horizons per task and per model, all figures and a printed summary (resumable).
     Demo(demo::DemoArgs),
     /// One forward pass of the unmodified model; saves the logits of every prompt position.
-    Forward(ForwardArgs),
+    Forward(forward::ForwardArgs),
     /// Greedy generation (KV cache) from an image and a question; prints the answer.
-    Generate(GenerateArgs),
+    Generate(generate::GenerateArgs),
     /// Visual-token information per decoder layer over a benchmark, as long-format Parquet.
     Info(info::InfoArgs),
     /// Timings on a random-weight model of any config (llava-1.5-7b built in): plain forward, and the
@@ -53,91 +47,34 @@ enum Command {
     /// Figures from `horizon info` rows: window heatmaps, information versus layer, layer x window map.
     Plot(analysis::PlotArgs),
     /// Writes a seeded synthetic benchmark (coarse perception and text-reading tasks) as HF parquet.
-    Synth(train::SynthArgs),
+    Synth(synth::SynthArgs),
     /// Trains a small LLaVA-format model from scratch on the synthetic tasks (resumable).
     Train(train::TrainArgs),
     /// Greedy-generation accuracy per category (exact match) on a benchmark.
-    Eval(train::EvalArgs),
+    Eval(eval::EvalArgs),
 }
 
-/// One image and one question.
-#[derive(Args)]
-struct ModelArgs {
-    #[command(flatten)]
-    options: ModelOptions,
-    /// Image file (PNG or JPEG).
-    #[arg(long)]
-    image: PathBuf,
-    /// The question; it is placed in the prompt template with the image.
-    #[arg(long)]
-    prompt: String,
-}
-
-#[derive(Args)]
-struct ForwardArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// Output safetensors file: `logits` (f32, [seq_len, vocab]) and `input_ids` (i64, [seq_len]).
-    #[arg(long)]
-    save_logits: PathBuf,
-}
-
-#[derive(Args)]
-struct GenerateArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// Stop after this many new tokens (or at EOS).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=8192))]
-    max_new_tokens: u32,
-}
-
-fn load(args: &ModelArgs) -> Result<(VlModel, Processor, horizon_runner::ModelInputs)> {
-    let (model, processor) = args.options.load()?;
-    let inputs = processor.prepare(&model, &args.prompt, &args.image, args.options.template)?;
-    Ok((model, processor, inputs))
-}
-
-fn forward(args: &ForwardArgs) -> Result<()> {
-    let (model, _, inputs) = load(&args.model)?;
-    let out = model.prefill(&inputs, &mut Intervention::none(), None, None)?;
-    let logits = model
-        .lm_head(&out.hidden)
-        .squeeze_dim(0)
-        .to_kind(Kind::Float)
-        .to_device(tch::Device::Cpu);
-    let input_ids = inputs.input_ids.squeeze_dim(0).to_device(tch::Device::Cpu);
-    write_safetensors_atomic(
-        &args.save_logits,
-        &[("logits", &logits), ("input_ids", &input_ids)],
-    )?;
-    let size = logits.size();
-    eprintln!(
-        "wrote {} (logits [{}, {}], {} visual tokens)",
-        args.save_logits.display(),
-        size[0],
-        size[1],
-        inputs.visual.positions.len()
-    );
-    Ok(())
-}
-
-fn generate(args: &GenerateArgs) -> Result<()> {
-    let (model, processor, inputs) = load(&args.model)?;
-    let config = GenerationConfig {
-        max_new_tokens: args.max_new_tokens as usize,
-        eos_token_ids: processor.eos_token_ids().to_vec(),
-    };
-    let ids = generate_greedy(&model, &inputs, &mut Intervention::none(), &config)?;
-    println!("{}", processor.decode(&ids)?);
-    Ok(())
-}
-
-/// Writes the tensors atomically: readers never see a partial file.
-fn write_safetensors_atomic(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
-    write_atomic(path, |tmp| {
-        Tensor::write_safetensors(tensors, tmp)
-            .with_context(|| format!("{}: cannot write", tmp.display()))
-    })
+/// clap's errors in one line (its usage and "For more information" lines dropped), exit status 2;
+/// help and version print as clap prints them.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let line: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    eprintln!("{}", line.join(" "));
+    ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
@@ -152,18 +89,21 @@ fn main() -> ExitCode {
         let first = msg.lines().next().unwrap_or(msg);
         eprintln!("error: internal failure: {first}");
     }));
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let result = match &cli.command {
         Command::Demo(a) => demo::run(a),
-        Command::Forward(a) => forward(a),
-        Command::Generate(a) => generate(a),
+        Command::Forward(a) => forward::run(a),
+        Command::Generate(a) => generate::run(a),
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Horizon(a) => analysis::horizon(a),
         Command::Plot(a) => analysis::plot(a),
-        Command::Synth(a) => train::synth(a),
+        Command::Synth(a) => synth::run(a),
         Command::Train(a) => train::run_train(a),
-        Command::Eval(a) => train::eval(a),
+        Command::Eval(a) => eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,7 +9,7 @@ use tch::{Device, Kind};
 use horizon_data::imageproc::ResampleOrder;
 use horizon_runner::device::{parse_device, parse_dtype};
 use horizon_runner::processor::{Processor, PromptTemplate};
-use horizon_runner::VlModel;
+use horizon_runner::{ModelInputs, VlModel};
 
 /// The Pillow release HF's PIL-backend preprocessing is reproduced for unless told otherwise (the one
 /// the fixtures were made with).
@@ -17,12 +17,21 @@ pub const DEFAULT_PILLOW_VERSION: &str = "12.3.0";
 
 /// `--device`: cpu, cuda or cuda:N (checked against the devices libtorch sees).
 pub fn device_value(s: &str) -> Result<Device> {
-    parse_device(s)
+    parse_device(s).map_err(without_option_prefix)
 }
 
 /// `--dtype`: f32, bf16 or f16.
 pub fn dtype_value(s: &str) -> Result<Kind> {
-    parse_dtype(s)
+    parse_dtype(s).map_err(without_option_prefix)
+}
+
+/// clap names the option itself; drop the `--option: ` the runner's parsers put first.
+fn without_option_prefix(e: anyhow::Error) -> anyhow::Error {
+    let msg = e.to_string();
+    match msg.split_once(": ") {
+        Some((opt, rest)) if opt.starts_with("--") => anyhow::anyhow!("{rest}"),
+        _ => e,
+    }
 }
 
 /// `--pillow-version`: which Pillow release's bicubic resize to reproduce.
@@ -78,5 +87,27 @@ impl ModelOptions {
         let mut processor = Processor::load(&self.model, &model)?;
         processor.set_resample_order(self.pillow_version);
         Ok((model, processor))
+    }
+}
+
+/// One image and one question on a model.
+#[derive(Args)]
+pub struct ModelArgs {
+    #[command(flatten)]
+    pub options: ModelOptions,
+    /// Image file (PNG or JPEG).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// The question; it is placed in the prompt template with the image.
+    #[arg(long)]
+    pub prompt: String,
+}
+
+impl ModelArgs {
+    /// The model, its processor and the prepared inputs.
+    pub fn load(&self) -> Result<(VlModel, Processor, ModelInputs)> {
+        let (model, processor) = self.options.load()?;
+        let inputs = processor.prepare(&model, &self.prompt, &self.image, self.options.template)?;
+        Ok((model, processor, inputs))
     }
 }

@@ -1,48 +1,13 @@
-//! `horizon synth`, `horizon train` and `horizon eval`: the bundled benchmark and small models.
+//! `horizon train`: trains a small LLaVA-format model from scratch on the synthetic tasks (the
+//! bundled models' recipe); the trainer itself is the `horizon-train` crate.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use horizon_data::bench::{self, OpenOptions};
-use horizon_data::imageproc::to_rgb_like_pil;
-use horizon_data::predictions::{write_predictions, Prediction};
-use horizon_data::synthetic::{self, GenConfig};
 use horizon_runner::device::parse_device;
-use horizon_runner::generate::{generate_greedy, GenerationConfig};
-use horizon_runner::Intervention;
 use horizon_train::{extend_run, train, SmallModelSpec, StopAt, TrainConfig};
-
-use crate::options::ModelOptions;
-
-#[derive(Args)]
-pub struct SynthArgs {
-    /// Output parquet file (HF-parquet layout of lmms-lab benchmarks).
-    #[arg(long)]
-    out: PathBuf,
-    /// Samples per category.
-    #[arg(long, default_value_t = 200)]
-    per_category: usize,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Image side in pixels.
-    #[arg(long, default_value_t = 64)]
-    image_size: u32,
-    /// Glyphs per text-reading sample: 1 to this many.
-    #[arg(long, default_value_t = 3)]
-    max_glyphs: usize,
-}
-
-pub fn synth(args: &SynthArgs) -> Result<()> {
-    let cfg = GenConfig::default()
-        .with_image_size(args.image_size)
-        .with_glyphs(1, args.max_glyphs);
-    let n = synthetic::write_split(&args.out, &cfg, args.per_category, args.seed)?;
-    eprintln!("wrote {n} samples to {}", args.out.display());
-    Ok(())
-}
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -125,18 +90,18 @@ pub struct TrainArgs {
     /// (the asked shape, the circles, the boxed glyph, the k-th glyph), some head of some decoder layer
     /// must attend there (-log of the mass of the head, shared by the batch, with the most; training
     /// only, the layer is not chosen). Measured on the small model: alone it does not help colour;
-    /// with --question-weight it adds a little (README, "What did not work"). 0: off.
+    /// with --question-weight it adds a little (docs/training.md, "What did not work"). 0: off.
     #[arg(long, default_value_t = 0.0)]
     attend_weight: f64,
     /// Fraction of the coarse training samples shown as a text description of the scene ("red circle,
     /// blue square") instead of the image, so that the decoder learns to look up the question's shape
     /// in its context. Measured: no help, the decoder does not learn the lookup in text either
-    /// (README). 0: off.
+    /// (docs/training.md). 0: off.
     #[arg(long, default_value_t = 0.0)]
     text_scene_fraction: f64,
     /// Weight of the question probe: a linear head on the last prompt token a quarter of the way up
     /// the decoder must name the shape kind the question asks about (training only). Measured: the
-    /// first option that makes the answers depend on the question (README). 0: off.
+    /// first option that makes the answers depend on the question (docs/training.md). 0: off.
     #[arg(long, default_value_t = 0.0)]
     question_weight: f64,
     /// Weight of the early answer: a linear head on the question's shape word (`circle` in "What color
@@ -180,7 +145,7 @@ pub struct TrainArgs {
     vision_init_hf: bool,
     /// The per-patch loss weighs "nothing here" and the named classes (a glyph, a shape kind) half and
     /// half in each target group, instead of "nothing here" at 0.2 per target, which left the glyph
-    /// groups answering "none" everywhere (measured, README).
+    /// groups answering "none" everywhere (measured, docs/training.md).
     #[arg(long)]
     aux_balanced: bool,
     /// A second per-patch head (training only) names, for each quadrant of each patch, the glyph whose
@@ -191,7 +156,7 @@ pub struct TrainArgs {
     /// Weight of a third per-patch head (training only) that names, for every quadrant covered by a
     /// glyph of a string, that glyph's place in the reading order: the centre targets give the order at
     /// one quadrant per glyph, and a tower trained on them alone placed the third glyph of a string
-    /// right for 24% of the bundled split (README, "Session 13"). 0: off.
+    /// right for 24% of the bundled split (docs/training.md, `large10`). 0: off.
     #[arg(long, default_value_t = 0.0)]
     aux_order_cover: f64,
     /// Sampling weight of the reading categories during the vision stage (default: --fine-weight).
@@ -200,7 +165,7 @@ pub struct TrainArgs {
     vision_stage_fine_weight: Option<f64>,
     /// Learning-rate multiplier of the vision tower and the projector after the vision stage (1: the
     /// decoder's rate; 0: frozen). At the decoder's fresh peak rate the untrained decoder's gradients
-    /// undo the glyph features of the stage (measured, README).
+    /// undo the glyph features of the stage (measured, docs/training.md).
     #[arg(long, default_value_t = 1.0)]
     decoder_phase_vision_lr: f64,
     /// Sampling weights of the categories after the vision stage, as NAME=WEIGHT pairs separated by
@@ -487,120 +452,6 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
             "stopped early (--stop-at-step or --time-budget-minutes); checkpoint in {} (rerun without the stop to resume)",
             args.run_dir.display()
         ),
-    }
-    Ok(())
-}
-
-#[derive(Args)]
-pub struct EvalArgs {
-    #[command(flatten)]
-    model: ModelOptions,
-    /// Benchmark (HF parquet or LLaVA jsonl, as for `horizon info`).
-    #[arg(long)]
-    bench: PathBuf,
-    #[arg(long)]
-    image_dir: Option<PathBuf>,
-    /// Use at most this many samples.
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Use at most this many samples of each category (the first ones in benchmark order).
-    #[arg(long)]
-    per_category: Option<usize>,
-    #[arg(long, default_value_t = 8)]
-    max_new_tokens: usize,
-    /// Also write per-category accuracy as JSON.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Also write every evaluated sample's question, reference answers, prediction and match as Parquet
-    /// (schema in the README, "Output schema").
-    #[arg(long)]
-    predictions: Option<PathBuf>,
-}
-
-/// Exact match after trimming and lower-casing (the synthetic answers are single words or glyph strings).
-fn normalize(s: &str) -> String {
-    s.trim().trim_end_matches('.').to_lowercase()
-}
-
-pub fn eval(args: &EvalArgs) -> Result<()> {
-    let (model, processor) = args.model.load()?;
-    let opts = OpenOptions {
-        image_dir: args.image_dir.clone(),
-        limit: args.limit,
-        ..OpenOptions::default()
-    };
-    let benchmark = bench::open(&args.bench, &opts)?;
-    let gen = GenerationConfig {
-        max_new_tokens: args.max_new_tokens,
-        eos_token_ids: processor.eos_token_ids().to_vec(),
-    };
-    let bar = ProgressBar::new(benchmark.len() as u64);
-    let mut per_cat: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    let mut predictions = Vec::new();
-    for sample in benchmark.iter() {
-        let sample = sample?;
-        if let Some(n) = args.per_category {
-            if per_cat.get(&sample.category).is_some_and(|e| e.1 >= n) {
-                bar.inc(1);
-                continue;
-            }
-        }
-        let image = to_rgb_like_pil(
-            sample
-                .image
-                .decode()
-                .with_context(|| format!("sample {}", sample.id))?,
-        );
-        let inputs =
-            processor.prepare_image(&model, &sample.question, &image, args.model.template)?;
-        let ids = generate_greedy(&model, &inputs, &mut Intervention::none(), &gen)?;
-        let answer = processor.decode(&ids)?;
-        let e = per_cat.entry(sample.category.clone()).or_default();
-        e.1 += 1;
-        let correct = sample
-            .answers
-            .iter()
-            .any(|a| normalize(a) == normalize(&answer));
-        if correct {
-            e.0 += 1;
-        }
-        if args.predictions.is_some() {
-            predictions.push(Prediction {
-                question_id: sample.id.clone(),
-                category: sample.category.clone(),
-                question: sample.question.clone(),
-                answers: sample.answers.clone(),
-                prediction: answer,
-                correct,
-            });
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    println!("| category | correct | total | accuracy |");
-    println!("|---|---|---|---|");
-    for (cat, (ok, n)) in &per_cat {
-        println!(
-            "| {cat} | {ok} | {n} | {:.1}% |",
-            100.0 * *ok as f64 / (*n).max(1) as f64
-        );
-    }
-    if let Some(path) = &args.json {
-        let v: serde_json::Value = per_cat
-            .iter()
-            .map(|(c, (ok, n))| (c.clone(), serde_json::json!({"correct": ok, "total": n})))
-            .collect::<serde_json::Map<_, _>>()
-            .into();
-        std::fs::write(path, serde_json::to_string_pretty(&v)?)
-            .with_context(|| format!("{}: cannot write", path.display()))?;
-    }
-    if let Some(path) = &args.predictions {
-        let metadata = [
-            ("horizon.model", &args.model.model),
-            ("horizon.bench", &args.bench),
-        ]
-        .map(|(k, v)| (k.to_string(), v.display().to_string()));
-        write_predictions(path, &predictions, &metadata)?;
     }
     Ok(())
 }

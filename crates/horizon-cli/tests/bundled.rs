@@ -111,7 +111,7 @@ fn bundled_models_match_hf() {
 
 /// Regression floors on the first 20 samples of each category, per model: a little under what the
 /// bundled models scored on that slice when they were committed (README, "The bundled benchmark and small
-/// models", has the full-split numbers; `horizon-large` (session 15) scored 20 / 20 / 20 / 18 / 19 of 20 on
+/// models", has the full-split numbers; `horizon-large` (run `large11`) scored 20 / 20 / 20 / 18 / 19 of 20 on
 /// colour, presence, count, text, box). They are NOT the targets of the embedded-default issue (at least
 /// 90% coarse, 60% reading for the larger model, checked on the full split, README), only a guard
 /// against a regression; categories a model has not learned (the smaller model's reading) have no floor. Chance on 20

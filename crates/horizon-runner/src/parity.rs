@@ -3,7 +3,7 @@
 //! The references are made once, on one machine, and committed. libtorch picks its CPU kernels by
 //! instruction set at run time (AVX2, AVX-512, AMX), and their floating-point summation orders
 //! differ, so the same weights give slightly different logits on another CPU, in HF as in ours.
-//! Measured in session 11 on a Sapphire Rapids Xeon against references made on an earlier machine:
+//! Measured on a Sapphire Rapids Xeon against references made on another CPU:
 //! HF's own float32 logits moved by up to 3.3e-5 (tiny LLaVA, |logits| up to 20) and 1.2e-4
 //! (`horizon-small`, |logits| up to 10.6), its float16 and bfloat16 logits by 0.0625; ours were as
 //! far from the committed files as HF's were. A real disagreement (a wrong norm, rotary embedding or

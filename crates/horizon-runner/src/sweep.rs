@@ -106,17 +106,16 @@ impl InfoSweep {
         }
     }
 
-    /// Runs the sweep over `samples` into `out`; `progress(done, total)` is called after each sample
-    /// of this run (samples already written are not counted in `total`).
-    pub fn run(
-        &self,
+    /// Checks `out` (writable; a run already there must have the same settings, and `resume` must be
+    /// given to continue it) and lists the samples of `samples` still to do. Nothing is computed yet.
+    pub fn plan<'a>(
+        &'a self,
         model: &VlModel,
-        processor: &Processor,
-        samples: &[Sample],
+        samples: &'a [Sample],
         out: &Path,
         resume: bool,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<SweepReport> {
+    ) -> Result<SweepPlan<'a>> {
+        check_writable_dir(out)?;
         let metadata = self.metadata(model);
         let done = self.done_in(out, &metadata, resume)?;
         let todo: Vec<(usize, &Sample)> = samples
@@ -124,43 +123,14 @@ impl InfoSweep {
             .enumerate()
             .filter(|(_, s)| !done.contains(&(self.model_name.clone(), s.id.clone())))
             .collect();
-        let cfg = SweepConfig {
-            layers: self.layers.clone(),
-            window_size: self.window,
-            mode: self.mode,
-            batch_size: self.batch_size,
-            memory_budget_bytes: self.memory_budget_bytes,
-        };
-        let metadata: Vec<(String, String)> = metadata.into_iter().collect();
-        let mut report = SweepReport {
-            samples: samples.len(),
+        Ok(SweepPlan {
+            sweep: self,
+            metadata: metadata.into_iter().collect(),
             already_done: samples.len() - todo.len(),
-            ..Default::default()
-        };
-        let mut finished = 0;
-        for chunk in todo.chunks(self.samples_per_part.max(1)) {
-            let mut rows = Vec::new();
-            for (_, sample) in chunk {
-                match self.sample_rows(model, processor, sample, &cfg)? {
-                    Some(r) => rows.extend(r),
-                    None => report.skipped_no_answer += 1,
-                }
-                finished += 1;
-                progress(finished, todo.len());
-            }
-            if !rows.is_empty() {
-                let part = out.join(format!("part-{:06}.parquet", chunk[0].0));
-                if part.exists() {
-                    bail!(
-                        "{}: exists already (was the sample order changed?)",
-                        part.display()
-                    );
-                }
-                write_info_rows(&part, &rows, &metadata)?;
-            }
-        }
-        report.part_files = part_files(out)?.len();
-        Ok(report)
+            samples: samples.len(),
+            todo,
+            out: out.to_path_buf(),
+        })
     }
 
     /// One sample's rows, or `None` when `--target gt` has no answer to score.
@@ -223,6 +193,84 @@ impl InfoSweep {
             .collect();
         Ok(Some(rows))
     }
+}
+
+/// A checked sweep: the samples still to do and where their rows go.
+pub struct SweepPlan<'a> {
+    sweep: &'a InfoSweep,
+    metadata: Vec<(String, String)>,
+    todo: Vec<(usize, &'a Sample)>,
+    out: PathBuf,
+    /// Samples selected, and of them already written (a resumed run).
+    pub samples: usize,
+    pub already_done: usize,
+}
+
+impl SweepPlan<'_> {
+    /// Samples this run computes.
+    pub fn pending(&self) -> usize {
+        self.todo.len()
+    }
+
+    /// Computes the pending samples, one atomic part file per `samples_per_part` of them;
+    /// `progress(done, pending)` is called after each sample.
+    pub fn run(
+        &self,
+        model: &VlModel,
+        processor: &Processor,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<SweepReport> {
+        let sweep = self.sweep;
+        let cfg = SweepConfig {
+            layers: sweep.layers.clone(),
+            window_size: sweep.window,
+            mode: sweep.mode,
+            batch_size: sweep.batch_size,
+            memory_budget_bytes: sweep.memory_budget_bytes,
+        };
+        let mut report = SweepReport {
+            samples: self.samples,
+            already_done: self.already_done,
+            ..Default::default()
+        };
+        let mut finished = 0;
+        for chunk in self.todo.chunks(sweep.samples_per_part.max(1)) {
+            let mut rows = Vec::new();
+            for (_, sample) in chunk {
+                match sweep.sample_rows(model, processor, sample, &cfg)? {
+                    Some(r) => rows.extend(r),
+                    None => report.skipped_no_answer += 1,
+                }
+                finished += 1;
+                progress(finished, self.todo.len());
+            }
+            if !rows.is_empty() {
+                let part = self.out.join(format!("part-{:06}.parquet", chunk[0].0));
+                if part.exists() {
+                    bail!(
+                        "{}: exists already (was the sample order changed?)",
+                        part.display()
+                    );
+                }
+                write_info_rows(&part, &rows, &self.metadata)?;
+            }
+        }
+        report.part_files = part_files(&self.out)?.len();
+        Ok(report)
+    }
+}
+
+/// Creates `dir` if needed and checks that a file can be written there, so that an unwritable
+/// `--out` is found before any work, not after the first part.
+pub fn check_writable_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--out {}: cannot create the directory", dir.display()))?;
+    let probe = dir.join(".horizon-write-check");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("--out {}: cannot write there", dir.display()))?;
+    std::fs::remove_file(&probe)
+        .with_context(|| format!("--out {}: cannot remove {}", dir.display(), probe.display()))?;
+    Ok(())
 }
 
 /// `1-31`, `1,4,8`, `all` → sorted, unique layer indices below `num_layers`; `None` is the reference's

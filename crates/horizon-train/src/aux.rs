@@ -125,7 +125,7 @@ pub fn kind_counts(meta: &SampleMeta) -> Vec<i64> {
 ///
 /// Why the mean: a decoder head that attends evenly over the image receives the mean of its tokens
 /// (through a linear value map of their normalized form), so a count the mean encodes linearly is one
-/// head away from the answer. Measured on the session-8 `horizon-large` (`fixtures/count_probe.py`):
+/// head away from the answer. Measured on `large-glyph`'s second extension (`scripts/count_probe.py`, docs/training.md):
 /// a linear probe on that mean names the circle count in only 55% of held-out images, and the
 /// per-patch head's "centre of a circle" marks cover ~2.5 patches per circle, an area like the covering
 /// marks, so the tokens offer the decoder a mass rather than a count.
@@ -284,7 +284,7 @@ pub fn cover_targets(meta: &SampleMeta, patch: u32) -> Vec<i64> {
 /// whose glyphs have no reading order. The centre targets of [`patch_targets`] give the order at one
 /// quadrant per glyph; the order of the k-th glyph is what reading a string needs (the decoder's k-th
 /// answer token looks for it), and a tower trained on the centres alone named the third glyph's place
-/// for only 24% of the bundled split's three-glyph strings (README, "Session 13").
+/// for only 24% of the bundled split's three-glyph strings (docs/training.md, `large10`).
 pub fn order_cover_targets(meta: &SampleMeta, patch: u32) -> Option<Vec<i64>> {
     if meta.red_box.is_some() {
         return None;

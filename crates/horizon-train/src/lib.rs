@@ -211,7 +211,7 @@ pub struct TrainConfig {
     #[serde(default)]
     pub question_first: bool,
     /// Weight of a penalty on the mean square of the decoder's residual stream (every layer's input,
-    /// every position). Measured without it (`fixtures/word_identity.py`): the first layer writes a
+    /// every position). Measured without it (`scripts/word_identity.py`): the first layer writes a
     /// vector of norm ~400 on the question's words, whose embeddings have norm ~0.7, so the word that
     /// names the asked shape is a 0.2% perturbation of a common vector in every later layer.
     #[serde(default)]
@@ -253,12 +253,12 @@ pub struct TrainConfig {
     pub vision_stage_fine_weight: Option<f64>,
     /// Learning-rate multiplier of the vision tower and the projector after the vision stage (1: the
     /// decoder's rate; 0: frozen). Measured: at the decoder's fresh 2e-3 the untrained decoder's
-    /// gradients undo the stage's glyph features (README, session 6).
+    /// gradients undo the stage's glyph features (docs/training.md, `large-glyph`).
     #[serde(default = "one")]
     pub decoder_phase_vision_lr: f64,
     /// Sampling weights of the categories after the vision stage, in `Category::ALL` order, instead
-    /// of 1 for each coarse category and `fine_weight` for each reading one. Measured (README,
-    /// session 8): colour and presence are learned long before counting and reading, so an even mix
+    /// of 1 for each coarse category and `fine_weight` for each reading one. Measured
+    /// (docs/training.md): colour and presence are learned long before counting and reading, so an even mix
     /// spends most of a fixed budget on tasks already solved.
     #[serde(default)]
     pub decoder_category_weights: Option<Vec<f64>>,
@@ -423,7 +423,7 @@ fn build_vocab_tokenizer(
 /// The scene of a coarse sample in words, shapes in drawing order: `red circle, blue square`. Samples
 /// that show the scene this way instead of as an image teach the decoder to look the question's shape
 /// up in its context: measured, image-only training never does (the answers of every model trained so
-/// far are exactly invariant to the asked shape: `fixtures/question_sensitivity.py`), because carrying
+/// far are exactly invariant to the asked shape: `scripts/question_sensitivity.py`), because carrying
 /// the asked kind to the answer only pays once a later head selects patches by it, and vice versa.
 pub fn scene_text(s: &SynthSample) -> String {
     s.meta
@@ -985,7 +985,7 @@ pub struct StepLosses {
 }
 
 /// When a call to [`train`] returns before the run is finished (a checkpoint is written first), so
-/// that a long run can be split across sessions and resumed.
+/// that a long run can be split into several jobs and resumed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StopAt {
     /// Stop once this many steps of the run are done.

@@ -15,7 +15,7 @@ pub fn horizon(args: &[&str]) -> (bool, String, String) {
 
 /// Runs the `horizon` binary with libtorch on one CPU thread, for outputs compared with HF's
 /// committed references. Multi-threaded float32 forwards are not bit-reproducible from one process
-/// to the next on every CPU: on the session-11 Sapphire Rapids machine, 1-3% of `horizon forward`
+/// to the next on every CPU: on a Sapphire Rapids Xeon, 1-3% of `horizon forward`
 /// runs of `horizon-large` gave logits up to 4.8e-3 away from the usual ones, from position 45 of
 /// 91 on (about half way: likely where the second thread's share of the rows starts), and HF's own
 /// forward did the same in 1 of 25 processes (0.024 away); on one thread, 0 of 60 runs differed.
