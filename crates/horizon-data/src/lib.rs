@@ -6,5 +6,6 @@ pub mod bench;
 pub mod imageproc;
 pub mod info_rows;
 pub mod predictions;
+pub mod score;
 pub mod synthetic;
 pub mod window;

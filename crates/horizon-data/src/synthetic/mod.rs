@@ -346,13 +346,14 @@ impl SynthSample {
 
     /// The sample as the benchmark reader would return it from the written parquet.
     pub fn to_bench_sample(&self) -> crate::bench::Sample {
-        crate::bench::Sample {
-            id: self.id.clone(),
-            question: self.question.clone(),
-            answers: vec![self.answer.clone()],
-            category: self.category.name().to_string(),
-            image: crate::bench::ImageSource::Bytes(self.png()),
-        }
+        crate::bench::Sample::new(
+            crate::bench::BenchmarkKind::Synthetic,
+            self.id.clone(),
+            self.question.clone(),
+            vec![self.answer.clone()],
+            self.category.name(),
+            crate::bench::ImageSource::Bytes(self.png()),
+        )
     }
 }
 
