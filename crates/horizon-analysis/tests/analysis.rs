@@ -446,3 +446,83 @@ fn target_and_mode_selection() {
     .to_string();
     assert!(e.contains("target `nope`") && e.contains("gt"), "{e}");
 }
+
+/// No information anywhere: every layer vanishes (ε = 5% of 0 = 0 and |m_K| = 0), so the horizon is
+/// the first measured layer.
+#[test]
+fn horizon_when_all_information_is_zero() {
+    let h = horizon_of(&[0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(h.threshold_value, 0.0);
+    assert_eq!(h.horizon, Some(0));
+}
+
+/// A layer with no finite mean is left out: it neither breaks the vanishing run after it nor counts
+/// as informative; the horizon is a measured layer.
+#[test]
+fn horizon_skips_a_nan_layer() {
+    let r = find_horizon(
+        &[
+            (0, 0.4, 0.3, 0.5),
+            (1, 0.2, 0.1, 0.3),
+            (2, 0.0, -0.01, 0.01),
+            (3, f64::NAN, f64::NAN, f64::NAN),
+            (4, 0.001, -0.01, 0.01),
+        ],
+        Threshold::Relative(0.05),
+        true,
+    );
+    assert_eq!(r.horizon, Some(2));
+    assert_eq!(
+        r.vanishing.iter().map(|v| v.0).collect::<Vec<_>>(),
+        [0, 1, 2, 4]
+    );
+    // A NaN last layer does not make a horizon either.
+    let r = find_horizon(
+        &[
+            (0, 0.4, 0.3, 0.5),
+            (1, 0.2, 0.1, 0.3),
+            (2, f64::NAN, 0.0, 0.0),
+        ],
+        Threshold::Relative(0.05),
+        true,
+    );
+    assert_eq!(r.horizon, None);
+}
+
+/// Layers measured with gaps (1, 4, 8, 16): the horizon is the first measured layer of the final
+/// vanishing run, not a layer in between.
+#[test]
+fn horizon_with_gaps_between_measured_layers() {
+    let r = find_horizon(
+        &[
+            (1, 0.3, 0.2, 0.4),
+            (4, 0.1, 0.05, 0.15),
+            (8, 0.002, -0.01, 0.01),
+            (16, 0.0, -0.01, 0.01),
+        ],
+        Threshold::Relative(0.05),
+        true,
+    );
+    assert_eq!(r.horizon, Some(8));
+    assert_eq!(r.peak_layer, Some(1));
+}
+
+/// Negative means count by their magnitude: a layer at −0.2 is informative (a window that lowers
+/// p(y) carries information too), and ε comes from the largest |m_K|.
+#[test]
+fn horizon_with_negative_means() {
+    let r = find_horizon(
+        &[
+            (0, 0.1, 0.05, 0.15),
+            (1, -0.4, -0.5, -0.3),
+            (2, -0.2, -0.3, -0.1),
+            (3, -0.01, -0.03, 0.01),
+            (4, 0.005, -0.01, 0.02),
+        ],
+        Threshold::Relative(0.05),
+        true,
+    );
+    assert!(close(r.threshold_value, 0.02, 1e-12));
+    assert_eq!(r.peak_layer, Some(1));
+    assert_eq!(r.horizon, Some(3));
+}

@@ -8,6 +8,8 @@ use std::str::FromStr;
 
 use horizon_data::info_rows::Target;
 
+use crate::options::{at_least_one, non_negative, unit_open};
+
 use horizon_analysis::{
     analyze, read_info_rows_many, write_outputs, Analysis, AnalysisParams, InfoMode, Metric,
     ReadOptions, Threshold,
@@ -33,16 +35,16 @@ pub struct AnalysisArgs {
     #[arg(long, default_value = "gt", value_parser = Target::from_str)]
     pub target: Target,
     /// Vanishing threshold as a fraction of the largest |mean information| over layers.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_hyphen_values = true, value_parser = non_negative)]
     pub threshold: f64,
     /// Vanishing threshold as an absolute value instead (overrides --threshold).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = non_negative)]
     pub absolute_threshold: Option<f64>,
     /// Bootstrap resamples for the confidence intervals.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
     pub bootstrap: usize,
     /// Confidence level of the intervals.
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, value_parser = unit_open)]
     pub confidence: f64,
     /// Do not require a vanishing layer's interval to cover zero.
     #[arg(long)]

@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 
 use horizon_runner::device::dtype_name;
 
-use crate::options::RunOptions;
+use crate::options::{at_least_one, RunOptions};
 use horizon_runner::info::{
     full_run, naive_variant, sweep_sample, variant_keep_sets, InfoMode, SweepConfig, WindowGrid,
 };
@@ -40,24 +40,24 @@ pub struct BenchArgs {
     #[arg(long, default_value = "llava-1.5-7b")]
     config: String,
     /// Override the number of decoder layers (to fit a small machine; timings then scale with it).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..=512))]
     num_layers: Option<i64>,
     #[command(flatten)]
     run: RunOptions,
     /// Text tokens around the image in the synthetic prompt.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, value_parser = at_least_one)]
     text_tokens: usize,
     /// Timed repetitions of the plain forward (after one warm-up).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     reps: usize,
     /// Cut layers of the information sweep (default: 1, the middle layer and the last).
     #[arg(long)]
     layers: Option<String>,
     /// Window side of the sweep.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     window: usize,
     /// Variants per batch in the engine (default: from a 2 GiB budget).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     batch_size: Option<usize>,
     /// Naive variants actually run (evenly spread); the naive total is their mean time × all variants.
     /// 0 skips the naive baseline.

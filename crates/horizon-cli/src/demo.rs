@@ -13,7 +13,7 @@ use horizon_data::info_rows::{InfoMode, Target};
 
 use crate::analysis::{print_summary, render_figures, AnalysisArgs};
 use crate::info::{self, InfoArgs};
-use crate::options::{ModelOptions, RunOptions};
+use crate::options::{at_least_one, non_negative, ModelOptions, RunOptions};
 
 /// The bundled models, larger first (the order of the rows and curves).
 pub const BUNDLED_MODELS: [&str; 2] = ["data/models/horizon-large", "data/models/horizon-small"];
@@ -35,7 +35,7 @@ pub struct DemoArgs {
     #[arg(long)]
     answers: Option<PathBuf>,
     /// Samples per task category (the default keeps the bundled run under 10 minutes on 2 CPU cores).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = at_least_one)]
     per_category: usize,
     /// At most this many samples in all (after --per-category).
     #[arg(long)]
@@ -64,10 +64,10 @@ pub struct DemoArgs {
     #[arg(long)]
     shuffle: bool,
     /// Vanishing threshold as a fraction of the largest mean information.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_hyphen_values = true, value_parser = non_negative)]
     threshold: f64,
     /// Bootstrap resamples.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
     bootstrap: usize,
     /// Output directory: info/<model>/ (Parquet rows), analysis/ (horizon.json, layers.parquet,
     /// windows.parquet), figures/ (PNG and SVG). A rerun continues the info runs where they stopped.
@@ -124,6 +124,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             memory_budget_mb: 2048,
             samples_per_part: 8,
             resume: true,
+            shard: None,
+            max_samples_per_run: None,
+            time_budget_min: None,
         })?;
         info_dirs.push(out);
     }

@@ -11,7 +11,7 @@ use horizon_data::predictions::{write_predictions, Prediction};
 use horizon_runner::generate::{generate_greedy, GenerationConfig};
 use horizon_runner::Intervention;
 
-use crate::options::ModelOptions;
+use crate::options::{at_least_one, ModelOptions};
 use crate::progress::bar;
 
 #[derive(Args)]
@@ -24,12 +24,12 @@ pub struct EvalArgs {
     #[arg(long)]
     image_dir: Option<PathBuf>,
     /// Use at most this many samples.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     limit: Option<usize>,
     /// Use at most this many samples of each category (the first ones in benchmark order).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     per_category: Option<usize>,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     max_new_tokens: usize,
     /// Also write per-category accuracy as JSON.
     #[arg(long)]
@@ -89,12 +89,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
         if args.predictions.is_some() {
             predictions.push(Prediction {
+                sample_key: sample.id.clone(),
                 question_id: sample.id.clone(),
                 category: sample.category.clone(),
                 question: sample.question.clone(),
                 answers: sample.answers.clone(),
                 prediction: answer,
                 correct,
+                ..Prediction::default()
             });
         }
         bar.inc(1);

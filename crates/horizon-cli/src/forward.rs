@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 use horizon_data::atomic::write_atomic;
+use horizon_runner::nn::check_finite;
 use horizon_runner::Intervention;
 
 use crate::options::ModelArgs;
@@ -28,6 +29,7 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         .squeeze_dim(0)
         .to_kind(Kind::Float)
         .to_device(tch::Device::Cpu);
+    check_finite(&logits, "the logits")?;
     let input_ids = inputs.input_ids.squeeze_dim(0).to_device(tch::Device::Cpu);
     write_safetensors_atomic(
         &args.save_logits,

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use horizon_data::bench::{self, OpenOptions, Selection};
 use horizon_data::info_rows::{InfoMode, Target};
-use horizon_runner::sweep::{parse_layers, InfoSweep};
+use horizon_runner::sweep::{parse_layers, InfoSweep, Shard, StopRule};
 
 use crate::options::ModelOptions;
 use crate::progress::bar;
@@ -49,7 +49,7 @@ pub struct InfoArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Use at most this many samples of each task category (before --limit).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::options::at_least_one)]
     pub per_category: Option<usize>,
     /// Shuffle the sample order with this seed before --per-category and --limit (default: benchmark order).
     #[arg(long)]
@@ -63,9 +63,28 @@ pub struct InfoArgs {
     /// Samples per Parquet part file (each part is written atomically).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub samples_per_part: u32,
-    /// Continue an interrupted run in --out: samples already written are skipped.
+    /// Continue an interrupted run in --out: samples already written are skipped. The checkpoint,
+    /// the selected samples and every setting that changes the rows must be the same.
     #[arg(long)]
     pub resume: bool,
+    /// Run only shard i of n (0-based; the samples at selection positions ≡ i mod n), e.g. one per
+    /// GPU or Slurm array task; `horizon merge` combines the finished shards.
+    #[arg(long, value_parser = Shard::parse)]
+    pub shard: Option<Shard>,
+    /// Stop after this many samples (their parts complete); `--resume` continues. For job limits.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_samples_per_run: Option<u32>,
+    /// Stop starting new parts after this many minutes; `--resume` continues. For job time limits.
+    #[arg(long, allow_hyphen_values = true, value_parser = positive_minutes)]
+    pub time_budget_min: Option<f64>,
+}
+
+/// `--time-budget-min`: a positive, finite number of minutes.
+fn positive_minutes(s: &str) -> Result<f64> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => anyhow::bail!("'{s}' is not a positive number of minutes"),
+    }
 }
 
 pub fn run(args: &InfoArgs) -> Result<()> {
@@ -101,6 +120,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         batch_size: args.batch_size.map(|b| b as usize),
         memory_budget_bytes: args.memory_budget_mb << 20,
         samples_per_part: args.samples_per_part as usize,
+        shard: args.shard.unwrap_or_else(Shard::whole),
     };
     let plan = sweep.plan(&model, &samples, &args.out, args.resume)?;
     eprintln!(
@@ -108,7 +128,11 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         plan.samples, plan.already_done, sweep.layers, sweep.window, sweep.mode, sweep.target
     );
     let progress = bar(plan.pending() as u64, "samples");
-    let report = plan.run(&model, &processor, &mut |done, _| {
+    let stop = StopRule {
+        max_samples: args.max_samples_per_run.map(|n| n as usize),
+        max_seconds: args.time_budget_min.map(|m| m * 60.0),
+    };
+    let report = plan.run(&model, &processor, stop, &mut |done, _| {
         progress.set_position(done as u64)
     })?;
     progress.finish_and_clear();
@@ -123,5 +147,10 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         report.part_files,
         args.out.display()
     );
+    if report.stopped_early {
+        eprintln!(
+            "stopped by --max-samples-per-run / --time-budget-min; rerun with --resume to continue"
+        );
+    }
     Ok(())
 }

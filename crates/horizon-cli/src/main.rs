@@ -7,6 +7,7 @@ mod eval;
 mod forward;
 mod generate;
 mod info;
+mod merge;
 mod options;
 mod progress;
 mod synth;
@@ -42,6 +43,8 @@ enum Command {
     /// Timings on a random-weight model of any config (llava-1.5-7b built in): plain forward, and the
     /// information engine against the naive per-variant procedure in the same run.
     Bench(bench::BenchArgs),
+    /// Combines the finished shards of one `horizon info` run (`--shard i/n`) into one directory.
+    Merge(merge::MergeArgs),
     /// Per-layer statistics and the information horizon from `horizon info` rows (horizon.json + Parquet).
     Horizon(analysis::HorizonArgs),
     /// Figures from `horizon info` rows: window heatmaps, information versus layer, layer x window map.
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         Command::Forward(a) => forward::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Info(a) => info::run(a),
+        Command::Merge(a) => merge::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Horizon(a) => analysis::horizon(a),
         Command::Plot(a) => analysis::plot(a),

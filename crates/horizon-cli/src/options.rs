@@ -111,3 +111,27 @@ impl ModelArgs {
         Ok((model, processor, inputs))
     }
 }
+
+/// A finite number ≥ 0 (thresholds).
+pub fn non_negative(s: &str) -> Result<f64> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => anyhow::bail!("'{s}' is not a finite number >= 0"),
+    }
+}
+
+/// A number strictly between 0 and 1 (confidence levels).
+pub fn unit_open(s: &str) -> Result<f64> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
+        _ => anyhow::bail!("'{s}' is not a number in (0, 1)"),
+    }
+}
+
+/// A whole number ≥ 1 (counts where 0 would make an empty or meaningless run).
+pub fn at_least_one(s: &str) -> Result<usize> {
+    match s.parse::<usize>() {
+        Ok(v) if v >= 1 => Ok(v),
+        _ => anyhow::bail!("'{s}' is not a whole number >= 1"),
+    }
+}

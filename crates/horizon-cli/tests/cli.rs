@@ -387,7 +387,14 @@ fn info_resume_reproduces_the_same_rows() {
     let (ok, _, stderr) = horizon_owned(&args(&[]));
     assert!(ok, "{stderr}");
     let first = parts(&out);
-    assert_eq!(first.len(), 2);
+    assert_eq!(
+        first.iter().filter(|p| p.0.ends_with(".parquet")).count(),
+        2
+    );
+    assert!(
+        first.iter().any(|p| p.0 == "DONE.json"),
+        "a finished run writes DONE.json"
+    );
     // A second run into the same directory is refused without --resume.
     let (ok, _, stderr) = horizon_owned(&args(&[]));
     assert_one_line_error(ok, &stderr, &["--resume"]);
@@ -395,7 +402,13 @@ fn info_resume_reproduces_the_same_rows() {
     let (ok, _, stderr) = horizon_owned(&args(&["--resume", "--window", "3"]));
     assert_one_line_error(ok, &stderr, &["window_size"]);
     // An interrupted run (the second part never written) continues to the same bytes.
-    std::fs::remove_file(out.join(&first[1].0)).unwrap();
+    let last_part = first
+        .iter()
+        .filter(|p| p.0.ends_with(".parquet"))
+        .map(|p| &p.0)
+        .max()
+        .unwrap();
+    std::fs::remove_file(out.join(last_part)).unwrap();
     let (ok, _, stderr) = horizon_owned(&args(&["--resume"]));
     assert!(ok, "{stderr}");
     assert!(stderr.contains("2 already done"), "{stderr}");
@@ -467,4 +480,256 @@ fn info_horizon_plot_pipeline() {
         "f1".into(),
     ]);
     assert_one_line_error(ok, &stderr, &["--metric"]);
+}
+
+/// The rows `horizon info` writes for one sample, against HF running the same cuts
+/// (`fixtures/hf_cut.py`, `fixtures/llava/reference/cut.*`): the target token, the layer −1 `full`
+/// row, and for K = 1, 2 the text-only row and window 0's row (its place on the window grid) in both
+/// modes.
+#[test]
+fn info_rows_match_hf_cut_forwards() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    let refs = root().join("fixtures/llava/reference");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(refs.join("cut.json")).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(image("square.png"), tmp.path().join("square.png")).unwrap();
+    let q = tmp.path().join("q.jsonl");
+    std::fs::write(
+        &q,
+        format!(
+            "{}\n",
+            serde_json::json!({"question_id": 7, "image": "square.png",
+                "text": meta["question"], "answer": meta["answer"], "category": "color"})
+        ),
+    )
+    .unwrap();
+    let target = meta["target_token_id"].as_i64().unwrap();
+    let tol = 5e-5 * 20.0; // the f32 logits tolerance at |logits| up to 20, doubled by log_softmax
+    for (mode, variant) in [("keep-only", "keep_window0"), ("leave-out", "drop_window0")] {
+        let out = tmp.path().join(mode);
+        let (ok, _, stderr) = horizon_one_thread(&[
+            "info",
+            "--model",
+            fixture_model().to_str().unwrap(),
+            "--bench",
+            q.to_str().unwrap(),
+            "--image-dir",
+            tmp.path().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--layers",
+            "1,2",
+            "--window",
+            "2",
+            "--mode",
+            mode,
+        ]);
+        assert!(ok, "{stderr}");
+        let mut seen = 0;
+        for part in horizon_data::info_rows::part_files(&out).unwrap() {
+            let reader = SerializedFileReader::new(std::fs::File::open(&part).unwrap()).unwrap();
+            for row in reader.get_row_iter(None).unwrap() {
+                let row = row.unwrap();
+                let get = |name: &str| {
+                    row.get_column_iter()
+                        .find(|(n, _)| n.as_str() == name)
+                        .map(|(_, f)| f.clone())
+                        .unwrap()
+                };
+                let int = |name: &str| match get(name) {
+                    Field::Int(v) => v as i64,
+                    Field::Long(v) => v,
+                    other => panic!("{name}: {other:?}"),
+                };
+                let float = |name: &str| match get(name) {
+                    Field::Double(v) => v,
+                    other => panic!("{name}: {other:?}"),
+                };
+                let text = |name: &str| match get(name) {
+                    Field::Str(v) => v,
+                    other => panic!("{name}: {other:?}"),
+                };
+                assert_eq!(int("target_token"), target);
+                assert_eq!(text("mode"), mode);
+                assert_eq!(text("sample_id"), "7");
+                let (layer, kind, window) = (int("layer"), text("variant"), int("window"));
+                let key = match (kind.as_str(), window) {
+                    ("full", _) => {
+                        assert_eq!(
+                            (layer, window, int("window_row"), int("window_col")),
+                            (-1, -1, -1, -1)
+                        );
+                        let hf = meta["full"]["log_p_y"].as_f64().unwrap();
+                        assert!(
+                            (float("logp") - hf).abs() <= tol,
+                            "full: {} vs {hf}",
+                            float("logp")
+                        );
+                        assert_eq!(float("kl"), 0.0);
+                        seen += 1;
+                        continue;
+                    }
+                    ("text_only", _) => "text_only",
+                    ("window", 0) => {
+                        assert_eq!((int("window_row"), int("window_col")), (0, 0));
+                        variant
+                    }
+                    _ => continue,
+                };
+                let hf = &meta["results"][format!("K{layer}")][key];
+                for (col, field) in [("logp", "log_p_y"), ("kl", "kl_full")] {
+                    let want = hf[field].as_f64().unwrap();
+                    assert!(
+                        (float(col) - want).abs() <= 2.0 * tol,
+                        "{mode} K={layer} {key} {col}: {} vs HF {want}",
+                        float(col)
+                    );
+                }
+                let p = hf["p_y"].as_f64().unwrap();
+                assert!((float("p") - p).abs() <= p * 2.0 * tol + 1e-9);
+                seen += 1;
+            }
+        }
+        assert_eq!(
+            seen,
+            1 + 2 * 2,
+            "{mode}: full + (text-only, window 0) at 2 layers"
+        );
+    }
+}
+
+/// The analysis on what `horizon info` really writes (no grid metadata in the files, windows placed
+/// by their row/column columns), on Qwen2.5-VL's non-square merged grid: the window layout is the
+/// image's, and every window mean and layer mean equals a naive recomputation from the rows
+/// (keep-only, p: I = p_window − p_text_only, averaged over samples).
+#[test]
+fn analysis_of_real_info_rows_on_a_non_square_grid() {
+    use horizon_analysis::{analyze, read_info_rows, AnalysisParams, InfoMode, Metric};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    use std::collections::BTreeMap;
+    let model_dir = root().join("fixtures/qwen2_5_vl/models/qwen-tiny");
+    let img = root().join("fixtures/qwen2_5_vl/images/nonsquare.png");
+    let grid = {
+        let model =
+            horizon_runner::VlModel::load(&model_dir, tch::Device::Cpu, tch::Kind::Float).unwrap();
+        let processor = horizon_runner::processor::Processor::load(&model_dir, &model).unwrap();
+        let inputs = processor
+            .prepare(
+                &model,
+                "q",
+                &img,
+                horizon_runner::processor::PromptTemplate::Auto,
+            )
+            .unwrap();
+        inputs.visual.grid
+    };
+    let (wr, wc) = (grid.0.div_ceil(2), grid.1.div_ceil(2));
+    assert_ne!(
+        wr, wc,
+        "the fixture gives a non-square window grid ({grid:?})"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(&img, tmp.path().join("nonsquare.png")).unwrap();
+    let q = tmp.path().join("q.jsonl");
+    let lines: Vec<String> = ["red", "blue", "green"]
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            serde_json::json!({"question_id": i, "image": "nonsquare.png",
+                "text": format!("Which colour is shape {i}?"), "answer": a, "category": "colour"})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&q, lines.join("\n") + "\n").unwrap();
+    let out = tmp.path().join("info");
+    let (ok, _, stderr) = horizon(&[
+        "info",
+        "--model",
+        model_dir.to_str().unwrap(),
+        "--bench",
+        q.to_str().unwrap(),
+        "--image-dir",
+        tmp.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--layers",
+        "all",
+    ]);
+    assert!(ok, "{stderr}");
+    // Naive: (sample, layer) → text-only p, and (layer, window) → p values.
+    let mut text: BTreeMap<(String, i64), f64> = BTreeMap::new();
+    let mut win: Vec<(String, i64, i64, f64)> = Vec::new();
+    for part in horizon_data::info_rows::part_files(&out).unwrap() {
+        let reader = SerializedFileReader::new(std::fs::File::open(&part).unwrap()).unwrap();
+        for row in reader.get_row_iter(None).unwrap() {
+            let row = row.unwrap();
+            let f: BTreeMap<String, Field> = row
+                .get_column_iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect();
+            let (Field::Str(sid), Field::Str(var), Field::Int(k), Field::Int(w), Field::Double(p)) = (
+                &f["sample_id"],
+                &f["variant"],
+                &f["layer"],
+                &f["window"],
+                &f["p"],
+            ) else {
+                panic!("unexpected column types")
+            };
+            match var.as_str() {
+                "text_only" => {
+                    text.insert((sid.clone(), *k as i64), *p);
+                }
+                "window" => win.push((sid.clone(), *k as i64, *w as i64, *p)),
+                _ => {}
+            }
+        }
+    }
+    let table = read_info_rows(&out).unwrap();
+    let a = analyze(
+        &table,
+        &AnalysisParams {
+            metric: Metric::P,
+            mode: InfoMode::KeepOnly,
+            bootstrap: 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (a.grid.rows, a.grid.cols, a.grid.n_windows),
+        (wr, wc, wr * wc)
+    );
+    let g = a.group("qwen-tiny", "colour").unwrap();
+    for (li, l) in g.layers.iter().enumerate() {
+        let k = l.layer as i64;
+        let mut per_sample: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for w in 0..(wr * wc) as i64 {
+            let vals: Vec<f64> = win
+                .iter()
+                .filter(|v| v.1 == k && v.2 == w)
+                .map(|v| v.3 - text[&(v.0.clone(), k)])
+                .collect();
+            assert_eq!(vals.len(), 3);
+            let mean = vals.iter().sum::<f64>() / 3.0;
+            let got = g.window_means[[li, w as usize]];
+            assert!((got - mean).abs() < 1e-12, "K={k} w={w}: {got} vs {mean}");
+            for v in win.iter().filter(|v| v.1 == k && v.2 == w) {
+                per_sample
+                    .entry(&v.0)
+                    .or_default()
+                    .push(v.3 - text[&(v.0.clone(), k)]);
+            }
+        }
+        let sample_means: Vec<f64> = per_sample
+            .values()
+            .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+            .collect();
+        let mean = sample_means.iter().sum::<f64>() / sample_means.len() as f64;
+        assert!((l.mean - mean).abs() < 1e-12, "K={k}: {} vs {mean}", l.mean);
+        assert_eq!(l.n_samples, 3);
+    }
 }

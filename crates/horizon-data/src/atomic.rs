@@ -109,6 +109,30 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     beside(dir, |name| format!("{name}.{suffix}"))
 }
 
+/// Removes what killed writers left in `dir`: temporary files of [`write_atomic`]
+/// (`.{name}.tmp{pid}`). Called before a run resumes in `dir`; a missing `dir` is fine.
+pub fn remove_orphans(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_orphan = name.starts_with('.')
+            && name
+                .rsplit_once(".tmp")
+                .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if is_orphan {
+            std::fs::remove_file(entry.path()).with_context(|| {
+                format!(
+                    "{}: cannot remove a leftover temporary file",
+                    entry.path().display()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
 fn temp_path(path: &Path) -> PathBuf {
     beside(path, |name| format!(".{name}.tmp{}", std::process::id()))
 }

@@ -400,27 +400,3 @@ fn parquet_round_trip_through_bench_reader() {
     assert_eq!("read_text".parse::<Category>().unwrap(), Category::ReadText);
     assert!("nope".parse::<Category>().is_err());
 }
-
-#[test]
-fn generation_speed() {
-    let cfg = GenConfig::default();
-    let t = std::time::Instant::now();
-    let samples = split(&cfg, 200, 1);
-    let gen = t.elapsed();
-    let t = std::time::Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    synthetic::write_parquet(dir.path().join("s.parquet"), &samples).unwrap();
-    let write = t.elapsed();
-    let size = std::fs::metadata(dir.path().join("s.parquet"))
-        .unwrap()
-        .len();
-    eprintln!(
-        "generated {} samples in {:.1} ms ({:.0}/s in memory); wrote parquet (PNG included) in {:.1} ms ({:.0}/s), {} bytes",
-        samples.len(),
-        gen.as_secs_f64() * 1e3,
-        samples.len() as f64 / gen.as_secs_f64(),
-        write.as_secs_f64() * 1e3,
-        samples.len() as f64 / write.as_secs_f64(),
-        size
-    );
-}

@@ -197,21 +197,38 @@ fn layer_window_heatmap_png_and_svg() {
     );
 }
 
-/// Writes the figures to $HORIZON_PLOT_DEMO_DIR when set (for looking at them).
+/// The three figure kinds of one group render to PNGs that decode, have the size asked for and are
+/// not blank; written to $HORIZON_PLOT_DEMO_DIR when set (for looking at them), else to a temporary
+/// directory.
 #[test]
-fn demo_output() {
-    if let Ok(dir) = std::env::var("HORIZON_PLOT_DEMO_DIR") {
-        let a = synthetic();
-        let d = Path::new(&dir);
-        plot_window_heatmaps(
-            &a,
-            "llava-1.5-7b",
-            "count",
-            &[0, 2, 4, 8, 12, 15],
-            &d.join("maps.png"),
-        )
-        .unwrap();
-        plot_information_vs_layer(&a, &CurveOptions::default(), &d.join("curves.png")).unwrap();
-        plot_layer_window_heatmap(&a, "llava-1.5-7b", "count", &d.join("lw.png")).unwrap();
+fn figures_render_to_non_blank_pngs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = std::env::var("HORIZON_PLOT_DEMO_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| tmp.path().to_path_buf());
+    let a = synthetic();
+    let d = dir.as_path();
+    plot_window_heatmaps(
+        &a,
+        "llava-1.5-7b",
+        "count",
+        &[0, 2, 4, 8, 12, 15],
+        &d.join("maps.png"),
+    )
+    .unwrap();
+    plot_information_vs_layer(&a, &CurveOptions::default(), &d.join("curves.png")).unwrap();
+    plot_layer_window_heatmap(&a, "llava-1.5-7b", "count", &d.join("lw.png")).unwrap();
+    for name in ["maps.png", "curves.png", "lw.png"] {
+        let img = image::open(d.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .to_rgb8();
+        assert!(
+            img.width() >= 200 && img.height() >= 150,
+            "{name}: {}x{}",
+            img.width(),
+            img.height()
+        );
+        let colours: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+        assert!(colours.len() > 20, "{name}: only {} colours", colours.len());
     }
 }

@@ -62,3 +62,57 @@ pub fn eos_token_ids(dir: &Path) -> Result<Vec<i64>> {
     }
     Ok(Vec::new())
 }
+
+/// A content fingerprint of the checkpoint in `dir` (hex SHA-256), cheap for a 7B checkpoint: the
+/// bytes of its small files (config, generation config, tokenizer, processor configs), and for every
+/// safetensors shard its size, its header (tensor names, dtypes, shapes, offsets) and 16 evenly spread
+/// 4 KiB samples of its data. A different model, config or retrained weights change it; `--resume`
+/// refuses to continue a run with a different one.
+pub fn fingerprint(dir: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Seek, SeekFrom};
+    let mut hash = Sha256::new();
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow!("{}: cannot list ({e})", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    const SMALL: [&str; 6] = [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "preprocessor_config.json",
+        "processor_config.json",
+        "model.safetensors.index.json",
+    ];
+    for name in &names {
+        let path = dir.join(name);
+        let read_err = |e: std::io::Error| anyhow!("{}: cannot read ({e})", path.display());
+        if SMALL.contains(&name.as_str()) {
+            hash.update(name.as_bytes());
+            hash.update(std::fs::read(&path).map_err(read_err)?);
+        } else if name.ends_with(".safetensors") {
+            let mut file = std::fs::File::open(&path).map_err(read_err)?;
+            let size = file.metadata().map_err(read_err)?.len();
+            let mut len = [0u8; 8];
+            file.read_exact(&mut len).map_err(read_err)?;
+            let header_len = u64::from_le_bytes(len).min(size.saturating_sub(8));
+            let mut header = vec![0u8; header_len as usize];
+            file.read_exact(&mut header).map_err(read_err)?;
+            hash.update(name.as_bytes());
+            hash.update(size.to_le_bytes());
+            hash.update(&header);
+            let data_start = 8 + header_len;
+            let span = size.saturating_sub(data_start);
+            let mut sample = vec![0u8; 4096];
+            for i in 0..16u64 {
+                let at = data_start + span * i / 16;
+                file.seek(SeekFrom::Start(at)).map_err(read_err)?;
+                let n = file.read(&mut sample).map_err(read_err)?;
+                hash.update(&sample[..n]);
+            }
+        }
+    }
+    Ok(format!("{:x}", hash.finalize()))
+}

@@ -8,6 +8,7 @@ use tch::{Kind, Tensor};
 use crate::decoder::KvCache;
 use crate::intervention::TokenSelector;
 use crate::model::{ModelInputs, VlModel};
+use crate::nn::check_finite;
 
 /// When to stop generating.
 #[derive(Debug, Clone)]
@@ -50,7 +51,9 @@ pub fn generate_greedy_with_cache(
     let mut cache = KvCache::new(model.num_layers());
     let out = model.prefill(inputs, selector, Some(&mut cache), None)?;
     let last = out.hidden.narrow(1, out.hidden.size()[1] - 1, 1);
-    let mut next = greedy_token(&model.lm_head(&last));
+    let logits = model.lm_head(&last);
+    check_finite(&logits, "the prompt's next-token logits")?;
+    let mut next = greedy_token(&logits);
     let mut generated = Vec::with_capacity(config.max_new_tokens);
     while generated.len() < config.max_new_tokens {
         generated.push(next);
@@ -59,6 +62,7 @@ pub fn generate_greedy_with_cache(
         }
         let position = prompt_len + generated.len() - 1;
         let logits = model.decode_step(next, position, &mut cache);
+        check_finite(&logits, "a decoding step's logits")?;
         next = greedy_token(&logits);
     }
     Ok((generated, cache))

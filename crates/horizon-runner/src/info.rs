@@ -12,6 +12,7 @@ use tch::{Kind, Tensor};
 
 use crate::intervention::Intervention;
 use crate::model::{ModelInputs, VlModel};
+use crate::nn::check_finite;
 pub use horizon_data::info_rows::{InfoMode, Target};
 pub use horizon_data::window::WindowGrid;
 
@@ -127,8 +128,10 @@ pub fn full_run(model: &VlModel, inputs: &ModelInputs) -> Result<FullRun> {
         Some(&mut layer_inputs),
     )?;
     let last = out.hidden.select(1, out.hidden.size()[1] - 1);
+    let log_probs = next_token_log_probs(model, &last);
+    check_finite(&log_probs, "the unpruned model's next-token distribution")?;
     Ok(FullRun {
-        log_probs: next_token_log_probs(model, &last),
+        log_probs,
         layer_inputs,
     })
 }
@@ -203,6 +206,10 @@ pub fn sweep_sample(
                 let out = model.forward_from_layer(k, &hidden, &pos, inputs)?;
                 let last = out.select(1, len as i64 - 1);
                 let logp = next_token_log_probs(model, &last);
+                check_finite(
+                    &logp,
+                    &format!("the next-token distribution after a cut at layer {k}"),
+                )?;
                 for ((variant, _), (p, lp, kl)) in
                     chunk.iter().zip(score(&logp, &full.log_probs, target))
                 {

@@ -72,6 +72,7 @@ impl VlModel {
                 };
                 let model = LlavaForConditionalGeneration::from_weights(&weights, config)
                     .with_context(|| format!("loading {}", dir.display()))?;
+                weights.check_all_used(|n| model.unused_by_design(n))?;
                 Ok(Self::Llava(Box::new(model)))
             }
             "qwen2_5_vl" => {
@@ -83,6 +84,7 @@ impl VlModel {
                 };
                 let model = Qwen2_5VlForConditionalGeneration::from_weights(&weights, config)
                     .with_context(|| format!("loading {}", dir.display()))?;
+                weights.check_all_used(|n| model.unused_by_design(n))?;
                 Ok(Self::Qwen2_5Vl(Box::new(model)))
             }
             other => bail!(

@@ -141,3 +141,13 @@ pub fn sdpa(
         enable_gqa,
     )
 }
+
+/// Fails when `t` holds a NaN or an infinity: results computed from such values (NaN weights, an
+/// overflowing dtype) are errors, not rows.
+pub fn check_finite(t: &Tensor, what: &str) -> Result<()> {
+    let finite = t.isfinite().all().int64_value(&[]) != 0;
+    if !finite {
+        bail!("{what} is not finite (NaN or infinite values): check the checkpoint's weights and the dtype");
+    }
+    Ok(())
+}

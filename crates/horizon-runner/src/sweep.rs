@@ -2,9 +2,12 @@
 //! engine's variants ([`crate::info::sweep_sample`]), written as long-format Parquet part files
 //! (schema in `horizon_data::info_rows`) that each hold whole samples and are written atomically.
 //!
-//! The settings that decide the rows are recorded in every part file's metadata; a resumed run must
-//! have the same ones, and skips the samples already written. A notebook or another program runs a
-//! sweep with exactly this code.
+//! The settings that decide the rows are recorded in every part file's metadata, with fingerprints of
+//! the checkpoint and of the selected samples; a resumed run must have the same ones, and skips the
+//! samples already written. A run can be one shard of a selection (`--shard i/n`: the samples at
+//! selection positions ≡ i mod n); a finished run writes `DONE.json`, and [`merge_shards`] checks that
+//! shards cover a selection exactly once with equal settings before combining them. A notebook or
+//! another program runs a sweep with exactly this code.
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -42,6 +45,92 @@ pub struct InfoSweep {
     pub memory_budget_bytes: usize,
     /// Samples per Parquet part file.
     pub samples_per_part: usize,
+    /// This run's share of the selection.
+    pub shard: Shard,
+}
+
+/// One of `count` deterministic parts of a selection: the samples at positions ≡ `index` (mod
+/// `count`). `Shard::whole()` is the unsharded run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    pub fn whole() -> Self {
+        Self { index: 0, count: 1 }
+    }
+
+    /// `i/n` with 0 ≤ i < n (0-based, as Slurm's `SLURM_ARRAY_TASK_ID` with `--array=0-(n-1)`).
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || anyhow::anyhow!("'{s}' is not i/n with 0 <= i < n (e.g. 0/4)");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse::<usize>().map_err(|_| bad())?,
+            n.trim().parse::<usize>().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
+
+    pub fn holds(&self, position: usize) -> bool {
+        position % self.count == self.index
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// When a run stops early (its parts stay complete; `--resume` continues): after this many samples,
+/// or once this much time has passed (checked between parts), so a scheduler's limit loses at most
+/// the part in progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StopRule {
+    pub max_samples: Option<usize>,
+    pub max_seconds: Option<f64>,
+}
+
+/// A hex SHA-256 over the selected samples, in order: id, question, category, answers and image bytes.
+/// The same file and selection give the same fingerprint; any change of the data changes it.
+pub fn selection_fingerprint(samples: &[Sample]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for s in samples {
+        for field in [&s.id, &s.question, &s.category] {
+            hash.update((field.len() as u64).to_le_bytes());
+            hash.update(field.as_bytes());
+        }
+        for a in &s.answers {
+            hash.update((a.len() as u64).to_le_bytes());
+            hash.update(a.as_bytes());
+        }
+        let image = s
+            .image
+            .bytes()
+            .with_context(|| format!("sample {}", s.id))?;
+        hash.update((image.len() as u64).to_le_bytes());
+        hash.update(&image);
+    }
+    Ok(format!("{:x}", hash.finalize()))
+}
+
+/// The name of the marker a finished run writes into its output directory.
+pub const DONE_FILE: &str = "DONE.json";
+
+/// What `DONE.json` records: the run's settings (as in its part files) and what it covered.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DoneMarker {
+    pub settings: BTreeMap<String, String>,
+    /// Selection positions this run (shard) held.
+    pub positions: Vec<usize>,
+    /// Of those, the ids skipped for want of a ground-truth answer.
+    pub skipped: Vec<String>,
 }
 
 /// What a finished sweep did.
@@ -54,12 +143,37 @@ pub struct SweepReport {
     pub skipped_no_answer: usize,
     /// Part files in the output directory at the end.
     pub part_files: usize,
+    /// The stop rule ended the run before every sample was done (`--resume` continues it).
+    pub stopped_early: bool,
 }
 
 impl InfoSweep {
-    /// The `horizon.*` metadata every part file carries.
-    pub fn metadata(&self, model: &VlModel) -> BTreeMap<String, String> {
+    /// The `horizon.*` metadata every part file carries: the settings that decide the rows, the
+    /// fingerprints of the checkpoint and of the whole selection, and the shard.
+    pub fn metadata(
+        &self,
+        model: &VlModel,
+        samples: &[Sample],
+    ) -> Result<BTreeMap<String, String>> {
         let mut m = BTreeMap::new();
+        m.insert(
+            "horizon.model_fingerprint".into(),
+            crate::checkpoint::fingerprint(&self.model_path)?,
+        );
+        m.insert(
+            "horizon.selection_fingerprint".into(),
+            selection_fingerprint(samples)?,
+        );
+        m.insert("horizon.selected".into(), samples.len().to_string());
+        m.insert("horizon.shard".into(), self.shard.to_string());
+        // Batched GEMMs round differently with the batch shape, so the batch rule decides the bits.
+        m.insert(
+            "horizon.batch".into(),
+            match self.batch_size {
+                Some(b) => b.to_string(),
+                None => format!("auto, {} MiB", self.memory_budget_bytes >> 20),
+            },
+        );
         m.insert("horizon.model".into(), self.model_name.clone());
         m.insert(
             "horizon.model_path".into(),
@@ -74,7 +188,7 @@ impl InfoSweep {
         m.insert("horizon.template".into(), format!("{:?}", self.template));
         m.insert("horizon.dtype".into(), dtype_name(model.kind()).into());
         m.insert("horizon.bench".into(), self.bench.display().to_string());
-        m
+        Ok(m)
     }
 
     /// Samples of `samples` already written to `out`, after checking that a run there has the same
@@ -85,6 +199,7 @@ impl InfoSweep {
         metadata: &BTreeMap<String, String>,
         resume: bool,
     ) -> Result<std::collections::HashSet<(String, String)>> {
+        horizon_data::atomic::remove_orphans(out)?;
         match (run_metadata(out)?, resume) {
             (None, _) => Ok(Default::default()),
             (Some(_), false) => bail!(
@@ -115,19 +230,30 @@ impl InfoSweep {
         out: &Path,
         resume: bool,
     ) -> Result<SweepPlan<'a>> {
+        if samples.is_empty() {
+            bail!(
+                "the selection holds no sample (check --limit, --per-category and the benchmark)"
+            );
+        }
         check_writable_dir(out)?;
-        let metadata = self.metadata(model);
+        let metadata = self.metadata(model, samples)?;
         let done = self.done_in(out, &metadata, resume)?;
-        let todo: Vec<(usize, &Sample)> = samples
+        let mine: Vec<(usize, &Sample)> = samples
             .iter()
             .enumerate()
+            .filter(|(i, _)| self.shard.holds(*i))
+            .collect();
+        let todo: Vec<(usize, &Sample)> = mine
+            .iter()
+            .copied()
             .filter(|(_, s)| !done.contains(&(self.model_name.clone(), s.id.clone())))
             .collect();
         Ok(SweepPlan {
             sweep: self,
-            metadata: metadata.into_iter().collect(),
-            already_done: samples.len() - todo.len(),
-            samples: samples.len(),
+            settings: metadata,
+            already_done: mine.len() - todo.len(),
+            samples: mine.len(),
+            positions: mine.iter().map(|(i, _)| *i).collect(),
             todo,
             out: out.to_path_buf(),
         })
@@ -198,10 +324,12 @@ impl InfoSweep {
 /// A checked sweep: the samples still to do and where their rows go.
 pub struct SweepPlan<'a> {
     sweep: &'a InfoSweep,
-    metadata: Vec<(String, String)>,
+    settings: BTreeMap<String, String>,
     todo: Vec<(usize, &'a Sample)>,
+    /// Selection positions this run holds.
+    positions: Vec<usize>,
     out: PathBuf,
-    /// Samples selected, and of them already written (a resumed run).
+    /// Samples this run (shard) holds, and of them already written (a resumed run).
     pub samples: usize,
     pub already_done: usize,
 }
@@ -218,9 +346,17 @@ impl SweepPlan<'_> {
         &self,
         model: &VlModel,
         processor: &Processor,
+        stop: StopRule,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<SweepReport> {
         let sweep = self.sweep;
+        let started = std::time::Instant::now();
+        let metadata: Vec<(String, String)> = self
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut skipped = Vec::new();
         let cfg = SweepConfig {
             layers: sweep.layers.clone(),
             window_size: sweep.window,
@@ -234,12 +370,27 @@ impl SweepPlan<'_> {
             ..Default::default()
         };
         let mut finished = 0;
-        for chunk in self.todo.chunks(sweep.samples_per_part.max(1)) {
+        let per_part = sweep.samples_per_part.max(1);
+        let chunk_len = stop
+            .max_samples
+            .map_or(per_part, |m| per_part.min(m.max(1)));
+        for chunk in self.todo.chunks(chunk_len) {
+            let out_of_budget = stop.max_samples.is_some_and(|m| finished >= m)
+                || stop
+                    .max_seconds
+                    .is_some_and(|t| started.elapsed().as_secs_f64() >= t);
+            if out_of_budget {
+                report.stopped_early = true;
+                break;
+            }
             let mut rows = Vec::new();
             for (_, sample) in chunk {
                 match sweep.sample_rows(model, processor, sample, &cfg)? {
                     Some(r) => rows.extend(r),
-                    None => report.skipped_no_answer += 1,
+                    None => {
+                        report.skipped_no_answer += 1;
+                        skipped.push(sample.id.clone());
+                    }
                 }
                 finished += 1;
                 progress(finished, self.todo.len());
@@ -252,12 +403,184 @@ impl SweepPlan<'_> {
                         part.display()
                     );
                 }
-                write_info_rows(&part, &rows, &self.metadata)?;
+                write_info_rows(&part, &rows, &metadata)?;
             }
         }
         report.part_files = part_files(&self.out)?.len();
+        if !report.stopped_early {
+            self.write_done(skipped)?;
+        }
         Ok(report)
     }
+
+    /// Writes `DONE.json` (atomically): the settings and the positions covered. A resumed run's
+    /// skipped samples are found again from the samples without rows.
+    fn write_done(&self, mut skipped: Vec<String>) -> Result<()> {
+        let path = self.out.join(DONE_FILE);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(prev) = serde_json::from_str::<DoneMarker>(&text) {
+                skipped.extend(prev.skipped);
+            }
+        }
+        skipped.sort();
+        skipped.dedup();
+        let marker = DoneMarker {
+            settings: self.settings.clone(),
+            positions: self.positions.clone(),
+            skipped,
+        };
+        horizon_data::atomic::write_atomic(&path, |tmp| {
+            std::fs::write(tmp, serde_json::to_string_pretty(&marker)?)
+                .with_context(|| format!("{}: cannot write", tmp.display()))
+        })
+    }
+}
+
+/// What [`merge_shards`] combined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeReport {
+    pub shards: usize,
+    pub samples: usize,
+    pub part_files: usize,
+}
+
+/// Settings that may differ between the shards of one run.
+const PER_SHARD: [&str; 3] = ["horizon.shard", "horizon.model_path", "horizon.bench"];
+
+/// Checks that the finished runs in `dirs` are the shards of one run (equal settings and fingerprints,
+/// shards `0..n` each once, every selected position covered exactly once, no sample twice) and writes
+/// their part files, with one `DONE.json`, into the new directory `out` (atomically).
+pub fn merge_shards(dirs: &[PathBuf], out: &Path) -> Result<MergeReport> {
+    if dirs.is_empty() {
+        bail!("merge: no shard directory given");
+    }
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!("--out {}: exists and is not empty", out.display());
+    }
+    let mut markers = Vec::new();
+    for dir in dirs {
+        let path = dir.join(DONE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|_| {
+            anyhow::anyhow!(
+                "{}: no {DONE_FILE}: this shard has not finished (rerun it with --resume)",
+                dir.display()
+            )
+        })?;
+        let marker: DoneMarker = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not a valid {DONE_FILE} ({e})", path.display()))?;
+        markers.push(marker);
+    }
+    let shared = |m: &DoneMarker| -> BTreeMap<String, String> {
+        m.settings
+            .iter()
+            .filter(|(k, _)| !PER_SHARD.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let first = shared(&markers[0]);
+    for (dir, m) in dirs.iter().zip(&markers).skip(1) {
+        let these = shared(m);
+        if let Some((k, v)) = first.iter().find(|(k, v)| these.get(*k) != Some(*v)) {
+            bail!(
+                "{}: not a shard of the same run as {}: {k} is {}, there {v}",
+                dir.display(),
+                dirs[0].display(),
+                these.get(k).map_or("unset", String::as_str)
+            );
+        }
+    }
+    let shard_of = |dir: &Path, m: &DoneMarker| -> Result<Shard> {
+        Shard::parse(m.settings.get("horizon.shard").map_or("", String::as_str))
+            .map_err(|e| anyhow::anyhow!("{}: horizon.shard: {e}", dir.display()))
+    };
+    let count = shard_of(&dirs[0], &markers[0])?.count;
+    let mut seen = vec![None::<&Path>; count];
+    for (dir, m) in dirs.iter().zip(&markers) {
+        let shard = shard_of(dir, m)?;
+        if shard.count != count {
+            bail!(
+                "{}: shard {shard}, but {} is one of {count}",
+                dir.display(),
+                dirs[0].display()
+            );
+        }
+        if let Some(other) = seen[shard.index] {
+            bail!(
+                "{}: shard {shard} is given twice (also {})",
+                dir.display(),
+                other.display()
+            );
+        }
+        seen[shard.index] = Some(dir);
+    }
+    if let Some(missing) = seen.iter().position(Option::is_none) {
+        bail!("merge: shard {missing}/{count} is missing");
+    }
+    let selected: usize = first
+        .get("horizon.selected")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{}: horizon.selected missing", dirs[0].display()))?;
+    let mut covered = vec![false; selected];
+    for (dir, m) in dirs.iter().zip(&markers) {
+        for &p in &m.positions {
+            if p >= selected || std::mem::replace(&mut covered[p], true) {
+                bail!(
+                    "{}: selection position {p} out of range or covered twice",
+                    dir.display()
+                );
+            }
+        }
+    }
+    if let Some(p) = covered.iter().position(|c| !c) {
+        bail!("merge: selection position {p} is in no shard");
+    }
+    let mut samples = std::collections::HashSet::new();
+    let mut parts = Vec::new();
+    for dir in dirs {
+        for key in completed_samples(dir)? {
+            if !samples.insert(key.clone()) {
+                bail!(
+                    "{}: sample {} of model {} is in another shard too",
+                    dir.display(),
+                    key.1,
+                    key.0
+                );
+            }
+        }
+        parts.extend(part_files(dir)?);
+    }
+    let names: std::collections::HashSet<_> = parts.iter().filter_map(|p| p.file_name()).collect();
+    if names.len() != parts.len() {
+        bail!("merge: two shards hold part files of the same name");
+    }
+    let mut settings = first.clone();
+    settings.insert(
+        "horizon.shard".into(),
+        format!("0-{}/{count} merged", count - 1),
+    );
+    let merged = DoneMarker {
+        settings,
+        positions: (0..selected).collect(),
+        skipped: markers.iter().flat_map(|m| m.skipped.clone()).collect(),
+    };
+    horizon_data::atomic::write_dir_atomic(out, |tmp| {
+        for part in &parts {
+            let to = tmp.join(part.file_name().expect("a part file name"));
+            std::fs::copy(part, &to)
+                .with_context(|| format!("{}: cannot copy to {}", part.display(), to.display()))?;
+        }
+        std::fs::write(tmp.join(DONE_FILE), serde_json::to_string_pretty(&merged)?)
+            .with_context(|| format!("{}: cannot write", tmp.display()))
+    })?;
+    Ok(MergeReport {
+        shards: count,
+        samples: samples.len(),
+        part_files: parts.len(),
+    })
 }
 
 /// Creates `dir` if needed and checks that a file can be written there, so that an unwritable

@@ -15,6 +15,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
+/// The most parameters random weights hand out: 2·10^10 (80 GB in f32), far above any model the
+/// benchmarks time, far below what an absurd config asks for.
+pub const MAX_RANDOM_ELEMENTS: u64 = 20_000_000_000;
+
 /// A prefix rename from the name stored on disk to the HF module-tree name.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyRename {
@@ -113,6 +117,9 @@ pub struct Weights {
     device: Device,
     kind: Kind,
     random: bool,
+    /// Random weights: elements handed out so far (a config asking for absurd sizes fails before it
+    /// allocates, instead of aborting on an allocation libtorch cannot satisfy).
+    random_elements: std::cell::Cell<u64>,
     /// Every tensor handed out, by module-tree name, in load order: what a model built from these
     /// weights holds (the checkpoint check compares it with what the files contain; a trainer makes
     /// these its parameters).
@@ -203,6 +210,7 @@ impl Weights {
             device,
             kind,
             random: false,
+            random_elements: Default::default(),
             loaded: Default::default(),
         })
     }
@@ -219,6 +227,7 @@ impl Weights {
             device,
             kind,
             random: true,
+            random_elements: Default::default(),
             loaded: Default::default(),
         }
     }
@@ -231,6 +240,22 @@ impl Weights {
             .iter()
             .map(|(n, t)| (n.clone(), t.shallow_clone()))
             .collect()
+    }
+
+    /// Fails naming the first tensor of the checkpoint no module read, unless `known_unused` says the
+    /// family leaves it unread on purpose: a leftover tensor means config.json and the weights
+    /// disagree (e.g. fewer layers in the config than in the checkpoint), which would otherwise run a
+    /// different model silently.
+    pub fn check_all_used(&self, known_unused: impl Fn(&str) -> bool) -> Result<()> {
+        if let Some(name) = self.unused().into_iter().find(|n| !known_unused(n)) {
+            let entry = &self.entries[&name];
+            bail!(
+                "{}: tensor {} is not used by the model config.json describes (does config.json match the checkpoint, e.g. its number of layers?)",
+                self.shards[entry.shard].path.display(),
+                entry.disk_name
+            );
+        }
+        Ok(())
     }
 
     /// Module-tree names of the checkpoint's tensors that no module read, sorted.
@@ -274,6 +299,19 @@ impl Weights {
 
     fn read(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
         if self.random {
+            let n = shape
+                .iter()
+                .try_fold(1u64, |acc, &d| {
+                    u64::try_from(d).ok().and_then(|d| acc.checked_mul(d))
+                })
+                .ok_or_else(|| anyhow!("random weights: tensor {name} has shape {shape:?}"))?;
+            let total = self.random_elements.get().saturating_add(n);
+            if total > MAX_RANDOM_ELEMENTS {
+                bail!(
+                    "random weights: the config asks for more than {MAX_RANDOM_ELEMENTS} parameters (tensor {name} has shape {shape:?}); check its sizes"
+                );
+            }
+            self.random_elements.set(total);
             let is_norm = name.ends_with("norm.weight")
                 || name.contains("layernorm")
                 || name.contains("layer_norm")
@@ -290,11 +328,18 @@ impl Weights {
             return Ok(t);
         }
         let t = self.get_any_shape(name)?;
-        if t.size() != shape {
-            let entry = &self.entries[name];
+        let entry = &self.entries[name];
+        let file = self.shards[entry.shard].path.display();
+        if !is_floating(t.kind()) {
             bail!(
-                "{}: tensor {} has shape {:?}, expected {:?} from config.json",
-                self.shards[entry.shard].path.display(),
+                "{file}: tensor {} is stored as {:?}, expected a floating-point dtype",
+                entry.disk_name,
+                t.kind()
+            );
+        }
+        if t.size() != shape {
+            bail!(
+                "{file}: tensor {} has shape {:?}, expected {:?} from config.json (fields it omits take HF's defaults for this family)",
                 entry.disk_name,
                 t.size(),
                 shape
@@ -333,11 +378,11 @@ impl Weights {
         // One owned CPU copy of this tensor only (the mmap is page cache, not a second copy).
         let cpu = Tensor::f_from_data_size(view.data(), &shape, disk_kind)
             .with_context(|| format!("{}: tensor {}", shard.path.display(), entry.disk_name))?;
-        let is_float = matches!(
-            disk_kind,
-            Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double
-        );
-        let target_kind = if is_float { self.kind } else { disk_kind };
+        let target_kind = if is_floating(disk_kind) {
+            self.kind
+        } else {
+            disk_kind
+        };
         Ok(cpu.to_device(self.device).to_kind(target_kind))
     }
 
@@ -349,6 +394,13 @@ impl Weights {
             Ok(None)
         }
     }
+}
+
+fn is_floating(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double
+    )
 }
 
 fn kind_of(dtype: Dtype) -> Option<Kind> {

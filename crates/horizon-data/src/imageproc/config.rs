@@ -137,12 +137,20 @@ pub(crate) fn read_channel_triple(
         One(f64),
         Many(Vec<f64>),
     }
-    match file.get::<Triple>(name)? {
-        None => Ok(default),
-        Some(Triple::One(v)) => Ok([v; 3]),
+    let values = match file.get::<Triple>(name)? {
+        None => default,
+        Some(Triple::One(v)) => [v; 3],
         Some(Triple::Many(v)) => <[f64; 3]>::try_from(v.as_slice())
-            .map_err(|_| file.field_error(name, format!("expected 3 values, got {}", v.len()))),
+            .map_err(|_| file.field_error(name, format!("expected 3 values, got {}", v.len())))?,
+    };
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(file.field_error(name, "values must be finite"));
     }
+    // Normalization divides by the standard deviation.
+    if name == "image_std" && values.iter().any(|v| *v <= 0.0) {
+        return Err(file.field_error(name, "values must be > 0"));
+    }
+    Ok(values)
 }
 
 /// Rejects any `resample` other than BICUBIC, the only filter ported.

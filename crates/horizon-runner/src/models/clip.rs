@@ -53,6 +53,46 @@ impl ClipVisionConfig {
         }
     }
 
+    /// Checks the counts the tower divides by; `field` prefixes field names in errors.
+    pub fn validate(&self, field: &str) -> Result<()> {
+        for (name, v) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_channels", self.num_channels),
+            ("image_size", self.image_size),
+            ("patch_size", self.patch_size),
+        ] {
+            if v <= 0 {
+                bail!("{field}{name}: {v} must be positive");
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            bail!(
+                "{field}num_attention_heads: {} heads do not divide hidden_size {}",
+                self.num_attention_heads,
+                self.hidden_size
+            );
+        }
+        if self.image_size % self.patch_size != 0 {
+            bail!(
+                "{field}patch_size: {} does not divide image_size {}",
+                self.patch_size,
+                self.image_size
+            );
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            bail!(
+                "{field}layer_norm_eps: {} must be a positive number",
+                self.layer_norm_eps
+            );
+        }
+        Activation::from_hf_name(&self.hidden_act)
+            .map_err(|e| anyhow::anyhow!("{field}hidden_act: {e}"))?;
+        Ok(())
+    }
+
     pub fn num_patches(&self) -> i64 {
         (self.image_size / self.patch_size).pow(2)
     }

@@ -210,6 +210,7 @@ impl LlavaConfig {
         let tie = raw
             .tie_word_embeddings
             .unwrap_or(text_config.tie_word_embeddings);
+        vision_config.validate(&format!("{}: field vision_config.", path.display()))?;
         text_config
             .check_rope_type()
             .map_err(|e| anyhow!("{}: field {e}", path.display()))?;

@@ -167,6 +167,19 @@ impl LlavaForConditionalGeneration {
         })
     }
 
+    /// Checkpoint tensors this model leaves unread on purpose: the CLIP layers past the deepest feature
+    /// layer and CLIP's `post_layernorm` (HF's `hidden_states[-2]` never reaches them).
+    pub fn unused_by_design(&self, name: &str) -> bool {
+        if name.starts_with("model.vision_tower.post_layernorm.") {
+            return true;
+        }
+        let run = self.feature_indices.iter().max().copied().unwrap_or(0);
+        name.strip_prefix("model.vision_tower.encoder.layers.")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| i >= run)
+    }
+
     /// `get_image_features`: selected CLIP hidden states (CLS dropped for "default"), projected.
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let states = self.vision_tower.hidden_states(pixel_values)?;

@@ -164,6 +164,12 @@ impl Qwen2_5VlForConditionalGeneration {
         })
     }
 
+    /// Checkpoint tensors this model leaves unread on purpose: a stored `lm_head` when the config ties
+    /// it to the embeddings (HF ties it too).
+    pub fn unused_by_design(&self, name: &str) -> bool {
+        self.config.tie_word_embeddings && name == "lm_head.weight"
+    }
+
     pub fn num_layers(&self) -> usize {
         self.language_model.num_layers()
     }

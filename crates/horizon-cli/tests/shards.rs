@@ -1,0 +1,203 @@
+//! Scale and resumption of `horizon info`: three shards merged equal the unsharded run row for row;
+//! `horizon merge` refuses shards that do not make one run; a run stopped by `--max-samples-per-run`
+//! and resumed equals an uninterrupted one; `--resume` refuses another checkpoint, other samples or
+//! another batch rule, and clears what a killed writer left.
+
+mod common;
+
+use common::{horizon, root};
+use std::path::{Path, PathBuf};
+
+fn bench(dir: &Path) -> PathBuf {
+    for name in ["square.png", "nonsquare.png"] {
+        std::fs::copy(
+            root().join("fixtures/llava/images").join(name),
+            dir.join(name),
+        )
+        .unwrap();
+    }
+    let q = dir.join("q.jsonl");
+    let lines: Vec<String> = (0..5)
+        .map(|i| {
+            format!(
+                r#"{{"question_id": {i}, "image": "{}", "text": "What color is shape {i}?", "answer": "red", "category": "c{}"}}"#,
+                if i % 2 == 0 { "square.png" } else { "nonsquare.png" },
+                i % 2
+            )
+        })
+        .collect();
+    std::fs::write(&q, lines.join("\n") + "\n").unwrap();
+    q
+}
+
+fn info(dir: &Path, q: &Path, model: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
+    let mut args: Vec<String> = [
+        "info",
+        "--model",
+        model.to_str().unwrap(),
+        "--bench",
+        q.to_str().unwrap(),
+        "--image-dir",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--layers",
+        "1,3",
+        "--samples-per-part",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = horizon(&refs);
+    (ok, err)
+}
+
+/// Every row of every part file in `dir`, as text, sorted.
+fn rows(dir: &Path) -> Vec<String> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "parquet") {
+            let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+            for row in reader.get_row_iter(None).unwrap() {
+                out.push(row.unwrap().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn one_line_error(ok: bool, err: &str, needle: &str) {
+    assert!(!ok, "expected a failure");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(needle), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn three_shards_merged_equal_the_unsharded_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let q = bench(d);
+    let model = root().join("fixtures/llava/models/llava-tiny");
+    let (ok, err) = info(d, &q, &model, &d.join("whole"), &[]);
+    assert!(ok, "{err}");
+    let shard_dirs: Vec<PathBuf> = (0..3).map(|i| d.join(format!("shard{i}"))).collect();
+    for (i, dir) in shard_dirs.iter().enumerate() {
+        let (ok, err) = info(d, &q, &model, dir, &["--shard", &format!("{i}/3")]);
+        assert!(ok, "{err}");
+    }
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let list = |dirs: &[&PathBuf]| dirs.iter().map(|p| s(p)).collect::<Vec<_>>().join(",");
+    let merged = d.join("merged");
+    let all: Vec<&PathBuf> = shard_dirs.iter().collect();
+    let (ok, _, err) = horizon(&["merge", "--shards", &list(&all), "--out", &s(&merged)]);
+    assert!(ok, "{err}");
+    let whole = rows(&d.join("whole"));
+    assert_eq!(
+        whole.len(),
+        5 * (1 + 2 * (1 + 9)),
+        "5 samples, full + 2 layers × (text-only + 9 windows)"
+    );
+    assert_eq!(
+        rows(&merged),
+        whole,
+        "merged shards differ from the unsharded run"
+    );
+
+    // Shards that do not make one run are refused, one line each.
+    let (ok, _, err) = horizon(&[
+        "merge",
+        "--shards",
+        &list(&all[..2]),
+        "--out",
+        &s(&d.join("m2")),
+    ]);
+    one_line_error(ok, &err, "shard 2/3 is missing");
+    let twice = [all[0], all[0], all[1]];
+    let (ok, _, err) = horizon(&[
+        "merge",
+        "--shards",
+        &list(&twice),
+        "--out",
+        &s(&d.join("m3")),
+    ]);
+    one_line_error(ok, &err, "given twice");
+    let other = d.join("other");
+    let (ok, err) = info(d, &q, &model, &other, &["--shard", "2/3", "--window", "3"]);
+    assert!(ok, "{err}");
+    let mixed = [all[0], all[1], &other];
+    let (ok, _, err) = horizon(&[
+        "merge",
+        "--shards",
+        &list(&mixed),
+        "--out",
+        &s(&d.join("m4")),
+    ]);
+    one_line_error(ok, &err, "horizon.window_size");
+    std::fs::remove_file(shard_dirs[1].join("DONE.json")).unwrap();
+    let (ok, _, err) = horizon(&["merge", "--shards", &list(&all), "--out", &s(&d.join("m5"))]);
+    one_line_error(ok, &err, "has not finished");
+    let (ok, _, err) = horizon(&[
+        "info", "--model", "x", "--bench", "y", "--out", "z", "--shard", "3/3",
+    ]);
+    one_line_error(ok, &err, "--shard");
+}
+
+#[test]
+fn stopped_and_resumed_runs_equal_one_run_and_resume_checks_the_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let q = bench(d);
+    let model = root().join("fixtures/llava/models/llava-tiny");
+    let (ok, err) = info(d, &q, &model, &d.join("whole"), &[]);
+    assert!(ok, "{err}");
+    let out = d.join("steps");
+    let (ok, err) = info(d, &q, &model, &out, &["--max-samples-per-run", "2"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("--resume to continue"), "{err}");
+    assert!(!out.join("DONE.json").exists());
+    assert_eq!(rows(&out).len(), 2 * 21);
+    // A killed writer's temporary file is cleared on resume.
+    std::fs::write(out.join(".part-000002.parquet.tmp4242"), b"half").unwrap();
+    let (ok, err) = info(d, &q, &model, &out, &["--resume"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("2 already done"), "{err}");
+    assert!(!out.join(".part-000002.parquet.tmp4242").exists());
+    assert_eq!(rows(&out), rows(&d.join("whole")));
+    assert!(out.join("DONE.json").exists());
+
+    // --resume refuses another checkpoint under the same model name ...
+    let copy = d.join("llava-tiny");
+    std::fs::create_dir_all(&copy).unwrap();
+    for e in std::fs::read_dir(&model).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, copy.join(p.file_name().unwrap())).unwrap();
+    }
+    let cfg = copy.join("generation_config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace('{', "{\"max_length\": 77, ")).unwrap();
+    let (ok, err) = info(d, &q, &copy, &out, &["--resume"]);
+    one_line_error(ok, &err, "horizon.model_fingerprint");
+    // ... other samples under the same ids ...
+    let text = std::fs::read_to_string(&q).unwrap();
+    let q2 = d.join("q2.jsonl");
+    std::fs::write(&q2, text.replace("shape 4", "shape four")).unwrap();
+    let (ok, err) = info(d, &q2, &model, &out, &["--resume"]);
+    one_line_error(ok, &err, "horizon.selection_fingerprint");
+    // ... and another batch rule.
+    let (ok, err) = info(d, &q, &model, &out, &["--resume", "--batch-size", "3"]);
+    one_line_error(ok, &err, "horizon.batch");
+    // An empty selection is an error, and nothing is written.
+    let empty = d.join("empty");
+    let (ok, err) = info(d, &q, &model, &empty, &["--limit", "0"]);
+    one_line_error(ok, &err, "no sample");
+    assert!(std::fs::read_dir(&empty)
+        .map(|mut r| r.next().is_none())
+        .unwrap_or(true));
+}
