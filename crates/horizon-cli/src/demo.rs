@@ -13,7 +13,11 @@ use horizon_data::info_rows::{InfoMode, Target};
 
 use crate::analysis::{print_summary, render_figures, AnalysisArgs};
 use crate::info::{self, InfoArgs};
-use crate::options::{at_least_one, non_negative, ModelOptions, RunOptions};
+use horizon_data::bench::prompts::PromptStyle;
+
+use crate::options::{
+    at_least_one, non_negative, BenchOptions, ModelOptions, RunOptions, ScaleOptions,
+};
 
 /// The bundled models, larger first (the order of the rows and curves).
 pub const BUNDLED_MODELS: [&str; 2] = ["data/models/horizon-large", "data/models/horizon-small"];
@@ -109,24 +113,31 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         info::run(&InfoArgs {
             model: ModelOptions::for_dir(model.clone(), args.run),
             model_name: Some(name),
-            bench: args.bench.clone(),
-            image_dir: args.image_dir.clone(),
-            answers: args.answers.clone(),
+            bench: BenchOptions {
+                bench: args.bench.clone(),
+                image_dir: args.image_dir.clone(),
+                answers: args.answers.clone(),
+                benchmark: None,
+                split: None,
+                prompt_style: PromptStyle::Llava,
+                limit: args.limit,
+                per_category: Some(args.per_category),
+                seed: args.shuffle.then_some(args.seed),
+            },
             out: out.clone(),
             layers: Some(args.layers.clone()),
             window: args.window,
             mode: args.mode,
             target: args.target,
-            limit: args.limit,
-            per_category: Some(args.per_category),
-            seed: args.shuffle.then_some(args.seed),
             batch_size: args.batch_size,
             memory_budget_mb: 2048,
             samples_per_part: 8,
-            resume: true,
-            shard: None,
-            max_samples_per_run: None,
-            time_budget_min: None,
+            scale: ScaleOptions {
+                resume: true,
+                shard: None,
+                max_samples_per_run: None,
+                time_budget_min: None,
+            },
         })?;
         info_dirs.push(out);
     }

@@ -10,6 +10,7 @@ mod info;
 mod merge;
 mod options;
 mod progress;
+mod score;
 mod synth;
 mod train;
 
@@ -53,8 +54,10 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Trains a small LLaVA-format model from scratch on the synthetic tasks (resumable).
     Train(train::TrainArgs),
-    /// Greedy-generation accuracy per category (exact match) on a benchmark.
+    /// Greedy answers over a benchmark, scored by its official rules (resumable, shardable).
     Eval(eval::EvalArgs),
+    /// Rescores a predictions file by the benchmarks' official rules, without the model.
+    Score(score::ScoreArgs),
 }
 
 /// clap's errors in one line (its usage and "For more information" lines dropped), exit status 2;
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         Command::Synth(a) => synth::run(a),
         Command::Train(a) => train::run_train(a),
         Command::Eval(a) => eval::run(a),
+        Command::Score(a) => score::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,9 +6,15 @@ use clap::Args;
 use std::path::PathBuf;
 use tch::{Device, Kind};
 
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use horizon_data::bench::prompts::PromptStyle;
+use horizon_data::bench::{self, BenchmarkKind, OpenOptions, Sample, Selection};
 use horizon_data::imageproc::ResampleOrder;
 use horizon_runner::device::{parse_device, parse_dtype};
 use horizon_runner::processor::{Processor, PromptTemplate};
+use horizon_runner::sweep::{Shard, StopRule};
 use horizon_runner::{ModelInputs, VlModel};
 
 /// The Pillow release HF's PIL-backend preprocessing is reproduced for unless told otherwise (the one
@@ -57,6 +63,14 @@ pub struct ModelOptions {
     /// and Pillow 13 changed the pass order of some resizes.
     #[arg(long, default_value = DEFAULT_PILLOW_VERSION, value_parser = pillow_value)]
     pub pillow_version: ResampleOrder,
+    /// Qwen2.5-VL: the image processor's `min_pixels` (default: the checkpoint's). It changes the
+    /// visual token count and so the scores (lmms-eval uses 256·28² = 200704); recorded in outputs.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_pixels: Option<u64>,
+    /// Qwen2.5-VL: the image processor's `max_pixels` (default: the checkpoint's; lmms-eval uses
+    /// 1605632); recorded in outputs.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pixels: Option<u64>,
 }
 
 /// Where and in which precision models run.
@@ -78,7 +92,21 @@ impl ModelOptions {
             template: PromptTemplate::Auto,
             run,
             pillow_version: pillow_value(DEFAULT_PILLOW_VERSION).expect("a known Pillow release"),
+            min_pixels: None,
+            max_pixels: None,
         }
+    }
+
+    /// The processor settings given on the command line, for the outputs' metadata.
+    pub fn processor_settings(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        if let Some(v) = self.min_pixels {
+            m.insert("min_pixels".into(), v.to_string());
+        }
+        if let Some(v) = self.max_pixels {
+            m.insert("max_pixels".into(), v.to_string());
+        }
+        m
     }
 
     /// Loads the model and its processor as the options say.
@@ -86,6 +114,9 @@ impl ModelOptions {
         let model = VlModel::load(&self.model, self.run.device, self.run.dtype)?;
         let mut processor = Processor::load(&self.model, &model)?;
         processor.set_resample_order(self.pillow_version);
+        if self.min_pixels.is_some() || self.max_pixels.is_some() {
+            processor.set_pixel_bounds(self.min_pixels, self.max_pixels)?;
+        }
         Ok((model, processor))
     }
 }
@@ -133,5 +164,99 @@ pub fn at_least_one(s: &str) -> Result<usize> {
     match s.parse::<usize>() {
         Ok(v) if v >= 1 => Ok(v),
         _ => anyhow::bail!("'{s}' is not a whole number >= 1"),
+    }
+}
+
+/// Which benchmark samples a run uses, and how their prompts are built.
+#[derive(Args, Clone)]
+pub struct BenchOptions {
+    /// Benchmark: an lmms-lab HF-parquet file or directory (MME, POPE, TextVQA, ScienceQA-IMG, GQA,
+    /// MMBench; the bundled synthetic set), or LLaVA's evaluation files (a question .jsonl, ScienceQA's
+    /// .json, MMBench's .tsv) with --image-dir and --answers.
+    #[arg(long)]
+    pub bench: PathBuf,
+    /// Image folder of a LLaVA question file (GQA parquet: the images config).
+    #[arg(long)]
+    pub image_dir: Option<PathBuf>,
+    /// Ground-truth file or folder of a LLaVA question file (POPE label files, TextVQA annotations, ...).
+    #[arg(long)]
+    pub answers: Option<PathBuf>,
+    /// The benchmark, overriding detection from the files: mme, pope, textvqa, scienceqa, gqa,
+    /// mmbench, synthetic or generic.
+    #[arg(long, value_parser = BenchmarkKind::from_str)]
+    pub benchmark: Option<BenchmarkKind>,
+    /// The parquet split when a folder holds several (default: the benchmark's evaluation split).
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Benchmark prompts as LLaVA-1.5's evaluation scripts build them (llava) or as lmms-eval does.
+    #[arg(long, default_value = "llava", value_parser = PromptStyle::from_str)]
+    pub prompt_style: PromptStyle,
+    /// Use at most this many samples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Use at most this many samples of each task category (before --limit).
+    #[arg(long, value_parser = at_least_one)]
+    pub per_category: Option<usize>,
+    /// Shuffle the sample order with this seed before --per-category and --limit (default: benchmark order).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl BenchOptions {
+    /// The selected samples, in run order.
+    pub fn samples(&self) -> Result<Vec<Sample>> {
+        let opts = OpenOptions {
+            image_dir: self.image_dir.clone(),
+            answers: self.answers.clone(),
+            benchmark: self.benchmark,
+            split: self.split.clone(),
+            ..OpenOptions::default()
+        };
+        let selection = Selection {
+            seed: self.seed,
+            per_category: self.per_category,
+            limit: self.limit,
+        };
+        Ok(selection.apply(bench::read_all(&self.bench, &opts)?))
+    }
+}
+
+/// Resuming, sharding and stopping a long run.
+#[derive(Args, Clone, Copy)]
+pub struct ScaleOptions {
+    /// Continue an interrupted run in --out: samples already written are skipped. The checkpoint,
+    /// the selected samples and every setting that changes the results must be the same.
+    #[arg(long)]
+    pub resume: bool,
+    /// Run only shard i of n (0-based; the samples at selection positions ≡ i mod n), e.g. one per
+    /// GPU or Slurm array task; `horizon merge` combines finished `info` shards.
+    #[arg(long, value_parser = Shard::parse)]
+    pub shard: Option<Shard>,
+    /// Stop after this many samples (their parts complete); `--resume` continues. For job limits.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_samples_per_run: Option<u32>,
+    /// Stop starting new parts after this many minutes; `--resume` continues. For job time limits.
+    #[arg(long, allow_hyphen_values = true, value_parser = positive_minutes)]
+    pub time_budget_min: Option<f64>,
+}
+
+impl ScaleOptions {
+    pub fn shard(&self) -> Shard {
+        self.shard.unwrap_or_else(Shard::whole)
+    }
+
+    pub fn stop_rule(&self) -> StopRule {
+        StopRule {
+            max_samples: self.max_samples_per_run.map(|n| n as usize),
+            max_seconds: self.time_budget_min.map(|m| m * 60.0),
+        }
+    }
+}
+
+/// `--time-budget-min`: a positive, finite number of minutes.
+fn positive_minutes(s: &str) -> Result<f64> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => anyhow::bail!("'{s}' is not a positive number of minutes"),
     }
 }

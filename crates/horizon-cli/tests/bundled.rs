@@ -141,8 +141,7 @@ const FLOORS: [(&str, &[(&str, usize)]); 2] = [
 fn bundled_models_score_above_the_floors() {
     let dir = tempfile::tempdir().unwrap();
     for (name, floors) in FLOORS {
-        let json = dir.path().join(format!("{name}.json"));
-        let pred = dir.path().join(format!("{name}.parquet"));
+        let out = dir.path().join(name);
         let (ok, table, err) = horizon(&[
             "eval",
             "--model",
@@ -151,35 +150,46 @@ fn bundled_models_score_above_the_floors() {
             bench_path().to_str().unwrap(),
             "--per-category",
             "20",
-            "--json",
-            json.to_str().unwrap(),
-            "--predictions",
-            pred.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
         ]);
         assert!(ok, "{err}");
-        // The per-sample file agrees with the summary, and its `correct` with its own answers.
-        let rows = horizon_data::predictions::read_predictions(&pred).unwrap();
+        // The per-sample file agrees with the score table, and its `correct` with its own answers.
+        let rows =
+            horizon_data::predictions::read_predictions(&out.join("predictions.parquet")).unwrap();
         assert_eq!(rows.len(), 100);
-        let ids: std::collections::HashSet<_> = rows.iter().map(|r| &r.question_id).collect();
-        assert_eq!(ids.len(), 100, "one row per sample");
-        let mut correct_by_cat: std::collections::BTreeMap<&str, u64> = Default::default();
+        let keys: std::collections::HashSet<_> = rows.iter().map(|r| &r.sample_key).collect();
+        assert_eq!(keys.len(), 100, "one row per sample");
+        let mut correct_by_cat: std::collections::BTreeMap<&str, usize> = Default::default();
         for r in &rows {
+            assert_eq!(r.benchmark, "synthetic");
             let norm = |s: &str| s.trim().trim_end_matches('.').to_lowercase();
             let matches = r.answers.iter().any(|a| norm(a) == norm(&r.prediction));
             assert_eq!(r.correct, matches, "{r:?}");
-            *correct_by_cat.entry(&r.category).or_default() += r.correct as u64;
+            *correct_by_cat.entry(&r.category).or_default() += r.correct as usize;
         }
+        // scores.json: exact-match accuracy per category (the synthetic set has no official scorer).
         let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-        let cats = v.as_object().unwrap();
-        assert_eq!(cats.len(), 5, "{table}");
-        for (cat, r) in cats {
-            assert_eq!(r["total"].as_u64(), Some(20), "{table}");
-            let from_rows = correct_by_cat.get(cat.as_str()).copied().unwrap_or(0);
-            assert_eq!(r["correct"].as_u64(), Some(from_rows), "{cat}");
+            serde_json::from_str(&std::fs::read_to_string(out.join("scores.json")).unwrap())
+                .unwrap();
+        let accuracy = |cat: &str| -> f64 {
+            v["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["metric"] == format!("accuracy/{cat}").as_str())
+                .unwrap_or_else(|| panic!("no accuracy/{cat} in {v}"))["value"]
+                .as_f64()
+                .unwrap()
+        };
+        for (cat, correct) in &correct_by_cat {
+            assert!(
+                (accuracy(cat) - 100.0 * *correct as f64 / 20.0).abs() < 1e-9,
+                "{cat}"
+            );
         }
         for (cat, floor) in floors {
-            let correct = cats[*cat]["correct"].as_u64().unwrap() as usize;
+            let correct = correct_by_cat.get(cat).copied().unwrap_or(0);
             assert!(
                 correct >= *floor,
                 "{name} {cat}: {correct}/20 below the floor {floor}/20\n{table}"

@@ -13,6 +13,7 @@
 pub mod checkpoint;
 pub mod decoder;
 pub mod device;
+pub mod evaluate;
 pub mod generate;
 pub mod info;
 pub mod inputs;

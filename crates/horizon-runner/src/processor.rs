@@ -77,6 +77,26 @@ impl Processor {
         }
     }
 
+    /// Qwen2.5-VL: overrides the image processor's `min_pixels` / `max_pixels` (the resize bounds
+    /// that decide the visual token count). Other families have fixed-size inputs: an error.
+    pub fn set_pixel_bounds(&mut self, min: Option<u64>, max: Option<u64>) -> Result<()> {
+        match self {
+            Self::Qwen2_5Vl(p) => {
+                let c = &mut p.image_config;
+                let (lo, hi) = (min.unwrap_or(c.min_pixels), max.unwrap_or(c.max_pixels));
+                if lo > hi {
+                    bail!("--min-pixels {lo} is above --max-pixels {hi}");
+                }
+                c.min_pixels = lo;
+                c.max_pixels = hi;
+                Ok(())
+            }
+            Self::Llava(_) => bail!(
+                "--min-pixels/--max-pixels: only Qwen2.5-VL resizes images to pixel bounds; LLaVA's input size is fixed"
+            ),
+        }
+    }
+
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
         match self {
             Self::Llava(p) => p.decode(ids),

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use horizon_data::bench::prompts::{question_prompt, PromptStyle};
 use horizon_data::bench::Sample;
 use horizon_data::imageproc::to_rgb_like_pil;
 use horizon_data::info_rows::{
@@ -40,6 +41,10 @@ pub struct InfoSweep {
     pub mode: InfoMode,
     pub target: Target,
     pub template: PromptTemplate,
+    /// Which harness's benchmark prompt to build (LLaVA's evaluation scripts or lmms-eval's).
+    pub prompt_style: PromptStyle,
+    /// Processor settings that change the inputs, recorded (e.g. Qwen2.5-VL's pixel bounds).
+    pub processor_settings: BTreeMap<String, String>,
     /// Variants per batch; `None` picks one from `memory_budget_bytes`.
     pub batch_size: Option<usize>,
     pub memory_budget_bytes: usize,
@@ -102,7 +107,7 @@ pub fn selection_fingerprint(samples: &[Sample]) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
     for s in samples {
-        for field in [&s.id, &s.question, &s.category] {
+        for field in [&s.key, &s.id, &s.question, &s.category] {
             hash.update((field.len() as u64).to_le_bytes());
             hash.update(field.as_bytes());
         }
@@ -186,6 +191,13 @@ impl InfoSweep {
         m.insert("horizon.mode".into(), self.mode.as_str().into());
         m.insert("horizon.target".into(), self.target.as_str().into());
         m.insert("horizon.template".into(), format!("{:?}", self.template));
+        m.insert(
+            "horizon.prompt_style".into(),
+            self.prompt_style.name().into(),
+        );
+        for (k, v) in &self.processor_settings {
+            m.insert(format!("horizon.{k}"), v.clone());
+        }
         m.insert("horizon.dtype".into(), dtype_name(model.kind()).into());
         m.insert("horizon.bench".into(), self.bench.display().to_string());
         Ok(m)
@@ -207,15 +219,7 @@ impl InfoSweep {
                 out.display()
             ),
             (Some(prev), true) => {
-                for (k, v) in metadata {
-                    if k != "horizon.model_path" && k != "horizon.bench" && prev.get(k) != Some(v) {
-                        bail!(
-                            "{}: --resume with different settings: {k} was {}, now {v}",
-                            out.display(),
-                            prev.get(k).map_or("unset", String::as_str)
-                        );
-                    }
-                }
+                check_same_settings(out, &prev, metadata)?;
                 completed_samples(out)
             }
         }
@@ -246,7 +250,7 @@ impl InfoSweep {
         let todo: Vec<(usize, &Sample)> = mine
             .iter()
             .copied()
-            .filter(|(_, s)| !done.contains(&(self.model_name.clone(), s.id.clone())))
+            .filter(|(_, s)| !done.contains(&(self.model_name.clone(), s.key.clone())))
             .collect();
         Ok(SweepPlan {
             sweep: self,
@@ -267,10 +271,11 @@ impl InfoSweep {
         sample: &Sample,
         cfg: &SweepConfig,
     ) -> Result<Option<Vec<InfoRow>>> {
-        let context = || format!("sample {}", sample.id);
+        let context = || format!("sample {}", sample.key);
         let image = to_rgb_like_pil(sample.image.decode().with_context(context)?);
+        let prompt = question_prompt(sample, self.prompt_style);
         let inputs = processor
-            .prepare_image(model, &sample.question, &image, self.template)
+            .prepare_image(model, &prompt, &image, self.template)
             .with_context(context)?;
         let full = full_run(model, &inputs).with_context(context)?;
         let target = match self.target {
@@ -302,7 +307,7 @@ impl InfoSweep {
                 InfoRow {
                     model: self.model_name.clone(),
                     task: sample.category.clone(),
-                    sample_id: sample.id.clone(),
+                    sample_id: sample.key.clone(),
                     layer: r.layer.map_or(-1, |k| k as i32),
                     variant,
                     window: window.map_or(-1, |w| w as i32),
@@ -371,15 +376,14 @@ impl SweepPlan<'_> {
         };
         let mut finished = 0;
         let per_part = sweep.samples_per_part.max(1);
-        let chunk_len = stop
-            .max_samples
-            .map_or(per_part, |m| per_part.min(m.max(1)));
-        for chunk in self.todo.chunks(chunk_len) {
-            let out_of_budget = stop.max_samples.is_some_and(|m| finished >= m)
-                || stop
-                    .max_seconds
-                    .is_some_and(|t| started.elapsed().as_secs_f64() >= t);
-            if out_of_budget {
+        // At most `max_samples` this run; the parts stay whole-sample files either way.
+        let now = &self.todo[..self.todo.len().min(stop.max_samples.unwrap_or(usize::MAX))];
+        report.stopped_early = now.len() < self.todo.len();
+        for chunk in now.chunks(per_part) {
+            let out_of_time = stop
+                .max_seconds
+                .is_some_and(|t| started.elapsed().as_secs_f64() >= t);
+            if out_of_time {
                 report.stopped_early = true;
                 break;
             }
@@ -389,11 +393,11 @@ impl SweepPlan<'_> {
                     Some(r) => rows.extend(r),
                     None => {
                         report.skipped_no_answer += 1;
-                        skipped.push(sample.id.clone());
+                        skipped.push(sample.key.clone());
                     }
                 }
                 finished += 1;
-                progress(finished, self.todo.len());
+                progress(finished, now.len());
             }
             if !rows.is_empty() {
                 let part = self.out.join(format!("part-{:06}.parquet", chunk[0].0));
@@ -581,6 +585,25 @@ pub fn merge_shards(dirs: &[PathBuf], out: &Path) -> Result<MergeReport> {
         samples: samples.len(),
         part_files: parts.len(),
     })
+}
+
+/// Fails naming the first setting of `now` that differs from `prev`, a run already in `out` (paths
+/// excepted: a copy may move).
+pub fn check_same_settings(
+    out: &Path,
+    prev: &BTreeMap<String, String>,
+    now: &BTreeMap<String, String>,
+) -> Result<()> {
+    for (k, v) in now {
+        if k != "horizon.model_path" && k != "horizon.bench" && prev.get(k) != Some(v) {
+            bail!(
+                "{}: --resume with different settings: {k} was {}, now {v}",
+                out.display(),
+                prev.get(k).map_or("unset", String::as_str)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Creates `dir` if needed and checks that a file can be written there, so that an unwritable

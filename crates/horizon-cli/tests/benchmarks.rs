@@ -1,0 +1,280 @@
+//! Benchmarks as users have them, through the CLI on the tiny fixture model: the paper's own MME
+//! layout (two questions per image share one `question_id`) runs `info` → `horizon` → `plot`;
+//! `eval` writes predictions and the official score table, which `horizon score` reproduces from the
+//! predictions alone; an evaluation stopped and resumed equals an uninterrupted one.
+
+mod common;
+
+use common::{horizon, root};
+use std::path::Path;
+
+fn mme() -> String {
+    root()
+        .join("fixtures/bench/hf/mme")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn llava() -> String {
+    root()
+        .join("fixtures/llava/models/llava-tiny")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn mme_layout_runs_info_horizon_and_plot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let info = tmp.path().join("info");
+    let (ok, _, err) = horizon(&[
+        "info",
+        "--model",
+        &llava(),
+        "--bench",
+        &mme(),
+        "--out",
+        &s(&info),
+        "--layers",
+        "1,2",
+    ]);
+    assert!(ok, "{err}");
+    // Every question of the 7 (4 images, two of them asked twice) has its own rows.
+    let done = horizon_data::info_rows::completed_samples(&info).unwrap();
+    assert_eq!(done.len(), 7, "{done:?}");
+    assert!(done
+        .iter()
+        .any(|(_, k)| k.starts_with("code_reasoning/0020.png#")));
+    let an = tmp.path().join("an");
+    let (ok, stdout, err) = horizon(&[
+        "horizon",
+        "--info",
+        &s(&info),
+        "--out",
+        &s(&an),
+        "--bootstrap",
+        "20",
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("llava-tiny"), "{stdout}");
+    let figs = tmp.path().join("figs");
+    let (ok, _, err) = horizon(&[
+        "plot",
+        "--info",
+        &s(&info),
+        "--out",
+        &s(&figs),
+        "--bootstrap",
+        "20",
+    ]);
+    assert!(ok, "{err}");
+    assert!(figs.join("information_vs_layer.png").exists());
+}
+
+#[test]
+fn eval_scores_by_the_official_rules_and_score_reproduces_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("eval");
+    let (ok, stdout, err) = horizon(&[
+        "eval",
+        "--model",
+        &llava(),
+        "--bench",
+        &mme(),
+        "--out",
+        &s(&out),
+        "--max-new-tokens",
+        "3",
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("perception"), "{stdout}");
+    let preds =
+        horizon_data::predictions::read_predictions(&out.join("predictions.parquet")).unwrap();
+    assert_eq!(preds.len(), 7);
+    assert!(preds.iter().all(|p| p.benchmark == "mme"));
+    // Two questions of one image: one question_id, two keys (acc+ pairs them by question_id).
+    let pair: Vec<_> = preds
+        .iter()
+        .filter(|p| p.question_id == "code_reasoning/0020.png")
+        .collect();
+    assert_eq!(pair.len(), 2);
+    assert_ne!(pair[0].sample_key, pair[1].sample_key);
+    let scores: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("scores.json")).unwrap()).unwrap();
+    let metric = |m: &str, c: &str| {
+        scores["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["metric"] == m && r["convention"] == c)
+            .map(|r| r["value"].as_f64().unwrap())
+    };
+    // The official rule recomputed from the predictions: per subtask acc + acc+, in MME points.
+    let official = |p: &str| {
+        let p = p.to_lowercase();
+        if p == "yes" || p == "no" {
+            p
+        } else if p.get(..4).is_some_and(|h| h.contains("yes")) {
+            "yes".into()
+        } else if p.get(..4).is_some_and(|h| h.contains("no")) {
+            "no".into()
+        } else {
+            "other".into()
+        }
+    };
+    let sub = "code_reasoning";
+    let rows: Vec<_> = preds.iter().filter(|p| p.category == sub).collect();
+    let right: Vec<bool> = rows
+        .iter()
+        .map(|p| official(&p.prediction) == p.answers[0].to_lowercase())
+        .collect();
+    let acc = 100.0 * right.iter().filter(|r| **r).count() as f64 / right.len() as f64;
+    let acc_plus = if right.iter().all(|r| *r) { 100.0 } else { 0.0 };
+    let got = metric(&format!("score/{sub}"), "official")
+        .or_else(|| {
+            metric(&format!("acc/{sub}"), "official")
+                .map(|a| a + metric(&format!("acc+/{sub}"), "official").unwrap())
+        })
+        .expect("a code_reasoning score row");
+    assert!(
+        (got - (acc + acc_plus)).abs() < 1e-9,
+        "{got} vs {acc} + {acc_plus}"
+    );
+    // horizon score gives the same table from the predictions alone.
+    let rescored = tmp.path().join("rescored.json");
+    let (ok, _, err) = horizon(&[
+        "score",
+        "--predictions",
+        &s(&out.join("predictions.parquet")),
+        "--json",
+        &s(&rescored),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&rescored).unwrap(),
+        std::fs::read_to_string(out.join("scores.json")).unwrap()
+    );
+}
+
+#[test]
+fn eval_stopped_and_resumed_equals_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    let base = |out: &Path| -> Vec<String> {
+        [
+            "eval",
+            "--model",
+            &llava(),
+            "--bench",
+            &mme(),
+            "--out",
+            &s(out),
+            "--max-new-tokens",
+            "3",
+            "--samples-per-part",
+            "2",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        horizon(&refs)
+    };
+    let (ok, _, err) = run(base(&whole));
+    assert!(ok, "{err}");
+    let steps = tmp.path().join("steps");
+    let mut first = base(&steps);
+    first.extend(["--max-samples-per-run".into(), "3".into()]);
+    let (ok, _, err) = run(first);
+    assert!(ok, "{err}");
+    assert!(!steps.join("scores.json").exists());
+    let (ok, _, err) = run(base(&steps));
+    assert!(!ok && err.contains("--resume"), "{err}");
+    let mut again = base(&steps);
+    again.push("--resume".into());
+    let (ok, _, err) = run(again);
+    assert!(ok, "{err}");
+    assert!(err.contains("3 already done"), "{err}");
+    let read = |d: &Path| {
+        horizon_data::predictions::read_predictions(&d.join("predictions.parquet")).unwrap()
+    };
+    assert_eq!(read(&steps), read(&whole));
+    assert_eq!(
+        std::fs::read_to_string(steps.join("scores.json")).unwrap(),
+        std::fs::read_to_string(whole.join("scores.json")).unwrap()
+    );
+}
+
+/// Qwen2.5-VL's pixel bounds decide the visual token count; `--max-pixels` changes it and is recorded
+/// in the outputs' metadata.
+#[test]
+fn qwen_pixel_bounds_change_the_tokens_and_are_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = root().join("fixtures/qwen2_5_vl/models/qwen-tiny");
+    let img = root().join("fixtures/qwen2_5_vl/images/nonsquare.png");
+    let tokens = |extra: &[&str]| -> usize {
+        let out = tmp.path().join("l.safetensors");
+        let mut args = vec![
+            "forward".to_string(),
+            "--model".into(),
+            s(&model),
+            "--image".into(),
+            s(&img),
+            "--prompt".into(),
+            "hi".into(),
+            "--save-logits".into(),
+            s(&out),
+        ];
+        args.extend(extra.iter().map(|e| e.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = horizon(&refs);
+        assert!(ok, "{err}");
+        // "wrote FILE (logits [S, V], N visual tokens)"
+        let n = err.rsplit(", ").next().unwrap();
+        n.split(' ').next().unwrap().parse::<usize>().unwrap()
+    };
+    let default = tokens(&[]);
+    let small = tokens(&["--max-pixels", "3136"]);
+    // 3136 = 56² pixels: at most four 28×28 merged units.
+    assert!(small <= 4 && small < default, "{default} vs {small}");
+    let q = tmp.path().join("q.jsonl");
+    std::fs::copy(&img, tmp.path().join("nonsquare.png")).unwrap();
+    std::fs::write(
+        &q,
+        r#"{"question_id": 1, "image": "nonsquare.png", "text": "Colour?", "answer": "red"}"#
+            .to_string()
+            + "\n",
+    )
+    .unwrap();
+    let info = tmp.path().join("info");
+    let (ok, _, err) = horizon(&[
+        "info",
+        "--model",
+        &s(&model),
+        "--bench",
+        &s(&q),
+        "--image-dir",
+        &s(tmp.path()),
+        "--out",
+        &s(&info),
+        "--layers",
+        "1",
+        "--max-pixels",
+        "3136",
+    ]);
+    assert!(ok, "{err}");
+    let meta = horizon_data::info_rows::run_metadata(&info)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        meta.get("horizon.max_pixels").map(String::as_str),
+        Some("3136")
+    );
+}

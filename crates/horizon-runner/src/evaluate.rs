@@ -1,0 +1,261 @@
+//! Evaluation over a benchmark, as `horizon eval` runs it: greedy answers for the selected samples,
+//! streamed into atomic Parquet part files of predictions (schema in `horizon_data::predictions`), then
+//! scored by the benchmark's official rules (`horizon_data::score`).
+//!
+//! Like the information sweep ([`crate::sweep`]), the settings that decide the answers are recorded in
+//! every part file with fingerprints of the checkpoint and the selection; `--resume` continues an
+//! interrupted run and refuses a changed one; `--shard i/n` runs a share of the selection, and a
+//! finished run writes `DONE.json`.
+
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use horizon_data::bench::prompts::{question_prompt, PromptStyle};
+use horizon_data::bench::Sample;
+use horizon_data::imageproc::to_rgb_like_pil;
+use horizon_data::info_rows::{part_files, run_metadata};
+use horizon_data::predictions::{exact_match, read_predictions, write_predictions, Prediction};
+use horizon_data::score::{score, score_detected, Benchmark, ScoreTable};
+
+use crate::device::dtype_name;
+use crate::generate::{generate_greedy, GenerationConfig};
+use crate::intervention::Intervention;
+use crate::model::VlModel;
+use crate::processor::{Processor, PromptTemplate};
+use crate::sweep::{
+    check_same_settings, check_writable_dir, selection_fingerprint, DoneMarker, Shard, StopRule,
+    DONE_FILE,
+};
+
+/// Everything that decides an evaluation's answers, and how it is cut into part files.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub model_name: String,
+    pub model_path: PathBuf,
+    pub bench: PathBuf,
+    pub template: PromptTemplate,
+    pub prompt_style: PromptStyle,
+    pub max_new_tokens: usize,
+    /// Scores every row by this benchmark's rules instead of the one each sample names.
+    pub scorer: Option<Benchmark>,
+    pub samples_per_part: usize,
+    pub shard: Shard,
+    /// Processor settings that change the inputs, recorded (e.g. Qwen2.5-VL's pixel bounds).
+    pub processor_settings: BTreeMap<String, String>,
+}
+
+/// What a finished (or stopped) evaluation did.
+#[derive(Debug, Clone, Default)]
+pub struct EvalReport {
+    pub samples: usize,
+    pub already_done: usize,
+    pub stopped_early: bool,
+    /// Every prediction of this run's directory, in selection order.
+    pub predictions: Vec<Prediction>,
+    /// Scores of those predictions (empty when stopped early).
+    pub scores: Option<ScoreTable>,
+}
+
+impl Evaluation {
+    fn metadata(&self, model: &VlModel, samples: &[Sample]) -> Result<BTreeMap<String, String>> {
+        let mut m = BTreeMap::new();
+        let mut put = |k: &str, v: String| m.insert(format!("horizon.{k}"), v);
+        put(
+            "model_fingerprint",
+            crate::checkpoint::fingerprint(&self.model_path)?,
+        );
+        put("selection_fingerprint", selection_fingerprint(samples)?);
+        put("selected", samples.len().to_string());
+        put("shard", self.shard.to_string());
+        put("model", self.model_name.clone());
+        put("model_path", self.model_path.display().to_string());
+        put("model_type", model.model_type().into());
+        put("dtype", dtype_name(model.kind()).into());
+        put("template", format!("{:?}", self.template));
+        put("prompt_style", self.prompt_style.name().into());
+        put("max_new_tokens", self.max_new_tokens.to_string());
+        put(
+            "scorer",
+            self.scorer
+                .map_or("from the benchmark".into(), |b| b.name().into()),
+        );
+        put("bench", self.bench.display().to_string());
+        for (k, v) in &self.processor_settings {
+            put(k, v.clone());
+        }
+        Ok(m)
+    }
+
+    /// Answers the samples of this shard still missing in `out`, then (when every one is there)
+    /// scores all of them and writes `predictions.parquet`, `scores.json`, `scores.md` and
+    /// `DONE.json`. `progress(done, pending)` is called after each sample.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        model: &VlModel,
+        processor: &Processor,
+        samples: &[Sample],
+        out: &Path,
+        resume: bool,
+        stop: StopRule,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<EvalReport> {
+        if samples.is_empty() {
+            bail!(
+                "the selection holds no sample (check --limit, --per-category and the benchmark)"
+            );
+        }
+        check_writable_dir(out)?;
+        horizon_data::atomic::remove_orphans(out)?;
+        let settings = self.metadata(model, samples)?;
+        let done: HashSet<String> = match (run_metadata(out)?, resume) {
+            (None, _) => HashSet::new(),
+            (Some(_), false) => bail!(
+                "{}: already holds predictions; pass --resume to continue that run, or choose another --out",
+                out.display()
+            ),
+            (Some(prev), true) => {
+                check_same_settings(out, &prev, &settings)?;
+                read_parts(out)?.into_iter().map(|p| p.sample_key).collect()
+            }
+        };
+        let mine: Vec<(usize, &Sample)> = samples
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.shard.holds(*i))
+            .collect();
+        let todo: Vec<(usize, &Sample)> = mine
+            .iter()
+            .copied()
+            .filter(|(_, s)| !done.contains(&s.key))
+            .collect();
+        let metadata: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let gen = GenerationConfig {
+            max_new_tokens: self.max_new_tokens,
+            eos_token_ids: processor.eos_token_ids().to_vec(),
+        };
+        let mut report = EvalReport {
+            samples: mine.len(),
+            already_done: mine.len() - todo.len(),
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let mut finished = 0;
+        let per_part = self.samples_per_part.max(1);
+        // At most `max_samples` this run; the parts stay whole-sample files either way.
+        let now = &todo[..todo.len().min(stop.max_samples.unwrap_or(usize::MAX))];
+        report.stopped_early = now.len() < todo.len();
+        for chunk in now.chunks(per_part) {
+            let out_of_time = stop
+                .max_seconds
+                .is_some_and(|t| started.elapsed().as_secs_f64() >= t);
+            if out_of_time {
+                report.stopped_early = true;
+                break;
+            }
+            let mut rows = Vec::with_capacity(chunk.len());
+            for (_, sample) in chunk {
+                rows.push(self.answer(model, processor, sample, &gen)?);
+                finished += 1;
+                progress(finished, now.len());
+            }
+            let part = out.join(format!("part-{:06}.parquet", chunk[0].0));
+            if part.exists() {
+                bail!(
+                    "{}: exists already (was the sample order changed?)",
+                    part.display()
+                );
+            }
+            write_predictions(&part, &rows, &metadata)?;
+        }
+        let mut all = read_parts(out)?;
+        let order: BTreeMap<&str, usize> = samples
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.key.as_str(), i))
+            .collect();
+        all.sort_by_key(|p| {
+            order
+                .get(p.sample_key.as_str())
+                .copied()
+                .unwrap_or(usize::MAX)
+        });
+        if !report.stopped_early {
+            let table = match self.scorer {
+                Some(b) => score(b, &all)?,
+                None => score_detected(&all)?,
+            };
+            write_text(&out.join("scores.json"), &table.to_json())?;
+            write_text(&out.join("scores.md"), &table.to_markdown())?;
+            write_predictions(&out.join("predictions.parquet"), &all, &metadata)?;
+            let marker = DoneMarker {
+                settings,
+                positions: mine.iter().map(|(i, _)| *i).collect(),
+                skipped: Vec::new(),
+            };
+            write_text(
+                &out.join(DONE_FILE),
+                &serde_json::to_string_pretty(&marker)?,
+            )?;
+            report.scores = Some(table);
+        }
+        report.predictions = all;
+        Ok(report)
+    }
+
+    /// One sample's greedy answer as a prediction row.
+    fn answer(
+        &self,
+        model: &VlModel,
+        processor: &Processor,
+        sample: &Sample,
+        gen: &GenerationConfig,
+    ) -> Result<Prediction> {
+        let context = || format!("sample {}", sample.key);
+        let image = to_rgb_like_pil(sample.image.decode().with_context(context)?);
+        let prompt = question_prompt(sample, self.prompt_style);
+        let inputs = processor
+            .prepare_image(model, &prompt, &image, self.template)
+            .with_context(context)?;
+        let ids = generate_greedy(model, &inputs, &mut Intervention::none(), gen)
+            .with_context(context)?;
+        let prediction = processor.decode(&ids)?.trim().to_string();
+        Ok(Prediction {
+            sample_key: sample.key.clone(),
+            question_id: sample.id.clone(),
+            benchmark: sample.benchmark.name().into(),
+            category: sample.category.clone(),
+            question: sample.question.clone(),
+            answers: sample.answers.clone(),
+            choices: sample.choices.clone(),
+            index: sample.index,
+            has_image: true,
+            correct: exact_match(&prediction, &sample.answers),
+            prediction,
+        })
+    }
+}
+
+/// The predictions in the part files of `dir` (not the combined `predictions.parquet`).
+fn read_parts(dir: &Path) -> Result<Vec<Prediction>> {
+    let mut all = Vec::new();
+    for part in part_files(dir)? {
+        let is_part = part
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("part-"));
+        if is_part {
+            all.extend(read_predictions(&part)?);
+        }
+    }
+    Ok(all)
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    horizon_data::atomic::write_atomic(path, |tmp| {
+        std::fs::write(tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))
+    })
+}
