@@ -657,11 +657,37 @@ fn analysis_and_other_cases(d: &Path) -> Vec<Case> {
             out: synth_out.clone(),
         });
     }
-    let eval_out = d.join("pred.parquet");
+    let eval_out = d.join("eval-out");
     let q = jsonl(d, &[GOOD_LINE]);
-    cases.push(Case {
-        name: "eval per category 0",
-        args: strs(&[
+    for (name, extra, needle) in [
+        (
+            "eval per category 0",
+            vec!["--per-category", "0"],
+            "--per-category",
+        ),
+        ("eval unknown scorer", vec!["--scorer", "vqa9"], "--scorer"),
+        (
+            "eval unknown prompt style",
+            vec!["--prompt-style", "fancy"],
+            "--prompt-style",
+        ),
+        (
+            "eval pixel bounds on llava",
+            vec!["--max-pixels", "50000"],
+            "--max-pixels",
+        ),
+        (
+            "eval zero new tokens",
+            vec!["--max-new-tokens", "0"],
+            "--max-new-tokens",
+        ),
+        (
+            "eval unknown benchmark kind",
+            vec!["--benchmark", "vqa9"],
+            "--benchmark",
+        ),
+    ] {
+        let mut args = strs(&[
             "eval",
             "--model",
             &s(&llava()),
@@ -669,13 +695,30 @@ fn analysis_and_other_cases(d: &Path) -> Vec<Case> {
             &s(&q),
             "--image-dir",
             &s(d),
-            "--per-category",
-            "0",
-            "--predictions",
+            "--out",
             &s(&eval_out),
+        ]);
+        args.extend(strs(&extra));
+        cases.push(Case {
+            name,
+            args,
+            needles: strs(&[needle]),
+            out: eval_out.clone(),
+        });
+    }
+    let pred = d.join("preds.parquet");
+    std::fs::write(&pred, b"PAR1 not parquet").unwrap();
+    cases.push(Case {
+        name: "score unreadable predictions",
+        args: strs(&[
+            "score",
+            "--predictions",
+            &s(&pred),
+            "--json",
+            &s(&d.join("s.json")),
         ]),
-        needles: strs(&["--per-category"]),
-        out: eval_out.clone(),
+        needles: strs(&["preds.parquet"]),
+        out: d.join("s.json"),
     });
     let bench_json = d.join("bench.json");
     for (name, extra, needle) in [
