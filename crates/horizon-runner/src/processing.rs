@@ -1,8 +1,9 @@
 //! What every family's processor shares: the prompt templates a user chooses from and the Pillow
 //! release whose resize is reproduced.
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use horizon_data::imageproc::ResampleOrder;
+use tokenizers::Tokenizer;
 
 /// How the question becomes a prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,3 +38,11 @@ impl PromptTemplate {
 
 /// The Pillow the reference fixtures were made with (12.3.0, pinned in fixtures/requirements.txt).
 pub const DEFAULT_RESAMPLE_ORDER: ResampleOrder = ResampleOrder::Pillow12;
+
+/// Token ids of `text` with the tokenizer's special tokens (BOS from its post-processor).
+pub fn encode(tokenizer: &Tokenizer, text: String) -> Result<Vec<i64>> {
+    let enc = tokenizer
+        .encode(text, true)
+        .map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
+    Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
+}

@@ -1038,14 +1038,20 @@ pub const MME_CATEGORIES: [&str; 14] = [
 /// POPE's three categories.
 pub const POPE_CATEGORIES: [&str; 3] = ["adversarial", "popular", "random"];
 
-/// Benchmark from the category values (POPE if all are POPE's, MME if all are MME's).
+/// Benchmark from the category values: POPE if all are POPE's, MME if all are MME's; in both cases
+/// only with at least two distinct categories, so that a user's own file with one category named
+/// like one of theirs (`color`, `random`) is not taken for a benchmark it is not (the file name,
+/// `--benchmark` or more categories decide then).
 pub(crate) fn kind_from_categories<'a>(
     cats: impl Iterator<Item = &'a str> + Clone,
 ) -> Option<BenchmarkKind> {
-    cats.clone().next()?;
-    if cats.clone().all(|c| POPE_CATEGORIES.contains(&c)) {
+    let distinct: std::collections::BTreeSet<&str> = cats.clone().collect();
+    if distinct.len() < 2 {
+        return None;
+    }
+    if distinct.iter().all(|c| POPE_CATEGORIES.contains(c)) {
         Some(BenchmarkKind::Pope)
-    } else if cats.clone().all(|c| MME_CATEGORIES.contains(&c)) {
+    } else if distinct.iter().all(|c| MME_CATEGORIES.contains(c)) {
         Some(BenchmarkKind::Mme)
     } else {
         None

@@ -1,12 +1,13 @@
 //! `LlavaForConditionalGeneration`: CLIP features of the selected layer(s), projected, scattered into
 //! the `<image>` positions; the shared decoder; `lm_head`.
 
-use anyhow::{bail, Result};
-use tch::{Kind, Tensor};
+use anyhow::Result;
+use tch::Tensor;
 
 use super::config::LlavaConfig;
 use crate::decoder::Decoder;
 use crate::models::clip::ClipVisionModel;
+use crate::models::scatter_image_features;
 use crate::nn::{Activation, Linear};
 use crate::weights::{CheckpointLayout, KeyRename, Weights};
 
@@ -224,19 +225,7 @@ impl LlavaForConditionalGeneration {
         features: &Tensor,
     ) -> Result<Tensor> {
         let embeds = self.language_model.embed(input_ids);
-        let features = features
-            .to_kind(embeds.kind())
-            .reshape([-1, self.config.text_config.hidden_size]);
-        let mask = input_ids.eq(self.config.image_token_id);
-        let n_tokens = mask.sum(Kind::Int64).int64_value(&[]);
-        let n_features = features.size()[0];
-        if n_tokens != n_features {
-            bail!(
-                "the prompt has {n_tokens} image tokens (id {}) but the image gives {n_features} features",
-                self.config.image_token_id
-            );
-        }
-        let mask = mask.unsqueeze(-1).expand_as(&embeds);
-        Ok(embeds.masked_scatter(&mask, &features))
+        let features = features.reshape([-1, self.config.text_config.hidden_size]);
+        scatter_image_features(&embeds, input_ids, self.config.image_token_id, &features)
     }
 }

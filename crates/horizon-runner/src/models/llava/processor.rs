@@ -12,7 +12,7 @@ use tokenizers::Tokenizer;
 use crate::checkpoint::{eos_token_ids, load_tokenizer};
 use crate::inputs::ModelInputs;
 use crate::intervention::VisualTokens;
-use crate::processing::{PromptTemplate, DEFAULT_RESAMPLE_ORDER};
+use crate::processing::{encode, PromptTemplate, DEFAULT_RESAMPLE_ORDER};
 use horizon_data::imageproc::{self, ClipImageProcessorConfig, ResampleOrder};
 
 const IMAGE_PLACEHOLDER: &str = "<image>";
@@ -88,11 +88,7 @@ impl LlavaProcessor {
             &self.image_token.repeat(self.num_image_tokens),
             1,
         );
-        let enc = self
-            .tokenizer
-            .encode(expanded, true)
-            .map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
-        Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
+        encode(&self.tokenizer, expanded)
     }
 
     /// Tokenized prompt and preprocessed image on `device`.

@@ -2,11 +2,12 @@
 //! M-RoPE position ids from `get_rope_index`, the shared decoder, `lm_head`.
 
 use anyhow::{anyhow, bail, Result};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use super::config::Qwen2_5VlConfig;
 use super::vision::Qwen2_5VisionTransformer;
 use crate::decoder::Decoder;
+use crate::models::scatter_image_features;
 use crate::nn::Linear;
 use crate::weights::{CheckpointLayout, KeyRename, Weights};
 
@@ -196,20 +197,8 @@ impl Qwen2_5VlForConditionalGeneration {
         let Some(pixel_values) = pixel_values else {
             return Ok(embeds);
         };
-        let features = self
-            .image_features(pixel_values, grid_thw)?
-            .to_kind(embeds.kind());
-        let mask = input_ids.eq(self.config.image_token_id);
-        let n_tokens = mask.sum(Kind::Int64).int64_value(&[]);
-        let n_features = features.size()[0];
-        if n_tokens != n_features {
-            bail!(
-                "the prompt has {n_tokens} image tokens (id {}) but the image gives {n_features} features",
-                self.config.image_token_id
-            );
-        }
-        let mask = mask.unsqueeze(-1).expand_as(&embeds);
-        Ok(embeds.masked_scatter(&mask, &features))
+        let features = self.image_features(pixel_values, grid_thw)?;
+        scatter_image_features(&embeds, input_ids, self.config.image_token_id, &features)
     }
 }
 

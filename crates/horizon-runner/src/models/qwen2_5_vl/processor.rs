@@ -11,7 +11,7 @@ use super::model::get_rope_index;
 use crate::checkpoint::{eos_token_ids, load_tokenizer};
 use crate::inputs::ModelInputs;
 use crate::intervention::VisualTokens;
-use crate::processing::DEFAULT_RESAMPLE_ORDER;
+use crate::processing::{encode, DEFAULT_RESAMPLE_ORDER};
 use horizon_data::imageproc::{self, Qwen2VlImageProcessorConfig, ResampleOrder};
 
 /// The Qwen2.5-VL chat template's default system message.
@@ -65,11 +65,7 @@ impl Qwen2_5VlProcessor {
             bail!("the prompt must contain {IMAGE_PAD} exactly once");
         }
         let expanded = prompt.replacen(IMAGE_PAD, &IMAGE_PAD.repeat(num_image_tokens), 1);
-        let enc = self
-            .tokenizer
-            .encode(expanded, true)
-            .map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
-        Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
+        encode(&self.tokenizer, expanded)
     }
 
     /// Prompt string (with one `<|image_pad|>`) and RGB image to model inputs on `device`.
