@@ -6,12 +6,14 @@ use clap::Args;
 use std::path::PathBuf;
 
 use horizon_data::atomic::write_atomic;
+use horizon_data::info_rows::part_files;
 use horizon_data::predictions::read_predictions;
 use horizon_data::score::{score, score_detected, Benchmark};
 
 #[derive(Args)]
 pub struct ScoreArgs {
-    /// Predictions Parquet file written by `horizon eval --predictions` (one row per sample).
+    /// Predictions: a Parquet file (`predictions.parquet` of `horizon eval --out DIR`), or a directory
+    /// of part files (an eval run or merged eval shards).
     #[arg(long)]
     pub predictions: PathBuf,
     /// Score every row by this benchmark's rules instead of the one in each row's `benchmark`
@@ -28,7 +30,26 @@ pub struct ScoreArgs {
 }
 
 pub fn run(args: &ScoreArgs) -> Result<()> {
-    let rows = read_predictions(&args.predictions)?;
+    let rows = if args.predictions.is_dir() {
+        let mut rows = Vec::new();
+        for part in part_files(&args.predictions)? {
+            if part
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+            {
+                rows.extend(read_predictions(&part)?);
+            }
+        }
+        if rows.is_empty() {
+            anyhow::bail!(
+                "{}: no part-*.parquet predictions",
+                args.predictions.display()
+            );
+        }
+        rows
+    } else {
+        read_predictions(&args.predictions)?
+    };
     let table = match &args.scorer {
         Some(name) => score(Benchmark::from_name(name)?, &rows)?,
         None => score_detected(&rows)?,

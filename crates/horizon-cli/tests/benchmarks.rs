@@ -278,3 +278,45 @@ fn qwen_pixel_bounds_change_the_tokens_and_are_recorded() {
         Some("3136")
     );
 }
+
+/// Two eval shards, merged and scored, give the unsharded run's scores.
+#[test]
+fn eval_shards_merge_and_score_like_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let eval = |out: &Path, extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "eval",
+            "--model",
+            &llava(),
+            "--bench",
+            &mme(),
+            "--out",
+            &s(out),
+            "--max-new-tokens",
+            "3",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra.iter().map(|e| e.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = horizon(&refs);
+        assert!(ok, "{err}");
+    };
+    let whole = tmp.path().join("whole");
+    eval(&whole, &[]);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    eval(&a, &["--shard", "0/2"]);
+    eval(&b, &["--shard", "1/2"]);
+    let merged = tmp.path().join("merged");
+    let shards = format!("{},{}", s(&a), s(&b));
+    let (ok, _, err) = horizon(&["merge", "--shards", &shards, "--out", &s(&merged)]);
+    assert!(ok, "{err}");
+    let scores = tmp.path().join("scores.json");
+    let (ok, _, err) = horizon(&["score", "--predictions", &s(&merged), "--json", &s(&scores)]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&scores).unwrap(),
+        std::fs::read_to_string(whole.join("scores.json")).unwrap()
+    );
+}

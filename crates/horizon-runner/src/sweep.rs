@@ -453,7 +453,8 @@ const PER_SHARD: [&str; 3] = ["horizon.shard", "horizon.model_path", "horizon.be
 
 /// Checks that the finished runs in `dirs` are the shards of one run (equal settings and fingerprints,
 /// shards `0..n` each once, every selected position covered exactly once, no sample twice) and writes
-/// their part files, with one `DONE.json`, into the new directory `out` (atomically).
+/// their part files, with one `DONE.json`, into the new directory `out` (atomically). Works for
+/// `horizon info` and `horizon eval` shards (score merged predictions with `horizon score`).
 pub fn merge_shards(dirs: &[PathBuf], out: &Path) -> Result<MergeReport> {
     if dirs.is_empty() {
         bail!("merge: no shard directory given");
@@ -544,8 +545,27 @@ pub fn merge_shards(dirs: &[PathBuf], out: &Path) -> Result<MergeReport> {
     }
     let mut samples = std::collections::HashSet::new();
     let mut parts = Vec::new();
+    // `horizon eval` shards hold predictions (one row per sample), `horizon info` shards info rows.
+    let is_eval = first.contains_key("horizon.max_new_tokens");
     for dir in dirs {
-        for key in completed_samples(dir)? {
+        let keys: std::collections::HashSet<(String, String)> = if is_eval {
+            let model = first.get("horizon.model").cloned().unwrap_or_default();
+            let mut keys = std::collections::HashSet::new();
+            for part in part_files(dir)? {
+                if part
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+                {
+                    for p in horizon_data::predictions::read_predictions(&part)? {
+                        keys.insert((model.clone(), p.sample_key));
+                    }
+                }
+            }
+            keys
+        } else {
+            completed_samples(dir)?
+        };
+        for key in keys {
             if !samples.insert(key.clone()) {
                 bail!(
                     "{}: sample {} of model {} is in another shard too",
@@ -555,7 +575,11 @@ pub fn merge_shards(dirs: &[PathBuf], out: &Path) -> Result<MergeReport> {
                 );
             }
         }
-        parts.extend(part_files(dir)?);
+        // Only the streamed parts: an eval shard's own predictions.parquet is recomputed by `score`.
+        parts.extend(part_files(dir)?.into_iter().filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+        }));
     }
     let names: std::collections::HashSet<_> = parts.iter().filter_map(|p| p.file_name()).collect();
     if names.len() != parts.len() {
