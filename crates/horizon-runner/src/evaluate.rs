@@ -24,8 +24,8 @@ use crate::intervention::Intervention;
 use crate::model::VlModel;
 use crate::processor::{Processor, PromptTemplate};
 use crate::sweep::{
-    check_same_settings, check_writable_dir, selection_fingerprint, DoneMarker, Shard, StopRule,
-    DONE_FILE,
+    check_same_settings, check_selection, check_writable_dir, selection_fingerprint, DoneMarker,
+    Shard, StopRule, DONE_FILE,
 };
 
 /// Everything that decides an evaluation's answers, and how it is cut into part files.
@@ -101,11 +101,7 @@ impl Evaluation {
         stop: StopRule,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<EvalReport> {
-        if samples.is_empty() {
-            bail!(
-                "the selection holds no sample (check --limit, --per-category and the benchmark)"
-            );
-        }
+        check_selection(samples)?;
         check_writable_dir(out)?;
         horizon_data::atomic::remove_orphans(out)?;
         let settings = self.metadata(model, samples)?;
@@ -120,16 +116,7 @@ impl Evaluation {
                 read_parts(out)?.into_iter().map(|p| p.sample_key).collect()
             }
         };
-        let mine: Vec<(usize, &Sample)> = samples
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| self.shard.holds(*i))
-            .collect();
-        let todo: Vec<(usize, &Sample)> = mine
-            .iter()
-            .copied()
-            .filter(|(_, s)| !done.contains(&s.key))
-            .collect();
+        let (mine, todo) = self.shard.split(samples, |s| done.contains(&s.key));
         let metadata: Vec<(String, String)> = settings
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))

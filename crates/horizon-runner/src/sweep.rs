@@ -54,6 +54,9 @@ pub struct InfoSweep {
     pub shard: Shard,
 }
 
+/// Samples with their positions in the selection.
+pub type Positioned<'a> = Vec<(usize, &'a Sample)>;
+
 /// One of `count` deterministic parts of a selection: the samples at positions ≡ `index` (mod
 /// `count`). `Shard::whole()` is the unsharded run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +86,22 @@ impl Shard {
 
     pub fn holds(&self, position: usize) -> bool {
         position % self.count == self.index
+    }
+
+    /// This shard's samples with their selection positions, and of them the ones `is_done` does not
+    /// claim (what a run still has to compute).
+    pub fn split<'a>(
+        &self,
+        samples: &'a [Sample],
+        is_done: impl Fn(&Sample) -> bool,
+    ) -> (Positioned<'a>, Positioned<'a>) {
+        let mine: Positioned = samples
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.holds(*i))
+            .collect();
+        let todo = mine.iter().copied().filter(|(_, s)| !is_done(s)).collect();
+        (mine, todo)
     }
 }
 
@@ -234,24 +253,13 @@ impl InfoSweep {
         out: &Path,
         resume: bool,
     ) -> Result<SweepPlan<'a>> {
-        if samples.is_empty() {
-            bail!(
-                "the selection holds no sample (check --limit, --per-category and the benchmark)"
-            );
-        }
+        check_selection(samples)?;
         check_writable_dir(out)?;
         let metadata = self.metadata(model, samples)?;
         let done = self.done_in(out, &metadata, resume)?;
-        let mine: Vec<(usize, &Sample)> = samples
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| self.shard.holds(*i))
-            .collect();
-        let todo: Vec<(usize, &Sample)> = mine
-            .iter()
-            .copied()
-            .filter(|(_, s)| !done.contains(&(self.model_name.clone(), s.key.clone())))
-            .collect();
+        let (mine, todo) = self.shard.split(samples, |s| {
+            done.contains(&(self.model_name.clone(), s.key.clone()))
+        });
         Ok(SweepPlan {
             sweep: self,
             settings: metadata,
@@ -626,6 +634,14 @@ pub fn check_same_settings(
                 prev.get(k).map_or("unset", String::as_str)
             );
         }
+    }
+    Ok(())
+}
+
+/// An empty selection is an error: a run over it would write nothing and look finished.
+pub fn check_selection(samples: &[Sample]) -> Result<()> {
+    if samples.is_empty() {
+        bail!("the selection holds no sample (check --limit, --per-category and the benchmark)");
     }
     Ok(())
 }

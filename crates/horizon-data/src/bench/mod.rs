@@ -1017,24 +1017,6 @@ pub(crate) fn kind_from_name(path: &Path) -> Option<BenchmarkKind> {
     None
 }
 
-/// MME's 14 categories (10 perception, 4 cognition).
-pub const MME_CATEGORIES: [&str; 14] = [
-    "existence",
-    "count",
-    "position",
-    "color",
-    "posters",
-    "celebrity",
-    "scene",
-    "landmark",
-    "artwork",
-    "OCR",
-    "commonsense_reasoning",
-    "numerical_calculation",
-    "text_translation",
-    "code_reasoning",
-];
-
 /// POPE's three categories.
 pub const POPE_CATEGORIES: [&str; 3] = ["adversarial", "popular", "random"];
 
@@ -1051,7 +1033,9 @@ pub(crate) fn kind_from_categories<'a>(
     }
     if distinct.iter().all(|c| POPE_CATEGORIES.contains(c)) {
         Some(BenchmarkKind::Pope)
-    } else if distinct.iter().all(|c| MME_CATEGORIES.contains(c)) {
+    } else if distinct.iter().all(|c| {
+        crate::score::mme::PERCEPTION.contains(c) || crate::score::mme::COGNITION.contains(c)
+    }) {
         Some(BenchmarkKind::Mme)
     } else {
         None

@@ -35,6 +35,7 @@ use crate::predictions::Prediction;
 
 const B: Benchmark = Benchmark::Mme;
 
+/// MME's 10 perception subtasks (also how a benchmark file is recognized as MME).
 pub const PERCEPTION: [&str; 10] = [
     "existence",
     "count",
@@ -47,6 +48,7 @@ pub const PERCEPTION: [&str; 10] = [
     "artwork",
     "OCR",
 ];
+/// MME's 4 cognition subtasks.
 pub const COGNITION: [&str; 4] = [
     "commonsense_reasoning",
     "numerical_calculation",
