@@ -16,8 +16,16 @@
 //! | `has_image` | bool | the sample has an image (ScienceQA's IMG subset); `false` only for text-only questions |
 //! | `prediction` | utf8 | the greedy answer, decoded |
 //! | `correct` | bool | [`exact_match`]: trimmed, final `.`s dropped, lower-cased, equal to one reference |
+//! | `prefill_ms` | float64, nullable | wall time of the prefill, pruning included (device-synchronized) |
+//! | `decode_ms_per_token` | float64, nullable | mean wall time of one decoding step (null when one token was generated) |
+//! | `new_tokens` | int64, nullable | tokens generated |
+//! | `kv_cache_bytes` | int64, nullable | KV-cache bytes at the end of generation (its peak) |
+//! | `visual_tokens_layer0` | int64, nullable | visual tokens the first decoder layer processed |
+//! | `visual_tokens_final` | int64, nullable | visual tokens the last decoder layer processed |
+//! | `visual_tokens_t_eq` | float64, nullable | visual tokens averaged over the decoder layers |
 //!
-//! Every column but `index` is non-null. Files written before `sample_key`, `benchmark`, `choices`,
+//! The cost columns are filled by `horizon eval`; rescored or hand-made files may leave them null.
+//! Every other column but `index` is non-null. Files written before `sample_key`, `benchmark`, `choices`,
 //! `index` and `has_image` existed are still read: the key is then the question id, the benchmark
 //! `other`, no choices, no index, and an image. Strings may also be `large_utf8` or `utf8_view`, lists
 //! `large_list`, and `index` any integer type (files rewritten by polars or DuckDB). A file that does
@@ -28,7 +36,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, ListArray, RecordBatch, StringArray,
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, ListArray, RecordBatch, StringArray,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::compute::cast;
@@ -59,6 +67,13 @@ pub struct Prediction {
     pub has_image: bool,
     pub prediction: String,
     pub correct: bool,
+    pub prefill_ms: Option<f64>,
+    pub decode_ms_per_token: Option<f64>,
+    pub new_tokens: Option<i64>,
+    pub kv_cache_bytes: Option<i64>,
+    pub visual_tokens_layer0: Option<i64>,
+    pub visual_tokens_final: Option<i64>,
+    pub visual_tokens_t_eq: Option<f64>,
 }
 
 impl Default for Prediction {
@@ -75,6 +90,13 @@ impl Default for Prediction {
             has_image: true,
             prediction: String::new(),
             correct: false,
+            prefill_ms: None,
+            decode_ms_per_token: None,
+            new_tokens: None,
+            kv_cache_bytes: None,
+            visual_tokens_layer0: None,
+            visual_tokens_final: None,
+            visual_tokens_t_eq: None,
         }
     }
 }
@@ -107,6 +129,13 @@ pub fn predictions_schema() -> Arc<Schema> {
         Field::new("has_image", DataType::Boolean, false),
         utf8("prediction"),
         Field::new("correct", DataType::Boolean, false),
+        Field::new("prefill_ms", DataType::Float64, true),
+        Field::new("decode_ms_per_token", DataType::Float64, true),
+        Field::new("new_tokens", DataType::Int64, true),
+        Field::new("kv_cache_bytes", DataType::Int64, true),
+        Field::new("visual_tokens_layer0", DataType::Int64, true),
+        Field::new("visual_tokens_final", DataType::Int64, true),
+        Field::new("visual_tokens_t_eq", DataType::Float64, true),
     ]))
 }
 
@@ -116,6 +145,12 @@ fn to_batch(rows: &[Prediction]) -> Result<RecordBatch> {
     };
     let b = |f: fn(&Prediction) -> bool| {
         Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(f(r))))) as ArrayRef
+    };
+    let f = |f: fn(&Prediction) -> Option<f64>| {
+        Arc::new(Float64Array::from_iter(rows.iter().map(f))) as ArrayRef
+    };
+    let i = |f: fn(&Prediction) -> Option<i64>| {
+        Arc::new(Int64Array::from_iter(rows.iter().map(f))) as ArrayRef
     };
     Ok(RecordBatch::try_new(
         predictions_schema(),
@@ -131,6 +166,13 @@ fn to_batch(rows: &[Prediction]) -> Result<RecordBatch> {
             b(|r| r.has_image),
             s(|r| &r.prediction),
             b(|r| r.correct),
+            f(|r| r.prefill_ms),
+            f(|r| r.decode_ms_per_token),
+            i(|r| r.new_tokens),
+            i(|r| r.kv_cache_bytes),
+            i(|r| r.visual_tokens_layer0),
+            i(|r| r.visual_tokens_final),
+            f(|r| r.visual_tokens_t_eq),
         ],
     )?)
 }
@@ -275,6 +317,19 @@ impl BatchReader<'_> {
         Ok(Some(arr))
     }
 
+    /// A nullable float column, as `float64`.
+    fn floats(&self, name: &str) -> Result<Option<Float64Array>> {
+        let Some(col) = self.column(name, "float64", true)? else {
+            return Ok(None);
+        };
+        let numeric = col.data_type().is_numeric() || col.data_type() == &DataType::Null;
+        if !numeric {
+            return Err(self.wrong_type(name, col.data_type(), "float64"));
+        }
+        let arr = cast(col, &DataType::Float64).map_err(|e| self.err(self.first_row, name, e))?;
+        Ok(arr.as_any().downcast_ref::<Float64Array>().cloned())
+    }
+
     /// A nullable integer column, as `int64`.
     fn ints(&self, name: &str) -> Result<Option<Int64Array>> {
         let Some(col) = self.column(name, "int64", true)? else {
@@ -333,6 +388,19 @@ pub fn read_predictions(path: &Path) -> Result<Vec<Prediction>> {
         let has_image = r.bools("has_image", true)?;
         let pred = r.strings("prediction", false)?.expect("required");
         let correct = r.bools("correct", false)?.expect("required");
+        let prefill_ms = r.floats("prefill_ms")?;
+        let decode_ms = r.floats("decode_ms_per_token")?;
+        let new_tokens = r.ints("new_tokens")?;
+        let kv = r.ints("kv_cache_bytes")?;
+        let vis0 = r.ints("visual_tokens_layer0")?;
+        let vis_final = r.ints("visual_tokens_final")?;
+        let t_eq = r.floats("visual_tokens_t_eq")?;
+        let fl = |a: &Option<Float64Array>, i: usize| {
+            a.as_ref().and_then(|a| (!a.is_null(i)).then(|| a.value(i)))
+        };
+        let int = |a: &Option<Int64Array>, i: usize| {
+            a.as_ref().and_then(|a| (!a.is_null(i)).then(|| a.value(i)))
+        };
         for i in 0..batch.num_rows() {
             rows.push(Prediction {
                 sample_key: key.as_ref().unwrap_or(&qid).value(i).to_string(),
@@ -348,6 +416,13 @@ pub fn read_predictions(path: &Path) -> Result<Vec<Prediction>> {
                 has_image: has_image.as_ref().is_none_or(|h| h.value(i)),
                 prediction: pred.value(i).to_string(),
                 correct: correct.value(i),
+                prefill_ms: fl(&prefill_ms, i),
+                decode_ms_per_token: fl(&decode_ms, i),
+                new_tokens: int(&new_tokens, i),
+                kv_cache_bytes: int(&kv, i),
+                visual_tokens_layer0: int(&vis0, i),
+                visual_tokens_final: int(&vis_final, i),
+                visual_tokens_t_eq: fl(&t_eq, i),
             });
         }
     }
@@ -389,6 +464,11 @@ mod tests {
                 has_image: false,
                 prediction: "B".into(),
                 correct: true,
+                prefill_ms: Some(12.5),
+                new_tokens: Some(2),
+                kv_cache_bytes: Some(4096),
+                visual_tokens_t_eq: Some(171.0),
+                ..Prediction::default()
             },
         ];
         let dir = tempfile::tempdir().unwrap();

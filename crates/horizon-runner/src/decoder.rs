@@ -319,11 +319,14 @@ impl Attention {
         sin: &Tensor,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         probs_rows: Option<&Tensor>,
-    ) -> (Tensor, Option<Tensor>) {
+        want_keys: bool,
+    ) -> (Tensor, Option<Tensor>, Option<Tensor>) {
         let s = x.size()[1];
         let (q, mut k) = self.rotated_qk(x, cos, sin);
         let mut v = self.split_heads(&self.v_proj, x, self.num_kv_heads);
         let probs = probs_rows.map(|rows| self.probabilities_at(&q, &k, rows));
+        // [B, kv_heads, S, d] → [S, kv_heads · d] of the first sequence (heads concatenated per token).
+        let keys = want_keys.then(|| k.select(0, 0).transpose(0, 1).reshape([s, -1]));
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2);
@@ -344,7 +347,7 @@ impl Attention {
             (k, v)
         };
         let out = self.project_out(&sdpa(&q, &k, &v, s > 1, self.scaling, enable_gqa));
-        (out, probs)
+        (out, probs, keys)
     }
 
     /// Softmax over the keys of `q · kᵀ · scaling` (f32 softmax, HF eager order), with `future`
@@ -414,7 +417,7 @@ impl Attention {
 
     /// The attention output of a causal pass over `x` with no cache (the forward's SDPA path).
     pub fn forward_causal(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-        self.forward(x, cos, sin, None, None).0
+        self.forward(x, cos, sin, None, None, false).0
     }
 }
 
@@ -480,7 +483,8 @@ impl DecoderLayer {
         })
     }
 
-    /// The layer's output, and with `probs_rows` the attention probabilities of those query rows.
+    /// The layer's output; with `probs_rows` the attention probabilities of those query rows, with
+    /// `want_keys` its post-rotary keys `[S, kv_heads · head_dim]`.
     fn forward_with(
         &self,
         x: &Tensor,
@@ -488,17 +492,19 @@ impl DecoderLayer {
         sin: &Tensor,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         probs_rows: Option<&Tensor>,
-    ) -> (Tensor, Option<Tensor>) {
-        let (h, probs) = self.self_attn.forward(
+        want_keys: bool,
+    ) -> (Tensor, Option<Tensor>, Option<Tensor>) {
+        let (h, probs, keys) = self.self_attn.forward(
             &self.input_layernorm.forward(x),
             cos,
             sin,
             cache,
             probs_rows,
+            want_keys,
         );
         let x = x + h;
         let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
-        (x + h, probs)
+        (x + h, probs, keys)
     }
 
     pub fn forward(
@@ -508,7 +514,7 @@ impl DecoderLayer {
         sin: &Tensor,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Tensor {
-        self.forward_with(x, cos, sin, cache, None).0
+        self.forward_with(x, cos, sin, cache, None, false).0
     }
 }
 
@@ -586,7 +592,6 @@ impl Decoder {
         let (_, s, _) = embeds.size3()?;
         self.rotary_emb.check_prompt_positions(positions, s)?;
         let num_layers = self.num_layers();
-        let policy = selector.positions();
         let device = embeds.device();
         let mut kept: Vec<usize> = (0..s as usize).collect();
         let is_visual = visual.mask(s as usize);
@@ -594,9 +599,12 @@ impl Decoder {
         let (mut cos, mut sin) = self.rotary_emb.cos_sin(&positions, embeds.kind());
         let mut h = embeds.shallow_clone();
         let mut attention: Option<Tensor> = None;
+        let mut keys: Option<Tensor> = None;
         let mut tokens_per_layer = Vec::with_capacity(num_layers);
         let mut visual_per_layer = Vec::with_capacity(num_layers);
-        let mut renumbered = false;
+        // What a decoding step adds to its cache position: `rope_deltas` while positions are the
+        // prompt's own; after a renumbering cut, the new length minus the prompt's.
+        let mut decode_offset = rope_deltas;
         for (i, layer) in self.layers.iter().enumerate() {
             let ctx = CutContext {
                 layer: i,
@@ -605,6 +613,8 @@ impl Decoder {
                 kept: &kept,
                 visual,
                 attention: attention.as_ref(),
+                keys: keys.as_ref(),
+                final_norm: &self.norm,
             };
             if let Some(keep) = selector.select(&ctx)? {
                 if keep.last() != Some(&(s as usize - 1)) {
@@ -618,12 +628,12 @@ impl Decoder {
                 if rows.len() != kept.len() {
                     let rows_t = Tensor::from_slice(&rows).to_device(device);
                     h = h.index_select(1, &rows_t);
-                    positions = match policy {
+                    positions = match selector.positions_at(i) {
                         PositionPolicy::Original => self
                             .rotary_emb
                             .gather_positions(&positions, &rows_t.unsqueeze(0)),
                         PositionPolicy::Renumbered => {
-                            renumbered = true;
+                            decode_offset = keep.len() as i64 - s;
                             self.rotary_emb
                                 .contiguous_positions(keep.len() as i64, device)
                         }
@@ -646,19 +656,18 @@ impl Decoder {
             };
             let slot = match cache.as_deref_mut() {
                 Some(c) => {
-                    c.position_offsets[i] = if renumbered {
-                        kept.len() as i64 - s
-                    } else {
-                        rope_deltas
-                    };
+                    c.position_offsets[i] = decode_offset;
                     Some(&mut c.layers[i])
                 }
                 None => None,
             };
-            let (out, probs) = layer.forward_with(&h, &cos, &sin, slot, probs_rows.as_ref());
+            let want_keys = i + 1 < num_layers && selector.keys_at(i);
+            let (out, probs, layer_keys) =
+                layer.forward_with(&h, &cos, &sin, slot, probs_rows.as_ref(), want_keys);
             h = out;
             // [1, heads, R, S'] → [heads, R, S'] for the selector at the next layer.
             attention = probs.map(|p| p.squeeze_dim(0));
+            keys = layer_keys;
         }
         Ok(DecoderOutput {
             hidden: self.norm.forward(&h),

@@ -19,10 +19,10 @@ use horizon_data::predictions::{exact_match, read_predictions, write_predictions
 use horizon_data::score::{score, score_detected, Benchmark, ScoreTable};
 
 use crate::device::dtype_name;
-use crate::generate::{generate_greedy, GenerationConfig};
-use crate::intervention::Intervention;
+use crate::generate::GenerationConfig;
 use crate::model::VlModel;
 use crate::processor::{Processor, PromptTemplate};
+use crate::prune::{generate_pruned, sample_seed, Method, PruneOptions, PruneSpec};
 use crate::sweep::{
     check_same_settings, check_selection, check_writable_dir, selection_fingerprint, DoneMarker,
     Shard, StopRule, DONE_FILE,
@@ -43,6 +43,11 @@ pub struct Evaluation {
     pub shard: Shard,
     /// Processor settings that change the inputs, recorded (e.g. Qwen2.5-VL's pixel bounds).
     pub processor_settings: BTreeMap<String, String>,
+    /// Visual-token pruning of every prompt (`none` for the plain model).
+    pub prune: PruneSpec,
+    pub prune_options: PruneOptions,
+    /// One untimed generation before the first timed sample (libtorch's first-call costs).
+    pub warmup: bool,
 }
 
 /// What a finished (or stopped) evaluation did.
@@ -81,6 +86,20 @@ impl Evaluation {
                 .map_or("from the benchmark".into(), |b| b.name().into()),
         );
         put("bench", self.bench.display().to_string());
+        put("prune", self.prune.to_string());
+        let o = &self.prune_options;
+        put(
+            "prune_options",
+            format!(
+                "positions={} seed={} window_size={} tau={} info_window={} dart_pivots={}",
+                o.positions.map_or("default".into(), |p| format!("{p:?}")),
+                o.seed,
+                o.window_size,
+                o.tau,
+                o.info_window,
+                o.dart_pivots
+            ),
+        );
         for (k, v) in &self.processor_settings {
             put(k, v.clone());
         }
@@ -136,6 +155,9 @@ impl Evaluation {
         // At most `max_samples` this run; the parts stay whole-sample files either way.
         let now = &todo[..todo.len().min(stop.max_samples.unwrap_or(usize::MAX))];
         report.stopped_early = now.len() < todo.len();
+        if let (true, Some((_, first))) = (self.warmup, now.first()) {
+            self.answer(model, processor, first, &gen)?;
+        }
         for chunk in now.chunks(per_part) {
             let out_of_time = stop
                 .max_seconds
@@ -208,9 +230,23 @@ impl Evaluation {
         let inputs = processor
             .prepare_image(model, &prompt, &image, self.template)
             .with_context(context)?;
-        let ids = generate_greedy(model, &inputs, &mut Intervention::none(), gen)
-            .with_context(context)?;
-        let prediction = processor.decode(&ids)?.trim().to_string();
+        let needs_target = self.prune.stages.iter().any(|s| s.method == Method::Info);
+        let target = match (needs_target, sample.answers.first()) {
+            (true, Some(a)) => processor.first_answer_token(a).with_context(context)?,
+            _ => None,
+        };
+        let seed = sample_seed(self.prune_options.seed, &sample.key);
+        let run = generate_pruned(
+            model,
+            &inputs,
+            &self.prune,
+            &self.prune_options,
+            seed,
+            target,
+            gen,
+        )
+        .with_context(context)?;
+        let prediction = processor.decode(&run.tokens)?.trim().to_string();
         Ok(Prediction {
             sample_key: sample.key.clone(),
             question_id: sample.id.clone(),
@@ -221,6 +257,14 @@ impl Evaluation {
             choices: sample.choices.clone(),
             index: sample.index,
             has_image: true,
+            prefill_ms: Some(run.prefill_seconds * 1e3),
+            decode_ms_per_token: (run.decode_steps > 0)
+                .then(|| run.decode_seconds * 1e3 / run.decode_steps as f64),
+            new_tokens: Some(run.tokens.len() as i64),
+            kv_cache_bytes: Some(run.kv_bytes as i64),
+            visual_tokens_layer0: Some(run.counts.retained_from_layer0() as i64),
+            visual_tokens_final: Some(run.counts.retained_final() as i64),
+            visual_tokens_t_eq: Some(run.counts.t_eq()),
             correct: exact_match(&prediction, &sample.answers),
             prediction,
         })

@@ -50,7 +50,22 @@ pub fn generate_greedy_with_cache(
     let prompt_len = inputs.seq_len();
     let mut cache = KvCache::new(model.num_layers());
     let out = model.prefill(inputs, selector, Some(&mut cache), None)?;
-    let last = out.hidden.narrow(1, out.hidden.size()[1] - 1, 1);
+    let generated = continue_greedy(model, &out.hidden, prompt_len, &mut cache, config)?;
+    Ok((generated, cache))
+}
+
+/// Greedy decoding after a prefill: `hidden` is the prefill's final-norm output (its last row gives
+/// the first token), `prompt_len` the length of the sequence the prefill ran on, `cache` its keys and
+/// values. Decode positions follow what the prefill recorded in `cache`.
+pub fn continue_greedy(
+    model: &VlModel,
+    hidden: &Tensor,
+    prompt_len: usize,
+    cache: &mut KvCache,
+    config: &GenerationConfig,
+) -> Result<Vec<i64>> {
+    let _guard = tch::no_grad_guard();
+    let last = hidden.narrow(1, hidden.size()[1] - 1, 1);
     let logits = model.lm_head(&last);
     check_finite(&logits, "the prompt's next-token logits")?;
     let mut next = greedy_token(&logits);
@@ -61,9 +76,9 @@ pub fn generate_greedy_with_cache(
             break;
         }
         let position = prompt_len + generated.len() - 1;
-        let logits = model.decode_step(next, position, &mut cache);
+        let logits = model.decode_step(next, position, cache);
         check_finite(&logits, "a decoding step's logits")?;
         next = greedy_token(&logits);
     }
-    Ok((generated, cache))
+    Ok(generated)
 }

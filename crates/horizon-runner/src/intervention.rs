@@ -46,6 +46,11 @@ pub struct CutContext<'a> {
     /// When [`TokenSelector::attention_rows`] asked for them at layer − 1: that layer's attention
     /// probabilities `[heads, R, S']` (f32) of the requested query rows over the `S'` kept keys.
     pub attention: Option<&'a Tensor>,
+    /// When [`TokenSelector::keys_at`] asked for them at layer − 1: that layer's post-rotary key
+    /// states `[S', kv_heads · head_dim]` (model dtype), one row per kept token.
+    pub keys: Option<&'a Tensor>,
+    /// The decoder's final norm (DART compares tokens by their final-normed hidden states).
+    pub final_norm: &'a crate::nn::RmsNorm,
 }
 
 /// Decides, during the forward, which prompt positions each decoder layer processes.
@@ -60,9 +65,20 @@ pub trait TokenSelector {
         None
     }
 
+    /// Whether the selection before `layer + 1` needs `layer`'s post-rotary keys.
+    fn keys_at(&self, _layer: usize) -> bool {
+        false
+    }
+
     /// How kept tokens are numbered after a cut.
     fn positions(&self) -> PositionPolicy {
         PositionPolicy::Original
+    }
+
+    /// How kept tokens are numbered after the cut before `layer` (stages of one pruning spec may
+    /// follow different conventions).
+    fn positions_at(&self, _layer: usize) -> PositionPolicy {
+        self.positions()
     }
 }
 

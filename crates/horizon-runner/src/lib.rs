@@ -24,6 +24,7 @@ pub mod nn;
 pub mod parity;
 pub mod processing;
 pub mod processor;
+pub mod prune;
 pub mod sweep;
 pub mod weights;
 

@@ -134,6 +134,20 @@ impl ClipAttention {
         let out = out.transpose(1, 2).contiguous().reshape([b, s, -1]);
         self.out_proj.forward(&out)
     }
+
+    /// What VisionZip reads of this attention over `x` (already `layer_norm1`-ed): the attention
+    /// probabilities `[B, heads, S, S]` (f32, the eager softmax) and the key states averaged over heads
+    /// `[B, S, head_dim]`.
+    fn probabilities_and_key_mean(&self, x: &Tensor) -> (Tensor, Tensor) {
+        let (b, s, _) = x.size3().expect("[B, S, D]");
+        let shape = [b, s, self.num_heads, self.head_dim];
+        let q = self.q_proj.forward(x).view(shape).transpose(1, 2);
+        let k = self.k_proj.forward(x).view(shape).transpose(1, 2);
+        let probs = (q.matmul(&k.transpose(-1, -2)) * self.scale)
+            .to_kind(tch::Kind::Float)
+            .softmax(-1, tch::Kind::Float);
+        (probs, k.mean_dim(1, false, None))
+    }
 }
 
 struct ClipEncoderLayer {
@@ -216,6 +230,42 @@ impl ClipVisionModel {
     /// HF `hidden_states` of the vision tower: element 0 is the embeddings after `pre_layrnorm`,
     /// element i the output of encoder layer i, for i up to the number of loaded layers.
     pub fn hidden_states(&self, pixel_values: &Tensor) -> Result<Vec<Tensor>> {
+        let mut h = self.embeddings(pixel_values)?;
+        let mut states = vec![h.shallow_clone()];
+        for layer in &self.layers {
+            h = layer.forward(&h);
+            states.push(h.shallow_clone());
+        }
+        Ok(states)
+    }
+
+    /// Encoder layer `layer` (0-based, a loaded one) as VisionZip and ToDRE read it: its output
+    /// `[B, S, D]` (CLS first), its attention probabilities `[B, heads, S, S]` (f32) and its key states
+    /// averaged over heads `[B, S, head_dim]`.
+    pub fn layer_attention(
+        &self,
+        pixel_values: &Tensor,
+        layer: usize,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        if layer >= self.layers.len() {
+            bail!(
+                "vision tower: layer {layer} is not loaded ({} layers run)",
+                self.layers.len()
+            );
+        }
+        let mut h = self.embeddings(pixel_values)?;
+        for l in &self.layers[..layer] {
+            h = l.forward(&h);
+        }
+        let at = &self.layers[layer];
+        let (probs, key_mean) = at
+            .self_attn
+            .probabilities_and_key_mean(&at.layer_norm1.forward(&h));
+        Ok((at.forward(&h), probs, key_mean))
+    }
+
+    /// Patch and class embeddings plus position embeddings, after `pre_layrnorm`: `hidden_states[0]`.
+    fn embeddings(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let size = pixel_values.size();
         let side = self.cfg.image_size;
         if size.len() != 4 || size[1] != self.cfg.num_channels || size[2] != side || size[3] != side
@@ -240,12 +290,6 @@ impl ClipVisionModel {
             .transpose(1, 2);
         let class = self.class_embedding.expand([b, 1, -1], false);
         let embeddings = Tensor::cat(&[class, patches], 1) + self.position_embedding.unsqueeze(0);
-        let mut h = self.pre_layrnorm.forward(&embeddings);
-        let mut states = vec![h.shallow_clone()];
-        for layer in &self.layers {
-            h = layer.forward(&h);
-            states.push(h.shallow_clone());
-        }
-        Ok(states)
+        Ok(self.pre_layrnorm.forward(&embeddings))
     }
 }

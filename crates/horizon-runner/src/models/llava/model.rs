@@ -1,7 +1,7 @@
 //! `LlavaForConditionalGeneration`: CLIP features of the selected layer(s), projected, scattered into
 //! the `<image>` positions; the shared decoder; `lm_head`.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use tch::Tensor;
 
 use super::config::LlavaConfig;
@@ -202,6 +202,33 @@ impl LlavaForConditionalGeneration {
             Tensor::cat(&selected, -1)
         };
         Ok(self.multi_modal_projector.forward(&features))
+    }
+
+    /// What VisionZip and ToDRE read of the vision tower at LLaVA's feature layer (the single
+    /// `vision_feature_layer`): that layer's output with CLS `[1, 1 + N, D_v]`, its attention
+    /// probabilities `[1, heads, 1 + N, 1 + N]` and its head-averaged keys `[1, 1 + N, d]`.
+    pub fn feature_layer_attention(
+        &self,
+        pixel_values: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let [index] = self.feature_indices[..] else {
+            bail!(
+                "config.json: vision_feature_layer selects {} layers; CLS-attention methods need a single feature layer",
+                self.feature_indices.len()
+            );
+        };
+        if index == 0 {
+            bail!(
+                "config.json: vision_feature_layer selects the embeddings, which have no attention"
+            );
+        }
+        // hidden_states[i] is the output of encoder layer i - 1.
+        self.vision_tower.layer_attention(pixel_values, index - 1)
+    }
+
+    /// `multi_modal_projector` over vision-tower states `[.., D_v]` (VisionZip's merged tokens).
+    pub fn project(&self, features: &Tensor) -> Tensor {
+        self.multi_modal_projector.forward(features)
     }
 
     /// Token embeddings with the image features scattered into the `<image>` positions.

@@ -1,0 +1,253 @@
+//! The selection rules of the pruning methods, on plain vectors of scores and similarities so that
+//! each one reads like its published algorithm (`../shared/notes/pruning-methods.md`). Indices are
+//! positions in the list of visual tokens left before the stage; results are ascending.
+
+use anyhow::{bail, Result};
+use horizon_data::window::WindowGrid;
+
+/// The `k` largest scores (ties: the lower index first), ascending indices.
+pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    order.truncate(k);
+    order.sort_unstable();
+    order
+}
+
+/// Window FastV: each window of `grid` keeps `⌊k·|W|/n⌋` of its best tokens by score, and what that
+/// leaves of `k` goes to the best remaining tokens of the whole grid.
+pub fn window_top_k(scores: &[f32], grid: &WindowGrid, k: usize) -> Vec<usize> {
+    let n = scores.len();
+    let mut kept = vec![false; n];
+    let mut count = 0;
+    for w in 0..grid.num_windows() {
+        let tokens = grid.window_tokens(w);
+        let quota = k * tokens.len() / n;
+        let local: Vec<f32> = tokens.iter().map(|&t| scores[t]).collect();
+        for i in top_k(&local, quota) {
+            kept[tokens[i]] = true;
+            count += 1;
+        }
+    }
+    let mut rest: Vec<usize> = (0..n).filter(|&t| !kept[t]).collect();
+    rest.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    for &t in rest.iter().take(k - count) {
+        kept[t] = true;
+    }
+    (0..n).filter(|&t| kept[t]).collect()
+}
+
+/// DivPrune's greedy max–min solver over the cosine distances `dist` (`n × n`, row-major): first the
+/// token whose nearest other token is farthest, then repeatedly the token farthest from the chosen set.
+pub fn divprune(dist: &[f32], n: usize, k: usize) -> Vec<usize> {
+    if k == 0 || n == 0 {
+        return Vec::new();
+    }
+    let col = |i: usize| (0..n).map(move |r| dist[r * n + i]);
+    // Second-smallest entry of each column (the smallest is the token's distance to itself).
+    let first = (0..n)
+        .map(|i| {
+            let mut v: Vec<f32> = col(i).collect();
+            v.sort_by(f32::total_cmp);
+            v.get(1).copied().unwrap_or(v[0])
+        })
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, s)| {
+            if s > best.1 {
+                (i, s)
+            } else {
+                best
+            }
+        })
+        .0;
+    let mut chosen = vec![first];
+    let mut taken = vec![false; n];
+    taken[first] = true;
+    let mut nearest: Vec<f32> = (0..n).map(|i| dist[first * n + i]).collect();
+    while chosen.len() < k.min(n) {
+        let next = (0..n)
+            .filter(|&i| !taken[i])
+            .fold((usize::MAX, f32::NEG_INFINITY), |best, i| {
+                if nearest[i] > best.1 || best.0 == usize::MAX {
+                    (i, nearest[i])
+                } else {
+                    best
+                }
+            })
+            .0;
+        taken[next] = true;
+        chosen.push(next);
+        for i in 0..n {
+            nearest[i] = nearest[i].min(dist[next * n + i]);
+        }
+    }
+    chosen.sort_unstable();
+    chosen
+}
+
+/// ToDRE's greedy max-sum diversification from `pivot` over cosine similarities `sim` (`n × n`):
+/// repeatedly the token with the lowest summed similarity to the chosen set.
+pub fn max_sum_diversity(sim: &[f32], n: usize, pivot: usize, k: usize) -> Vec<usize> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut total: Vec<f32> = (0..n).map(|i| sim[pivot * n + i]).collect();
+    total[pivot] = f32::INFINITY;
+    let mut chosen = vec![pivot];
+    while chosen.len() < k.min(n) {
+        let c = (0..n)
+            .fold((0, f32::INFINITY), |best, i| {
+                if total[i] < best.1 {
+                    (i, total[i])
+                } else {
+                    best
+                }
+            })
+            .0;
+        chosen.push(c);
+        for i in 0..n {
+            total[i] += sim[c * n + i];
+        }
+        total[c] = f32::INFINITY;
+        for &s in &chosen {
+            total[s] = f32::INFINITY;
+        }
+    }
+    chosen.sort_unstable();
+    chosen
+}
+
+/// DART's retained set: the image pivots plus, for each pivot in order, its quota of the candidates
+/// least similar to it (`pivot_sims[p][j]`: cosine of pivot p and visual token j). Quotas are
+/// `(k − |image pivots|) / |pivots|`, the remainder one each to the first pivots, so that exactly `k`
+/// are kept (DART's own code keeps `4 + 8·⌊M/8⌋`; equal whenever `k − 4` is a multiple of 8).
+pub fn dart(image_pivots: &[usize], pivot_sims: &[Vec<f32>], n: usize, k: usize) -> Vec<usize> {
+    let mut kept = vec![false; n];
+    for &p in image_pivots {
+        kept[p] = true;
+    }
+    let budget = k.saturating_sub(image_pivots.len());
+    let pivots = pivot_sims.len().max(1);
+    let (quota, extra) = (budget / pivots, budget % pivots);
+    for (i, sims) in pivot_sims.iter().enumerate() {
+        let take = quota + usize::from(i < extra);
+        let mut candidates: Vec<usize> = (0..n).filter(|&j| !kept[j]).collect();
+        candidates.sort_by(|&a, &b| sims[a].total_cmp(&sims[b]).then(a.cmp(&b)));
+        for &j in candidates.iter().take(take) {
+            kept[j] = true;
+        }
+    }
+    (0..n).filter(|&j| kept[j]).collect()
+}
+
+/// Pooling's target grid for `k` tokens from a `rows × cols` grid: the factorization `r × (k / r)`
+/// that fits the grid with the aspect ratio closest to the grid's (ties: fewer rows).
+pub fn pooled_grid(rows: usize, cols: usize, k: usize) -> Result<(usize, usize)> {
+    let aspect = rows as f64 / cols as f64;
+    let best = (1..=k.min(rows))
+        .filter(|&r| k.is_multiple_of(r) && k / r <= cols)
+        .map(|r| (r, k / r))
+        .min_by(|a, b| {
+            let da = (a.0 as f64 / a.1 as f64 - aspect).abs();
+            let db = (b.0 as f64 / b.1 as f64 - aspect).abs();
+            da.total_cmp(&db).then(a.0.cmp(&b.0))
+        });
+    match best {
+        Some(g) => Ok(g),
+        None => bail!(
+            "{k} tokens is no rows × cols grid inside the {rows}×{cols} visual grid (e.g. {} or {})",
+            (rows / 2) * (cols / 2),
+            (rows / 3).max(1) * (cols / 3).max(1)
+        ),
+    }
+}
+
+/// ToDRE's cross-modal attention ratios from head-mean probabilities `att` (`s × s`, row-major):
+/// `α_{t→v}` (share of the text rows' attention on visual keys) and `α_{v→t}`.
+pub fn cross_modal_ratios(att: &[f32], s: usize, visual: &[usize], text: &[usize]) -> (f64, f64) {
+    let ratio = |rows: &[usize], cols: &[usize]| {
+        let (mut part, mut total) = (0f64, 0f64);
+        for &i in rows {
+            for j in 0..s {
+                total += att[i * s + j] as f64;
+            }
+            for &j in cols {
+                part += att[i * s + j] as f64;
+            }
+        }
+        if total > 0.0 {
+            part / total
+        } else {
+            0.0
+        }
+    };
+    (ratio(text, visual), ratio(visual, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_breaks_ties_by_index() {
+        assert_eq!(top_k(&[0.1, 0.5, 0.5, 0.2], 2), vec![1, 2]);
+        assert_eq!(top_k(&[0.3, 0.3, 0.3], 2), vec![0, 1]);
+        assert_eq!(top_k(&[1.0, 2.0], 0), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn window_quota_and_leftover() {
+        // 4x4 grid, 2x2 windows, k = 6: one token per window (⌊6·4/16⌋ = 1), two left over to the best.
+        let grid = WindowGrid::new((4, 4), 2).unwrap();
+        let scores: Vec<f32> = (0..16).map(|i| i as f32).collect();
+        let kept = window_top_k(&scores, &grid, 6);
+        // Window bests: 5, 7, 13, 15; leftover: 14, 12.
+        assert_eq!(kept, vec![5, 7, 12, 13, 14, 15]);
+    }
+
+    #[test]
+    fn divprune_picks_spread_tokens() {
+        // Points on a line at 0, 0.1, 1, 2: distance |a - b|. The most isolated first (2: nearest 1
+        // away), then the farthest from it (0), then 1.
+        let x = [0.0f32, 0.1, 1.0, 2.0];
+        let dist: Vec<f32> = (0..16).map(|i| (x[i / 4] - x[i % 4]).abs()).collect();
+        assert_eq!(divprune(&dist, 4, 2), vec![0, 3]);
+        assert_eq!(divprune(&dist, 4, 3), vec![0, 2, 3]);
+    }
+
+    #[test]
+    fn max_sum_prefers_least_similar() {
+        let sim = [1.0, 0.9, 0.1, 0.9, 1.0, 0.2, 0.1, 0.2, 1.0];
+        assert_eq!(max_sum_diversity(&sim, 3, 0, 2), vec![0, 2]);
+        assert_eq!(max_sum_diversity(&sim, 3, 0, 3), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn dart_quota_is_exact() {
+        // 6 tokens, image pivot 0, two pivots; k = 4: budget 3 → quotas 2, 1.
+        let sims = vec![
+            vec![1.0, 0.9, 0.1, 0.2, 0.8, 0.7],
+            vec![0.0, 0.1, 0.9, 0.9, 0.0, 0.5],
+        ];
+        // Pivot 1 takes 2, 3 (least similar); pivot 2 then takes 4 (0.0 < 0.1 of 1).
+        assert_eq!(dart(&[0], &sims, 6, 4), vec![0, 2, 3, 4]);
+    }
+
+    #[test]
+    fn pooled_grids() {
+        assert_eq!(pooled_grid(24, 24, 144).unwrap(), (12, 12));
+        assert_eq!(pooled_grid(24, 24, 64).unwrap(), (8, 8));
+        assert_eq!(pooled_grid(6, 6, 9).unwrap(), (3, 3));
+        assert_eq!(pooled_grid(24, 24, 192).unwrap(), (12, 16));
+        assert!(pooled_grid(6, 6, 7).is_err());
+    }
+
+    #[test]
+    fn ratios() {
+        // 3 tokens: 0 text-before, 1 visual, 2 text-after; row 2 gives 0.25 to the visual token.
+        let att = [1.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.5, 0.25, 0.25];
+        let (tv, vt) = cross_modal_ratios(&att, 3, &[1], &[2]);
+        assert!((tv - 0.25).abs() < 1e-12);
+        assert_eq!(vt, 0.0);
+    }
+}

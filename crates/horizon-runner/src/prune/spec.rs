@@ -1,0 +1,354 @@
+//! Pruning specs: `method@K:keep[,method@K:keep…]`, the stages applied in order.
+//!
+//! `K` is the 0-based decoder layer whose input is the first to be pruned (layers `< K` see the tokens
+//! the previous stage left); `@0` on a pre-LLM method means the projected visual embeddings before the
+//! decoder. `keep` is a count of visual tokens kept or a percentage (`50%`) of the visual tokens left
+//! at that point, rounded down. Parsing checks what can be checked without a model; [`PruneSpec::check`]
+//! checks the rest against one.
+
+use anyhow::{bail, Result};
+use std::fmt;
+
+/// The pruning methods (`../shared/notes/pruning-methods.md` describes each; the README lists the
+/// defaults and every deviation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// Uniform sample of the visual tokens left, seeded per sample.
+    Random,
+    /// FastV: head-mean attention of the last prompt position at layer K − 1, top-k.
+    Fastv,
+    /// Window FastV: FastV scores, a fixed share of the budget per spatial window.
+    WindowFastv,
+    /// Average pooling of the projected visual grid (pre-LLM, creates tokens).
+    Pooling,
+    /// DivPrune: greedy max–min cosine diversity of the tokens at K (the projected embeddings at 0).
+    Divprune,
+    /// DART: least-duplicated tokens per key-norm pivot, from layer K − 1's keys and final-normed states.
+    Dart,
+    /// VTW: every visual token withdrawn from layer K.
+    Vtw,
+    /// VisionZip: dominant (CLS attention) and merged contextual tokens from CLIP (pre-LLM, LLaVA).
+    Visionzip,
+    /// SparseVLM: attention of text raters at layer K − 1, top-k (several stages), no recycling.
+    Sparsevlm,
+    /// ToDRE: max-sum diversity before the LLM (`@0`), and at a later layer the all-or-nothing
+    /// relevance test (`@K:0`).
+    Todre,
+    /// The information oracle: the windows with the most information at K (arXiv 2512.07580, Fig. 6).
+    Info,
+}
+
+impl Method {
+    pub const ALL: [Method; 11] = [
+        Method::Random,
+        Method::Fastv,
+        Method::WindowFastv,
+        Method::Pooling,
+        Method::Divprune,
+        Method::Dart,
+        Method::Vtw,
+        Method::Visionzip,
+        Method::Sparsevlm,
+        Method::Todre,
+        Method::Info,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Random => "random",
+            Method::Fastv => "fastv",
+            Method::WindowFastv => "window-fastv",
+            Method::Pooling => "pooling",
+            Method::Divprune => "divprune",
+            Method::Dart => "dart",
+            Method::Vtw => "vtw",
+            Method::Visionzip => "visionzip",
+            Method::Sparsevlm => "sparsevlm",
+            Method::Todre => "todre",
+            Method::Info => "info",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// Methods that score from layer K − 1's attention or keys, so K must be at least 1.
+    pub fn reads_previous_layer(self) -> bool {
+        matches!(
+            self,
+            Method::Fastv | Method::WindowFastv | Method::Dart | Method::Sparsevlm
+        )
+    }
+
+    /// Methods that build new visual tokens from the projected grid (only before the decoder).
+    pub fn creates_tokens(self) -> bool {
+        matches!(self, Method::Pooling | Method::Visionzip)
+    }
+}
+
+/// How many visual tokens a stage keeps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Keep {
+    Count(usize),
+    /// Percent (0–100] of the visual tokens left before the stage, rounded down.
+    Percent(f64),
+}
+
+impl Keep {
+    /// The count kept out of `available` visual tokens.
+    pub fn count(self, available: usize) -> usize {
+        match self {
+            Keep::Count(k) => k,
+            Keep::Percent(p) => ((p / 100.0) * available as f64 + 1e-9).floor() as usize,
+        }
+    }
+}
+
+impl fmt::Display for Keep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Keep::Count(k) => write!(f, "{k}"),
+            Keep::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// One stage: `method@layer:keep`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage {
+    pub method: Method,
+    pub layer: usize,
+    pub keep: Keep,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}:{}", self.method.name(), self.layer, self.keep)
+    }
+}
+
+/// Stages applied in order; the empty spec (`none`) is the unpruned model.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PruneSpec {
+    pub stages: Vec<Stage>,
+}
+
+impl fmt::Display for PruneSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.stages.is_empty() {
+            return write!(f, "none");
+        }
+        let parts: Vec<String> = self.stages.iter().map(|s| s.to_string()).collect();
+        write!(f, "{}", parts.join(","))
+    }
+}
+
+impl PruneSpec {
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.stages.is_empty()
+    }
+
+    /// Parses `method@K:keep[,…]` (or `none`); errors name the stage.
+    pub fn parse(text: &str) -> Result<Self> {
+        let text = text.trim();
+        if text.is_empty() {
+            bail!("--prune: empty spec (write `none` for the unpruned model)");
+        }
+        if text == "none" {
+            return Ok(Self::none());
+        }
+        let mut stages: Vec<Stage> = Vec::new();
+        for (i, raw) in text.split(',').enumerate() {
+            let raw = raw.trim();
+            let at =
+                |msg: String| anyhow::anyhow!("--prune {text}: stage {} `{raw}`: {msg}", i + 1);
+            let (method, rest) = raw
+                .split_once('@')
+                .ok_or_else(|| at("expected method@K:keep, e.g. fastv@2:50%".into()))?;
+            let method = Method::from_name(method).ok_or_else(|| {
+                let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+                at(format!(
+                    "unknown method `{method}` (known: {})",
+                    names.join(", ")
+                ))
+            })?;
+            let (layer, keep) = rest
+                .split_once(':')
+                .ok_or_else(|| at("expected method@K:keep, e.g. fastv@2:50%".into()))?;
+            let layer: usize = layer
+                .parse()
+                .map_err(|_| at(format!("layer `{layer}` is not a non-negative integer")))?;
+            let keep = match keep.strip_suffix('%') {
+                Some(p) => {
+                    let p: f64 = p
+                        .parse()
+                        .map_err(|_| at(format!("keep `{keep}` is not a percentage")))?;
+                    if !(p.is_finite() && (0.0..=100.0).contains(&p)) {
+                        bail!(at(format!("keep {p}% is outside 0–100%")));
+                    }
+                    Keep::Percent(p)
+                }
+                None => Keep::Count(keep.parse().map_err(|_| {
+                    at(format!(
+                        "keep `{keep}` is neither a token count nor a percentage like 50%"
+                    ))
+                })?),
+            };
+            let stage = Stage {
+                method,
+                layer,
+                keep,
+            };
+            if let Some(prev) = stages.last() {
+                if layer <= prev.layer {
+                    bail!(at(format!(
+                        "layer {layer} must be deeper than the previous stage's layer {}",
+                        prev.layer
+                    )));
+                }
+                if let (Keep::Count(a), Keep::Count(b)) = (prev.keep, keep) {
+                    if b > a {
+                        bail!(at(format!(
+                            "keeps {b} visual tokens, more than the {a} the previous stage left"
+                        )));
+                    }
+                }
+                if method.creates_tokens() {
+                    bail!(at(format!(
+                        "{} builds tokens from the whole projected grid, so it must be the first stage",
+                        method.name()
+                    )));
+                }
+                if method == Method::WindowFastv {
+                    bail!(at(
+                        "window-fastv tiles the full visual grid, so it must be the first stage"
+                            .into()
+                    ));
+                }
+                if method == Method::Info {
+                    bail!(at(
+                        "info ranks the windows of the unpruned prompt, so it must be the first stage"
+                            .into()
+                    ));
+                }
+            }
+            if method.reads_previous_layer() && layer == 0 {
+                bail!(at(format!(
+                    "{} scores tokens from layer K - 1's attention or keys, so K must be at least 1",
+                    method.name()
+                )));
+            }
+            if method.creates_tokens() && layer != 0 {
+                bail!(at(format!(
+                    "{} acts on the projected visual embeddings before the decoder: write {}@0:…",
+                    method.name(),
+                    method.name()
+                )));
+            }
+            if method == Method::Vtw && keep.count(usize::MAX / 200) != 0 {
+                bail!(at("vtw withdraws every visual token: write vtw@K:0".into()));
+            }
+            if method == Method::Todre && layer > 0 && keep.count(usize::MAX / 200) != 0 {
+                bail!(at(
+                    "todre at K > 0 is the all-or-nothing relevance test: write todre@K:0".into()
+                ));
+            }
+            if method == Method::Pooling && keep.count(usize::MAX / 200) == 0 {
+                bail!(at("pooling to no token: keep at least 1".into()));
+            }
+            stages.push(stage);
+        }
+        Ok(Self { stages })
+    }
+
+    /// Checks the spec against a decoder of `num_layers` layers; errors name the stage.
+    pub fn check(&self, num_layers: usize) -> Result<()> {
+        for (i, s) in self.stages.iter().enumerate() {
+            if s.layer >= num_layers {
+                bail!(
+                    "--prune {self}: stage {} `{s}`: layer {} does not exist (the decoder has {num_layers} layers, 0-based)",
+                    i + 1,
+                    s.layer
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A short label for tables and figures: the methods joined by `+` (`divprune+random`).
+    pub fn methods_label(&self) -> String {
+        if self.is_none() {
+            return "unpruned".into();
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for s in &self.stages {
+            if names.last() != Some(&s.method.name()) {
+                names.push(s.method.name());
+            }
+        }
+        names.join("+")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_specs() {
+        let s = PruneSpec::parse("divprune@0:284,random@20:38").unwrap();
+        assert_eq!(s.stages.len(), 2);
+        assert_eq!(s.stages[1].method, Method::Random);
+        assert_eq!(s.stages[1].layer, 20);
+        assert_eq!(s.stages[1].keep, Keep::Count(38));
+        assert_eq!(s.to_string(), "divprune@0:284,random@20:38");
+        assert_eq!(s.methods_label(), "divprune+random");
+        let s = PruneSpec::parse("fastv@2:50%").unwrap();
+        assert_eq!(s.stages[0].keep.count(576), 288);
+        assert_eq!(s.stages[0].keep.count(575), 287);
+        assert!(PruneSpec::parse("none").unwrap().is_none());
+        assert_eq!(
+            PruneSpec::parse("vtw@16:0").unwrap().to_string(),
+            "vtw@16:0"
+        );
+        // Percentages round down: 12.5% of 576 is exactly 72.
+        assert_eq!(Keep::Percent(12.5).count(576), 72);
+    }
+
+    #[test]
+    fn bad_specs_name_the_stage() {
+        for (spec, needle) in [
+            ("magic@2:10", "stage 1 `magic@2:10`: unknown method `magic`"),
+            ("fastv@two:10", "layer `two`"),
+            ("fastv@2", "expected method@K:keep"),
+            ("fastv@2:lots", "neither a token count"),
+            ("fastv@2:150%", "outside 0–100%"),
+            ("fastv@0:10", "K must be at least 1"),
+            (
+                "random@20:38,random@10:10",
+                "stage 2 `random@10:10`: layer 10",
+            ),
+            ("random@2:38,random@10:40", "more than the 38"),
+            ("random@2:38,window-fastv@3:10", "must be the first stage"),
+            ("pooling@3:144", "before the decoder"),
+            ("vtw@3:10", "write vtw@K:0"),
+            ("todre@0:10,todre@3:5", "write todre@K:0"),
+            ("", "empty spec"),
+        ] {
+            let err = PruneSpec::parse(spec).unwrap_err().to_string();
+            assert!(err.contains(needle), "{spec}: {err}");
+            assert!(!err.contains('\n'), "{spec}: one line");
+        }
+        let s = PruneSpec::parse("fastv@40:10").unwrap();
+        let err = s.check(32).unwrap_err().to_string();
+        assert!(
+            err.contains("stage 1 `fastv@40:10`: layer 40 does not exist"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! Pruning methods against an independent implementation: `fixtures/make_prune_fixtures.py` writes each
+//! method's selection from its published algorithm (HF transformers 5.17, eager attention where a
+//! method reads attention) and HF's logits under the same cut, on the tiny models of both families.
+//! Held to it: the kept visual tokens of every stage, the visual tokens each layer processed, and the
+//! pruned logits (f32, 1e-4). Also: a spec that keeps everything is the plain model bit for bit,
+//! random stages are reproducible by seed, pruned decoding with the cache equals recomputation under
+//! the same keep-sets, and the cache holds only the kept tokens.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+use horizon_runner::decoder::KvCache;
+use horizon_runner::generate::{greedy_token, GenerationConfig};
+use horizon_runner::parity::max_abs_diff;
+use horizon_runner::processor::{Processor, PromptTemplate};
+use horizon_runner::prune::{
+    generate_pruned, prefill_pruned, PruneOptions, PruneSpec, PrunedPrefill,
+};
+use horizon_runner::{Intervention, ModelInputs, PositionPolicy, VisualTokens, VlModel};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+struct Family {
+    meta: serde_json::Value,
+    reference: HashMap<String, Tensor>,
+    model: VlModel,
+    inputs: ModelInputs,
+}
+
+fn family(name: &str) -> Family {
+    let dir = root().join("fixtures").join(name);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/prune.json")).unwrap())
+            .unwrap();
+    let reference: HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("reference/prune.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let model_dir = dir.join(meta["model_dir"].as_str().unwrap());
+    let model = VlModel::load(&model_dir, Device::Cpu, Kind::Float).unwrap();
+    let processor = Processor::load(&model_dir, &model).unwrap();
+    let inputs = processor
+        .prepare(
+            &model,
+            meta["question"].as_str().unwrap(),
+            &dir.join(meta["image"].as_str().unwrap()),
+            PromptTemplate::Auto,
+        )
+        .unwrap();
+    assert!(inputs
+        .input_ids
+        .squeeze_dim(0)
+        .equal(&reference["input_ids"]));
+    Family {
+        meta,
+        reference,
+        model,
+        inputs,
+    }
+}
+
+fn last_logits(model: &VlModel, run: &PrunedPrefill) -> Tensor {
+    let h = &run.output.hidden;
+    model
+        .lm_head(&h.narrow(1, h.size()[1] - 1, 1))
+        .to_kind(Kind::Float)
+        .reshape([-1])
+}
+
+fn check_against_reference(name: &str) {
+    let f = family(name);
+    let target = f.meta["target_token_id"].as_i64().unwrap();
+    let cases = f.meta["cases"].as_object().unwrap();
+    assert!(cases.len() >= 10, "{name}: {} cases", cases.len());
+    for (case, c) in cases {
+        let spec = PruneSpec::parse(c["spec"].as_str().unwrap()).unwrap();
+        let mut options = PruneOptions::default();
+        if c["positions"].as_str() == Some("renumber") {
+            options.positions = Some(PositionPolicy::Renumbered);
+        }
+        if let Some(w) = c.get("window_size").and_then(|w| w.as_u64()) {
+            options.window_size = w as usize;
+        }
+        if let Some(t) = c.get("tau").and_then(|t| t.as_f64()) {
+            options.tau = t;
+        }
+        let run = prefill_pruned(&f.model, &f.inputs, &spec, &options, 0, Some(target), None)
+            .unwrap_or_else(|e| panic!("{name} {case}: {e:#}"));
+        let per_layer: Vec<usize> = c["visual_per_layer"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(
+            run.counts.per_layer, per_layer,
+            "{name} {case}: visual tokens per layer"
+        );
+        let stages = c["stages"].as_array().unwrap();
+        assert_eq!(stages.len(), run.stages.len(), "{name} {case}: stages");
+        for (i, (record, want)) in run.stages.iter().zip(stages).enumerate() {
+            // Indices into the prompt (token-building stages have none).
+            if let Some(want) = want.get("kept_visual_original") {
+                let want: Vec<usize> = want
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as usize)
+                    .collect();
+                assert_eq!(
+                    record.kept_visual, want,
+                    "{name} {case}: stage {i} ({}) kept",
+                    record.stage
+                );
+            }
+        }
+        let logits = last_logits(&f.model, &run);
+        let want = &f.reference[&format!("{case}.logits")];
+        let d = max_abs_diff(&logits, want);
+        assert!(d <= 1e-4, "{name} {case}: logits differ from HF by {d}");
+        assert_eq!(
+            greedy_token(&logits),
+            c["argmax"].as_i64().unwrap(),
+            "{name} {case}: argmax"
+        );
+    }
+}
+
+#[test]
+fn llava_methods_match_the_independent_implementation() {
+    check_against_reference("llava");
+}
+
+#[test]
+fn qwen2_5_vl_methods_match_the_independent_implementation() {
+    check_against_reference("qwen2_5_vl");
+}
+
+#[test]
+fn keeping_everything_is_the_plain_model_exactly() {
+    for name in ["llava", "qwen2_5_vl"] {
+        let f = family(name);
+        let plain = f
+            .model
+            .prefill(&f.inputs, &mut Intervention::none(), None, None)
+            .unwrap();
+        let h = &plain.hidden;
+        let plain = f
+            .model
+            .lm_head(&h.narrow(1, h.size()[1] - 1, 1))
+            .to_kind(Kind::Float)
+            .reshape([-1]);
+        for spec in [
+            "none",
+            "fastv@2:100%",
+            "random@1:100%",
+            "divprune@0:100%",
+            "dart@1:100%",
+            "sparsevlm@1:100%,sparsevlm@2:100%",
+        ] {
+            let spec = PruneSpec::parse(spec).unwrap();
+            let run = prefill_pruned(
+                &f.model,
+                &f.inputs,
+                &spec,
+                &PruneOptions::default(),
+                3,
+                None,
+                None,
+            )
+            .unwrap();
+            let n = f.inputs.visual.positions.len();
+            assert_eq!(
+                run.counts.per_layer,
+                vec![n; f.model.num_layers()],
+                "{name} {spec}"
+            );
+            assert!(
+                last_logits(&f.model, &run).equal(&plain),
+                "{name} {spec}: not the plain model"
+            );
+        }
+    }
+}
+
+#[test]
+fn random_stages_are_reproducible_by_seed() {
+    let f = family("llava");
+    let spec = PruneSpec::parse("random@1:12,random@3:5").unwrap();
+    let opts = PruneOptions::default();
+    let kept = |seed: u64| -> Vec<Vec<usize>> {
+        prefill_pruned(&f.model, &f.inputs, &spec, &opts, seed, None, None)
+            .unwrap()
+            .stages
+            .into_iter()
+            .map(|s| s.kept_visual)
+            .collect()
+    };
+    let a = kept(11);
+    assert_eq!(a, kept(11));
+    assert_ne!(a, kept(12));
+    assert_eq!(a[0].len(), 12);
+    assert_eq!(a[1].len(), 5);
+    assert!(
+        a[1].iter().all(|p| a[0].contains(p)),
+        "the second stage draws from the first"
+    );
+}
+
+/// The prompt plus `generated` tokens as one longer prompt, rotary positions continuing the prompt's.
+fn extended(inputs: &ModelInputs, generated: &[i64]) -> ModelInputs {
+    let s = inputs.seq_len() as i64;
+    let n = generated.len() as i64;
+    let ids = Tensor::cat(
+        &[
+            &inputs.input_ids,
+            &Tensor::from_slice(generated).unsqueeze(0),
+        ],
+        1,
+    );
+    let tail = Tensor::arange_start(s, s + n, (Kind::Int64, Device::Cpu)) + inputs.rope_deltas;
+    let lead = inputs.position_ids.size();
+    let tail = tail.view([1, n]).expand([lead[0], n], false);
+    let position_ids = match lead.len() {
+        2 => Tensor::cat(&[&inputs.position_ids, &tail], 1),
+        _ => Tensor::cat(&[&inputs.position_ids, &tail.unsqueeze(1)], 2),
+    };
+    ModelInputs {
+        input_ids: ids,
+        pixel_values: inputs.pixel_values.as_ref().map(|p| p.shallow_clone()),
+        image_grid_thw: inputs.image_grid_thw.clone(),
+        visual: VisualTokens {
+            positions: inputs.visual.positions.clone(),
+            grid: inputs.visual.grid,
+        },
+        position_ids,
+        rope_deltas: inputs.rope_deltas,
+    }
+}
+
+#[test]
+fn pruned_decoding_with_the_cache_equals_recomputation() {
+    for name in ["llava", "qwen2_5_vl"] {
+        let f = family(name);
+        let s = f.inputs.seq_len();
+        let vis = &f.inputs.visual.positions;
+        for policy in [PositionPolicy::Original, PositionPolicy::Renumbered] {
+            let spec = PruneSpec::parse("fastv@1:50%,random@2:3").unwrap();
+            let opts = PruneOptions {
+                positions: Some(policy),
+                ..PruneOptions::default()
+            };
+            let config = GenerationConfig {
+                max_new_tokens: 6,
+                eos_token_ids: vec![],
+            };
+            let run = generate_pruned(&f.model, &f.inputs, &spec, &opts, 5, None, &config).unwrap();
+            assert_eq!(run.tokens.len(), 6);
+            // The same keep-sets as a static intervention, with the decoded tokens appended.
+            let keep = |stage: usize, extra: std::ops::Range<usize>| -> Vec<usize> {
+                (0..s)
+                    .filter(|p| !vis.contains(p) || run.stages[stage].kept_visual.contains(p))
+                    .chain(extra)
+                    .collect()
+            };
+            let mut recomputed = Vec::new();
+            let mut generated: Vec<i64> = Vec::new();
+            for j in 0..6 {
+                let longer = extended(&f.inputs, &generated);
+                let appended = s..s + j;
+                let mut iv = Intervention::cut_at(1, keep(0, appended.clone()))
+                    .unwrap()
+                    .then_cut_at(2, keep(1, appended))
+                    .unwrap()
+                    .with_positions(policy);
+                let out = f.model.prefill(&longer, &mut iv, None, None).unwrap();
+                let h = &out.hidden;
+                let logits = f.model.lm_head(&h.narrow(1, h.size()[1] - 1, 1));
+                let next = greedy_token(&logits);
+                recomputed.push(next);
+                generated.push(next);
+            }
+            assert_eq!(run.tokens, recomputed, "{name} {policy:?}");
+            // The cache holds exactly the kept prompt tokens (and 5 decoded ones) per layer.
+            let (k1, k2) = (keep(0, 0..0).len(), keep(1, 0..0).len());
+            assert_eq!(run.tokens_per_layer[0], s);
+            assert_eq!(run.tokens_per_layer[1], k1);
+            assert_eq!(run.tokens_per_layer[2], k2);
+            let mut plain = KvCache::new(f.model.num_layers());
+            f.model
+                .prefill(&f.inputs, &mut Intervention::none(), Some(&mut plain), None)
+                .unwrap();
+            let per_token = plain.bytes() / (s * f.model.num_layers());
+            let cached: usize = run.tokens_per_layer.iter().map(|t| t + 5).sum();
+            assert_eq!(run.kv_bytes, cached * per_token, "{name}: KV bytes");
+        }
+    }
+}
