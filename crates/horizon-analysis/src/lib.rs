@@ -58,6 +58,7 @@
 mod aggregate;
 mod horizon;
 mod output;
+pub mod prune;
 mod read;
 pub mod stats;
 
@@ -70,6 +71,10 @@ pub use output::{
     horizon_report, layer_table_schema, window_table_schema, write_horizon_json, write_layer_table,
     write_outputs, write_window_table, HorizonEntry, HorizonReport, ModelEntry, SummaryLine,
     HORIZON_JSON_FILE, LAYER_TABLE_FILE, WINDOW_TABLE_FILE,
+};
+pub use prune::{
+    gap_to_random, sweep_curves, table1_json, table1_markdown, BudgetRow, CurvePoint, SweepCurve,
+    SweepScore,
 };
 pub use read::{
     read_info_rows, read_info_rows_many, read_info_rows_with, InfoTable, ReadOptions, StrColumn,

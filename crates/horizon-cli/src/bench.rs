@@ -12,10 +12,12 @@ use tch::{Device, Kind, Tensor};
 
 use horizon_runner::device::dtype_name;
 
-use crate::options::{at_least_one, RunOptions};
+use crate::options::{at_least_one, prune_spec, RunOptions};
+use horizon_runner::decoder::KvCache;
 use horizon_runner::info::{
     full_run, naive_variant, sweep_sample, variant_keep_sets, InfoMode, SweepConfig, WindowGrid,
 };
+use horizon_runner::prune::{prefill_pruned, PruneOptions, PruneSpec};
 use horizon_runner::{ModelInputs, VisualTokens, VlModel};
 
 use horizon_runner::sweep::parse_layers;
@@ -68,6 +70,10 @@ pub struct BenchArgs {
     json: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: i64,
+    /// Time the prefill pruned by this spec against the unpruned prefill in the same run (repeatable;
+    /// README, "Pruning"); the information sweep is then skipped.
+    #[arg(long = "prune", value_parser = prune_spec)]
+    prune: Vec<PruneSpec>,
 }
 
 fn load_config(spec: &str) -> Result<(PathBuf, Value)> {
@@ -173,6 +179,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         device
     );
 
+    if !args.prune.is_empty() {
+        return bench_pruning(args, &model, &inputs, &origin);
+    }
+
     // Plain forward: one prefill with the stored layer inputs and next-token distribution.
     let _ = full_run(&model, &inputs)?;
     sync(device);
@@ -249,6 +259,76 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "naive_s_per_variant": naive_mean, "naive_total_s": naive_total,
             "speedup": naive_total.map(|t| t / engine_s),
         });
+        std::fs::write(path, serde_json::to_string_pretty(&out)?)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Prefill latency and KV-cache bytes of each `--prune` spec against the unpruned prefill, timed
+/// alternately in the same run (one warm-up each, then `--reps` rounds).
+fn bench_pruning(
+    args: &BenchArgs,
+    model: &VlModel,
+    inputs: &ModelInputs,
+    origin: &Path,
+) -> Result<()> {
+    let device = args.run.device;
+    let opts = PruneOptions::default();
+    let mut specs = vec![PruneSpec::none()];
+    specs.extend(args.prune.iter().cloned());
+    for spec in &specs {
+        spec.check(model.num_layers())?;
+    }
+    let time = |spec: &PruneSpec| -> Result<(f64, usize, f64)> {
+        let mut cache = KvCache::new(model.num_layers());
+        sync(device);
+        let t = Instant::now();
+        let run = prefill_pruned(model, inputs, spec, &opts, 0, None, Some(&mut cache))?;
+        let _ = model.lm_head(
+            &run.output
+                .hidden
+                .narrow(1, run.output.hidden.size()[1] - 1, 1),
+        );
+        sync(device);
+        Ok((t.elapsed().as_secs_f64(), cache.bytes(), run.counts.t_eq()))
+    };
+    let mut seconds = vec![Vec::new(); specs.len()];
+    let mut facts = vec![(0usize, 0f64); specs.len()];
+    for (i, spec) in specs.iter().enumerate() {
+        let (_, bytes, t_eq) = time(spec)?;
+        facts[i] = (bytes, t_eq);
+    }
+    for _ in 0..args.reps.max(1) {
+        for (i, spec) in specs.iter().enumerate() {
+            seconds[i].push(time(spec)?.0);
+        }
+    }
+    let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+    let base = mean(&seconds[0]);
+    println!(
+        "| spec | prefill (mean of {}) | vs unpruned | KV cache after prefill | visual T_eq |",
+        args.reps.max(1)
+    );
+    println!("|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let m = mean(&seconds[i]);
+        println!(
+            "| `{spec}` | {m:.4} s | {:.2}x faster | {:.1} MiB | {:.1} |",
+            base / m,
+            facts[i].0 as f64 / (1024.0 * 1024.0),
+            facts[i].1
+        );
+        rows.push(
+            json!({"spec": spec.to_string(), "prefill_s": seconds[i], "speedup": base / m,
+            "kv_cache_bytes": facts[i].0, "visual_t_eq": facts[i].1}),
+        );
+    }
+    if let Some(path) = &args.json {
+        let out = json!({"config": origin.display().to_string(), "num_layers": model.num_layers(),
+            "device": format!("{device:?}"), "dtype": dtype_name(args.run.dtype), "seq_len": inputs.seq_len(),
+            "visual_tokens": inputs.visual.positions.len(), "prune": rows});
         std::fs::write(path, serde_json::to_string_pretty(&out)?)
             .with_context(|| format!("{}: cannot write", path.display()))?;
     }

@@ -16,8 +16,10 @@ use crate::info::{self, InfoArgs};
 use horizon_data::bench::prompts::PromptStyle;
 
 use crate::options::{
-    at_least_one, non_negative, BenchOptions, ModelOptions, RunOptions, ScaleOptions,
+    at_least_one, non_negative, BenchOptions, ModelOptions, PruneSettings, RunOptions, ScaleOptions,
 };
+use crate::prune_sweep::{self, PruneSweepArgs};
+use horizon_runner::prune::PruneSpec;
 
 /// The bundled models, larger first (the order of the rows and curves).
 pub const BUNDLED_MODELS: [&str; 2] = ["data/models/horizon-large", "data/models/horizon-small"];
@@ -80,6 +82,16 @@ pub struct DemoArgs {
     /// png, svg or both.
     #[arg(long, default_value = "both", value_parser = ["png", "svg", "both"])]
     format: String,
+    /// Samples per task category of the pruning sweep on the first model (prune/ under --out; 65 runs
+    /// of each sample: every layer for FastV, DivPrune and 3 random seeds, and the Table-1 specs).
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
+    prune_per_category: usize,
+    /// Visual tokens kept at every layer in the pruning sweep.
+    #[arg(long, default_value = "25%")]
+    prune_keep: String,
+    /// Skip the pruning sweep.
+    #[arg(long)]
+    no_prune: bool,
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
@@ -167,5 +179,67 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         analysis_dir.display(),
         figures.display()
     );
+    if !args.no_prune {
+        prune_demo(args, &analysis_dir.join("horizon.json"))?;
+    }
     Ok(())
+}
+
+/// The paper's pruning experiment, small: FastV, DivPrune and random (3 seeds) at every layer of the
+/// first model to one keep ratio, the horizon marked, and a Table-1 comparison at a layer-averaged
+/// budget of a quarter of the visual tokens.
+fn prune_demo(args: &DemoArgs, horizon: &std::path::Path) -> Result<()> {
+    let model = PathBuf::from(&args.models[0]);
+    let name = model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model0".into());
+    eprintln!("pruning sweep on {name}");
+    let compare = [
+        "random@0:16",
+        "divprune@0:16",
+        "divprune@0:24,random@6:8",
+        "fastv@2:6",
+        "fastv@2:12,random@6:4",
+    ];
+    let is_bundled = args.models[0] == BUNDLED_MODELS[0];
+    prune_sweep::run(&PruneSweepArgs {
+        model: ModelOptions::for_dir(model, args.run),
+        bench: BenchOptions {
+            bench: args.bench.clone(),
+            image_dir: args.image_dir.clone(),
+            answers: args.answers.clone(),
+            benchmark: None,
+            split: None,
+            prompt_style: PromptStyle::Llava,
+            limit: args.limit,
+            per_category: Some(args.prune_per_category),
+            seed: args.shuffle.then_some(args.seed),
+        },
+        out: args.out.join("prune"),
+        methods: vec!["fastv".into(), "divprune".into()],
+        layers: "all".into(),
+        keep: args.prune_keep.clone(),
+        repeats: 3,
+        horizon: horizon.exists().then(|| horizon.to_path_buf()),
+        // The budgets are the bundled large model's (64 visual tokens, 12 layers).
+        compare: if is_bundled {
+            compare
+                .iter()
+                .map(|s| PruneSpec::parse(s).expect("valid spec"))
+                .collect()
+        } else {
+            Vec::new()
+        },
+        model_name: Some(name),
+        max_new_tokens: 8,
+        samples_per_part: 16,
+        prune_settings: PruneSettings::default(),
+        scale: ScaleOptions {
+            resume: true,
+            shard: None,
+            max_samples_per_run: None,
+            time_budget_min: None,
+        },
+    })
 }

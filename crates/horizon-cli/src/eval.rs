@@ -1,15 +1,25 @@
 //! `horizon eval`: greedy answers over a benchmark, scored by the benchmark's official rules
 //! (`horizon_data::score`): predictions streamed into resumable Parquet parts, then the score table
-//! (JSON + Markdown), one row per metric with its convention named.
+//! (JSON + Markdown), one row per metric with its convention named. With `--prune SPEC` (repeatable)
+//! one evaluation per spec and seed, and a summary of score, latency, KV cache and token counts.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use horizon_data::atomic::write_atomic;
 use horizon_data::score::Benchmark;
 use horizon_runner::evaluate::Evaluation;
+use horizon_runner::processor::Processor;
+use horizon_runner::prune::runs::{
+    plan_runs, summarize_run, summarize_specs, summary_markdown, RunSummary, SpecRun, SpecSummary,
+};
+use horizon_runner::prune::{PruneOptions, PruneSpec};
+use horizon_runner::VlModel;
 
-use crate::options::{at_least_one, BenchOptions, ModelOptions, ScaleOptions};
+use crate::options::{
+    at_least_one, prune_spec, BenchOptions, ModelOptions, PruneSettings, ScaleOptions,
+};
 use crate::progress::bar;
 
 #[derive(Args)]
@@ -37,12 +47,135 @@ pub struct EvalArgs {
     samples_per_part: usize,
     #[command(flatten)]
     scale: ScaleOptions,
+    /// Prune every prompt by this spec, `method@K:keep[,…]` (README, "Pruning"). Repeat it to compare
+    /// specs: each runs in its own subdirectory of --out, the unpruned model too, and --out gets
+    /// summary.json and summary.md.
+    #[arg(long = "prune", value_parser = prune_spec)]
+    prune: Vec<PruneSpec>,
+    #[command(flatten)]
+    prune_settings: PruneSettings,
+    /// Runs of each spec with a random stage, with seeds --prune-seed, --prune-seed + 1, …: mean ± std.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    repeats: usize,
+    /// Skip the untimed warm-up generation before the first timed sample.
+    #[arg(long)]
+    no_warmup: bool,
+}
+
+/// Everything of an evaluation but its spec, seed and directory.
+pub struct EvalContext<'a> {
+    pub model: &'a VlModel,
+    pub processor: &'a Processor,
+    pub model_options: &'a ModelOptions,
+    pub bench: &'a BenchOptions,
+    pub samples: &'a [horizon_data::bench::Sample],
+    pub model_name: String,
+    pub max_new_tokens: usize,
+    pub scorer: Option<Benchmark>,
+    pub samples_per_part: usize,
+    pub scale: &'a ScaleOptions,
+    pub options: PruneOptions,
+    pub warmup: bool,
+}
+
+impl EvalContext<'_> {
+    /// One evaluation (resumable like any other); `None` when stopped early.
+    pub fn evaluate(
+        &self,
+        spec: &PruneSpec,
+        seed: u64,
+        out: &Path,
+    ) -> Result<
+        Option<(
+            Vec<horizon_data::predictions::Prediction>,
+            horizon_data::score::ScoreTable,
+        )>,
+    > {
+        let evaluation = Evaluation {
+            model_name: self.model_name.clone(),
+            model_path: self.model_options.model.clone(),
+            bench: self.bench.bench.clone(),
+            template: self.model_options.template,
+            prompt_style: self.bench.prompt_style,
+            max_new_tokens: self.max_new_tokens,
+            scorer: self.scorer,
+            samples_per_part: self.samples_per_part,
+            shard: self.scale.shard(),
+            processor_settings: self.model_options.processor_settings(),
+            prune: spec.clone(),
+            prune_options: PruneOptions {
+                seed,
+                ..self.options.clone()
+            },
+            warmup: self.warmup,
+        };
+        let progress = bar(0, &format!("samples {spec}"));
+        let resume = self.scale.resume;
+        let report = evaluation.run(
+            self.model,
+            self.processor,
+            self.samples,
+            out,
+            resume,
+            self.scale.stop_rule(),
+            &mut |done, pending| {
+                progress.set_length(pending as u64);
+                progress.set_position(done as u64);
+            },
+        )?;
+        progress.finish_and_clear();
+        eprintln!(
+            "horizon eval: {spec}: {} samples ({} already done) in {}",
+            report.samples,
+            report.already_done,
+            out.display()
+        );
+        Ok(report.scores.map(|s| (report.predictions, s)))
+    }
+
+    /// Every run of `runs`; the summaries of those that finished, and whether all did.
+    pub fn evaluate_all(&self, runs: &[SpecRun]) -> Result<(Vec<RunSummary>, bool)> {
+        let mut summaries = Vec::new();
+        let mut complete = true;
+        for run in runs {
+            match self.evaluate(&run.spec, run.seed, &run.dir)? {
+                Some((predictions, scores)) => {
+                    summaries.push(summarize_run(run, &predictions, &scores)?)
+                }
+                None => complete = false,
+            }
+        }
+        Ok((summaries, complete))
+    }
+}
+
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    write_atomic(path, |tmp| {
+        std::fs::write(tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))
+    })
+}
+
+/// summary.json and summary.md of compared specs.
+pub fn write_summary(out: &Path, specs: &[SpecSummary]) -> Result<()> {
+    write_text(
+        &out.join("summary.json"),
+        &serde_json::to_string_pretty(specs)?,
+    )?;
+    write_text(&out.join("summary.md"), &summary_markdown(specs))
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
     let (model, processor) = args.model.load()?;
+    for spec in &args.prune {
+        spec.check(model.num_layers())?;
+    }
     let samples = args.bench.samples()?;
-    let evaluation = Evaluation {
+    let ctx = EvalContext {
+        model: &model,
+        processor: &processor,
+        model_options: &args.model,
+        bench: &args.bench,
+        samples: &samples,
         model_name: args.model_name.clone().unwrap_or_else(|| {
             args.model
                 .model
@@ -50,41 +183,39 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "model".into())
         }),
-        model_path: args.model.model.clone(),
-        bench: args.bench.bench.clone(),
-        template: args.model.template,
-        prompt_style: args.bench.prompt_style,
         max_new_tokens: args.max_new_tokens,
         scorer: args.scorer,
         samples_per_part: args.samples_per_part,
-        shard: args.scale.shard(),
-        processor_settings: args.model.processor_settings(),
+        scale: &args.scale,
+        options: args.prune_settings.options(),
+        warmup: !args.no_warmup,
     };
-    let progress = bar(0, "samples");
-    let report = evaluation.run(
-        &model,
-        &processor,
-        &samples,
-        &args.out,
-        args.scale.resume,
-        args.scale.stop_rule(),
-        &mut |done, pending| {
-            progress.set_length(pending as u64);
-            progress.set_position(done as u64);
-        },
-    )?;
-    progress.finish_and_clear();
-    eprintln!(
-        "horizon eval: {} samples ({} already done) in {}",
-        report.samples,
-        report.already_done,
-        args.out.display()
-    );
-    match &report.scores {
-        Some(table) => print!("{}", table.to_markdown()),
-        None => eprintln!(
-            "stopped by --max-samples-per-run / --time-budget-min; rerun with --resume to continue"
-        ),
+    if args.prune.is_empty() {
+        match ctx.evaluate(&PruneSpec::none(), args.prune_settings.prune_seed, &args.out)? {
+            Some((_, table)) => print!("{}", table.to_markdown()),
+            None => eprintln!(
+                "stopped by --max-samples-per-run / --time-budget-min; rerun with --resume to continue"
+            ),
+        }
+        return Ok(());
     }
+    let runs = plan_runs(
+        &args.prune,
+        args.repeats,
+        args.prune_settings.prune_seed,
+        &args.out,
+    );
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("{}: cannot create", args.out.display()))?;
+    let (summaries, complete) = ctx.evaluate_all(&runs)?;
+    if !complete {
+        eprintln!(
+            "stopped by --max-samples-per-run / --time-budget-min; rerun with --resume to continue"
+        );
+        return Ok(());
+    }
+    let specs = summarize_specs(&summaries);
+    write_summary(&args.out, &specs)?;
+    print!("{}", summary_markdown(&specs));
     Ok(())
 }

@@ -10,6 +10,7 @@ mod info;
 mod merge;
 mod options;
 mod progress;
+mod prune_sweep;
 mod score;
 mod synth;
 mod train;
@@ -35,7 +36,7 @@ enum Command {
     /// The main job: information maps for the bundled models (or --models) on the bundled benchmark,
     /// horizons per task and per model, all figures and a printed summary (resumable).
     Demo(demo::DemoArgs),
-    /// One forward pass of the unmodified model; saves the logits of every prompt position.
+    /// One forward pass (plain, or pruned by --prune); saves the logits of the positions kept.
     Forward(forward::ForwardArgs),
     /// Greedy generation (KV cache) from an image and a question; prints the answer.
     Generate(generate::GenerateArgs),
@@ -58,6 +59,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Rescores a predictions file by the benchmarks' official rules, without the model.
     Score(score::ScoreArgs),
+    /// Pruning methods and random at every layer K to one keep ratio, scored: relative score versus K
+    /// with the horizon marked, and a Table-1 comparison at matched budgets (--compare).
+    PruneSweep(prune_sweep::PruneSweepArgs),
 }
 
 /// clap's errors in one line (its usage and "For more information" lines dropped), exit status 2;
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train::run_train(a),
         Command::Eval(a) => eval::run(a),
         Command::Score(a) => score::run(a),
+        Command::PruneSweep(a) => prune_sweep::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,8 +14,9 @@ use horizon_data::bench::{self, BenchmarkKind, OpenOptions, Sample, Selection};
 use horizon_data::imageproc::ResampleOrder;
 use horizon_runner::device::{parse_device, parse_dtype};
 use horizon_runner::processor::{Processor, PromptTemplate};
+use horizon_runner::prune::{PruneOptions, PruneSpec};
 use horizon_runner::sweep::{Shard, StopRule};
-use horizon_runner::{ModelInputs, VlModel};
+use horizon_runner::{ModelInputs, PositionPolicy, VlModel};
 
 /// The Pillow release HF's PIL-backend preprocessing is reproduced for unless told otherwise (the one
 /// the fixtures were made with).
@@ -258,5 +259,71 @@ fn positive_minutes(s: &str) -> Result<f64> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => anyhow::bail!("'{s}' is not a positive number of minutes"),
+    }
+}
+
+/// `--prune`: a pruning spec `method@K:keep[,…]` or `none`.
+pub fn prune_spec(s: &str) -> Result<PruneSpec> {
+    PruneSpec::parse(s)
+}
+
+/// `--positions keep|renumber`.
+pub fn positions_value(s: &str) -> Result<PositionPolicy> {
+    match s {
+        "keep" => Ok(PositionPolicy::Original),
+        "renumber" => Ok(PositionPolicy::Renumbered),
+        other => anyhow::bail!("'{other}' is not one of keep, renumber"),
+    }
+}
+
+/// Settings of the pruning methods (every `--prune` spec of a run shares them).
+#[derive(Args, Clone)]
+pub struct PruneSettings {
+    /// Position ids of kept tokens for every stage: `keep` (original, gapped) or `renumber`
+    /// (contiguous). Default: each stage's convention — kept from K ≥ 1; at K = 0 renumbered for
+    /// LLaVA and kept (M-RoPE ids sliced) for Qwen2.5-VL.
+    #[arg(long, value_parser = positions_value)]
+    pub positions: Option<PositionPolicy>,
+    /// Seed of random stages (each sample draws its own stream from it; --repeats counts up from it).
+    #[arg(long, default_value_t = 0)]
+    pub prune_seed: u64,
+    /// Window FastV: side of its square windows on the visual grid.
+    #[arg(long, default_value_t = 6, value_parser = at_least_one)]
+    pub fastv_window: usize,
+    /// ToDRE: attention-ratio threshold of its relevance stage.
+    #[arg(long, default_value_t = 0.10, value_parser = unit_open)]
+    pub todre_tau: f64,
+    /// Information oracle: side of its windows.
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
+    pub info_window: usize,
+    /// DART: number of image pivots and of text pivots.
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
+    pub dart_pivots: usize,
+}
+
+impl Default for PruneSettings {
+    fn default() -> Self {
+        let o = PruneOptions::default();
+        Self {
+            positions: o.positions,
+            prune_seed: o.seed,
+            fastv_window: o.window_size,
+            todre_tau: o.tau,
+            info_window: o.info_window,
+            dart_pivots: o.dart_pivots,
+        }
+    }
+}
+
+impl PruneSettings {
+    pub fn options(&self) -> PruneOptions {
+        PruneOptions {
+            positions: self.positions,
+            seed: self.prune_seed,
+            window_size: self.fastv_window,
+            tau: self.todre_tau,
+            info_window: self.info_window,
+            dart_pivots: self.dart_pivots,
+        }
     }
 }

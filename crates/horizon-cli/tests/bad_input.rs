@@ -764,6 +764,92 @@ fn analysis_and_other_cases(d: &Path) -> Vec<Case> {
     cases
 }
 
+/// Bad pruning specs and settings: one line naming the stage or option, no logits written.
+fn prune_cases(d: &Path) -> Vec<Case> {
+    let out = d.join("pruned.safetensors");
+    let mut cases = Vec::new();
+    for (name, model, spec, needles) in [
+        (
+            "prune: unknown method",
+            llava(),
+            "magic@2:10",
+            vec!["stage 1 `magic@2:10`", "unknown method"],
+        ),
+        (
+            "prune: layer out of range",
+            llava(),
+            "fastv@9:10",
+            vec!["stage 1 `fastv@9:10`", "layer 9 does not exist"],
+        ),
+        (
+            "prune: keep more than left",
+            llava(),
+            "random@1:99",
+            vec!["stage 1 `random@1:99`", "only 36 are left"],
+        ),
+        (
+            "prune: later keep above earlier",
+            llava(),
+            "random@1:10,random@2:20",
+            vec!["stage 2 `random@2:20`", "more than the 10"],
+        ),
+        (
+            "prune: stage below an earlier one",
+            llava(),
+            "random@2:10,random@1:5",
+            vec!["stage 2 `random@1:5`", "deeper"],
+        ),
+        (
+            "prune: attention before layer 0",
+            llava(),
+            "fastv@0:10",
+            vec!["stage 1 `fastv@0:10`", "K must be at least 1"],
+        ),
+        (
+            "prune: visionzip without CLS",
+            qwen(),
+            "visionzip@0:2",
+            vec!["stage 1 `visionzip@0:2`", "no CLS token"],
+        ),
+        (
+            "prune: info without an answer",
+            llava(),
+            "info@2:8",
+            vec!["stage 1 `info@2:8`", "has none"],
+        ),
+        (
+            "prune: pooling to no grid",
+            llava(),
+            "pooling@0:7",
+            vec!["stage 1 `pooling@0:7`", "7 tokens is no rows"],
+        ),
+        (
+            "prune: bad percentage",
+            llava(),
+            "fastv@2:150%",
+            vec!["150%", "outside 0"],
+        ),
+    ] {
+        let mut args = forward(&model, &image(), &out);
+        args.extend(["--prune".to_string(), spec.to_string()]);
+        cases.push(Case {
+            name,
+            args,
+            needles: strs(&needles),
+            out: out.clone(),
+        });
+    }
+    let mut args = forward(&llava(), &image(), &out);
+    args.extend(strs(&["--prune", "random@1:10", "--positions", "gapped"]));
+    cases.push(Case {
+        name: "prune: unknown positions",
+        args,
+        needles: strs(&["--positions", "keep, renumber"]),
+        out: out.clone(),
+    });
+    cases
+}
+
 #[test]
 fn bad_input_gets_one_line_errors_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -773,6 +859,7 @@ fn bad_input_gets_one_line_errors_and_leaves_nothing() {
         image_and_value_cases,
         info_cases,
         analysis_and_other_cases,
+        prune_cases,
     ]
     .iter()
     .enumerate()

@@ -24,6 +24,22 @@ fn llava() -> String {
         .to_string()
 }
 
+fn small() -> String {
+    root()
+        .join("data/models/horizon-small")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn synthetic() -> String {
+    root()
+        .join("data/synthetic/test.parquet")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
 fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
@@ -319,4 +335,114 @@ fn eval_shards_merge_and_score_like_one_run() {
         std::fs::read_to_string(&scores).unwrap(),
         std::fs::read_to_string(whole.join("scores.json")).unwrap()
     );
+}
+
+#[test]
+fn eval_compares_pruning_specs_with_costs_and_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pruned");
+    let (ok, stdout, err) = horizon(&[
+        "eval",
+        "--model",
+        &small(),
+        "--bench",
+        &synthetic(),
+        "--per-category",
+        "2",
+        "--out",
+        &s(&out),
+        "--max-new-tokens",
+        "3",
+        "--prune",
+        "fastv@2:50%",
+        "--prune",
+        "divprune@0:9,random@2:3",
+        "--repeats",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("`fastv@2:50%`"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let specs = summary.as_array().unwrap();
+    let names: Vec<&str> = specs.iter().map(|s| s["spec"].as_str().unwrap()).collect();
+    assert_eq!(names, ["none", "fastv@2:50%", "divprune@0:9,random@2:3"]);
+    assert_eq!(specs[0]["relative"].as_f64(), Some(100.0));
+    assert_eq!(specs[2]["repeats"].as_u64(), Some(2));
+    // 64 visual tokens, 8 layers: FastV keeps 32 from layer 2, T_eq = (2·64 + 6·32) / 8 = 40.
+    assert_eq!(specs[1]["visual_tokens_layer0"].as_f64(), Some(64.0));
+    assert_eq!(specs[1]["visual_tokens_final"].as_f64(), Some(32.0));
+    assert_eq!(specs[1]["visual_tokens_t_eq"].as_f64(), Some(40.0));
+    // DivPrune 9 from layer 0, random 3 from layer 2: T_eq = (2·9 + 6·3) / 8 = 4.5.
+    assert_eq!(specs[2]["visual_tokens_t_eq"].as_f64(), Some(4.5));
+    assert!(specs[1]["kv_cache_bytes_peak"].as_i64() < specs[0]["kv_cache_bytes_peak"].as_i64());
+    // Per-sample rows carry the costs; the seeded runs are separate directories.
+    let preds = horizon_data::predictions::read_predictions(
+        &out.join("fastv-at2-keep50pct/predictions.parquet"),
+    )
+    .unwrap();
+    assert_eq!(preds.len(), 10);
+    assert!(preds
+        .iter()
+        .all(|p| p.prefill_ms.is_some() && p.kv_cache_bytes.is_some()));
+    assert!(out
+        .join("divprune-at0-keep9+random-at2-keep3-seed1")
+        .join("DONE.json")
+        .exists());
+    assert!(out.join("summary.md").exists());
+}
+
+#[test]
+fn prune_sweep_writes_curves_figure_and_table1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("sweep");
+    let (ok, stdout, err) = horizon(&[
+        "prune-sweep",
+        "--model",
+        &small(),
+        "--bench",
+        &synthetic(),
+        "--per-category",
+        "2",
+        "--out",
+        &s(&out),
+        "--methods",
+        "fastv,pooling",
+        "--layers",
+        "0-2",
+        "--keep",
+        "25%",
+        "--repeats",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--compare",
+        "divprune@0:16",
+        "--compare",
+        "divprune@0:24,random@4:8",
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("| fastv |"), "{stdout}");
+    let sweep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("sweep.json")).unwrap()).unwrap();
+    let skipped: Vec<&str> = sweep["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["spec"].as_str().unwrap())
+        .collect();
+    assert_eq!(skipped, ["fastv@0:25%", "pooling@1:25%", "pooling@2:25%"]);
+    // fastv at 1, 2; pooling at 0 (4x4 of the 8x8 grid); random at 0, 1, 2 with 2 seeds each.
+    assert_eq!(sweep["scores"].as_array().unwrap().len(), 2 + 1 + 6);
+    for f in [
+        "prune_sweep.png",
+        "prune_sweep.svg",
+        "table1.md",
+        "sweep.md",
+        "summary.json",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let table = std::fs::read_to_string(out.join("table1.md")).unwrap();
+    assert!(table.contains("divprune@0:24,random@4:8"), "{table}");
 }
