@@ -59,14 +59,20 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
     )?;
     let size = logits.size();
     eprintln!(
-        "wrote {} (logits [{}, {}], {} visual tokens; per layer {:?}, T_eq {:.2})",
+        "wrote {} (logits [{}, {}], {} visual tokens)",
         args.save_logits.display(),
         size[0],
         size[1],
         inputs.visual.positions.len(),
-        run.counts.per_layer,
-        run.counts.t_eq()
     );
+    if !args.prune.is_none() {
+        eprintln!(
+            "{}: visual tokens per layer {:?}, T_eq {:.2}",
+            args.prune,
+            run.counts.per_layer,
+            run.counts.t_eq()
+        );
+    }
     for s in &run.stages {
         eprintln!(
             "  {}: kept {} visual tokens{}",

@@ -951,7 +951,7 @@ impl Figure for PruneSweep<'_> {
             kmax = kmax.max(h);
         }
         let pad = ((hi - lo) * 0.08).max(1.0);
-        let (y0, y1) = (lo - pad * 2.0, hi + pad);
+        let (y0, y1) = (lo - pad, hi + pad);
         let (x0, x1) = (kmin - 0.5, kmax + 0.5);
 
         let mut chart = ChartBuilder::on(&body)
@@ -1065,7 +1065,8 @@ impl Figure for PruneSweep<'_> {
                     BLACK.stroke_width(2),
                 ))
                 .map_err(derr)?;
-            // near the bottom, on the inner side of the line (the legend sits lower right)
+            // in the top margin above the curves (the legend sits lower right), on the inner side
+            // of the line
             let right_half = h > (x0 + x1) / 2.0;
             let text = format!("horizon K = {}", fmt_layer(h));
             chart
@@ -1075,10 +1076,10 @@ impl Figure for PruneSweep<'_> {
                     } else {
                         format!(" {text}")
                     },
-                    (h, y0 + (y1 - y0) * 0.02),
+                    (h, y1 - (y1 - y0) * 0.01),
                     TextStyle::from(("sans-serif", 15).into_font()).pos(Pos::new(
                         if right_half { HPos::Right } else { HPos::Left },
-                        VPos::Bottom,
+                        VPos::Top,
                     )),
                 )))
                 .map_err(derr)?;
