@@ -307,7 +307,7 @@ fn bench_pruning(
     let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
     let base = mean(&seconds[0]);
     println!(
-        "| spec | prefill (mean of {}) | vs unpruned | KV cache after prefill | visual T_eq |",
+        "| spec | prefill (mean of {}) | speed-up vs unpruned | KV cache after prefill | visual T_eq |",
         args.reps.max(1)
     );
     println!("|---|---|---|---|---|");
@@ -315,7 +315,7 @@ fn bench_pruning(
     for (i, spec) in specs.iter().enumerate() {
         let m = mean(&seconds[i]);
         println!(
-            "| `{spec}` | {m:.4} s | {:.2}x faster | {:.1} MiB | {:.1} |",
+            "| `{spec}` | {m:.4} s | {:.2}× | {:.1} MiB | {:.1} |",
             base / m,
             facts[i].0 as f64 / (1024.0 * 1024.0),
             facts[i].1

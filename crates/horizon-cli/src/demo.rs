@@ -84,7 +84,7 @@ pub struct DemoArgs {
     format: String,
     /// Samples per task category of the pruning sweep on the first model (prune/ under --out; 65 runs
     /// of each sample: every layer for FastV, DivPrune and 3 random seeds, and the Table-1 specs).
-    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 12, value_parser = at_least_one)]
     prune_per_category: usize,
     /// Visual tokens kept at every layer in the pruning sweep.
     #[arg(long, default_value = "25%")]

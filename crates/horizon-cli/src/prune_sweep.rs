@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::json;
 use std::path::PathBuf;
 
-use horizon_analysis::prune::{sweep_curves, table1_markdown, BudgetRow, SweepScore};
+use horizon_analysis::prune::{sweep_curves, table1_json, table1_markdown, BudgetRow, SweepScore};
 use horizon_plot::{plot_prune_sweep, PruneSweepOptions};
 use horizon_runner::prune::runs::{plan_runs, summarize_specs, SpecRun};
 use horizon_runner::prune::{Keep, Method, PruneSpec};
@@ -67,8 +67,14 @@ pub struct PruneSweepArgs {
     pub scale: ScaleOptions,
 }
 
-/// The pooled horizon of `model` in a horizon.json.
-fn horizon_layer(path: &PathBuf, model: &str) -> Result<Option<f64>> {
+/// The horizons of `model` in a horizon.json: pooled over its tasks (`None`: still informative at
+/// the last measured layer) and per task.
+struct Horizons {
+    pooled: Option<f64>,
+    tasks: Vec<(String, Option<i32>)>,
+}
+
+fn read_horizons(path: &PathBuf, model: &str) -> Result<Horizons> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     let report: horizon_analysis::HorizonReport = serde_json::from_str(&text)
@@ -87,7 +93,14 @@ fn horizon_layer(path: &PathBuf, model: &str) -> Result<Option<f64>> {
                 .join(", ")
         ),
     };
-    Ok(entry.pooled.horizon.horizon.map(f64::from))
+    Ok(Horizons {
+        pooled: entry.pooled.horizon.horizon.map(f64::from),
+        tasks: entry
+            .tasks
+            .iter()
+            .map(|t| (t.task.clone(), t.horizon.horizon))
+            .collect(),
+    })
 }
 
 pub fn run(args: &PruneSweepArgs) -> Result<()> {
@@ -132,10 +145,11 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into())
     });
-    let horizon = match &args.horizon {
-        Some(p) => horizon_layer(p, &model_name)?,
+    let horizons = match &args.horizon {
+        Some(p) => Some(read_horizons(p, &model_name)?),
         None => None,
     };
+    let horizon = horizons.as_ref().and_then(|h| h.pooled);
     let mut specs = Vec::new();
     let mut skipped = Vec::new();
     for &m in &methods {
@@ -219,6 +233,8 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
         "keep": keep.to_string(),
         "layers": layers,
         "horizon_layer": horizon,
+        "task_horizons": horizons.as_ref().map(|h| h.tasks.iter()
+            .map(|(t, l)| (t.clone(), json!(l))).collect::<serde_json::Map<_, _>>()),
         "unpruned_score": unpruned,
         "scores": scores,
         "curves": curves,
@@ -251,10 +267,20 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
         }
         md.push('\n');
     }
-    if let Some(h) = horizon {
+    let layer_or_none = |h: Option<f64>| match h {
+        Some(h) => format!("layer {h}"),
+        None => "none (still informative at the last layer)".to_string(),
+    };
+    if let Some(h) = &horizons {
         md.push_str(&format!(
-            "\nInformation horizon (from {}): layer {h}\n",
-            args.horizon.as_ref().expect("set").display()
+            "\nInformation horizon (from {}), all tasks: {}; per task: {}\n",
+            args.horizon.as_ref().expect("set").display(),
+            layer_or_none(h.pooled),
+            h.tasks
+                .iter()
+                .map(|(t, l)| format!("{t} {}", l.map_or("none".into(), |l| l.to_string())))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     write_text(&args.out.join("sweep.md"), &md)?;
@@ -263,7 +289,13 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
         random_method: "random".into(),
         horizon_layer: horizon,
         num_layers: Some(num_layers),
-        keep_label: format!("keep {keep}"),
+        // A horizon.json without a pooled horizon is said so, not silently left unmarked.
+        keep_label: match &horizons {
+            Some(h) if h.pooled.is_none() => {
+                format!("keep {keep}; information horizon (all tasks): none")
+            }
+            _ => format!("keep {keep}"),
+        },
     };
     for ext in ["png", "svg"] {
         plot_prune_sweep(&curves, &opts, &args.out.join(format!("prune_sweep.{ext}")))?;
@@ -287,9 +319,11 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
         write_text(&args.out.join("table1.md"), &table)?;
         write_text(
             &args.out.join("table1.json"),
-            &serde_json::to_string_pretty(
-                &json!({"unpruned_score": unpruned, "metric": metric, "rows": rows}),
-            )?,
+            &serde_json::to_string_pretty(&{
+                let mut t = table1_json(&rows, unpruned, 0.05);
+                t["metric"] = json!(metric);
+                t
+            })?,
         )?;
         println!("{table}");
     }

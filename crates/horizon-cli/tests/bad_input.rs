@@ -806,10 +806,10 @@ fn prune_cases(d: &Path) -> Vec<Case> {
             vec!["stage 1 `fastv@0:10`", "K must be at least 1"],
         ),
         (
-            "prune: visionzip without CLS",
+            "prune: visionzip keeping nothing",
             qwen(),
-            "visionzip@0:2",
-            vec!["stage 1 `visionzip@0:2`", "no CLS token"],
+            "visionzip@0:0",
+            vec!["stage 1 `visionzip@0:0`", "keep ≥ 1"],
         ),
         (
             "prune: info without an answer",

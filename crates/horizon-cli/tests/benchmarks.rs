@@ -454,4 +454,17 @@ fn prune_sweep_writes_curves_figure_and_table1() {
     }
     let table = std::fs::read_to_string(out.join("table1.md")).unwrap();
     assert!(table.contains("divprune@0:24,random@4:8"), "{table}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("table1.json")).unwrap()).unwrap();
+    let rows: Vec<&serde_json::Value> = json["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["rows"].as_array().unwrap())
+        .collect();
+    assert!(
+        rows.iter()
+            .any(|r| r["spec"] == "divprune@0:24,random@4:8" && r["t_eq"].is_number()),
+        "{json}"
+    );
 }

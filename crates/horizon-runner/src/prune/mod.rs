@@ -292,7 +292,10 @@ fn build_tokens(
                 note: format!("grid {r}x{c}"),
             })
         }
-        Method::Visionzip => visionzip(model, inputs, visual, k),
+        Method::Visionzip => match model {
+            VlModel::Llava(_) => visionzip(model, inputs, visual, k),
+            VlModel::Qwen2_5Vl(_) => visionzip_without_cls(model, inputs, dec, k),
+        },
         other => bail!("{} does not build tokens", other.name()),
     }
 }
@@ -369,43 +372,11 @@ fn visionzip(
         .collect();
     let mut targets = Vec::new();
     if contextual > 0 && !remaining.is_empty() {
-        let step = (remaining.len() / contextual).max(1);
-        let target_rows: Vec<usize> = (0..remaining.len())
-            .step_by(step)
-            .take(contextual)
-            .collect();
-        let is_target: Vec<bool> = (0..remaining.len())
-            .map(|i| target_rows.contains(&i))
-            .collect();
-        let others: Vec<usize> = (0..remaining.len()).filter(|&i| !is_target[i]).collect();
-        let m = unit_rows(
-            &metric
-                .select(0, 0)
-                .index_select(0, &pick(&remaining))
-                .to_kind(Kind::Float),
+        let (merged, target_rows) = merge_contextual(
+            &hidden.index_select(0, &pick(&remaining)),
+            &metric.select(0, 0).index_select(0, &pick(&remaining)),
+            contextual,
         );
-        let h_rem = hidden.index_select(0, &pick(&remaining));
-        let target_h = h_rem.index_select(0, &pick(&target_rows));
-        let merged = if others.is_empty() {
-            target_h
-        } else {
-            let sim = m
-                .index_select(0, &pick(&others))
-                .matmul(&m.index_select(0, &pick(&target_rows)).transpose(0, 1));
-            let assign = sim.argmax(1, false);
-            let one_hot = Tensor::zeros(
-                [others.len() as i64, target_rows.len() as i64],
-                (h_rem.kind(), h_rem.device()),
-            )
-            .scatter_value(1, &assign.unsqueeze(1), 1.0);
-            let counts = one_hot
-                .sum_dim_intlist(0, false, h_rem.kind())
-                .clamp_min(1.0);
-            let summed = one_hot
-                .transpose(0, 1)
-                .matmul(&h_rem.index_select(0, &pick(&others)));
-            target_h + summed / counts.unsqueeze(1)
-        };
         parts.push(merged);
         for &r in &target_rows {
             representatives.push(visual.positions[remaining[r] - 1]);
@@ -420,6 +391,118 @@ fn visionzip(
         grid: (1, count),
         note: format!(
             "dominant {dominant} (CLS included), contextual {} on CLIP tokens {targets:?}",
+            count - dominant
+        ),
+    })
+}
+
+/// VisionZip's contextual tokens: `contextual` targets evenly spaced over the remaining tokens
+/// (stride ⌊N'/C⌋), every other remaining token assigned to the target whose key is most similar
+/// (cosine), each target's state plus the mean of its assignees'. Returns `[C', D]` and the
+/// targets' rows in the remaining tokens.
+fn merge_contextual(hidden: &Tensor, metric: &Tensor, contextual: usize) -> (Tensor, Vec<usize>) {
+    let n = hidden.size()[0] as usize;
+    let pick = |idx: &[usize]| {
+        let i: Vec<i64> = idx.iter().map(|&t| t as i64).collect();
+        Tensor::from_slice(&i).to_device(hidden.device())
+    };
+    let step = (n / contextual).max(1);
+    let target_rows: Vec<usize> = (0..n).step_by(step).take(contextual).collect();
+    let others: Vec<usize> = (0..n).filter(|i| !target_rows.contains(i)).collect();
+    let m = unit_rows(&metric.to_kind(Kind::Float));
+    let target_h = hidden.index_select(0, &pick(&target_rows));
+    if others.is_empty() {
+        return (target_h, target_rows);
+    }
+    let sim = m
+        .index_select(0, &pick(&others))
+        .matmul(&m.index_select(0, &pick(&target_rows)).transpose(0, 1));
+    let assign = sim.argmax(1, false);
+    let one_hot = Tensor::zeros(
+        [others.len() as i64, target_rows.len() as i64],
+        (hidden.kind(), hidden.device()),
+    )
+    .scatter_value(1, &assign.unsqueeze(1), 1.0);
+    let counts = one_hot
+        .sum_dim_intlist(0, false, hidden.kind())
+        .clamp_min(1.0);
+    let summed = one_hot
+        .transpose(0, 1)
+        .matmul(&hidden.index_select(0, &pick(&others)));
+    (target_h + summed / counts.unsqueeze(1), target_rows)
+}
+
+/// VisionZip for Qwen2.5-VL, whose vision tower has no CLS token: as VisionZip's own path for
+/// CLS-less encoders (SigLIP), dominant tokens are the merged tokens whose patches receive the most
+/// attention (mean over heads and queries) at the last full-attention block, and the contextual
+/// tokens merge by that block's head-mean keys; merging acts on the merged embeddings (after the
+/// PatchMerger, whose 2x2 grouping a selection of patches would break).
+fn visionzip_without_cls(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    dec: &DecoderInputs,
+    k: usize,
+) -> Result<BuiltTokens> {
+    let VlModel::Qwen2_5Vl(qwen) = model else {
+        bail!("visionzip without CLS is the Qwen2.5-VL path");
+    };
+    let pixels = inputs
+        .pixel_values
+        .as_ref()
+        .ok_or_else(|| anyhow!("visionzip needs an image"))?;
+    let (received, metric) = qwen
+        .visual
+        .last_full_attention_received(pixels, &inputs.image_grid_thw)
+        .map_err(|e| anyhow!("visionzip: {e}"))?;
+    let visual = &dec.visual;
+    let n = visual.positions.len();
+    if received.size()[0] as usize != n {
+        bail!(
+            "visionzip: the vision tower gives {} merged tokens, the prompt has {n} visual tokens",
+            received.size()[0]
+        );
+    }
+    if k == 0 {
+        bail!("visionzip keeps at least one dominant token: keep ≥ 1");
+    }
+    let dominant = round_half_even(k as f64 * 27.0 / 32.0).clamp(1, k);
+    let contextual = k - dominant;
+    let chosen = methods::top_k(&to_vec_f32(&received), dominant);
+    let remaining: Vec<usize> = (0..n).filter(|t| !chosen.contains(t)).collect();
+    if visual.positions.windows(2).any(|w| w[1] != w[0] + 1) {
+        bail!("visionzip: the visual tokens are not one contiguous block");
+    }
+    let hidden = dec
+        .embeds
+        .select(0, 0)
+        .narrow(0, visual.positions[0] as i64, n as i64);
+    let pick = |idx: &[usize]| {
+        let i: Vec<i64> = idx.iter().map(|&t| t as i64).collect();
+        Tensor::from_slice(&i).to_device(hidden.device())
+    };
+    let mut parts = vec![hidden.index_select(0, &pick(&chosen))];
+    let mut representatives: Vec<usize> = chosen.iter().map(|&t| visual.positions[t]).collect();
+    let mut targets = Vec::new();
+    if contextual > 0 && !remaining.is_empty() {
+        let (merged, target_rows) = merge_contextual(
+            &hidden.index_select(0, &pick(&remaining)),
+            &metric.index_select(0, &pick(&remaining)),
+            contextual,
+        );
+        parts.push(merged);
+        for &r in &target_rows {
+            representatives.push(visual.positions[remaining[r]]);
+            targets.push(remaining[r]);
+        }
+    }
+    let block = Tensor::cat(&parts, 0);
+    let count = block.size()[0] as usize;
+    Ok(BuiltTokens {
+        block,
+        representatives,
+        grid: (1, count),
+        note: format!(
+            "dominant {dominant}, contextual {} on merged tokens {targets:?}",
             count - dominant
         ),
     })

@@ -27,7 +27,8 @@ pub enum Method {
     Dart,
     /// VTW: every visual token withdrawn from layer K.
     Vtw,
-    /// VisionZip: dominant (CLS attention) and merged contextual tokens from CLIP (pre-LLM, LLaVA).
+    /// VisionZip: dominant (CLS attention; Qwen2.5-VL: attention received) and merged contextual
+    /// tokens from the vision tower (pre-LLM).
     Visionzip,
     /// SparseVLM: attention of text raters at layer K − 1, top-k (several stages), no recycling.
     Sparsevlm,

@@ -139,6 +139,36 @@ impl Qwen2_5VlVisionAttention {
     }
 }
 
+impl Qwen2_5VlVisionAttention {
+    /// For VisionZip on an encoder without CLS (its SigLIP path): the attention each row receives,
+    /// averaged over heads and queries (`[seq]`, eager softmax in f32 over one chunk), and the
+    /// head-averaged keys before the rotary embedding (`[seq, head_dim]`).
+    fn received_and_keys(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor) {
+        let seq = x.size()[0];
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([seq, 3, self.num_heads, -1])
+            .permute([1, 0, 2, 3]);
+        let (q, k) = (
+            qkv.select(0, 0).to_kind(Kind::Float),
+            qkv.select(0, 1).to_kind(Kind::Float),
+        );
+        let keys = k.mean_dim(1, false, Kind::Float);
+        let (cos, sin) = (
+            cos.unsqueeze(-2).to_kind(Kind::Float),
+            sin.unsqueeze(-2).to_kind(Kind::Float),
+        );
+        let q = (&q * &cos + rotate_half(&q) * &sin).transpose(0, 1);
+        let k = (&k * &cos + rotate_half(&k) * &sin).transpose(0, 1);
+        let probs = (q.matmul(&k.transpose(1, 2)) * self.scaling).softmax(-1, Kind::Float);
+        let received = probs
+            .mean_dim(0, false, Kind::Float)
+            .mean_dim(0, false, Kind::Float);
+        (received, keys)
+    }
+}
+
 /// `Qwen2_5_VLVisionBlock`.
 struct Qwen2_5VlVisionBlock {
     norm1: RmsNorm,
@@ -305,6 +335,61 @@ impl Qwen2_5VisionTransformer {
     /// Patches `[N, C·T·P·P]` of images with grids `[t, h, w]` to merged features
     /// `[N / merge², out_hidden_size]` in raster order of the merged grid (the `pooler_output`).
     pub fn forward(&self, pixel_values: &Tensor, grids: &[[i64; 3]]) -> Result<Tensor> {
+        let p = self.prepare(pixel_values, grids)?;
+        let mut h = p.hidden.shallow_clone();
+        for (i, block) in self.blocks.iter().enumerate() {
+            h = block.forward(&h, p.lengths(&self.cfg, i), &p.cos, &p.sin);
+        }
+        Ok(self.merger.forward(&h).index_select(0, &p.reverse_indices))
+    }
+
+    /// VisionZip's scores where there is no CLS token, for one image: at the last full-attention
+    /// block (the last block in the published configs), the attention each merged token's patches
+    /// receive (mean over heads and queries, then over the merge unit; `[M]`) and their head-mean
+    /// keys before rotary (mean over the merge unit; `[M, head_dim]`), in raster order.
+    pub fn last_full_attention_received(
+        &self,
+        pixel_values: &Tensor,
+        grids: &[[i64; 3]],
+    ) -> Result<(Tensor, Tensor)> {
+        if grids.len() != 1 || grids[0][0] != 1 {
+            bail!("attention received is defined for one image, not grids {grids:?}");
+        }
+        let last = self.blocks.len() - 1;
+        let at = self
+            .cfg
+            .fullatt_block_indexes
+            .iter()
+            .copied()
+            .filter(|&b| b >= 0 && (b as usize) <= last)
+            .max()
+            .map_or(last, |b| b as usize);
+        let p = self.prepare(&pixel_values.to_kind(self.dtype()), grids)?;
+        let mut h = p.hidden.shallow_clone();
+        for (i, block) in self.blocks.iter().enumerate().take(at) {
+            h = block.forward(&h, p.lengths(&self.cfg, i), &p.cos, &p.sin);
+        }
+        let block = &self.blocks[at];
+        let (received, keys) =
+            block
+                .attn
+                .received_and_keys(&block.norm1.forward(&h), &p.cos, &p.sin);
+        let unit = self.cfg.spatial_merge_size.pow(2);
+        let m = received.size()[0] / unit;
+        let received = received
+            .view([m, unit])
+            .mean_dim(1, false, Kind::Float)
+            .index_select(0, &p.reverse_indices);
+        let keys = keys
+            .view([m, unit, -1])
+            .mean_dim(1, false, Kind::Float)
+            .index_select(0, &p.reverse_indices);
+        Ok((received, keys))
+    }
+
+    /// Everything before the blocks: patch embeddings and rotary tables in window order, the
+    /// attention chunks, and the order that undoes the window permutation after the merger.
+    fn prepare(&self, pixel_values: &Tensor, grids: &[[i64; 3]]) -> Result<Prepared> {
         let cfg = &self.cfg;
         let merge = cfg.spatial_merge_size;
         let size = pixel_values.size();
@@ -343,20 +428,40 @@ impl Qwen2_5VisionTransformer {
 
         let h = self.patch_embed.forward(pixel_values);
         let seq = h.size()[0];
-        let mut h = self.permute(&h, &window_index, seq);
+        let hidden = self.permute(&h, &window_index, seq);
         let (cos, sin) = self.rotary_pos_emb.forward(&position_ids);
         let cos = self.permute(&cos, &window_index, seq);
         let sin = self.permute(&sin, &window_index, seq);
-        for (i, block) in self.blocks.iter().enumerate() {
-            let lengths = if cfg.fullatt_block_indexes.contains(&(i as i64)) {
-                &full_lengths
-            } else {
-                &window_lengths
-            };
-            h = block.forward(&h, lengths, &cos, &sin);
-        }
         let reverse_indices = window_index.argsort(0, false);
-        Ok(self.merger.forward(&h).index_select(0, &reverse_indices))
+        Ok(Prepared {
+            hidden,
+            cos,
+            sin,
+            full_lengths,
+            window_lengths,
+            reverse_indices,
+        })
+    }
+}
+
+/// The vision tower's inputs to its blocks (see `Qwen2_5VisionTransformer::prepare`).
+struct Prepared {
+    hidden: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    full_lengths: Vec<i64>,
+    window_lengths: Vec<i64>,
+    reverse_indices: Tensor,
+}
+
+impl Prepared {
+    /// Block `i` attends over whole images (`fullatt_block_indexes`) or within windows.
+    fn lengths(&self, cfg: &Qwen2_5VlVisionConfig, i: usize) -> &[i64] {
+        if cfg.fullatt_block_indexes.contains(&(i as i64)) {
+            &self.full_lengths
+        } else {
+            &self.window_lengths
+        }
     }
 }
 
