@@ -60,6 +60,85 @@ pub struct EvalArgs {
     /// Skip the untimed warm-up generation before the first timed sample.
     #[arg(long)]
     no_warmup: bool,
+    /// `info` stages read their window scores from these `horizon info` rows (keep-only, target
+    /// gt, the same checkpoint and --info-window) instead of computing them.
+    #[arg(long)]
+    info_rows: Option<PathBuf>,
+}
+
+/// `--info-rows`: per sample and cut layer, p(answer) with only window w kept, from the part files
+/// of a `horizon info` run of the same checkpoint (keep-only, target gt, windows of `window`).
+pub fn read_info_row_scores(
+    dir: &Path,
+    model_dir: &Path,
+    window: usize,
+) -> Result<horizon_runner::evaluate::InfoRowScores> {
+    let name = format!("--info-rows {}", dir.display());
+    let files = horizon_data::info_rows::part_files(dir).with_context(|| name.clone())?;
+    if files.is_empty() {
+        anyhow::bail!("{name}: no part-*.parquet files");
+    }
+    let table =
+        horizon_analysis::read_info_rows_many(&files, &horizon_analysis::ReadOptions::default())
+            .with_context(|| name.clone())?;
+    let meta = |k: &str| {
+        table
+            .metadata
+            .get(&format!("horizon.{k}"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let fingerprint = horizon_runner::checkpoint::fingerprint(model_dir)?;
+    if meta("model_fingerprint") != fingerprint {
+        anyhow::bail!(
+            "{name}: rows of another checkpoint than {} (fingerprint differs)",
+            model_dir.display()
+        );
+    }
+    if meta("window_size") != window.to_string() {
+        anyhow::bail!(
+            "{name}: rows of {}x{} windows, --info-window is {window}",
+            meta("window_size"),
+            meta("window_size")
+        );
+    }
+    let p = table
+        .p
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("{name}: no p column"))?;
+    let mut by_sample: std::collections::HashMap<
+        String,
+        std::collections::BTreeMap<usize, Vec<f64>>,
+    > = Default::default();
+    for (i, &p_i) in p.iter().enumerate() {
+        if table.variant.get(i) != "window" {
+            continue;
+        }
+        if table.mode.get(i) != "keep-only" || table.target.get(i) != "gt" {
+            anyhow::bail!(
+                "{name}: row {i} is {} / target {}; the oracle ranks keep-only windows by the ground-truth answer",
+                table.mode.get(i),
+                table.target.get(i)
+            );
+        }
+        let (layer, w) = (table.layer[i], table.window[i]);
+        if layer < 0 || w < 0 {
+            anyhow::bail!("{name}: row {i}: window row with layer {layer}, window {w}");
+        }
+        let v = by_sample
+            .entry(table.sample_id.get(i).to_string())
+            .or_default()
+            .entry(layer as usize)
+            .or_default();
+        if v.len() <= w as usize {
+            v.resize(w as usize + 1, f64::NAN);
+        }
+        v[w as usize] = p_i;
+    }
+    Ok(horizon_runner::evaluate::InfoRowScores {
+        source: dir.display().to_string(),
+        by_sample,
+    })
 }
 
 /// Everything of an evaluation but its spec, seed and directory.
@@ -76,6 +155,7 @@ pub struct EvalContext<'a> {
     pub scale: &'a ScaleOptions,
     pub options: PruneOptions,
     pub warmup: bool,
+    pub info_rows: Option<std::sync::Arc<horizon_runner::evaluate::InfoRowScores>>,
 }
 
 impl EvalContext<'_> {
@@ -108,6 +188,7 @@ impl EvalContext<'_> {
                 ..self.options.clone()
             },
             warmup: self.warmup,
+            info_rows: self.info_rows.clone(),
         };
         let progress = bar(0, &format!("samples {spec}"));
         let resume = self.scale.resume;
@@ -189,6 +270,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         scale: &args.scale,
         options: args.prune_settings.options(),
         warmup: !args.no_warmup,
+        info_rows: match &args.info_rows {
+            Some(dir) => Some(std::sync::Arc::new(read_info_row_scores(
+                dir,
+                &args.model.model,
+                args.prune_settings.info_window,
+            )?)),
+            None => None,
+        },
     };
     if args.prune.is_empty() {
         match ctx.evaluate(&PruneSpec::none(), args.prune_settings.prune_seed, &args.out)? {

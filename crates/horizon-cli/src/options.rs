@@ -324,6 +324,7 @@ impl PruneSettings {
             tau: self.todre_tau,
             info_window: self.info_window,
             dart_pivots: self.dart_pivots,
+            info_scores: None,
         }
     }
 }

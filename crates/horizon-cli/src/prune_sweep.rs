@@ -175,6 +175,7 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
         scale: &args.scale,
         options: args.prune_settings.options(),
         warmup: true,
+        info_rows: None,
     };
     let runs_dir = args.out.join("runs");
     std::fs::create_dir_all(&runs_dir)

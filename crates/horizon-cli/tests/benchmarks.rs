@@ -468,3 +468,84 @@ fn prune_sweep_writes_curves_figure_and_table1() {
         "{json}"
     );
 }
+
+#[test]
+fn info_pruning_from_info_rows_equals_computing_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = tmp.path().join("rows");
+    let (ok, _, err) = horizon(&[
+        "info",
+        "--model",
+        &small(),
+        "--bench",
+        &synthetic(),
+        "--per-category",
+        "2",
+        "--out",
+        &s(&rows),
+        "--layers",
+        "2",
+        "--window",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+    let (model, bench) = (small(), synthetic());
+    let eval = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            &model,
+            "--bench",
+            &bench,
+            "--per-category",
+            "2",
+            "--out",
+            s(out).leak(),
+            "--max-new-tokens",
+            "3",
+            "--prune",
+            "info@2:16",
+        ];
+        args.extend_from_slice(extra);
+        horizon(&args)
+    };
+    let (fly, from_rows) = (tmp.path().join("fly"), tmp.path().join("rows-eval"));
+    let (ok, _, err) = eval(&fly, &[]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = eval(&from_rows, &["--info-rows", s(&rows).leak()]);
+    assert!(ok, "{err}");
+    let read = |d: &Path| -> Vec<horizon_data::predictions::Prediction> {
+        horizon_data::predictions::read_predictions(&d.join("info-at2-keep16/predictions.parquet"))
+            .unwrap()
+            .into_iter()
+            .map(|p| horizon_data::predictions::Prediction {
+                prefill_ms: None,
+                decode_ms_per_token: None,
+                ..p
+            })
+            .collect()
+    };
+    assert_eq!(read(&fly), read(&from_rows));
+    // Rows of other windows are refused, and so is a layer the rows do not have.
+    let (ok, _, err) = eval(
+        &tmp.path().join("w4"),
+        &["--info-rows", s(&rows).leak(), "--info-window", "4"],
+    );
+    assert!(!ok && err.contains("--info-window is 4"), "{err}");
+    let (ok, _, err) = horizon(&[
+        "eval",
+        "--model",
+        &small(),
+        "--bench",
+        &synthetic(),
+        "--per-category",
+        "2",
+        "--out",
+        &s(&tmp.path().join("l3")),
+        "--prune",
+        "info@3:16",
+        "--info-rows",
+        &s(&rows),
+    ]);
+    assert!(!ok && err.contains("no layer 3"), "{err}");
+}

@@ -48,6 +48,17 @@ pub struct Evaluation {
     pub prune_options: PruneOptions,
     /// One untimed generation before the first timed sample (libtorch's first-call costs).
     pub warmup: bool,
+    /// The information oracle's window scores read from `horizon info` rows, per sample.
+    pub info_rows: Option<std::sync::Arc<InfoRowScores>>,
+}
+
+/// Window scores of `info` stages read from `horizon info` rows: per sample key, per cut layer,
+/// p(answer) with only window w kept (keep-only rows, target gt).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InfoRowScores {
+    /// Where they were read (recorded in the settings; named in errors).
+    pub source: String,
+    pub by_sample: std::collections::HashMap<String, BTreeMap<usize, Vec<f64>>>,
 }
 
 /// What a finished (or stopped) evaluation did.
@@ -100,6 +111,9 @@ impl Evaluation {
                 o.dart_pivots
             ),
         );
+        if let Some(rows) = &self.info_rows {
+            put("info_rows", rows.source.clone());
+        }
         for (k, v) in &self.processor_settings {
             put(k, v.clone());
         }
@@ -236,16 +250,15 @@ impl Evaluation {
             _ => None,
         };
         let seed = sample_seed(self.prune_options.seed, &sample.key);
-        let run = generate_pruned(
-            model,
-            &inputs,
-            &self.prune,
-            &self.prune_options,
-            seed,
-            target,
-            gen,
-        )
-        .with_context(context)?;
+        let mut options = self.prune_options.clone();
+        if let Some(rows) = self.info_rows.as_ref().filter(|_| needs_target) {
+            let scores = rows.by_sample.get(&sample.key).ok_or_else(|| {
+                anyhow::anyhow!("{}: no info rows for sample {}", rows.source, sample.key)
+            })?;
+            options.info_scores = Some(scores.clone());
+        }
+        let run = generate_pruned(model, &inputs, &self.prune, &options, seed, target, gen)
+            .with_context(context)?;
         let prediction = processor.decode(&run.tokens)?.trim().to_string();
         Ok(Prediction {
             sample_key: sample.key.clone(),

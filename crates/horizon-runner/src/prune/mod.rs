@@ -46,6 +46,9 @@ pub struct PruneOptions {
     pub info_window: usize,
     /// DART: image pivots and text pivots each.
     pub dart_pivots: usize,
+    /// Information oracle: this sample's window scores read from `horizon info` rows (p(answer)
+    /// with only window w kept, per cut layer) instead of computed on the fly.
+    pub info_scores: Option<std::collections::BTreeMap<usize, Vec<f64>>>,
 }
 
 impl Default for PruneOptions {
@@ -57,6 +60,7 @@ impl Default for PruneOptions {
             tau: 0.10,
             info_window: 2,
             dart_pivots: 4,
+            info_scores: None,
         }
     }
 }
@@ -595,6 +599,12 @@ impl PruneSelector<'_> {
         for (index, stage) in &stages {
             let label = stage_label(self.spec, *index);
             match stage.method {
+                Method::Info if self.options.info_scores.is_some() => {
+                    let scores = self.options.info_scores.as_ref().expect("checked");
+                    let kept = info_keep_from_rows(inputs, stage, self.options.info_window, scores)
+                        .with_context(|| label.clone())?;
+                    self.fixed.push((*index, kept));
+                }
                 Method::Info => {
                     let target = target.ok_or_else(|| {
                         anyhow!("{label}: the information oracle scores the ground-truth answer, and this run has none")
@@ -919,6 +929,52 @@ fn info_keep(
             scores[w] = r.p as f32;
         }
     }
+    Ok(keep_best_windows(inputs, &grid, &scores, k))
+}
+
+/// The information oracle's keep-set from scores read from `horizon info` rows (the same p values
+/// the engine computes, ranked the same way).
+fn info_keep_from_rows(
+    inputs: &ModelInputs,
+    stage: &Stage,
+    window: usize,
+    rows: &std::collections::BTreeMap<usize, Vec<f64>>,
+) -> Result<Vec<usize>> {
+    let grid = WindowGrid::new(inputs.visual.grid, window)?;
+    let n = inputs.visual.positions.len();
+    let k = stage.keep.count(n);
+    if k > n {
+        bail!("keeps {k} visual tokens but only {n} are left");
+    }
+    let Some(p) = rows.get(&stage.layer) else {
+        bail!(
+            "the info rows of this sample have no layer {} (they have {:?})",
+            stage.layer,
+            rows.keys().collect::<Vec<_>>()
+        );
+    };
+    if p.len() != grid.num_windows() || p.iter().any(|v| !v.is_finite()) {
+        bail!(
+            "the info rows of this sample at layer {} hold {} finite window values, the {}x{} windows need {}",
+            stage.layer,
+            p.iter().filter(|v| v.is_finite()).count(),
+            window,
+            window,
+            grid.num_windows()
+        );
+    }
+    let scores: Vec<f32> = p.iter().map(|&v| v as f32).collect();
+    Ok(keep_best_windows(inputs, &grid, &scores, k))
+}
+
+/// Windows by score (ties: lower index first), their tokens until `k` (a last window partly, in
+/// raster order); sequence indices, sorted.
+fn keep_best_windows(
+    inputs: &ModelInputs,
+    grid: &WindowGrid,
+    scores: &[f32],
+    k: usize,
+) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     let mut kept = Vec::with_capacity(k);
@@ -930,7 +986,7 @@ fn info_keep(
         }
     }
     kept.sort_unstable();
-    Ok(kept)
+    kept
 }
 
 /// A pruned greedy generation with what it cost.
