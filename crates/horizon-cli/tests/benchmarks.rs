@@ -40,6 +40,20 @@ fn synthetic() -> String {
         .to_string()
 }
 
+/// The predictions of a run with their wall times cleared (the only fields that differ between
+/// two runs of the same settings).
+fn predictions_without_wall_times(path: &Path) -> Vec<horizon_data::predictions::Prediction> {
+    horizon_data::predictions::read_predictions(path)
+        .unwrap()
+        .into_iter()
+        .map(|p| horizon_data::predictions::Prediction {
+            prefill_ms: None,
+            decode_ms_per_token: None,
+            ..p
+        })
+        .collect()
+}
+
 fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
@@ -219,17 +233,7 @@ fn eval_stopped_and_resumed_equals_one_run() {
     assert!(ok, "{err}");
     assert!(err.contains("3 already done"), "{err}");
     // Everything but the wall times is the same.
-    let read = |d: &Path| -> Vec<horizon_data::predictions::Prediction> {
-        horizon_data::predictions::read_predictions(&d.join("predictions.parquet"))
-            .unwrap()
-            .into_iter()
-            .map(|p| horizon_data::predictions::Prediction {
-                prefill_ms: None,
-                decode_ms_per_token: None,
-                ..p
-            })
-            .collect()
-    };
+    let read = |d: &Path| predictions_without_wall_times(&d.join("predictions.parquet"));
     assert_eq!(read(&steps), read(&whole));
     assert_eq!(
         std::fs::read_to_string(steps.join("scores.json")).unwrap(),
@@ -514,17 +518,8 @@ fn info_pruning_from_info_rows_equals_computing_them() {
     assert!(ok, "{err}");
     let (ok, _, err) = eval(&from_rows, &["--info-rows", s(&rows).leak()]);
     assert!(ok, "{err}");
-    let read = |d: &Path| -> Vec<horizon_data::predictions::Prediction> {
-        horizon_data::predictions::read_predictions(&d.join("info-at2-keep16/predictions.parquet"))
-            .unwrap()
-            .into_iter()
-            .map(|p| horizon_data::predictions::Prediction {
-                prefill_ms: None,
-                decode_ms_per_token: None,
-                ..p
-            })
-            .collect()
-    };
+    let read =
+        |d: &Path| predictions_without_wall_times(&d.join("info-at2-keep16/predictions.parquet"));
     assert_eq!(read(&fly), read(&from_rows));
     // Rows of other windows are refused, and so is a layer the rows do not have.
     let (ok, _, err) = eval(

@@ -224,13 +224,17 @@ fn stage_label(spec: &PruneSpec, index: usize) -> String {
     )
 }
 
+/// `rows` as an index tensor on `device` (for `index_select`).
+fn index_tensor(rows: &[usize], device: tch::Device) -> Tensor {
+    let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    Tensor::from_slice(&idx).to_device(device)
+}
+
 /// Rows `[n, D]` of `hidden` `[1, S, D]` at `rows`, as f32.
 fn rows_f32(hidden: &Tensor, rows: &[usize]) -> Tensor {
-    let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-    let idx = Tensor::from_slice(&idx).to_device(hidden.device());
     hidden
         .select(0, 0)
-        .index_select(0, &idx)
+        .index_select(0, &index_tensor(rows, hidden.device()))
         .to_kind(Kind::Float)
 }
 
@@ -345,8 +349,7 @@ fn visionzip(
     if k == 0 {
         bail!("visionzip keeps at least the CLS token: keep ≥ 1");
     }
-    let dominant = round_half_even(k as f64 * 27.0 / 32.0).clamp(1, k);
-    let contextual = k - dominant;
+    let (dominant, contextual) = visionzip_split(k);
     // Σ_h A[h, CLS, patch].
     let cls = to_vec_f32(
         &probs
@@ -359,45 +362,61 @@ fn visionzip(
         .map(|j| j + 1)
         .collect();
     chosen.insert(0, 0);
-    let mut is_dominant = vec![false; tokens];
-    for &t in &chosen {
-        is_dominant[t] = true;
-    }
-    let remaining: Vec<usize> = (0..tokens).filter(|&t| !is_dominant[t]).collect();
-    let hidden = hidden.select(0, 0);
-    let pick = |idx: &[usize]| {
-        let i: Vec<i64> = idx.iter().map(|&t| t as i64).collect();
-        Tensor::from_slice(&i).to_device(hidden.device())
-    };
-    let mut parts = vec![hidden.index_select(0, &pick(&chosen))];
-    let mut representatives: Vec<usize> = chosen
-        .iter()
-        .map(|&t| visual.positions[t.saturating_sub(1)])
-        .collect();
-    let mut targets = Vec::new();
-    if contextual > 0 && !remaining.is_empty() {
-        let (merged, target_rows) = merge_contextual(
-            &hidden.index_select(0, &pick(&remaining)),
-            &metric.select(0, 0).index_select(0, &pick(&remaining)),
-            contextual,
-        );
-        parts.push(merged);
-        for &r in &target_rows {
-            representatives.push(visual.positions[remaining[r] - 1]);
-            targets.push(remaining[r]);
-        }
-    }
-    let block = llava.project(&Tensor::cat(&parts, 0));
+    let (block, sources) = zip_tokens(
+        &hidden.select(0, 0),
+        &metric.select(0, 0),
+        &chosen,
+        contextual,
+    );
+    let block = llava.project(&block);
     let count = block.size()[0] as usize;
     Ok(BuiltTokens {
         block,
-        representatives,
+        // CLIP token t is patch t - 1; CLS takes the first patch's ids.
+        representatives: sources
+            .iter()
+            .map(|&t| visual.positions[t.saturating_sub(1)])
+            .collect(),
         grid: (1, count),
         note: format!(
-            "dominant {dominant} (CLS included), contextual {} on CLIP tokens {targets:?}",
-            count - dominant
+            "dominant {dominant} (CLS included), contextual {} on CLIP tokens {:?}",
+            count - dominant,
+            &sources[dominant..]
         ),
     })
+}
+
+/// VisionZip's split of `k` into dominant and contextual tokens, as the published settings (54 + 10
+/// of 64, 108 + 20 of 128, 162 + 30 of 192).
+fn visionzip_split(k: usize) -> (usize, usize) {
+    let dominant = round_half_even(k as f64 * 27.0 / 32.0).clamp(1, k);
+    (dominant, k - dominant)
+}
+
+/// VisionZip's new visual block from tokens `hidden` `[T, D]` with keys `metric` `[T, d]`: the
+/// `chosen` (dominant) rows, then `contextual` tokens merged from the rest ([`merge_contextual`]).
+/// Also returns, per new token, the token it stands for (itself; a contextual token's target).
+fn zip_tokens(
+    hidden: &Tensor,
+    metric: &Tensor,
+    chosen: &[usize],
+    contextual: usize,
+) -> (Tensor, Vec<usize>) {
+    let tokens = hidden.size()[0] as usize;
+    let remaining: Vec<usize> = (0..tokens).filter(|t| !chosen.contains(t)).collect();
+    let pick = |idx: &[usize]| index_tensor(idx, hidden.device());
+    let mut parts = vec![hidden.index_select(0, &pick(chosen))];
+    let mut sources = chosen.to_vec();
+    if contextual > 0 && !remaining.is_empty() {
+        let (merged, target_rows) = merge_contextual(
+            &hidden.index_select(0, &pick(&remaining)),
+            &metric.index_select(0, &pick(&remaining)),
+            contextual,
+        );
+        parts.push(merged);
+        sources.extend(target_rows.iter().map(|&r| remaining[r]));
+    }
+    (Tensor::cat(&parts, 0), sources)
 }
 
 /// VisionZip's contextual tokens: `contextual` targets evenly spaced over the remaining tokens
@@ -406,10 +425,7 @@ fn visionzip(
 /// targets' rows in the remaining tokens.
 fn merge_contextual(hidden: &Tensor, metric: &Tensor, contextual: usize) -> (Tensor, Vec<usize>) {
     let n = hidden.size()[0] as usize;
-    let pick = |idx: &[usize]| {
-        let i: Vec<i64> = idx.iter().map(|&t| t as i64).collect();
-        Tensor::from_slice(&i).to_device(hidden.device())
-    };
+    let pick = |idx: &[usize]| index_tensor(idx, hidden.device());
     let step = (n / contextual).max(1);
     let target_rows: Vec<usize> = (0..n).step_by(step).take(contextual).collect();
     let others: Vec<usize> = (0..n).filter(|i| !target_rows.contains(i)).collect();
@@ -469,10 +485,8 @@ fn visionzip_without_cls(
     if k == 0 {
         bail!("visionzip keeps at least one dominant token: keep ≥ 1");
     }
-    let dominant = round_half_even(k as f64 * 27.0 / 32.0).clamp(1, k);
-    let contextual = k - dominant;
+    let (dominant, contextual) = visionzip_split(k);
     let chosen = methods::top_k(&to_vec_f32(&received), dominant);
-    let remaining: Vec<usize> = (0..n).filter(|t| !chosen.contains(t)).collect();
     if visual.positions.windows(2).any(|w| w[1] != w[0] + 1) {
         bail!("visionzip: the visual tokens are not one contiguous block");
     }
@@ -480,34 +494,16 @@ fn visionzip_without_cls(
         .embeds
         .select(0, 0)
         .narrow(0, visual.positions[0] as i64, n as i64);
-    let pick = |idx: &[usize]| {
-        let i: Vec<i64> = idx.iter().map(|&t| t as i64).collect();
-        Tensor::from_slice(&i).to_device(hidden.device())
-    };
-    let mut parts = vec![hidden.index_select(0, &pick(&chosen))];
-    let mut representatives: Vec<usize> = chosen.iter().map(|&t| visual.positions[t]).collect();
-    let mut targets = Vec::new();
-    if contextual > 0 && !remaining.is_empty() {
-        let (merged, target_rows) = merge_contextual(
-            &hidden.index_select(0, &pick(&remaining)),
-            &metric.index_select(0, &pick(&remaining)),
-            contextual,
-        );
-        parts.push(merged);
-        for &r in &target_rows {
-            representatives.push(visual.positions[remaining[r]]);
-            targets.push(remaining[r]);
-        }
-    }
-    let block = Tensor::cat(&parts, 0);
+    let (block, sources) = zip_tokens(&hidden, &metric, &chosen, contextual);
     let count = block.size()[0] as usize;
     Ok(BuiltTokens {
         block,
-        representatives,
+        representatives: sources.iter().map(|&t| visual.positions[t]).collect(),
         grid: (1, count),
         note: format!(
-            "dominant {dominant}, contextual {} on merged tokens {targets:?}",
-            count - dominant
+            "dominant {dominant}, contextual {} on merged tokens {:?}",
+            count - dominant,
+            &sources[dominant..]
         ),
     })
 }
@@ -753,10 +749,7 @@ impl PruneSelector<'_> {
                     &ctx.final_norm.forward(hidden),
                     &(0..ctx.kept.len()).collect::<Vec<_>>(),
                 ));
-                let pick = |rows: &[usize]| {
-                    let i: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-                    Tensor::from_slice(&i).to_device(x.device())
-                };
+                let pick = |rows: &[usize]| index_tensor(rows, x.device());
                 let sims = x
                     .index_select(0, &pick(&pivot_rows))
                     .matmul(&x.index_select(0, &pick(vis_rows)).transpose(0, 1));

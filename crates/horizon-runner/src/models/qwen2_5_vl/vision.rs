@@ -101,23 +101,23 @@ impl Qwen2_5VlVisionAttention {
         })
     }
 
-    fn forward(&self, x: &Tensor, chunk_lengths: &[i64], cos: &Tensor, sin: &Tensor) -> Tensor {
+    /// q, k, v `[seq, heads, head_dim]`.
+    fn split_qkv(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
         let seq = x.size()[0];
         let qkv = self
             .qkv
             .forward(x)
             .reshape([seq, 3, self.num_heads, -1])
             .permute([1, 0, 2, 3]);
-        let (q, k, v) = (qkv.select(0, 0), qkv.select(0, 1), qkv.select(0, 2));
+        (qkv.select(0, 0), qkv.select(0, 1), qkv.select(0, 2))
+    }
+
+    fn forward(&self, x: &Tensor, chunk_lengths: &[i64], cos: &Tensor, sin: &Tensor) -> Tensor {
+        let seq = x.size()[0];
+        let (q, k, v) = self.split_qkv(x);
         // `apply_rotary_pos_emb_vision`: rotate in f32, cast back.
-        let (q_kind, k_kind) = (q.kind(), k.kind());
-        let (q, k) = (q.to_kind(Kind::Float), k.to_kind(Kind::Float));
-        let (cos, sin) = (
-            cos.unsqueeze(-2).to_kind(Kind::Float),
-            sin.unsqueeze(-2).to_kind(Kind::Float),
-        );
-        let q = (&q * &cos + rotate_half(&q) * &sin).to_kind(q_kind);
-        let k = (&k * &cos + rotate_half(&k) * &sin).to_kind(k_kind);
+        let q = rotate_f32(&q, cos, sin).to_kind(q.kind());
+        let k = rotate_f32(&k, cos, sin).to_kind(k.kind());
         let q = q.transpose(0, 1).unsqueeze(0);
         let k = k.transpose(0, 1).unsqueeze(0);
         let v = v.transpose(0, 1).unsqueeze(0);
@@ -137,36 +137,29 @@ impl Qwen2_5VlVisionAttention {
         let out = Tensor::cat(&outs, 1).reshape([seq, -1]).contiguous();
         self.proj.forward(&out)
     }
-}
 
-impl Qwen2_5VlVisionAttention {
     /// For VisionZip on an encoder without CLS (its SigLIP path): the attention each row receives,
     /// averaged over heads and queries (`[seq]`, eager softmax in f32 over one chunk), and the
     /// head-averaged keys before the rotary embedding (`[seq, head_dim]`).
     fn received_and_keys(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor) {
-        let seq = x.size()[0];
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([seq, 3, self.num_heads, -1])
-            .permute([1, 0, 2, 3]);
-        let (q, k) = (
-            qkv.select(0, 0).to_kind(Kind::Float),
-            qkv.select(0, 1).to_kind(Kind::Float),
-        );
+        let (q, k, _) = self.split_qkv(x);
         let keys = k.mean_dim(1, false, Kind::Float);
-        let (cos, sin) = (
-            cos.unsqueeze(-2).to_kind(Kind::Float),
-            sin.unsqueeze(-2).to_kind(Kind::Float),
-        );
-        let q = (&q * &cos + rotate_half(&q) * &sin).transpose(0, 1);
-        let k = (&k * &cos + rotate_half(&k) * &sin).transpose(0, 1);
+        let q = rotate_f32(&q, cos, sin).transpose(0, 1);
+        let k = rotate_f32(&k, cos, sin).transpose(0, 1);
         let probs = (q.matmul(&k.transpose(1, 2)) * self.scaling).softmax(-1, Kind::Float);
         let received = probs
             .mean_dim(0, false, Kind::Float)
             .mean_dim(0, false, Kind::Float);
         (received, keys)
     }
+}
+
+/// `x` `[seq, heads, d]` rotated by the vision rotary tables `[seq, d]`, in f32.
+fn rotate_f32(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let x = x.to_kind(Kind::Float);
+    let cos = cos.unsqueeze(-2).to_kind(Kind::Float);
+    let sin = sin.unsqueeze(-2).to_kind(Kind::Float);
+    &x * &cos + rotate_half(&x) * &sin
 }
 
 /// `Qwen2_5_VLVisionBlock`.
