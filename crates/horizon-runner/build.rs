@@ -1,4 +1,4 @@
-//! Link fix for binaries and tests that call libtorch (see shared notes, numerics.md section 1).
+//! Link fix for binaries and tests that call libtorch (`docs/numerics.md`, "Linking libtorch").
 //!
 //! rustc links with `--as-needed`, so nothing keeps `libtorch.so` (and through it `libtorch_cuda.so`)
 //! in DT_NEEDED and no RUNPATH is recorded: the binary would not start without LD_LIBRARY_PATH and

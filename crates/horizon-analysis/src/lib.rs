@@ -28,9 +28,9 @@
 //! (layer −1; a `full` row at layer K, if present, takes precedence). For `kl` the information is how
 //! far the window brings the distribution back toward the unpruned one (keep-only) or how far
 //! dropping it pushes the distribution away (leave-out). The `p` keep-only form is the reference's
-//! formula (notes §6); it is a plain difference and can be negative.
+//! formula (arXiv 2512.07580, as `YahongWang1/Information-Horizon` computes it); it is a plain difference and can be negative.
 //!
-//! ## Aggregation (ours, not from the reference; notes §7)
+//! ## Aggregation (ours, not from the reference)
 //!
 //! Per (model, task, layer K), over the samples s that have at least one window value at K:
 //! * map `Ī[K,w] = mean_s I[K,w,s]` (per window, over the samples that have that window);

@@ -125,8 +125,8 @@ pub fn kind_counts(meta: &SampleMeta) -> Vec<i64> {
 ///
 /// Why the mean: a decoder head that attends evenly over the image receives the mean of its tokens
 /// (through a linear value map of their normalized form), so a count the mean encodes linearly is one
-/// head away from the answer. Measured on `large-glyph`'s second extension (`scripts/count_probe.py`, docs/training.md):
-/// a linear probe on that mean names the circle count in only 55% of held-out images, and the
+/// head away from the answer. Measured on `large-glyph`'s second extension (docs/training.md): a
+/// linear probe on that mean names the circle count in only 55% of held-out images, and the
 /// per-patch head's "centre of a circle" marks cover ~2.5 patches per circle, an area like the covering
 /// marks, so the tokens offer the decoder a mass rather than a count.
 ///

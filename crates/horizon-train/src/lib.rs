@@ -211,7 +211,7 @@ pub struct TrainConfig {
     #[serde(default)]
     pub question_first: bool,
     /// Weight of a penalty on the mean square of the decoder's residual stream (every layer's input,
-    /// every position). Measured without it (`scripts/word_identity.py`): the first layer writes a
+    /// every position). Measured without it (`docs/diagnostics/word_identity.py`): the first layer writes a
     /// vector of norm ~400 on the question's words, whose embeddings have norm ~0.7, so the word that
     /// names the asked shape is a 0.2% perturbation of a common vector in every later layer.
     #[serde(default)]
@@ -423,7 +423,7 @@ fn build_vocab_tokenizer(
 /// The scene of a coarse sample in words, shapes in drawing order: `red circle, blue square`. Samples
 /// that show the scene this way instead of as an image teach the decoder to look the question's shape
 /// up in its context: measured, image-only training never does (the answers of every model trained so
-/// far are exactly invariant to the asked shape: `scripts/question_sensitivity.py`), because carrying
+/// far are exactly invariant to the asked shape: `docs/diagnostics/question_sensitivity.py`), because carrying
 /// the asked kind to the answer only pays once a later head selects patches by it, and vice versa.
 pub fn scene_text(s: &SynthSample) -> String {
     s.meta

@@ -2,7 +2,7 @@
 //!
 //! [`question_prompt`] gives the text that goes where the question goes in the model's chat template
 //! (after the image token; the template itself, `<image>\n` and the conversation wrapper, are the model
-//! family's business). Sources are named as in `shared/notes/benchmarks.md`: LLaVA = `haotian-liu/LLaVA`
+//! family's business). Sources: LLaVA = `haotian-liu/LLaVA`
 //! (`llava/eval/model_vqa_loader.py`, `model_vqa_science.py`, `model_vqa_mmbench.py` and the eval.zip
 //! question files), lmms-eval = `EvolvingLMMs-Lab/lmms-eval` `lmms_eval/tasks/<task>/` (default
 //! `lmms_eval_specific_kwargs`).

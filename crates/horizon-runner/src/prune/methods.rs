@@ -1,5 +1,5 @@
 //! The selection rules of the pruning methods, on plain vectors of scores and similarities so that
-//! each one reads like its published algorithm (`../shared/notes/pruning-methods.md`). Indices are
+//! each one reads like its published algorithm (`docs/pruning.md` names each paper and its code). Indices are
 //! positions in the list of visual tokens left before the stage; results are ascending.
 
 use anyhow::{bail, Result};

@@ -9,8 +9,8 @@
 use anyhow::{bail, Result};
 use std::fmt;
 
-/// The pruning methods (`../shared/notes/pruning-methods.md` describes each; the README lists the
-/// defaults and every deviation).
+/// The pruning methods (`docs/pruning.md` describes each, with its defaults and every deviation from
+/// the published code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
     /// Uniform sample of the visual tokens left, seeded per sample.

@@ -10,7 +10,7 @@ sdpa attention), and reports:
 - the largest change of the answer distribution between kinds (total variation, mean over images).
 
 Run from the repository root with the pinned stack of fixtures/requirements.txt:
-    .venv/bin/python scripts/question_sensitivity.py data/models/horizon-large [--images 40]
+    .venv/bin/python docs/diagnostics/question_sensitivity.py data/models/horizon-large [--images 40]
 """
 
 import argparse
@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main():

@@ -16,7 +16,7 @@ A probe at the majority-class rate means the tokens do not carry that property: 
 select patches by it, whatever the training does on the language side.
 
 Run from the repository root with the pinned stack of fixtures/requirements.txt:
-    .venv/bin/python scripts/patch_probe.py data/models/horizon-large
+    .venv/bin/python docs/diagnostics/patch_probe.py data/models/horizon-large
 """
 
 import argparse
@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COARSE = ("shape_color", "shape_exists", "count_circles")
 READING = ("read_text", "boxed_char")
 

@@ -11,7 +11,7 @@ as the answer (what `horizon eval` greedy-decodes first). Reports:
   centres, relative to their radii: < 0 means the discs overlap).
 
 Run from the repository root with the pinned stack of fixtures/requirements.txt:
-    .venv/bin/python scripts/count_confusion.py data/models/horizon-large [--samples 200]
+    .venv/bin/python docs/diagnostics/count_confusion.py data/models/horizon-large [--samples 200]
 """
 
 import argparse
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def gap(a, b):

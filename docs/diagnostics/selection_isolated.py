@@ -4,7 +4,7 @@ of a bundled model? A diagnostic for the training work (not a test).
 
 Every shape of the first shape_color images is asked about; the loss is -log of the attention mass on
 the patches of that shape's box; a fifth of the questions are held out. Run from the repository root:
-    .venv/bin/python scripts/selection_isolated.py MODEL EMBED_STD LR QK_STD
+    .venv/bin/python docs/diagnostics/selection_isolated.py MODEL EMBED_STD LR QK_STD
 e.g. `data/models/horizon-small 0.02 2e-3 0.02` (the trainer's scales) or `... 1.0 1e-2 0.2`.
 """
 import io, json, sys, torch, pyarrow.parquet as pq

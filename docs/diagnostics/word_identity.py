@@ -11,7 +11,7 @@ position of the question's shape word (`circle` in "What color is the circle?"):
   question asks about: the word's identity has been drowned by what the layers wrote on top of it.
 
 Run from the repository root with the pinned stack of fixtures/requirements.txt:
-    .venv/bin/python scripts/word_identity.py data/models/horizon-large [--questions 20]
+    .venv/bin/python docs/diagnostics/word_identity.py data/models/horizon-large [--questions 20]
 """
 
 import argparse
@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHAPE_WORDS = ("\u2581circle", "\u2581square", "\u2581triangle")
 
 

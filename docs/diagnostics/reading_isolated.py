@@ -14,7 +14,7 @@ the bottleneck.
 
 Run from the repository root (a benchmark with enough reading samples: `horizon synth --per-category
 1500 --seed 5 --out F`):
-    .venv/bin/python scripts/reading_isolated.py MODEL BENCH.parquet [STEPS]
+    .venv/bin/python docs/diagnostics/reading_isolated.py MODEL BENCH.parquet [STEPS]
 """
 
 import io

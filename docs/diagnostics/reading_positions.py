@@ -8,7 +8,7 @@ scored with the right glyphs before it, unlike `horizon eval`'s greedy answer), 
 largest attention mass of any head on the patches that glyph's box overlaps.
 
 Run from the repository root with the pinned stack of fixtures/requirements.txt:
-    .venv/bin/python scripts/reading_positions.py data/models/horizon-large
+    .venv/bin/python docs/diagnostics/reading_positions.py data/models/horizon-large
 """
 
 import collections
@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PATCH, GRID = 8, 8
 
 torch.set_num_threads(1)

@@ -7,7 +7,7 @@ the trainer's per-patch loss), on the coarse samples of a synthetic benchmark, a
 accuracy on the patches inside a shape. Make the data with
     ./target/release/horizon synth --out /tmp/big.parquet --per-category 2000 --seed 77
 then run from the repository root with the pinned stack of fixtures/requirements.txt:
-    .venv/bin/python scripts/tower_kind_standalone.py /tmp/big.parquet [--init-std 0.02]
+    .venv/bin/python docs/diagnostics/tower_kind_standalone.py /tmp/big.parquet [--init-std 0.02]
 """
 
 import argparse
