@@ -11,7 +11,7 @@
 //! as before (the decoder still has to find and read 5x7-pixel glyphs that straddle patch borders).
 
 use horizon_data::synthetic::{font, shape_contains, NamedColor, SampleMeta, ShapeKind};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// Quadrants per patch (2x2).
 const QUADS: usize = 4;
@@ -401,19 +401,11 @@ pub fn with_word_logits(
     Tensor::cat(&parts, 2)
 }
 
-/// A fresh head `[head_width, hidden]` weight and bias (small init), as trainable tensors.
-pub fn new_head(hidden: i64, device: Device, seed: i64) -> (Tensor, Tensor) {
-    tch::manual_seed(seed ^ 0x0a0e);
-    let w = (Tensor::randn([head_width(), hidden], (Kind::Float, device)) * 0.02)
-        .set_requires_grad(true);
-    let b = Tensor::zeros([head_width()], (Kind::Float, device)).set_requires_grad(true);
-    (w, b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use horizon_data::synthetic::{generate, Category, GenConfig};
+    use tch::Device;
 
     /// The pooled count targets are the generator's shape counts (a count question's answer for
     /// circles), and the loss and hit count equal a naive per-image, per-kind recomputation.

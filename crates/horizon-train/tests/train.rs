@@ -27,25 +27,25 @@ fn micro() -> TrainConfig {
         text_intermediate: 32,
     };
     let mut cfg = TrainConfig::new(spec, 4, 7);
-    cfg.batch_size = 3;
-    cfg.warmup_steps = 2;
-    cfg.checkpoint_every = 2;
+    cfg.schedule.batch_size = 3;
+    cfg.schedule.warmup_steps = 2;
+    cfg.schedule.checkpoint_every = 2;
     // Steps 0-1 coarse only, 2-3 with the reading tasks: the resume below crosses the boundary.
-    cfg.coarse_only_fraction = 0.5;
+    cfg.samples.coarse_only_fraction = 0.5;
     // The question probe's and the early answer's heads are checkpointed with the per-patch head:
     // the resume covers all three.
-    cfg.question_weight = 1.0;
-    cfg.early_answer_weight = 1.0;
+    cfg.decoder.question_weight = 1.0;
+    cfg.decoder.early_answer_weight = 1.0;
     cfg
 }
 
 #[test]
 fn curriculum_schedule() {
     let mut cfg = micro();
-    cfg.steps = 100;
-    cfg.coarse_only_fraction = 0.2;
-    cfg.curriculum_fraction = 0.6;
-    cfg.max_glyphs = 3;
+    cfg.schedule.steps = 100;
+    cfg.samples.coarse_only_fraction = 0.2;
+    cfg.samples.curriculum_fraction = 0.6;
+    cfg.samples.max_glyphs = 3;
     assert_eq!(cfg.fine_start(), 20);
     // One glyph when the reading tasks enter, three from 60% of the steps on, monotone in between.
     assert_eq!(cfg.glyphs_at(20), 1);
@@ -152,7 +152,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 fn killed_checkpoint_write_resumes_from_a_complete_checkpoint() {
     let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let mut cfg = micro();
-    cfg.steps = 6;
+    cfg.schedule.steps = 6;
     let (full, _, _a) = train_to_end(&cfg);
     let stop_at = |step| StopAt {
         step: Some(step),
@@ -234,7 +234,7 @@ fn extended_run_goes_on_from_its_checkpoint() {
     let short_weights = weights(&short);
 
     let mut longer = cfg.clone();
-    longer.steps = 6;
+    longer.schedule.steps = 6;
     // Without extending, the longer settings do not match the checkpoint.
     assert!(train(
         &longer,
@@ -248,8 +248,8 @@ fn extended_run_goes_on_from_its_checkpoint() {
     let mut same = cfg.clone();
     let err = extend_run(&same, dir.path()).unwrap_err().to_string();
     assert!(err.contains("state.json") && err.contains("steps"), "{err}");
-    same.steps = 6;
-    same.lr *= 2.0;
+    same.schedule.steps = 6;
+    same.schedule.lr *= 2.0;
     let err = extend_run(&same, dir.path()).unwrap_err().to_string();
     assert!(
         err.contains("state.json") && err.contains("config"),
@@ -294,10 +294,10 @@ fn attention_supervision_moves_attention_to_the_evidence() {
     let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let run = |attend_weight: f64, steps: usize| {
         let mut cfg = micro();
-        cfg.steps = steps;
-        cfg.checkpoint_every = steps;
-        cfg.attend_weight = attend_weight;
-        cfg.coarse_only_fraction = 0.0;
+        cfg.schedule.steps = steps;
+        cfg.schedule.checkpoint_every = steps;
+        cfg.decoder.attend_weight = attend_weight;
+        cfg.samples.coarse_only_fraction = 0.0;
         let (model, losses, dir) = train_to_end(&cfg);
         let masses: Vec<f64> = losses.iter().map(|l| l.attend).collect();
         (weights(&model), masses, dir)
@@ -320,8 +320,8 @@ fn attention_supervision_moves_attention_to_the_evidence() {
 fn text_scene_training_runs_without_images() {
     let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let mut cfg = micro();
-    cfg.text_scene_fraction = 1.0;
-    cfg.coarse_only_fraction = 0.5;
+    cfg.samples.text_scene_fraction = 1.0;
+    cfg.samples.coarse_only_fraction = 0.5;
     let (model, losses, _dir) = train_to_end(&cfg);
     // Steps 0-1 are coarse only, hence text only: no per-patch loss; steps 2-3 have reading samples.
     assert_eq!(losses[0].aux, 0.0);
@@ -342,34 +342,34 @@ fn shape_word_options_train_and_export() {
     let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let base = || {
         let mut cfg = micro();
-        cfg.early_answer_weight = 0.0;
-        cfg.question_weight = 0.0;
+        cfg.decoder.early_answer_weight = 0.0;
+        cfg.decoder.question_weight = 0.0;
         cfg
     };
     let (plain, plain_losses, _d0) = train_to_end(&base());
     assert!(plain_losses.iter().all(|l| l.early_answer == 0.0));
     let variants: [(&str, SetOption); 5] = [
         ("early answer + two hops", |c| {
-            c.early_answer_weight = 1.0;
-            c.attend_weight = 1.0;
-            c.attend_via_shape_word = true;
-            c.attend_per_query = true;
+            c.decoder.early_answer_weight = 1.0;
+            c.decoder.attend_weight = 1.0;
+            c.decoder.attend_via_shape_word = true;
+            c.decoder.attend_per_query = true;
         }),
         ("fixed head + residual penalty", |c| {
-            c.attend_weight = 1.0;
-            c.attend_head = Some(1);
-            c.activation_penalty = 1e-2;
+            c.decoder.attend_weight = 1.0;
+            c.decoder.attend_head = Some(1);
+            c.decoder.activation_penalty = 1e-2;
         }),
-        ("word-aligned", |c| c.aux_word_aligned = true),
-        ("qk init", |c| c.qk_init_std = 0.1),
-        ("question first", |c| c.question_first = true),
+        ("word-aligned", |c| c.patch.aux_word_aligned = true),
+        ("qk init", |c| c.init.qk_init_std = 0.1),
+        ("question first", |c| c.samples.question_first = true),
     ];
     for (name, set) in variants {
         let mut cfg = base();
         set(&mut cfg);
         let (model, losses, _d) = train_to_end(&cfg);
         assert!(losses.iter().all(|l| l.lm.is_finite()), "{name}");
-        if cfg.early_answer_weight > 0.0 {
+        if cfg.decoder.early_answer_weight > 0.0 {
             assert!(losses.iter().any(|l| l.early_answer > 0.0), "{name}");
             assert!(losses.iter().any(|l| l.attend > 0.0), "{name}");
         }
@@ -400,10 +400,10 @@ fn vision_stage_trains_only_the_vision_side() {
         (weights(&dir.path().join("checkpoint")), losses, dir)
     };
     let mut frozen = micro();
-    frozen.lr = 0.0;
+    frozen.schedule.lr = 0.0;
     let (initial, _, _d0) = stop_after(&frozen, 1);
     let mut staged = micro();
-    staged.vision_stage_steps = 2;
+    staged.stage.vision_stage_steps = 2;
     let (after_stage, losses, _d1) = stop_after(&staged, 2);
     assert!(losses.iter().all(|l| l.lm.is_nan() && l.aux > 0.0));
     let (after_one_more, losses, _d2) = stop_after(&staged, 3);
@@ -443,7 +443,7 @@ fn vision_stage_trains_only_the_vision_side() {
     assert!(any_moved(&after_stage, &after_one_more, "language_model."));
     // With the vision side's rate at 0 after the stage, the step after it moves the decoder only.
     let mut frozen_after = staged.clone();
-    frozen_after.decoder_phase_vision_lr = 0.0;
+    frozen_after.stage.decoder_phase_vision_lr = 0.0;
     let (frozen_one_more, _, _d3) = stop_after(&frozen_after, 3);
     for prefix in ["vision_tower.", "multi_modal_projector."] {
         unmoved(
@@ -462,15 +462,13 @@ fn vision_stage_trains_only_the_vision_side() {
 #[test]
 fn vision_stage_has_its_own_schedule() {
     let mut cfg = micro();
-    cfg.steps = 100;
-    cfg.vision_stage_steps = 40;
-    cfg.warmup_steps = 10;
-    cfg.lr = 1.0;
-    let plain = TrainConfig {
-        vision_stage_steps: 0,
-        steps: 40,
-        ..cfg.clone()
-    };
+    cfg.schedule.steps = 100;
+    cfg.stage.vision_stage_steps = 40;
+    cfg.schedule.warmup_steps = 10;
+    cfg.schedule.lr = 1.0;
+    let mut plain = cfg.clone();
+    plain.stage.vision_stage_steps = 0;
+    plain.schedule.steps = 40;
     for step in 0..40 {
         assert_eq!(cfg.lr_at(step), plain.lr_at(step), "step {step}");
     }
