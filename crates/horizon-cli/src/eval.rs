@@ -67,41 +67,60 @@ pub struct EvalArgs {
 }
 
 /// `--info-rows`: per sample and cut layer, p(answer) with only window w kept, from the part files
-/// of a `horizon info` run of the same checkpoint (keep-only, target gt, windows of `window`).
+/// of a `horizon info` run of the same checkpoint over the same selection (keep-only, target gt,
+/// windows of `window`); every part file's metadata is checked.
 pub fn read_info_row_scores(
     dir: &Path,
     model_dir: &Path,
     window: usize,
+    samples: &[horizon_data::bench::Sample],
 ) -> Result<horizon_runner::evaluate::InfoRowScores> {
+    use horizon_data::info_rows::{InfoMode, Target};
+    use horizon_data::run_meta::{RunKind, RunMetadata};
     let name = format!("--info-rows {}", dir.display());
     let files = horizon_data::info_rows::part_files(dir).with_context(|| name.clone())?;
     if files.is_empty() {
         anyhow::bail!("{name}: no part-*.parquet files");
     }
+    let fingerprint = horizon_runner::checkpoint::fingerprint(model_dir)?;
+    let selection = horizon_runner::parts::selection_fingerprint(samples)?;
+    for file in &files {
+        let meta = RunMetadata::read_part(file).with_context(|| name.clone())?;
+        let RunKind::Info(info) = &meta.run else {
+            anyhow::bail!("{}: not a `horizon info` part file", file.display());
+        };
+        if meta.model_fingerprint != fingerprint {
+            anyhow::bail!(
+                "{}: rows of another checkpoint than {} (fingerprint differs)",
+                file.display(),
+                model_dir.display()
+            );
+        }
+        if meta.selection_fingerprint != selection {
+            anyhow::bail!(
+                "{}: rows of another selection of samples (its benchmark, --limit, --per-category or \
+                 --seed differ: the selection fingerprint differs)",
+                file.display()
+            );
+        }
+        if info.window_size != window {
+            anyhow::bail!(
+                "{name}: rows of {0}x{0} windows, --info-window is {window}",
+                info.window_size
+            );
+        }
+        if info.mode != InfoMode::KeepOnly || info.target != Target::Gt {
+            anyhow::bail!(
+                "{}: {} rows of target {}; the oracle ranks keep-only windows by the ground-truth answer",
+                file.display(),
+                info.mode,
+                info.target
+            );
+        }
+    }
     let table =
         horizon_analysis::read_info_rows_many(&files, &horizon_analysis::ReadOptions::default())
             .with_context(|| name.clone())?;
-    let meta = |k: &str| {
-        table
-            .metadata
-            .get(&format!("horizon.{k}"))
-            .cloned()
-            .unwrap_or_default()
-    };
-    let fingerprint = horizon_runner::checkpoint::fingerprint(model_dir)?;
-    if meta("model_fingerprint") != fingerprint {
-        anyhow::bail!(
-            "{name}: rows of another checkpoint than {} (fingerprint differs)",
-            model_dir.display()
-        );
-    }
-    if meta("window_size") != window.to_string() {
-        anyhow::bail!(
-            "{name}: rows of {}x{} windows, --info-window is {window}",
-            meta("window_size"),
-            meta("window_size")
-        );
-    }
     let p = table
         .p
         .as_ref()
@@ -275,6 +294,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 dir,
                 &args.model.model,
                 args.prune_settings.info_window,
+                &samples,
             )?)),
             None => None,
         },

@@ -32,6 +32,7 @@ pub struct ForwardArgs {
 }
 
 pub fn run(args: &ForwardArgs) -> Result<()> {
+    horizon_data::atomic::check_file_target(&args.save_logits)?;
     let (model, processor, inputs) = args.model.load()?;
     let target = match &args.answer {
         Some(a) => processor.first_answer_token(a)?,

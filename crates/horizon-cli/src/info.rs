@@ -81,18 +81,18 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         "horizon info: {} samples ({} already done), layers {:?}, window {}, {}, target {}",
         plan.samples, plan.already_done, sweep.layers, sweep.window, sweep.mode, sweep.target
     );
+    if plan.excluded() > 0 {
+        eprintln!(
+            "excluded {} samples without a ground-truth answer (--target gt scores it; --target greedy keeps them; listed in DONE.json)",
+            plan.excluded()
+        );
+    }
     let progress = bar(plan.pending() as u64, "samples");
     let stop = args.scale.stop_rule();
     let report = plan.run(&model, &processor, stop, &mut |done, _| {
         progress.set_position(done as u64)
     })?;
     progress.finish_and_clear();
-    if report.skipped_no_answer > 0 {
-        eprintln!(
-            "skipped {} samples without a ground-truth answer (use --target greedy for them)",
-            report.skipped_no_answer
-        );
-    }
     eprintln!(
         "wrote {} part files to {}",
         report.part_files,

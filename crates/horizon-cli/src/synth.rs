@@ -27,6 +27,7 @@ pub struct SynthArgs {
 }
 
 pub fn run(args: &SynthArgs) -> Result<()> {
+    horizon_data::atomic::check_file_target(&args.out)?;
     let cfg = GenConfig::default()
         .with_image_size(args.image_size)
         .with_glyphs(1, args.max_glyphs);

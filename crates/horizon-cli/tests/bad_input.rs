@@ -1,7 +1,8 @@
 //! Hostile input over every subcommand: broken checkpoints, configs, tokenizers, processor files,
 //! images, benchmarks and CLI values. Each case must exit non-zero with exactly one `error:` line that
-//! names the file, field, tensor or option at fault, never panic, and leave nothing behind where the
-//! command would have written.
+//! names the file, field, tensor or option at fault, never panic, and leave nothing behind: the
+//! output's directory is scanned before and after, and only a case that fails after a part was
+//! committed may leave those parts (whole ones, no temporary file).
 
 mod common;
 
@@ -15,8 +16,11 @@ struct Case {
     args: Vec<String>,
     /// Text the error line must contain.
     needles: Vec<String>,
-    /// Where output would have gone: it must not exist afterwards.
+    /// Where output would have gone: it must not exist afterwards, and nothing may appear in its
+    /// directory (or below) but `kept`.
     out: PathBuf,
+    /// What a case that fails after committing parts leaves: exactly these paths are new.
+    kept: Vec<PathBuf>,
 }
 
 fn llava() -> PathBuf {
@@ -145,6 +149,7 @@ fn checkpoint_cases(d: &Path) -> Vec<Case> {
             args: forward(&model, &img, &out),
             needles: strs(needles),
             out: out.clone(),
+            kept: Vec::new(),
         });
     };
     let sub = |n: &str| {
@@ -387,6 +392,7 @@ fn image_and_value_cases(d: &Path) -> Vec<Case> {
             args: forward(&m, &img, &out),
             needles: strs(&[needle]),
             out: out.clone(),
+            kept: Vec::new(),
         });
     }
     let base = forward(&m, &image(), &out);
@@ -404,6 +410,7 @@ fn image_and_value_cases(d: &Path) -> Vec<Case> {
             args,
             needles: strs(&[flag, value]),
             out: out.clone(),
+            kept: Vec::new(),
         });
     }
     let gen = |extra: &[&str]| -> Vec<String> {
@@ -424,12 +431,14 @@ fn image_and_value_cases(d: &Path) -> Vec<Case> {
         args: gen(&["--max-new-tokens", "0"]),
         needles: strs(&["--max-new-tokens"]),
         out: out.clone(),
+        kept: Vec::new(),
     });
     cases.push(Case {
         name: "raw template without placeholder",
         args: gen(&["--template", "raw"]),
         needles: strs(&["<image>"]),
         out: out.clone(),
+        kept: Vec::new(),
     });
     cases.push(Case {
         name: "qwen with a llava template",
@@ -446,6 +455,7 @@ fn image_and_value_cases(d: &Path) -> Vec<Case> {
         ]),
         needles: strs(&["LLaVA template"]),
         out: out.clone(),
+        kept: Vec::new(),
     });
     cases
 }
@@ -500,6 +510,7 @@ fn info_cases(d: &Path) -> Vec<Case> {
             args: info(&m, &q, d, &out, &extra),
             needles: strs(&[needle]),
             out: out.clone(),
+            kept: Vec::new(),
         });
     }
     let bd = d.join("benches");
@@ -514,6 +525,7 @@ fn info_cases(d: &Path) -> Vec<Case> {
         args: info(&m, &bad_json.0, &bad_json.1, &out, &[]),
         needles: strs(&["q.jsonl", "2"]),
         out: out.clone(),
+        kept: Vec::new(),
     });
     let no_text = {
         let sub = bd.join("b");
@@ -528,6 +540,7 @@ fn info_cases(d: &Path) -> Vec<Case> {
         args: info(&m, &no_text.0, &no_text.1, &out, &[]),
         needles: strs(&["q.jsonl", "text"]),
         out: out.clone(),
+        kept: Vec::new(),
     });
     let empty = {
         let sub = bd.join("c");
@@ -540,12 +553,14 @@ fn info_cases(d: &Path) -> Vec<Case> {
         args: info(&m, &empty.0, &empty.1, &out, &[]),
         needles: strs(&["no sample"]),
         out: out.clone(),
+        kept: Vec::new(),
     });
     cases.push(Case {
         name: "benchmark missing",
         args: info(&m, &d.join("nope.jsonl"), d, &out, &[]),
         needles: strs(&["nope.jsonl"]),
         out: out.clone(),
+        kept: Vec::new(),
     });
     let missing_image = {
         let sub = bd.join("e");
@@ -559,6 +574,7 @@ fn info_cases(d: &Path) -> Vec<Case> {
         args: info(&m, &missing_image.0, &missing_image.1, &out, &[]),
         needles: strs(&["gone.png"]),
         out: out.clone(),
+        kept: Vec::new(),
     });
     let not_parquet = d.join("fake.parquet");
     std::fs::write(&not_parquet, b"PAR1 nope").unwrap();
@@ -567,6 +583,7 @@ fn info_cases(d: &Path) -> Vec<Case> {
         args: info(&m, &not_parquet, d, &out, &[]),
         needles: strs(&["fake.parquet"]),
         out: out.clone(),
+        kept: Vec::new(),
     });
     let file_as_out = d.join("a-file");
     std::fs::write(&file_as_out, b"x").unwrap();
@@ -575,6 +592,7 @@ fn info_cases(d: &Path) -> Vec<Case> {
         args: info(&m, &q, d, &file_as_out, &[]),
         needles: strs(&["--out", "a-file"]),
         out: file_as_out.join("part-000000.parquet"),
+        kept: Vec::new(),
     });
     cases
 }
@@ -614,6 +632,7 @@ fn analysis_and_other_cases(d: &Path) -> Vec<Case> {
             args: horizon_cmd(&extra),
             needles: strs(&[needle]),
             out: out.clone(),
+            kept: Vec::new(),
         });
     }
     cases.push(Case {
@@ -629,6 +648,7 @@ fn analysis_and_other_cases(d: &Path) -> Vec<Case> {
         ]),
         needles: strs(&["--format", "gif"]),
         out: out.clone(),
+        kept: Vec::new(),
     });
     let synth_out = d.join("synth.parquet");
     for (name, extra, needle) in [
@@ -655,6 +675,7 @@ fn analysis_and_other_cases(d: &Path) -> Vec<Case> {
             args,
             needles: strs(&[needle]),
             out: synth_out.clone(),
+            kept: Vec::new(),
         });
     }
     let eval_out = d.join("eval-out");
@@ -704,6 +725,7 @@ fn analysis_and_other_cases(d: &Path) -> Vec<Case> {
             args,
             needles: strs(&[needle]),
             out: eval_out.clone(),
+            kept: Vec::new(),
         });
     }
     let pred = d.join("preds.parquet");
@@ -719,6 +741,7 @@ fn analysis_and_other_cases(d: &Path) -> Vec<Case> {
         ]),
         needles: strs(&["preds.parquet"]),
         out: d.join("s.json"),
+        kept: Vec::new(),
     });
     let bench_json = d.join("bench.json");
     for (name, extra, needle) in [
@@ -746,6 +769,7 @@ fn analysis_and_other_cases(d: &Path) -> Vec<Case> {
             args,
             needles: strs(&[needle]),
             out: bench_json.clone(),
+            kept: Vec::new(),
         });
     }
     let merged = d.join("merged");
@@ -754,12 +778,14 @@ fn analysis_and_other_cases(d: &Path) -> Vec<Case> {
         args: strs(&["merge", "--shards", &s(&info_dir), "--out", &s(&merged)]),
         needles: strs(&["no-info", "DONE.json"]),
         out: merged,
+        kept: Vec::new(),
     });
     cases.push(Case {
         name: "unknown subcommand",
         args: strs(&["prune-everything"]),
         needles: strs(&["prune-everything"]),
         out: out.clone(),
+        kept: Vec::new(),
     });
     cases
 }
@@ -837,6 +863,7 @@ fn prune_cases(d: &Path) -> Vec<Case> {
             args,
             needles: strs(&needles),
             out: out.clone(),
+            kept: Vec::new(),
         });
     }
     let mut args = forward(&llava(), &image(), &out);
@@ -846,8 +873,134 @@ fn prune_cases(d: &Path) -> Vec<Case> {
         args,
         needles: strs(&["--positions", "keep, renumber"]),
         out: out.clone(),
+        kept: Vec::new(),
     });
     cases
+}
+
+/// Outputs that cannot be written because a directory is in the way (found before the work), and
+/// a run that fails after it committed parts (those stay, whole, and nothing else).
+fn target_and_commit_cases(d: &Path) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let dir_in_the_way = |name: &str| {
+        let p = d.join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    };
+    let pred = d.join("preds.parquet");
+    horizon_data::predictions::write_predictions(
+        &pred,
+        &[horizon_data::predictions::Prediction {
+            sample_key: "1".into(),
+            answers: vec!["red".into()],
+            prediction: "red".into(),
+            ..Default::default()
+        }],
+        &[],
+    )
+    .unwrap();
+    let json_dir = dir_in_the_way("scores-dir");
+    cases.push(Case {
+        name: "score --json is a directory",
+        args: strs(&["score", "--predictions", &s(&pred), "--json", &s(&json_dir)]),
+        needles: strs(&["scores-dir", "is a directory"]),
+        out: json_dir.join("x"),
+        kept: Vec::new(),
+    });
+    let logits_dir = dir_in_the_way("logits-dir");
+    cases.push(Case {
+        name: "forward --save-logits is a directory",
+        args: forward(&llava(), &image(), &logits_dir),
+        needles: strs(&["logits-dir", "is a directory"]),
+        out: logits_dir.join("x"),
+        kept: Vec::new(),
+    });
+    let synth_dir = dir_in_the_way("synth-dir");
+    cases.push(Case {
+        name: "synth --out is a directory",
+        args: strs(&["synth", "--out", &s(&synth_dir), "--per-category", "1"]),
+        needles: strs(&["synth-dir", "is a directory"]),
+        out: synth_dir.join("x"),
+        kept: Vec::new(),
+    });
+    let q = jsonl(d, &[GOOD_LINE]);
+    let eval_out = d.join("eval-scores-dir");
+    std::fs::create_dir_all(eval_out.join("scores.json")).unwrap();
+    cases.push(Case {
+        name: "eval where scores.json is a directory",
+        args: strs(&[
+            "eval",
+            "--model",
+            &s(&llava()),
+            "--bench",
+            &s(&q),
+            "--image-dir",
+            &s(d),
+            "--out",
+            &s(&eval_out),
+        ]),
+        needles: strs(&["scores.json", "is a directory"]),
+        out: eval_out.join("part-000000.parquet"),
+        kept: Vec::new(),
+    });
+    // The third image is corrupt: two one-sample parts are committed before it is read.
+    let sub = d.join("third");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::copy(image(), sub.join("square.png")).unwrap();
+    // Truncated: its header reads (the benchmark reader checks it), its pixels do not.
+    let png = std::fs::read(image()).unwrap();
+    std::fs::write(sub.join("broken.png"), &png[..png.len() / 2]).unwrap();
+    let lines: Vec<String> = (1..=3)
+        .map(|i| {
+            GOOD_LINE
+                .replace("\"question_id\": 1", &format!("\"question_id\": {i}"))
+                .replace(
+                    "square.png",
+                    if i == 3 { "broken.png" } else { "square.png" },
+                )
+        })
+        .collect();
+    let q3 = sub.join("q.jsonl");
+    std::fs::write(&q3, lines.join("\n") + "\n").unwrap();
+    let out = sub.join("out");
+    cases.push(Case {
+        name: "info: corrupt third image after two committed parts",
+        args: info(
+            &llava(),
+            &q3,
+            &sub,
+            &out,
+            &["--samples-per-part", "1", "--layers", "1"],
+        ),
+        needles: strs(&["broken.png"]),
+        out: out.join("part-000002.parquet"),
+        kept: vec![
+            out.clone(),
+            out.join("part-000000.parquet"),
+            out.join("part-000001.parquet"),
+        ],
+    });
+    cases
+}
+
+/// Every path below `dir` (files and directories), sorted.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            all.push(p);
+        }
+    }
+    all.sort();
+    all
 }
 
 #[test]
@@ -860,6 +1013,7 @@ fn bad_input_gets_one_line_errors_and_leaves_nothing() {
         info_cases,
         analysis_and_other_cases,
         prune_cases,
+        target_and_commit_cases,
     ]
     .iter()
     .enumerate()
@@ -872,8 +1026,23 @@ fn bad_input_gets_one_line_errors_and_leaves_nothing() {
     let mut failures = Vec::new();
     for case in &cases {
         let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
+        let scanned = case
+            .out
+            .ancestors()
+            .find(|p| p.is_dir())
+            .map(|p| p.parent().unwrap_or(p).to_path_buf())
+            .unwrap();
+        let before = tree(&scanned);
         let (ok, _, stderr) = horizon(&args);
-        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let left: Vec<PathBuf> = tree(&scanned)
+            .into_iter()
+            .filter(|p| !before.contains(p) && !case.kept.contains(p))
+            .collect();
+        let mut lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        if !case.kept.is_empty() {
+            // A run that committed parts has said what it runs before it failed.
+            lines.retain(|l| l.starts_with("error: "));
+        }
         let problem = if ok {
             Some("exited 0".to_string())
         } else if stderr.contains("panicked") || stderr.contains("backtrace") {
@@ -884,8 +1053,13 @@ fn bad_input_gets_one_line_errors_and_leaves_nothing() {
             Some(format!("'{n}' missing from: {}", lines[0]))
         } else if case.out.exists() {
             Some(format!("{} was left behind", case.out.display()))
+        } else if !left.is_empty() {
+            Some(format!("left behind: {left:?}"))
         } else {
-            None
+            case.kept
+                .iter()
+                .find(|k| !k.exists())
+                .map(|k| format!("{} (committed before the failure) is gone", k.display()))
         };
         if let Some(p) = problem {
             failures.push(format!("{}: {p}", case.name));

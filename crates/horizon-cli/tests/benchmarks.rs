@@ -527,6 +527,23 @@ fn info_pruning_from_info_rows_equals_computing_them() {
         &["--info-rows", s(&rows).leak(), "--info-window", "4"],
     );
     assert!(!ok && err.contains("--info-window is 4"), "{err}");
+    // Rows of another selection (here: fewer samples per category) are refused.
+    let (ok, _, err) = horizon(&[
+        "eval",
+        "--model",
+        &small(),
+        "--bench",
+        &synthetic(),
+        "--per-category",
+        "1",
+        "--out",
+        &s(&tmp.path().join("sel")),
+        "--prune",
+        "info@2:16",
+        "--info-rows",
+        &s(&rows),
+    ]);
+    assert!(!ok && err.contains("another selection"), "{err}");
     let (ok, _, err) = horizon(&[
         "eval",
         "--model",

@@ -201,3 +201,291 @@ fn stopped_and_resumed_runs_equal_one_run_and_resume_checks_the_data() {
         .map(|mut r| r.next().is_none())
         .unwrap_or(true));
 }
+
+/// A copy of llava-tiny at `dir/llava-tiny` (same model name) with another generation config.
+fn other_checkpoint(dir: &Path) -> PathBuf {
+    let copy = dir.join("llava-tiny");
+    std::fs::create_dir_all(&copy).unwrap();
+    let model = root().join("fixtures/llava/models/llava-tiny");
+    for e in std::fs::read_dir(&model).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, copy.join(p.file_name().unwrap())).unwrap();
+    }
+    let cfg = copy.join("generation_config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace('{', "{\"max_length\": 77, ")).unwrap();
+    copy
+}
+
+fn eval(dir: &Path, q: &Path, model: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
+    let mut args: Vec<String> = [
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--bench",
+        q.to_str().unwrap(),
+        "--image-dir",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--samples-per-part",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--no-warmup",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = horizon(&refs);
+    (ok, err)
+}
+
+#[test]
+fn every_part_is_checked_on_resume_merge_and_score() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let q = bench(d);
+    let model = root().join("fixtures/llava/models/llava-tiny");
+    let edited = other_checkpoint(&d.join("edited"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let steps = d.join("steps");
+    let (ok, err) = info(d, &q, &model, &steps, &["--max-samples-per-run", "2"]);
+    assert!(ok, "{err}");
+    // A part of another checkpoint under the same model name, put in the run, is refused by name.
+    let other = d.join("other");
+    let (ok, err) = info(d, &q, &edited, &other, &[]);
+    assert!(ok, "{err}");
+    std::fs::copy(
+        other.join("part-000002.parquet"),
+        steps.join("part-000002.parquet"),
+    )
+    .unwrap();
+    let (ok, err) = info(d, &q, &model, &steps, &["--resume"]);
+    one_line_error(ok, &err, "part-000002.parquet");
+    assert!(err.contains("horizon.model_fingerprint"), "{err}");
+    std::fs::remove_file(steps.join("part-000002.parquet")).unwrap();
+    let (ok, err) = info(d, &q, &model, &steps, &["--resume"]);
+    assert!(ok, "{err}");
+
+    // merge: a finished shard missing a part, or holding a foreign one, is refused.
+    let shards: Vec<PathBuf> = (0..2).map(|i| d.join(format!("s{i}"))).collect();
+    for (i, dir) in shards.iter().enumerate() {
+        let (ok, err) = info(d, &q, &model, dir, &["--shard", &format!("{i}/2")]);
+        assert!(ok, "{err}");
+    }
+    let list = format!("{},{}", s(&shards[0]), s(&shards[1]));
+    let kept = d.join("kept.parquet");
+    std::fs::rename(shards[1].join("part-000001.parquet"), &kept).unwrap();
+    let (ok, _, err) = horizon(&["merge", "--shards", &list, "--out", &s(&d.join("m1"))]);
+    one_line_error(ok, &err, "part-000001.parquet is missing");
+    std::fs::rename(&kept, shards[1].join("part-000001.parquet")).unwrap();
+    std::fs::copy(
+        other.join("part-000002.parquet"),
+        shards[0].join("part-000002.parquet"),
+    )
+    .unwrap();
+    let (ok, _, err) = horizon(&["merge", "--shards", &list, "--out", &s(&d.join("m2"))]);
+    one_line_error(ok, &err, "not a part of this finished run");
+    std::fs::remove_file(shards[0].join("part-000002.parquet")).unwrap();
+    let (ok, _, err) = horizon(&["merge", "--shards", &list, "--out", &s(&d.join("m3"))]);
+    assert!(ok, "{err}");
+    assert_eq!(rows(&d.join("m3")), rows(&steps));
+
+    // An info shard merged with an eval shard is named as such.
+    let e1 = d.join("e1");
+    let (ok, err) = eval(d, &q, &model, &e1, &["--shard", "1/2"]);
+    assert!(ok, "{err}");
+    let mixed = format!("{},{}", s(&shards[0]), s(&e1));
+    let (ok, _, err) = horizon(&["merge", "--shards", &mixed, "--out", &s(&d.join("m4"))]);
+    one_line_error(ok, &err, "`horizon eval` run");
+
+    // score: a part the finished run does not list is refused; every part of a run without
+    // DONE.json must carry one run's metadata.
+    let e = d.join("e");
+    let (ok, err) = eval(d, &q, &model, &e, &[]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = horizon(&["score", "--predictions", &s(&e)]);
+    assert!(ok, "{err}");
+    let eo = d.join("eo");
+    let (ok, err) = eval(d, &q, &edited, &eo, &[]);
+    assert!(ok, "{err}");
+    std::fs::copy(e.join("part-000000.parquet"), e.join("part-000100.parquet")).unwrap();
+    let (ok, _, err) = horizon(&["score", "--predictions", &s(&e)]);
+    one_line_error(ok, &err, "part-000100.parquet");
+    std::fs::remove_file(e.join("part-000100.parquet")).unwrap();
+    std::fs::remove_file(e.join("DONE.json")).unwrap();
+    std::fs::copy(e.join("part-000000.parquet"), e.join("part-000001.parquet")).unwrap();
+    let (ok, _, err) = horizon(&["score", "--predictions", &s(&e)]);
+    one_line_error(ok, &err, "is in part-000000.parquet too");
+    std::fs::remove_file(e.join("part-000001.parquet")).unwrap();
+    std::fs::copy(
+        eo.join("part-000002.parquet"),
+        e.join("part-000002.parquet"),
+    )
+    .unwrap();
+    let (ok, _, err) = horizon(&["score", "--predictions", &s(&e)]);
+    one_line_error(ok, &err, "horizon.model_fingerprint");
+    // The unchanged run scores as eval printed it.
+    assert!(out.contains("accuracy/all"), "{out}");
+}
+
+#[test]
+fn score_recomputes_correctness_and_refuses_duplicate_keys() {
+    use horizon_data::predictions::{write_predictions, Prediction};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let row = |key: &str, prediction: &str, answers: &[&str], correct: bool| Prediction {
+        sample_key: key.into(),
+        question_id: key.into(),
+        category: "c".into(),
+        answers: answers.iter().map(|a| a.to_string()).collect(),
+        prediction: prediction.into(),
+        correct,
+        ..Default::default()
+    };
+    let file = d.join("p.parquet");
+    write_predictions(
+        &file,
+        &[
+            row("a", "zzz", &["red"], true),
+            row("b", "Red.", &["red"], false),
+            row("c", "blue", &[], true),
+        ],
+        &[],
+    )
+    .unwrap();
+    let json = d.join("s.json");
+    let (ok, _, err) = horizon(&[
+        "score",
+        "--predictions",
+        file.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let all = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"] == "accuracy/all")
+        .unwrap();
+    // "zzz" is wrong whatever its stored `correct` says; "Red." matches; "c" has no answer.
+    assert_eq!(all["value"], 50.0, "{table}");
+    assert_eq!(all["n"], 2, "{table}");
+    assert!(
+        table["notes"]
+            .to_string()
+            .contains("1 of 3 samples have no reference answer"),
+        "{table}"
+    );
+}
+
+#[test]
+fn no_answer_samples_are_excluded_and_a_stopped_run_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let q = bench(d);
+    // Sample 0 has no answer.
+    let text = std::fs::read_to_string(&q).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                l.replace(r#", "answer": "red""#, "")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&q, lines.join("\n") + "\n").unwrap();
+    let model = root().join("fixtures/llava/models/llava-tiny");
+    let whole = d.join("whole");
+    let (ok, err) = info(d, &q, &model, &whole, &[]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("excluded 1 samples without a ground-truth answer"),
+        "{err}"
+    );
+    assert_eq!(rows(&whole).len(), 4 * 21);
+    let done: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(whole.join("DONE.json")).unwrap()).unwrap();
+    assert_eq!(done["skipped"], serde_json::json!(["0"]));
+    let out = d.join("steps");
+    let mut finished = false;
+    for _ in 0..4 {
+        let (ok, err) = info(
+            d,
+            &q,
+            &model,
+            &out,
+            &["--resume", "--max-samples-per-run", "3"],
+        );
+        assert!(ok, "{err}");
+        if out.join("DONE.json").exists() {
+            finished = true;
+            break;
+        }
+    }
+    assert!(finished, "the stopped run never finished");
+    assert_eq!(rows(&out), rows(&whole));
+}
+
+#[test]
+fn a_run_killed_after_a_part_resumes_to_the_same_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let q = bench(d);
+    let model = root().join("fixtures/llava/models/llava-tiny");
+    let whole = d.join("whole");
+    let (ok, err) = info(d, &q, &model, &whole, &[]);
+    assert!(ok, "{err}");
+    let out = d.join("killed");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_horizon"))
+        .args([
+            "info",
+            "--model",
+            model.to_str().unwrap(),
+            "--bench",
+            q.to_str().unwrap(),
+            "--image-dir",
+            d.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--layers",
+            "1,3",
+            "--samples-per-part",
+            "2",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = out.join("part-000000.parquet");
+    while !first.exists() && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    child.wait().unwrap();
+    // Whatever the kill interrupted, what is there is complete parts and temporary files.
+    for e in std::fs::read_dir(&out).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("part-") || name.starts_with('.') || name == "DONE.json",
+            "{name}"
+        );
+    }
+    let (ok, err) = info(d, &q, &model, &out, &["--resume"]);
+    assert!(ok, "{err}");
+    assert_eq!(rows(&out), rows(&whole));
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}

@@ -24,8 +24,19 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot rename into place", path.display()))
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::anyhow!("{}: cannot rename into place ({e})", path.display())
+    })
+}
+
+/// Fails when `path` cannot become a file because a directory is there: called before the work
+/// whose result would go to `path`, so that the error comes first and nothing is left behind.
+pub fn check_file_target(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        anyhow::bail!("{}: is a directory, not a file to write", path.display());
+    }
+    Ok(())
 }
 
 /// Writes `batch` as a zstd-compressed Parquet file at `path` atomically ([`write_atomic`]), with

@@ -16,8 +16,8 @@
 //! | `p`, `logp` | float64 | p(y) and log p(y) of the variant's first-token distribution (softmax in f32) |
 //! | `kl` | float64 | KL(unpruned ‖ variant) of the first-token distributions |
 //!
-//! File-level key-value metadata (`horizon.*`) records the run: window size, visual and window grids,
-//! number of layers, model path, dtype, device, prompt template. Part files are written atomically (a
+//! File-level key-value metadata (`horizon.*`) records the run ([`crate::run_meta::RunMetadata`]:
+//! the settings, the checkpoint and selection fingerprints, the shard). Part files are written atomically (a
 //! temporary file renamed into place) and each holds whole samples, so an interrupted run resumes by
 //! skipping the samples already present.
 
@@ -218,36 +218,56 @@ pub fn part_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn completed_samples(dir: &Path) -> Result<HashSet<(String, String)>> {
     let mut done = HashSet::new();
     for path in part_files(dir)? {
-        let file = File::open(&path).with_context(|| format!("{}: cannot open", path.display()))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| anyhow!("{}: not a readable Parquet file ({e})", path.display()))?;
-        let schema = builder.parquet_schema();
-        let cols: Vec<usize> = ["model", "sample_id"]
-            .iter()
-            .map(|name| {
-                schema
-                    .columns()
-                    .iter()
-                    .position(|c| c.name() == *name)
-                    .ok_or_else(|| anyhow!("{}: column {name} is missing", path.display()))
-            })
-            .collect::<Result<_>>()?;
-        let mask = ProjectionMask::leaves(schema, cols);
-        for batch in builder.with_projection(mask).build()? {
-            let batch = batch.with_context(|| format!("{}: corrupt row group", path.display()))?;
-            let col = |name: &str| -> Result<StringArray> {
-                batch
-                    .column_by_name(name)
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
-                    .ok_or_else(|| anyhow!("{}: column {name} is not utf8", path.display()))
-            };
-            let (models, ids) = (col("model")?, col("sample_id")?);
-            for i in 0..batch.num_rows() {
-                done.insert((models.value(i).to_string(), ids.value(i).to_string()));
-            }
-        }
+        for_each_model_sample(&path, |model, id| {
+            done.insert((model.to_string(), id.to_string()));
+        })?;
     }
     Ok(done)
+}
+
+/// The sample ids of the info-row part file `path`, each once, in the order of their first row.
+pub fn part_sample_ids(path: &Path) -> Result<Vec<String>> {
+    let mut seen = HashSet::new();
+    let mut ids = Vec::new();
+    for_each_model_sample(path, |_, id| {
+        if seen.insert(id.to_string()) {
+            ids.push(id.to_string());
+        }
+    })?;
+    Ok(ids)
+}
+
+/// Calls `f(model, sample_id)` for every row of the info-row part file `path`.
+fn for_each_model_sample(path: &Path, mut f: impl FnMut(&str, &str)) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| anyhow!("{}: not a readable Parquet file ({e})", path.display()))?;
+    let schema = builder.parquet_schema();
+    let cols: Vec<usize> = ["model", "sample_id"]
+        .iter()
+        .map(|name| {
+            schema
+                .columns()
+                .iter()
+                .position(|c| c.name() == *name)
+                .ok_or_else(|| anyhow!("{}: column {name} is missing", path.display()))
+        })
+        .collect::<Result<_>>()?;
+    let mask = ProjectionMask::leaves(schema, cols);
+    for batch in builder.with_projection(mask).build()? {
+        let batch = batch.with_context(|| format!("{}: corrupt row group", path.display()))?;
+        let col = |name: &str| -> Result<StringArray> {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+                .ok_or_else(|| anyhow!("{}: column {name} is not utf8", path.display()))
+        };
+        let (models, ids) = (col("model")?, col("sample_id")?);
+        for i in 0..batch.num_rows() {
+            f(models.value(i), ids.value(i));
+        }
+    }
+    Ok(())
 }
 
 /// The `horizon.*` key-value metadata of the first part file in `dir` (the run's settings), or `None`

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod imageproc;
 pub mod info_rows;
 pub mod predictions;
+pub mod run_meta;
 pub mod score;
 pub mod synthetic;
 pub mod window;

@@ -2,31 +2,31 @@
 //! streamed into atomic Parquet part files of predictions (schema in `horizon_data::predictions`), then
 //! scored by the benchmark's official rules (`horizon_data::score`).
 //!
-//! Like the information sweep ([`crate::sweep`]), the settings that decide the answers are recorded in
-//! every part file with fingerprints of the checkpoint and the selection; `--resume` continues an
-//! interrupted run and refuses a changed one; `--shard i/n` runs a share of the selection, and a
-//! finished run writes `DONE.json`.
+//! The part files, shards, stop rule and resume are the driver the information sweep shares
+//! ([`crate::parts`]): every part file carries the evaluation's [`RunMetadata`] with fingerprints of
+//! the checkpoint and the selection; `--resume` continues an interrupted run and refuses a changed
+//! one; `--shard i/n` runs a share of the selection, and a finished run writes `DONE.json`.
 
 use anyhow::{bail, Context, Result};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use horizon_data::bench::prompts::{question_prompt, PromptStyle};
 use horizon_data::bench::Sample;
 use horizon_data::imageproc::to_rgb_like_pil;
-use horizon_data::info_rows::{part_files, run_metadata};
 use horizon_data::predictions::{exact_match, read_predictions, write_predictions, Prediction};
+use horizon_data::run_meta::{EvalSettings, RunKind, RunMetadata, DONE_FILE, RUN_FORMAT};
 use horizon_data::score::{score, score_detected, Benchmark, ScoreTable};
 
 use crate::device::dtype_name;
 use crate::generate::GenerationConfig;
 use crate::model::VlModel;
+use crate::parts::{
+    check_selection, has_answer, part_paths, pixel_bounds, selection_fingerprint, PartRun, Shard,
+    StopRule,
+};
 use crate::processor::{Processor, PromptTemplate};
 use crate::prune::{generate_pruned, sample_seed, Method, PruneOptions, PruneSpec};
-use crate::sweep::{
-    check_same_settings, check_selection, check_writable_dir, selection_fingerprint, DoneMarker,
-    Shard, StopRule, DONE_FILE,
-};
 
 /// Everything that decides an evaluation's answers, and how it is cut into part files.
 #[derive(Debug, Clone)]
@@ -74,55 +74,49 @@ pub struct EvalReport {
 }
 
 impl Evaluation {
-    fn metadata(&self, model: &VlModel, samples: &[Sample]) -> Result<BTreeMap<String, String>> {
-        let mut m = BTreeMap::new();
-        let mut put = |k: &str, v: String| m.insert(format!("horizon.{k}"), v);
-        put(
-            "model_fingerprint",
-            crate::checkpoint::fingerprint(&self.model_path)?,
-        );
-        put("selection_fingerprint", selection_fingerprint(samples)?);
-        put("selected", samples.len().to_string());
-        put("shard", self.shard.to_string());
-        put("model", self.model_name.clone());
-        put("model_path", self.model_path.display().to_string());
-        put("model_type", model.model_type().into());
-        put("dtype", dtype_name(model.kind()).into());
-        put("template", format!("{:?}", self.template));
-        put("prompt_style", self.prompt_style.name().into());
-        put("max_new_tokens", self.max_new_tokens.to_string());
-        put(
-            "scorer",
-            self.scorer
-                .map_or("from the benchmark".into(), |b| b.name().into()),
-        );
-        put("bench", self.bench.display().to_string());
-        put("prune", self.prune.to_string());
+    /// The metadata every part file carries: the settings that decide the answers, the
+    /// fingerprints of the checkpoint and of the whole selection, and the shard.
+    pub fn metadata(&self, model: &VlModel, samples: &[Sample]) -> Result<RunMetadata> {
         let o = &self.prune_options;
-        put(
-            "prune_options",
-            format!(
-                "positions={} seed={} window_size={} tau={} info_window={} dart_pivots={}",
-                o.positions.map_or("default".into(), |p| format!("{p:?}")),
-                o.seed,
-                o.window_size,
-                o.tau,
-                o.info_window,
-                o.dart_pivots
-            ),
-        );
-        if let Some(rows) = &self.info_rows {
-            put("info_rows", rows.source.clone());
-        }
-        for (k, v) in &self.processor_settings {
-            put(k, v.clone());
-        }
-        Ok(m)
+        let (min_pixels, max_pixels) = pixel_bounds(&self.processor_settings)?;
+        Ok(RunMetadata {
+            run_format: RUN_FORMAT,
+            model_fingerprint: crate::checkpoint::fingerprint(&self.model_path)?,
+            selection_fingerprint: selection_fingerprint(samples)?,
+            selected: samples.len(),
+            shard: self.shard.to_string(),
+            model: self.model_name.clone(),
+            model_path: self.model_path.display().to_string(),
+            model_type: model.model_type().into(),
+            dtype: dtype_name(model.kind()).into(),
+            template: format!("{:?}", self.template),
+            prompt_style: self.prompt_style.name().into(),
+            bench: self.bench.display().to_string(),
+            min_pixels,
+            max_pixels,
+            run: RunKind::Eval(EvalSettings {
+                max_new_tokens: self.max_new_tokens,
+                scorer: self
+                    .scorer
+                    .map_or("from the benchmark".into(), |b| b.name().into()),
+                prune: self.prune.to_string(),
+                prune_options: format!(
+                    "positions={} seed={} window_size={} tau={} info_window={} dart_pivots={}",
+                    o.positions.map_or("default".into(), |p| format!("{p:?}")),
+                    o.seed,
+                    o.window_size,
+                    o.tau,
+                    o.info_window,
+                    o.dart_pivots
+                ),
+                info_rows: self.info_rows.as_ref().map(|r| r.source.clone()),
+            }),
+        })
     }
 
     /// Answers the samples of this shard still missing in `out`, then (when every one is there)
-    /// scores all of them and writes `predictions.parquet`, `scores.json`, `scores.md` and
-    /// `DONE.json`. `progress(done, pending)` is called after each sample.
+    /// scores all of them ([`score_predictions`]) and writes `predictions.parquet`, `scores.json`,
+    /// `scores.md` and `DONE.json`. `progress(done, pending)` is called after each sample.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -135,68 +129,48 @@ impl Evaluation {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<EvalReport> {
         check_selection(samples)?;
-        check_writable_dir(out)?;
-        horizon_data::atomic::remove_orphans(out)?;
-        let settings = self.metadata(model, samples)?;
-        let done: HashSet<String> = match (run_metadata(out)?, resume) {
-            (None, _) => HashSet::new(),
-            (Some(_), false) => bail!(
-                "{}: already holds predictions; pass --resume to continue that run, or choose another --out",
-                out.display()
-            ),
-            (Some(prev), true) => {
-                check_same_settings(out, &prev, &settings)?;
-                read_parts(out)?.into_iter().map(|p| p.sample_key).collect()
-            }
+        let run = PartRun {
+            settings: self.metadata(model, samples)?,
+            shard: self.shard,
+            samples_per_part: self.samples_per_part,
+            needs_answer: false,
         };
-        let (mine, todo) = self.shard.split(samples, |s| done.contains(&s.key));
-        let metadata: Vec<(String, String)> = settings
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        for name in ["scores.json", "scores.md", "predictions.parquet", DONE_FILE] {
+            horizon_data::atomic::check_file_target(&out.join(name))?;
+        }
+        let mut plan = run.plan(samples, out, resume)?;
+        let needs_target = self.prune.stages.iter().any(|s| s.method == Method::Info);
+        if let Some(s) = plan
+            .pending_samples()
+            .find(|s| needs_target && !has_answer(&s.answers))
+        {
+            bail!(
+                "sample {}: no reference answer, and the info stage of --prune {} ranks windows by it",
+                s.key,
+                self.prune
+            );
+        }
         let gen = GenerationConfig {
             max_new_tokens: self.max_new_tokens,
             eos_token_ids: processor.eos_token_ids().to_vec(),
         };
         let mut report = EvalReport {
-            samples: mine.len(),
-            already_done: mine.len() - todo.len(),
+            samples: plan.samples,
+            already_done: plan.already_done,
             ..Default::default()
         };
-        let started = std::time::Instant::now();
-        let mut finished = 0;
-        let per_part = self.samples_per_part.max(1);
-        // At most `max_samples` this run; the parts stay whole-sample files either way.
-        let now = &todo[..todo.len().min(stop.max_samples.unwrap_or(usize::MAX))];
-        report.stopped_early = now.len() < todo.len();
-        if let (true, Some((_, first))) = (self.warmup, now.first()) {
+        if let (true, Some(first)) = (self.warmup, plan.pending_samples().next()) {
             self.answer(model, processor, first, &gen)?;
         }
-        for chunk in now.chunks(per_part) {
-            let out_of_time = stop
-                .max_seconds
-                .is_some_and(|t| started.elapsed().as_secs_f64() >= t);
-            if out_of_time {
-                report.stopped_early = true;
-                break;
-            }
-            let mut rows = Vec::with_capacity(chunk.len());
-            for (_, sample) in chunk {
-                rows.push(self.answer(model, processor, sample, &gen)?);
-                finished += 1;
-                progress(finished, now.len());
-            }
-            let part = out.join(format!("part-{:06}.parquet", chunk[0].0));
-            if part.exists() {
-                bail!(
-                    "{}: exists already (was the sample order changed?)",
-                    part.display()
-                );
-            }
-            write_predictions(&part, &rows, &metadata)?;
-        }
+        let complete = plan.run(
+            write_predictions,
+            stop,
+            |sample| Ok(vec![self.answer(model, processor, sample, &gen)?]),
+            progress,
+        )?;
+        report.stopped_early = !complete;
         let mut all = read_parts(out)?;
-        let order: BTreeMap<&str, usize> = samples
+        let order: HashMap<&str, usize> = samples
             .iter()
             .enumerate()
             .map(|(i, s)| (s.key.as_str(), i))
@@ -207,23 +181,16 @@ impl Evaluation {
                 .copied()
                 .unwrap_or(usize::MAX)
         });
-        if !report.stopped_early {
-            let table = match self.scorer {
-                Some(b) => score(b, &all)?,
-                None => score_detected(&all)?,
-            };
+        if complete {
+            let table = score_predictions(&all, self.scorer)?;
             write_text(&out.join("scores.json"), &table.to_json())?;
             write_text(&out.join("scores.md"), &table.to_markdown())?;
-            write_predictions(&out.join("predictions.parquet"), &all, &metadata)?;
-            let marker = DoneMarker {
-                settings,
-                positions: mine.iter().map(|(i, _)| *i).collect(),
-                skipped: Vec::new(),
-            };
-            write_text(
-                &out.join(DONE_FILE),
-                &serde_json::to_string_pretty(&marker)?,
+            write_predictions(
+                &out.join("predictions.parquet"),
+                &all,
+                &plan.settings().to_pairs(),
             )?;
+            plan.write_done()?;
             report.scores = Some(table);
         }
         report.predictions = all;
@@ -287,15 +254,51 @@ impl Evaluation {
 /// The predictions in the part files of `dir` (not the combined `predictions.parquet`).
 fn read_parts(dir: &Path) -> Result<Vec<Prediction>> {
     let mut all = Vec::new();
-    for part in part_files(dir)? {
-        let is_part = part
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("part-"));
-        if is_part {
-            all.extend(read_predictions(&part)?);
-        }
+    for part in part_paths(dir)? {
+        all.extend(read_predictions(&part)?);
     }
     Ok(all)
+}
+
+/// The score table of `predictions`, as `horizon eval` and `horizon score` both compute it: a
+/// sample key present twice is refused; each row's `correct` is recomputed from its prediction and
+/// answers (a stored value is not trusted); rows without an answer ([`has_answer`]) are excluded
+/// and counted in a note; the rest are scored by `scorer`'s rules, or each by its `benchmark`'s.
+pub fn score_predictions(
+    predictions: &[Prediction],
+    scorer: Option<Benchmark>,
+) -> Result<ScoreTable> {
+    let mut seen = HashMap::new();
+    for (i, p) in predictions.iter().enumerate() {
+        if let Some(first) = seen.insert(p.sample_key.as_str(), i) {
+            bail!(
+                "sample {} is in the predictions twice (rows {first} and {i})",
+                p.sample_key
+            );
+        }
+    }
+    let (answered, unanswered): (Vec<Prediction>, Vec<Prediction>) = predictions
+        .iter()
+        .cloned()
+        .map(|mut p| {
+            p.correct = exact_match(&p.prediction, &p.answers);
+            p
+        })
+        .partition(|p| has_answer(&p.answers));
+    let mut table = match (scorer, answered.is_empty()) {
+        (_, true) => ScoreTable::default(),
+        (Some(b), false) => score(b, &answered)?,
+        (None, false) => score_detected(&answered)?,
+    };
+    if !unanswered.is_empty() {
+        table.notes.push(format!(
+            "{} of {} samples have no reference answer and are not scored (e.g. {})",
+            unanswered.len(),
+            predictions.len(),
+            unanswered[0].sample_key
+        ));
+    }
+    Ok(table)
 }
 
 fn write_text(path: &Path, text: &str) -> Result<()> {

@@ -22,6 +22,7 @@ pub mod model;
 pub mod models;
 pub mod nn;
 pub mod parity;
+pub mod parts;
 pub mod processing;
 pub mod processor;
 pub mod prune;

@@ -1,0 +1,539 @@
+//! The part-file run driver that `horizon info` ([`crate::sweep`]) and `horizon eval`
+//! ([`crate::evaluate`]) share: a selection of samples cut into a shard (`--shard i/n`), computed in
+//! atomic `part-NNNNNN.parquet` files of whole samples (NNNNNN: the selection position of the part's
+//! first sample), stopped by a [`StopRule`] and continued by `--resume`, and a `DONE.json`
+//! ([`DoneMarker`]) listing every part once the shard is finished.
+//!
+//! Every part file carries the run's [`RunMetadata`]. A resumed run reads every part already there
+//! and refuses one whose metadata differs, or that holds a sample outside this shard or one already
+//! in another part; [`merge_shards`] and [`check_finished_parts`] check the same of finished runs.
+
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use horizon_data::bench::Sample;
+use horizon_data::info_rows::part_files;
+use horizon_data::run_meta::{DoneMarker, RunKind, RunMetadata, DONE_FILE};
+
+/// One of `count` deterministic parts of a selection: the samples at positions ≡ `index` (mod
+/// `count`). `Shard::whole()` is the unsharded run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    pub fn whole() -> Self {
+        Self { index: 0, count: 1 }
+    }
+
+    /// `i/n` with 0 ≤ i < n (0-based, as Slurm's `SLURM_ARRAY_TASK_ID` with `--array=0-(n-1)`).
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || anyhow::anyhow!("'{s}' is not i/n with 0 <= i < n (e.g. 0/4)");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse::<usize>().map_err(|_| bad())?,
+            n.trim().parse::<usize>().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
+
+    pub fn holds(&self, position: usize) -> bool {
+        position % self.count == self.index
+    }
+
+    /// This shard's samples with their selection positions, and of them the ones `is_done` does not
+    /// claim (what a run still has to compute).
+    pub fn split<'a>(
+        &self,
+        samples: &'a [Sample],
+        is_done: impl Fn(&Sample) -> bool,
+    ) -> (Positioned<'a>, Positioned<'a>) {
+        let mine: Positioned = samples
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.holds(*i))
+            .collect();
+        let todo = mine.iter().copied().filter(|(_, s)| !is_done(s)).collect();
+        (mine, todo)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// Samples with their positions in the selection.
+pub type Positioned<'a> = Vec<(usize, &'a Sample)>;
+
+/// When a run stops early (its parts stay complete; `--resume` continues): after this many samples,
+/// or once this much time has passed (checked between parts), so a scheduler's limit loses at most
+/// the part in progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StopRule {
+    pub max_samples: Option<usize>,
+    pub max_seconds: Option<f64>,
+}
+
+/// Whether `sample` has a ground-truth answer: some reference answer that is not blank. A run
+/// that needs one (`horizon info --target gt`) excludes the samples without, counts them and lists
+/// them in `DONE.json`; scoring excludes them the same way
+/// ([`crate::evaluate::score_predictions`]).
+pub fn has_answer(answers: &[String]) -> bool {
+    answers.iter().any(|a| !a.trim().is_empty())
+}
+
+/// The sample keys of the part file `path` of a run of `kind`, each once, in order: the
+/// `sample_id`s of info rows, the `sample_key`s of predictions.
+pub fn sample_keys(kind: &RunKind, path: &Path) -> Result<Vec<String>> {
+    match kind {
+        RunKind::Info(_) => horizon_data::info_rows::part_sample_ids(path),
+        RunKind::Eval(_) => Ok(horizon_data::predictions::read_predictions(path)?
+            .into_iter()
+            .map(|p| p.sample_key)
+            .collect()),
+    }
+}
+
+/// The streamed `part-*.parquet` files of `dir`, sorted (not an eval run's combined
+/// `predictions.parquet`, not temporary files).
+pub fn part_paths(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(part_files(dir)?
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+        })
+        .collect())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A run over a selection: its metadata (the same in every part file) and how it is cut.
+#[derive(Debug, Clone)]
+pub struct PartRun {
+    pub settings: RunMetadata,
+    pub shard: Shard,
+    /// Samples per part file.
+    pub samples_per_part: usize,
+    /// Exclude the samples without a ground-truth answer ([`has_answer`]) instead of computing them.
+    pub needs_answer: bool,
+}
+
+/// A checked run: what `out` holds already and what is still to compute.
+pub struct RunPlan<'a> {
+    settings: RunMetadata,
+    out: PathBuf,
+    per_part: usize,
+    positions: Vec<usize>,
+    todo: Positioned<'a>,
+    excluded: Vec<String>,
+    /// Part files of `out`, by name, with their sample keys.
+    parts: BTreeMap<String, Vec<String>>,
+    /// Samples this run (shard) holds, and of them already written (a resumed run).
+    pub samples: usize,
+    pub already_done: usize,
+}
+
+impl PartRun {
+    /// Checks `out` (created if needed, writable; a run already there continues only with `resume`,
+    /// and each of its part files must carry these settings and hold samples of this shard once)
+    /// and lists the samples still to do. Nothing is computed.
+    pub fn plan<'a>(&self, samples: &'a [Sample], out: &Path, resume: bool) -> Result<RunPlan<'a>> {
+        check_selection(samples)?;
+        check_writable_dir(out)?;
+        horizon_data::atomic::remove_orphans(out)?;
+        let existing = part_paths(out)?;
+        if !existing.is_empty() && !resume {
+            bail!(
+                "{}: already holds results; pass --resume to continue that run, or choose another --out",
+                out.display()
+            );
+        }
+        let position: HashMap<&str, usize> = samples
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.key.as_str(), i))
+            .collect();
+        let mut parts = BTreeMap::new();
+        let mut holder: HashMap<String, String> = HashMap::new();
+        for path in &existing {
+            let theirs = RunMetadata::read_part(path)?;
+            if let Some((k, was, now)) =
+                theirs.first_difference(&self.settings, &["model_path", "bench"])
+            {
+                bail!(
+                    "{}: --resume with different settings: {k} was {}, now {}",
+                    path.display(),
+                    was.as_deref().unwrap_or("unset"),
+                    now.as_deref().unwrap_or("unset")
+                );
+            }
+            let keys = sample_keys(&self.settings.run, path)?;
+            for key in &keys {
+                match position.get(key.as_str()) {
+                    Some(&p) if self.shard.holds(p) => {}
+                    _ => bail!(
+                        "{}: sample {key} is not in shard {} of this selection (a part of another run?)",
+                        path.display(),
+                        self.shard
+                    ),
+                }
+                if let Some(other) = holder.insert(key.clone(), file_name(path)) {
+                    bail!("{}: sample {key} is in {other} too", path.display());
+                }
+            }
+            parts.insert(file_name(path), keys);
+        }
+        let needs_answer = self.needs_answer;
+        let (mine, rest) = self.shard.split(samples, |s| holder.contains_key(&s.key));
+        let (todo, excluded): (Positioned, Positioned) = rest
+            .into_iter()
+            .partition(|(_, s)| !needs_answer || has_answer(&s.answers));
+        Ok(RunPlan {
+            settings: self.settings.clone(),
+            out: out.to_path_buf(),
+            per_part: self.samples_per_part.max(1),
+            positions: mine.iter().map(|(i, _)| *i).collect(),
+            already_done: holder.len(),
+            samples: mine.len(),
+            excluded: excluded.iter().map(|(_, s)| s.key.clone()).collect(),
+            todo,
+            parts,
+        })
+    }
+}
+
+impl<'a> RunPlan<'a> {
+    /// Samples this run computes (excluded ones aside).
+    pub fn pending(&self) -> usize {
+        self.todo.len()
+    }
+
+    /// The samples still to compute, in selection order.
+    pub fn pending_samples(&self) -> impl Iterator<Item = &'a Sample> + '_ {
+        self.todo.iter().map(|(_, s)| *s)
+    }
+
+    /// Keys of this shard's samples excluded for want of an answer.
+    pub fn excluded(&self) -> &[String] {
+        &self.excluded
+    }
+
+    pub fn settings(&self) -> &RunMetadata {
+        &self.settings
+    }
+
+    /// Computes the pending samples, `rows_of(sample)` each, into one atomic part file per
+    /// `samples_per_part` of them, until done or `stop` says so; `progress(done, pending)` after
+    /// each sample. Returns whether every sample of the shard is now written.
+    pub fn run<R>(
+        &mut self,
+        write_part: impl Fn(&Path, &[R], &[(String, String)]) -> Result<()>,
+        stop: StopRule,
+        mut rows_of: impl FnMut(&Sample) -> Result<Vec<R>>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<bool> {
+        let started = std::time::Instant::now();
+        let metadata = self.settings.to_pairs();
+        // At most `max_samples` this run; the parts stay whole-sample files either way.
+        let n = self.todo.len().min(stop.max_samples.unwrap_or(usize::MAX));
+        let mut complete = n == self.todo.len();
+        let now: Positioned = self.todo.drain(..n).collect();
+        let mut finished = 0;
+        for (i, chunk) in now.chunks(self.per_part).enumerate() {
+            let out_of_time = stop
+                .max_seconds
+                .is_some_and(|t| started.elapsed().as_secs_f64() >= t);
+            if out_of_time {
+                complete = false;
+                // What is not computed stays to do.
+                let rest: Positioned = now[i * self.per_part..].to_vec();
+                self.todo.splice(0..0, rest);
+                break;
+            }
+            let mut rows = Vec::new();
+            for (_, sample) in chunk {
+                rows.extend(rows_of(sample)?);
+                finished += 1;
+                progress(finished, now.len());
+            }
+            let name = format!("part-{:06}.parquet", chunk[0].0);
+            let part = self.out.join(&name);
+            if part.exists() {
+                bail!(
+                    "{}: exists already (was the sample order changed?)",
+                    part.display()
+                );
+            }
+            write_part(&part, &rows, &metadata)?;
+            self.parts
+                .insert(name, chunk.iter().map(|(_, s)| s.key.clone()).collect());
+        }
+        Ok(complete)
+    }
+
+    /// Part files in the output directory.
+    pub fn part_count(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Writes `DONE.json` (atomically): the settings, the positions covered, the samples excluded
+    /// and every part with its samples.
+    pub fn write_done(&self) -> Result<()> {
+        let mut skipped = self.excluded.clone();
+        skipped.sort();
+        DoneMarker {
+            settings: self.settings.clone(),
+            positions: self.positions.clone(),
+            skipped,
+            parts: self.parts.clone(),
+        }
+        .write(&self.out)
+    }
+}
+
+/// The finished run in `dir` checked against its `DONE.json`: exactly the part files it lists, each
+/// with the run's metadata and the samples listed. Returns the marker and the part paths.
+pub fn check_finished_parts(dir: &Path) -> Result<(DoneMarker, Vec<PathBuf>)> {
+    let marker = DoneMarker::read(dir)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no {DONE_FILE}: this run has not finished (rerun it with --resume)",
+            dir.display()
+        )
+    })?;
+    let paths = part_paths(dir)?;
+    let present: std::collections::BTreeSet<String> = paths.iter().map(|p| file_name(p)).collect();
+    if let Some(missing) = marker.parts.keys().find(|n| !present.contains(*n)) {
+        bail!(
+            "{}: {missing} is missing ({DONE_FILE} lists it)",
+            dir.display()
+        );
+    }
+    for path in &paths {
+        let name = file_name(path);
+        let Some(listed) = marker.parts.get(&name) else {
+            bail!(
+                "{}: not a part of this finished run ({DONE_FILE} does not list it)",
+                path.display()
+            );
+        };
+        let theirs = RunMetadata::read_part(path)?;
+        theirs.check_same_run(&marker.settings, path, DONE_FILE)?;
+        if theirs.shard != marker.settings.shard && !marker.settings.shard.ends_with("merged") {
+            bail!(
+                "{}: part of shard {}, {DONE_FILE} is shard {}",
+                path.display(),
+                theirs.shard,
+                marker.settings.shard
+            );
+        }
+        let keys = sample_keys(&marker.settings.run, path)?;
+        if &keys != listed {
+            bail!(
+                "{}: holds other samples than {DONE_FILE} lists ({} against {})",
+                path.display(),
+                keys.len(),
+                listed.len()
+            );
+        }
+    }
+    Ok((marker, paths))
+}
+
+/// What [`merge_shards`] combined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeReport {
+    pub shards: usize,
+    pub samples: usize,
+    pub part_files: usize,
+}
+
+/// Checks that the finished runs in `dirs` are the shards of one run (each exactly the parts its
+/// `DONE.json` lists, with its metadata; equal settings and fingerprints; shards `0..n` each once;
+/// every selected position covered once; no sample twice) and writes their part files, with one
+/// `DONE.json`, into the new directory `out` (atomically). Works for `horizon info` and
+/// `horizon eval` shards (score merged predictions with `horizon score`).
+pub fn merge_shards(dirs: &[PathBuf], out: &Path) -> Result<MergeReport> {
+    if dirs.is_empty() {
+        bail!("merge: no shard directory given");
+    }
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!("--out {}: exists and is not empty", out.display());
+    }
+    let mut shards = Vec::new();
+    for dir in dirs {
+        shards.push(check_finished_parts(dir)?);
+    }
+    let first = &shards[0].0.settings;
+    for (dir, (m, _)) in dirs.iter().zip(&shards).skip(1) {
+        m.settings.check_same_run(
+            first,
+            dir,
+            &format!("{} (not a shard of the same run)", dirs[0].display()),
+        )?;
+    }
+    let shard_of = |dir: &Path, m: &DoneMarker| -> Result<Shard> {
+        Shard::parse(&m.settings.shard)
+            .map_err(|e| anyhow::anyhow!("{}: horizon.shard: {e}", dir.display()))
+    };
+    let count = shard_of(&dirs[0], &shards[0].0)?.count;
+    let mut seen = vec![None::<&Path>; count];
+    for (dir, (m, _)) in dirs.iter().zip(&shards) {
+        let shard = shard_of(dir, m)?;
+        if shard.count != count {
+            bail!(
+                "{}: shard {shard}, but {} is one of {count}",
+                dir.display(),
+                dirs[0].display()
+            );
+        }
+        if let Some(other) = seen[shard.index] {
+            bail!(
+                "{}: shard {shard} is given twice (also {})",
+                dir.display(),
+                other.display()
+            );
+        }
+        seen[shard.index] = Some(dir);
+    }
+    if let Some(missing) = seen.iter().position(Option::is_none) {
+        bail!("merge: shard {missing}/{count} is missing");
+    }
+    let selected = first.selected;
+    let mut covered = vec![false; selected];
+    for (dir, (m, _)) in dirs.iter().zip(&shards) {
+        for &p in &m.positions {
+            if p >= selected || std::mem::replace(&mut covered[p], true) {
+                bail!(
+                    "{}: selection position {p} out of range or covered twice",
+                    dir.display()
+                );
+            }
+        }
+    }
+    if let Some(p) = covered.iter().position(|c| !c) {
+        bail!("merge: selection position {p} is in no shard");
+    }
+    let mut samples: HashMap<&str, &Path> = HashMap::new();
+    let mut parts = BTreeMap::new();
+    let mut paths = Vec::new();
+    for (dir, (m, shard_paths)) in dirs.iter().zip(&shards) {
+        for (name, keys) in &m.parts {
+            for key in keys {
+                if let Some(other) = samples.insert(key, dir) {
+                    bail!(
+                        "{}: sample {key} is in {} too",
+                        dir.display(),
+                        other.display()
+                    );
+                }
+            }
+            if parts.insert(name.clone(), keys.clone()).is_some() {
+                bail!("merge: two shards hold a part file named {name}");
+            }
+        }
+        paths.extend(shard_paths.iter().cloned());
+    }
+    let mut settings = first.clone();
+    settings.shard = format!("0-{}/{count} merged", count - 1);
+    let mut skipped: Vec<String> = shards.iter().flat_map(|(m, _)| m.skipped.clone()).collect();
+    skipped.sort();
+    let merged = DoneMarker {
+        settings,
+        positions: (0..selected).collect(),
+        skipped,
+        parts,
+    };
+    horizon_data::atomic::write_dir_atomic(out, |tmp| {
+        for part in &paths {
+            let to = tmp.join(part.file_name().expect("a part file name"));
+            std::fs::copy(part, &to)
+                .with_context(|| format!("{}: cannot copy to {}", part.display(), to.display()))?;
+        }
+        std::fs::write(tmp.join(DONE_FILE), serde_json::to_string_pretty(&merged)?)
+            .with_context(|| format!("{}: cannot write", tmp.display()))
+    })?;
+    Ok(MergeReport {
+        shards: count,
+        samples: samples.len(),
+        part_files: paths.len(),
+    })
+}
+
+/// A hex SHA-256 over the selected samples, in order: id, question, category, answers and image bytes.
+/// The same file and selection give the same fingerprint; any change of the data changes it.
+pub fn selection_fingerprint(samples: &[Sample]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for s in samples {
+        for field in [&s.key, &s.id, &s.question, &s.category] {
+            hash.update((field.len() as u64).to_le_bytes());
+            hash.update(field.as_bytes());
+        }
+        for a in &s.answers {
+            hash.update((a.len() as u64).to_le_bytes());
+            hash.update(a.as_bytes());
+        }
+        let image = s
+            .image
+            .bytes()
+            .with_context(|| format!("sample {}", s.id))?;
+        hash.update((image.len() as u64).to_le_bytes());
+        hash.update(&image);
+    }
+    Ok(format!("{:x}", hash.finalize()))
+}
+
+/// `--min-pixels` / `--max-pixels` of a model's processor settings, the only ones run metadata
+/// records; any other setting is an error, as it would change the inputs unrecorded.
+pub fn pixel_bounds(
+    settings: &BTreeMap<String, String>,
+) -> Result<(Option<String>, Option<String>)> {
+    if let Some(k) = settings
+        .keys()
+        .find(|k| *k != "min_pixels" && *k != "max_pixels")
+    {
+        bail!("processor setting {k} is not recorded in run metadata");
+    }
+    Ok((
+        settings.get("min_pixels").cloned(),
+        settings.get("max_pixels").cloned(),
+    ))
+}
+
+/// An empty selection is an error: a run over it would write nothing and look finished.
+pub fn check_selection(samples: &[Sample]) -> Result<()> {
+    if samples.is_empty() {
+        bail!("the selection holds no sample (check --limit, --per-category and the benchmark)");
+    }
+    Ok(())
+}
+
+/// Creates `dir` if needed and checks that a file can be written there, so that an unwritable
+/// `--out` is found before any work, not after the first part.
+pub fn check_writable_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--out {}: cannot create the directory", dir.display()))?;
+    let probe = dir.join(".horizon-write-check");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("--out {}: cannot write there", dir.display()))?;
+    std::fs::remove_file(&probe)
+        .with_context(|| format!("--out {}: cannot remove {}", dir.display(), probe.display()))?;
+    Ok(())
+}
