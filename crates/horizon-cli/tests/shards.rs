@@ -217,6 +217,33 @@ fn other_checkpoint(dir: &Path) -> PathBuf {
     copy
 }
 
+/// A copy of llava-tiny at `dir/llava-tiny` (same model name) whose projector weight is zeroed in
+/// place: the shard keeps its size and header, only data bytes change.
+fn zeroed_projector_copy(dir: &Path) -> PathBuf {
+    let copy = dir.join("llava-tiny");
+    std::fs::create_dir_all(&copy).unwrap();
+    let model = root().join("fixtures/llava/models/llava-tiny");
+    for e in std::fs::read_dir(&model).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, copy.join(p.file_name().unwrap())).unwrap();
+    }
+    let shard = copy.join("model-00003-of-00003.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let offsets = &header["multi_modal_projector.linear_1.weight"]["data_offsets"];
+    let (a, b) = (
+        8 + n + offsets[0].as_u64().unwrap() as usize,
+        8 + n + offsets[1].as_u64().unwrap() as usize,
+    );
+    assert!(bytes[a..b].iter().any(|&x| x != 0));
+    let size = bytes.len();
+    bytes[a..b].fill(0);
+    std::fs::write(&shard, &bytes).unwrap();
+    assert_eq!(std::fs::metadata(&shard).unwrap().len() as usize, size);
+    copy
+}
+
 fn eval(dir: &Path, q: &Path, model: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
     let mut args: Vec<String> = [
         "eval",
@@ -488,4 +515,18 @@ fn a_run_killed_after_a_part_resumes_to_the_same_rows() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(names.is_empty(), "{names:?}");
+}
+
+#[test]
+fn weights_edited_in_place_are_seen_on_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let q = bench(d);
+    let model = root().join("fixtures/llava/models/llava-tiny");
+    let edited = zeroed_projector_copy(&d.join("edited"));
+    let steps = d.join("steps");
+    let (ok, err) = info(d, &q, &model, &steps, &["--max-samples-per-run", "2"]);
+    assert!(ok, "{err}");
+    let (ok, err) = info(d, &q, &edited, &steps, &["--resume"]);
+    one_line_error(ok, &err, "horizon.model_fingerprint");
 }

@@ -476,24 +476,46 @@ pub fn merge_shards(dirs: &[PathBuf], out: &Path) -> Result<MergeReport> {
     })
 }
 
-/// A hex SHA-256 over the selected samples, in order: id, question, category, answers and image bytes.
-/// The same file and selection give the same fingerprint; any change of the data changes it.
+/// A hex SHA-256 over the selected samples, in order: every field that shapes a prompt, a target or
+/// a score (key, id, benchmark kind, question and whether it is laid out as a prompt, answers,
+/// choices, hint, OCR tokens, MMBench index, categories) and the image bytes. The same file and
+/// selection give the same fingerprint; a change of any of those changes it.
 pub fn selection_fingerprint(samples: &[Sample]) -> Result<String> {
     use sha2::{Digest, Sha256};
+    fn text(hash: &mut Sha256, s: &str) {
+        hash.update((s.len() as u64).to_le_bytes());
+        hash.update(s.as_bytes());
+    }
+    fn list(hash: &mut Sha256, items: &[String]) {
+        hash.update((items.len() as u64).to_le_bytes());
+        for item in items {
+            text(hash, item);
+        }
+    }
+    fn optional(hash: &mut Sha256, value: Option<&str>) {
+        hash.update([value.is_some() as u8]);
+        if let Some(v) = value {
+            text(hash, v);
+        }
+    }
     let mut hash = Sha256::new();
     for s in samples {
         for field in [&s.key, &s.id, &s.question, &s.category] {
-            hash.update((field.len() as u64).to_le_bytes());
-            hash.update(field.as_bytes());
+            text(&mut hash, field);
         }
-        for a in &s.answers {
-            hash.update((a.len() as u64).to_le_bytes());
-            hash.update(a.as_bytes());
-        }
+        text(&mut hash, s.benchmark.name());
+        hash.update([s.question_is_prompt as u8]);
+        list(&mut hash, &s.answers);
+        list(&mut hash, &s.choices);
+        list(&mut hash, &s.ocr_tokens);
+        optional(&mut hash, s.hint.as_deref());
+        optional(&mut hash, s.l2_category.as_deref());
+        hash.update([s.index.is_some() as u8]);
+        hash.update(s.index.unwrap_or(0).to_le_bytes());
         let image = s
             .image
             .bytes()
-            .with_context(|| format!("sample {}", s.id))?;
+            .with_context(|| format!("sample {}", s.key))?;
         hash.update((image.len() as u64).to_le_bytes());
         hash.update(&image);
     }
@@ -536,4 +558,66 @@ pub fn check_writable_dir(dir: &Path) -> Result<()> {
     std::fs::remove_file(&probe)
         .with_context(|| format!("--out {}: cannot remove {}", dir.display(), probe.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use horizon_data::bench::{BenchmarkKind, ImageSource};
+
+    /// Each field that shapes a prompt, a target or a score changes the selection fingerprint.
+    #[test]
+    fn selection_fingerprint_sees_every_field_that_shapes_a_prompt_or_score() {
+        let base = Sample::new(
+            BenchmarkKind::MmBench,
+            "7",
+            "Which one?",
+            vec!["A".into()],
+            "c",
+            ImageSource::Bytes(vec![1, 2, 3]),
+        );
+        let base = Sample {
+            choices: vec!["cat".into(), "dog".into()],
+            hint: Some("a hint".into()),
+            index: Some(7),
+            ..base
+        };
+        type Edit = Box<dyn Fn(&mut Sample)>;
+        let edits: Vec<(&str, Edit)> = vec![
+            ("option text", Box::new(|s| s.choices[1] = "wolf".into())),
+            ("hint", Box::new(|s| s.hint = Some("another hint".into()))),
+            ("no hint", Box::new(|s| s.hint = None)),
+            (
+                "ocr tokens",
+                Box::new(|s| s.ocr_tokens = vec!["STOP".into()]),
+            ),
+            (
+                "benchmark kind",
+                Box::new(|s| s.benchmark = BenchmarkKind::Generic),
+            ),
+            ("prompt layout", Box::new(|s| s.question_is_prompt = true)),
+            ("index", Box::new(|s| s.index = Some(1_000_007))),
+            (
+                "l2 category",
+                Box::new(|s| s.l2_category = Some("l2".into())),
+            ),
+            ("answers", Box::new(|s| s.answers = vec!["B".into()])),
+            ("question", Box::new(|s| s.question = "Which two?".into())),
+            (
+                "image",
+                Box::new(|s| s.image = ImageSource::Bytes(vec![1, 2, 4])),
+            ),
+        ];
+        let reference = selection_fingerprint(std::slice::from_ref(&base)).unwrap();
+        assert_eq!(
+            reference,
+            selection_fingerprint(std::slice::from_ref(&base.clone())).unwrap()
+        );
+        for (what, edit) in edits {
+            let mut s = base.clone();
+            edit(&mut s);
+            let fp = selection_fingerprint(std::slice::from_ref(&s)).unwrap();
+            assert_ne!(fp, reference, "{what} does not change the fingerprint");
+        }
+    }
 }
