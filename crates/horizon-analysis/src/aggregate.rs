@@ -6,6 +6,9 @@
 use crate::horizon::{find_horizon, HorizonResult, Threshold};
 use crate::read::InfoTable;
 use crate::stats;
+use crate::uncertainty::{
+    self, Comparison, HorizonBootstrap, SampleLevels, SensitivityRow, SENSITIVITY_THRESHOLDS,
+};
 use crate::{InfoMode, Metric};
 use anyhow::{anyhow, bail, Result};
 use ndarray::Array2;
@@ -120,6 +123,10 @@ pub struct GroupResult {
     /// Ī[K,w]: one row per entry of `layers`, one column per window (NaN = no sample).
     pub window_means: Array2<f64>,
     pub horizon: HorizonResult,
+    /// The per-sample levels the horizon's bootstrap resamples.
+    pub samples: SampleLevels,
+    /// The bootstrap distribution of the horizon over samples.
+    pub horizon_bootstrap: HorizonBootstrap,
 }
 
 impl GroupResult {
@@ -151,6 +158,10 @@ pub struct Analysis {
     /// Sorted by model, then task, the pooled group last within each model.
     pub groups: Vec<GroupResult>,
     pub input: InputSummary,
+    /// Paired comparisons of horizons: task pairs per model, model pairs per task.
+    pub comparisons: Vec<Comparison>,
+    /// The horizon of every group under each metric present and each sensitivity threshold.
+    pub sensitivity: Vec<SensitivityRow>,
 }
 
 impl Analysis {
@@ -177,9 +188,57 @@ enum Var {
     Window,
 }
 
-/// Computes per-layer statistics, window maps and horizons. See the crate documentation for the
-/// definitions.
+/// Computes per-layer statistics, window maps and horizons, the horizons' bootstrap distributions,
+/// their paired comparisons, and the sensitivity table (every metric column the table has, at
+/// [`SENSITIVITY_THRESHOLDS`]). See the crate documentation for the definitions.
 pub fn analyze(t: &InfoTable, params: &AnalysisParams) -> Result<Analysis> {
+    let mut a = analyze_layers(t, params)?;
+    let boot: Vec<HorizonBootstrap> = a
+        .groups
+        .par_iter()
+        .map(|g| {
+            uncertainty::horizon_bootstrap(
+                g,
+                params.bootstrap,
+                params.confidence,
+                uncertainty::horizon_seed(params.seed, &g.model, &g.task),
+                params.threshold,
+                params.require_ci_covers_zero,
+            )
+        })
+        .collect();
+    for (g, b) in a.groups.iter_mut().zip(boot) {
+        g.horizon_bootstrap = b;
+    }
+    a.comparisons = uncertainty::comparisons(&a);
+    let thresholds: Vec<Threshold> = SENSITIVITY_THRESHOLDS
+        .iter()
+        .map(|&f| Threshold::Relative(f))
+        .collect();
+    let mut sensitivity = Vec::new();
+    for metric in Metric::ALL {
+        if t.metric(metric).is_none() {
+            continue;
+        }
+        if metric == params.metric {
+            sensitivity.extend(uncertainty::sensitivity_rows(&a, true, &thresholds));
+        } else {
+            let other = analyze_layers(
+                t,
+                &AnalysisParams {
+                    metric,
+                    ..params.clone()
+                },
+            )?;
+            sensitivity.extend(uncertainty::sensitivity_rows(&other, false, &thresholds));
+        }
+    }
+    a.sensitivity = sensitivity;
+    Ok(a)
+}
+
+/// Per-layer statistics, window maps, point-estimate horizons and per-sample levels of one metric.
+fn analyze_layers(t: &InfoTable, params: &AnalysisParams) -> Result<Analysis> {
     if !(params.confidence > 0.0 && params.confidence < 1.0) {
         bail!("confidence must be in (0, 1), got {}", params.confidence);
     }
@@ -432,6 +491,7 @@ pub fn analyze(t: &InfoTable, params: &AnalysisParams) -> Result<Analysis> {
             l.vanishes = hz.vanishing.iter().any(|&(k, v)| k == l.layer && v);
         }
         let window_means = Array2::from_shape_vec((ls.len(), nw), rows).expect("layers x windows");
+        let levels = sample_levels(&win, &ss, &ls, &samples, t, nl, nw);
         results.push(GroupResult {
             model,
             task,
@@ -440,6 +500,8 @@ pub fn analyze(t: &InfoTable, params: &AnalysisParams) -> Result<Analysis> {
             layers: ls,
             window_means,
             horizon: hz,
+            samples: levels,
+            horizon_bootstrap: HorizonBootstrap::default(),
         });
     }
     Ok(Analysis {
@@ -455,7 +517,49 @@ pub fn analyze(t: &InfoTable, params: &AnalysisParams) -> Result<Analysis> {
             window_values_without_baseline: without_baseline,
             metadata: t.metadata.clone(),
         },
+        comparisons: Vec::new(),
+        sensitivity: Vec::new(),
     })
+}
+
+/// `I_s` of each sample of a group at each of its measured layers, summed in the order
+/// [`layer_cell`] sums, so that the mean over all samples is bit-identical to `m_K`.
+fn sample_levels(
+    win: &[f64],
+    ss: &[u32],
+    layers: &[LayerStats],
+    samples: &[(u32, u32, u32)],
+    t: &InfoTable,
+    nl: usize,
+    nw: usize,
+) -> SampleLevels {
+    let mut levels = Array2::<f64>::from_elem((ss.len(), layers.len()), f64::NAN);
+    for (i, &s) in ss.iter().enumerate() {
+        for (j, l) in layers.iter().enumerate() {
+            let row = &win[(s as usize * nl + l.layer as usize) * nw..][..nw];
+            let (mut sum, mut cnt) = (0.0, 0u32);
+            for &x in row {
+                if !x.is_nan() {
+                    sum += x;
+                    cnt += 1;
+                }
+            }
+            if cnt > 0 {
+                levels[[i, j]] = sum / cnt as f64;
+            }
+        }
+    }
+    let keys = ss
+        .iter()
+        .map(|&s| {
+            let (_, task, id) = samples[s as usize];
+            (
+                t.task.dict[task as usize].clone(),
+                t.sample_id.dict[id as usize].clone(),
+            )
+        })
+        .collect();
+    SampleLevels { keys, levels }
 }
 
 fn set_baseline(cell: &mut f64, v: f64, describe: impl Fn() -> String) -> Result<()> {

@@ -61,6 +61,7 @@ mod output;
 pub mod prune;
 mod read;
 pub mod stats;
+pub mod uncertainty;
 
 pub use aggregate::{
     analyze, Analysis, AnalysisParams, GroupResult, InputSummary, LayerStats, WindowLayout,
@@ -78,6 +79,10 @@ pub use prune::{
 };
 pub use read::{
     read_info_rows, read_info_rows_many, read_info_rows_with, InfoTable, ReadOptions, StrColumn,
+};
+pub use uncertainty::{
+    Comparison, GroupRef, HorizonBootstrap, HorizonCount, SampleLevels, SensitivityRow,
+    SENSITIVITY_THRESHOLDS,
 };
 
 use serde::{Deserialize, Serialize};

@@ -2,6 +2,7 @@
 
 use crate::aggregate::{Analysis, AnalysisParams, InputSummary, WindowLayout};
 use crate::horizon::HorizonResult;
+use crate::uncertainty::{interval_text, Comparison, HorizonBootstrap, SensitivityRow};
 use anyhow::{Context, Result};
 use arrow::array::{
     ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
@@ -33,6 +34,9 @@ const DEFINITIONS: &[(&str, &str)] = &[
     ("spread", "std_windows (population), cv = std/|mean_w Ibar|, max_minus_min on signed Ibar[K,.]; gini and entropy_norm on Ibar clipped at 0, entropy_norm = H(q)/ln(#windows)"),
     ("horizon", "first measured layer H such that every measured layer K >= H has |m_K| <= threshold and (if required) a CI covering 0; threshold relative = fraction * max_K |m_K|"),
     ("pooled_task", "task \"(all)\" pools every sample of the model"),
+    ("horizon_bootstrap", "the horizon rule applied to B resamples of the group's samples (with replacement): resample layer means, the relative threshold recomputed, each layer's CI the full data's moved to the resample mean; interval = (1-c)/2 and 1-(1-c)/2 quantiles of the resampled horizons (inverted CDF), no horizon ordered deepest, null = no horizon"),
+    ("comparisons", "pairs of tasks per model and of models per task; per resample the shared samples (same task and sample id) are drawn jointly, the others within their group; p_a_deeper = fraction of resamples with H_a > H_b, no horizon deeper than every layer"),
+    ("sensitivity", "the point-estimate horizon of every group under each metric column present and each relative threshold (and the parameters' own threshold), same mode, target and CI rule"),
 ];
 
 /// One (model, task) entry of `horizon.json`.
@@ -45,6 +49,9 @@ pub struct HorizonEntry {
     pub horizon: HorizonResult,
     /// m_K at the peak layer.
     pub peak_mean: Option<f64>,
+    /// The horizon's bootstrap distribution over samples (absent in files of older versions).
+    #[serde(default)]
+    pub bootstrap: HorizonBootstrap,
 }
 
 /// One model of `horizon.json`: per task and pooled.
@@ -62,6 +69,16 @@ pub struct SummaryLine {
     pub task: String,
     pub horizon: Option<i32>,
     pub description: String,
+    /// Ends of the horizon's bootstrap interval (null: no horizon), and its text.
+    #[serde(default)]
+    pub horizon_low: Option<i32>,
+    #[serde(default)]
+    pub horizon_high: Option<i32>,
+    #[serde(default)]
+    pub interval: String,
+    /// Fraction of resamples without a horizon.
+    #[serde(default)]
+    pub p_no_horizon: Option<f64>,
 }
 
 /// The content of `horizon.json`.
@@ -74,6 +91,10 @@ pub struct HorizonReport {
     pub input: InputSummary,
     pub models: Vec<ModelEntry>,
     pub summary: Vec<SummaryLine>,
+    #[serde(default)]
+    pub comparisons: Vec<Comparison>,
+    #[serde(default)]
+    pub sensitivity: Vec<SensitivityRow>,
 }
 
 /// Builds the `horizon.json` content.
@@ -89,6 +110,7 @@ pub fn horizon_report(a: &Analysis) -> HorizonReport {
             .and_then(|k| g.layers.iter().find(|l| l.layer == k))
             .map(|l| l.mean),
         horizon: g.horizon.clone(),
+        bootstrap: g.horizon_bootstrap.clone(),
     };
     let mut models: Vec<ModelEntry> = Vec::new();
     for g in &a.groups {
@@ -114,6 +136,11 @@ pub fn horizon_report(a: &Analysis) -> HorizonReport {
             task: g.task.clone(),
             horizon: g.horizon.horizon,
             description: g.horizon.description.clone(),
+            horizon_low: g.horizon_bootstrap.low,
+            horizon_high: g.horizon_bootstrap.high,
+            interval: interval_text(&g.horizon_bootstrap),
+            p_no_horizon: (g.horizon_bootstrap.resamples > 0)
+                .then_some(g.horizon_bootstrap.p_no_horizon),
         })
         .collect();
     let mut definitions: std::collections::BTreeMap<String, String> = DEFINITIONS
@@ -129,6 +156,8 @@ pub fn horizon_report(a: &Analysis) -> HorizonReport {
         input: a.input.clone(),
         models,
         summary,
+        comparisons: a.comparisons.clone(),
+        sensitivity: a.sensitivity.clone(),
     }
 }
 

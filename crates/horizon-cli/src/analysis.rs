@@ -11,8 +11,8 @@ use horizon_data::info_rows::Target;
 use crate::options::{at_least_one, non_negative, unit_open};
 
 use horizon_analysis::{
-    analyze, read_info_rows_many, write_outputs, Analysis, AnalysisParams, InfoMode, Metric,
-    ReadOptions, Threshold,
+    analyze, read_info_rows_many, uncertainty::interval_text, write_outputs, Analysis,
+    AnalysisParams, InfoMode, Metric, ReadOptions, Threshold,
 };
 use horizon_plot::{
     plot_information_vs_layer, plot_layer_window_heatmap, plot_window_heatmaps, CurveOptions,
@@ -88,12 +88,21 @@ pub struct HorizonArgs {
 }
 
 pub fn print_summary(a: &Analysis) {
-    println!("| model | task | samples | horizon |");
-    println!("|---|---|---|---|");
+    println!(
+        "| model | task | samples | horizon | {:.0}% interval (bootstrap) | P(no horizon) |",
+        a.params.confidence * 100.0
+    );
+    println!("|---|---|---|---|---|---|");
     for g in &a.groups {
+        let b = &g.horizon_bootstrap;
         println!(
-            "| {} | {} | {} | {} |",
-            g.model, g.task, g.n_samples, g.horizon.description
+            "| {} | {} | {} | {} | {} | {:.2} |",
+            g.model,
+            g.task,
+            g.n_samples,
+            g.horizon.description,
+            interval_text(b),
+            b.p_no_horizon
         );
     }
 }

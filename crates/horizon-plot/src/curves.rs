@@ -7,6 +7,7 @@ use crate::figure::{
 use crate::scale::fmt_value;
 use anyhow::{bail, Result};
 use horizon_analysis::{Analysis, GroupResult};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -159,6 +160,18 @@ impl Figure for Curves<'_> {
             chart
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
                 .map_err(derr)?;
+            // label height near the bottom, staggered so that several horizons stay readable
+            let y = lo + (hi - lo) * (0.02 + 0.045 * (i % 4) as f64);
+            let interval = interval_bar(&mut chart, g, y, x1, (hi - lo) * 0.012, color)?;
+            let mark = match (g.horizon.horizon, &interval) {
+                (Some(h), Some(iv)) => Some((h as f64, format!("H = {h} ({iv})"))),
+                (Some(h), None) => Some((h as f64, format!("H = {h}"))),
+                (None, Some(iv)) => g
+                    .horizon_bootstrap
+                    .low
+                    .map(|l| (l as f64, format!("no H ({iv})"))),
+                (None, None) => None,
+            };
             if let Some(h) = g.horizon.horizon {
                 let x = h as f64;
                 chart
@@ -169,9 +182,9 @@ impl Figure for Curves<'_> {
                         color.stroke_width(2),
                     ))
                     .map_err(derr)?;
-                // label near the bottom, staggered so that several horizons stay readable, on
-                // the inner side of the line
-                let y = lo + (hi - lo) * (0.02 + 0.045 * (i % 4) as f64);
+            }
+            if let Some((x, text)) = mark {
+                // on the inner side of the line
                 let right_half = x > (x0 + x1) / 2.0;
                 let anchor = Pos::new(
                     if right_half { HPos::Right } else { HPos::Left },
@@ -180,9 +193,9 @@ impl Figure for Curves<'_> {
                 chart
                     .draw_series(std::iter::once(Text::new(
                         if right_half {
-                            format!("H = {h} ")
+                            format!("{text} ")
                         } else {
-                            format!(" H = {h}")
+                            format!(" {text}")
                         },
                         (x, y),
                         TextStyle::from(("sans-serif", 15).into_font())
@@ -237,4 +250,40 @@ pub fn plot_information_vs_layer(a: &Analysis, opts: &CurveOptions, path: &Path)
         },
         path,
     )
+}
+
+/// The bootstrap interval of `g`'s horizon as a horizontal bar at height `y` with end caps (an
+/// open end at `x_end` when the interval reaches "no horizon"); returns its text, e.g. "95%: 4–6",
+/// or `None` when the group has no bootstrap distribution or no resample had a horizon.
+fn interval_bar<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    g: &GroupResult,
+    y: f64,
+    x_end: f64,
+    cap: f64,
+    color: RGBColor,
+) -> Result<Option<String>> {
+    let b = &g.horizon_bootstrap;
+    let Some(low) = b.low.filter(|_| b.resamples > 0) else {
+        return Ok(None);
+    };
+    let xa = low as f64;
+    let xb = b.high.map(|h| h as f64).unwrap_or(x_end);
+    let mut segments = vec![vec![(xa, y), (xb, y)], vec![(xa, y - cap), (xa, y + cap)]];
+    if b.high.is_some() {
+        segments.push(vec![(xb, y - cap), (xb, y + cap)]);
+    }
+    chart
+        .draw_series(
+            segments
+                .into_iter()
+                .map(|seg| PathElement::new(seg, color.stroke_width(2))),
+        )
+        .map_err(derr)?;
+    let range = match b.high {
+        Some(h) if h == low => format!("{h}"),
+        Some(h) => format!("{low}–{h}"),
+        None => format!("{low}–none"),
+    };
+    Ok(Some(format!("{:.0}%: {range}", b.confidence * 100.0)))
 }

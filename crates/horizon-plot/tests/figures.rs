@@ -60,6 +60,28 @@ fn synthetic() -> Analysis {
                 layers: ls,
                 window_means: wm,
                 horizon,
+                samples: SampleLevels::default(),
+                // "count": H = 8 with interval 7–9; "color": no horizon, some resamples from 12 on;
+                // pooled: no bootstrap (drawn as before the interval existed)
+                horizon_bootstrap: match ti {
+                    0 => HorizonBootstrap {
+                        resamples: 100,
+                        confidence: 0.95,
+                        low: Some(12),
+                        high: None,
+                        p_no_horizon: 0.9,
+                        distribution: vec![],
+                    },
+                    1 => HorizonBootstrap {
+                        resamples: 100,
+                        confidence: 0.95,
+                        low: Some(7),
+                        high: Some(9),
+                        p_no_horizon: 0.0,
+                        distribution: vec![],
+                    },
+                    _ => HorizonBootstrap::default(),
+                },
             });
         }
     }
@@ -68,6 +90,8 @@ fn synthetic() -> Analysis {
         grid,
         groups,
         input: InputSummary::default(),
+        comparisons: vec![],
+        sensitivity: vec![],
     }
 }
 
@@ -154,7 +178,8 @@ fn information_vs_layer_png_and_svg() {
         &[
             "Information versus layer",
             "cut layer K",
-            "H = 8",
+            "H = 8 (95%: 7–9)",
+            "no H (95%: 12–none)",
             "no horizon",
             "llava-1.5-7b / count",
             "all tasks",
@@ -245,7 +270,8 @@ fn fnv1a_file(path: &Path) -> u64 {
 
 /// Every figure kind of the synthetic results, PNG and SVG, hashed: a refactoring of the drawing
 /// code that changes no pixel and no SVG byte keeps these hashes (recorded from the renderer before
-/// the crate was split into one module per figure). A deliberate change of a figure updates its hash.
+/// the crate was split into one module per figure; the curves' since the horizon's bootstrap
+/// interval is drawn). A deliberate change of a figure updates its hash.
 #[test]
 fn figures_are_byte_identical_to_recorded_ones() {
     let a = synthetic();
@@ -292,15 +318,15 @@ fn figures_are_byte_identical_to_recorded_ones() {
     let expected: &[(&str, u64)] = &[
         ("maps.png", 0xe9f06aafe6de120d),
         ("maps_all.png", 0xe64a79219b133141),
-        ("curves.png", 0x88398fb081d39d68),
-        ("curves_one.png", 0xfe7e65ea3835c718),
+        ("curves.png", 0x14ed106d36c5f823),
+        ("curves_one.png", 0x564a74dc48abfb3f),
         ("curves_pooled.png", 0x8a60956d887f902a),
         ("lw.png", 0x4c6406d2b92cb45f),
         ("lw_none.png", 0x40605fccd8a807de),
         ("maps.svg", 0xae89239d8ae316b3),
         ("maps_all.svg", 0xfea98a57179445a2),
-        ("curves.svg", 0x5d2b12574bddf6da),
-        ("curves_one.svg", 0x4f520817522130bb),
+        ("curves.svg", 0x4c30ebfd76806ec0),
+        ("curves_one.svg", 0xf1f0226a1f1a683a),
         ("curves_pooled.svg", 0xb051c9bd44f7f4bd),
         ("lw.svg", 0x37bc53056195e61d),
         ("lw_none.svg", 0x57afd8b99f54078f),
