@@ -89,6 +89,9 @@ pub struct DemoArgs {
     /// Visual tokens kept at every layer in the pruning sweep.
     #[arg(long, default_value = "25%")]
     prune_keep: String,
+    /// Pruning layers K of the sweep (`all`, `1-11`, `1,4,8`).
+    #[arg(long, default_value = "all")]
+    prune_layers: String,
     /// Skip the pruning sweep.
     #[arg(long)]
     no_prune: bool,
@@ -218,7 +221,7 @@ fn prune_demo(args: &DemoArgs, horizon: &std::path::Path) -> Result<()> {
         },
         out: args.out.join("prune"),
         methods: vec!["fastv".into(), "divprune".into()],
-        layers: "all".into(),
+        layers: args.prune_layers.clone(),
         keep: args.prune_keep.clone(),
         repeats: 3,
         horizon: horizon.exists().then(|| horizon.to_path_buf()),
