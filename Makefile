@@ -10,7 +10,13 @@ export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 
 CARGO ?= cargo
 
-.PHONY: all venv build release test demo fmt clippy clean-venv
+.PHONY: all venv build release test demo fmt clippy clean-venv notebooks notebook-check
+
+# The notebooks' Python (pandas, matplotlib, nbclient), pinned in notebooks/requirements.txt.
+NB_VENV   ?= .venv-notebooks
+NB_STAMP  := $(NB_VENV)/.installed
+# A small demo run the notebooks are checked against in `make test` (debug binary, a few minutes).
+NB_CHECK  := out/notebook-check
 
 all: build
 
@@ -33,6 +39,25 @@ test: $(STAMP)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
+	$(MAKE) notebook-check
+
+$(NB_STAMP): notebooks/requirements.txt
+	python3 -m venv $(NB_VENV)
+	$(NB_VENV)/bin/python -m pip install --quiet -r notebooks/requirements.txt
+	@touch $@
+
+# Every notebook executed top to bottom against a small demo run (2 samples per category, 4 layers, the
+# pruning sweep at 4 layers on 1 sample per category); the executed copies land in $(NB_CHECK)/notebooks.
+notebook-check: $(STAMP) $(NB_STAMP)
+	rm -rf $(NB_CHECK) && mkdir -p $(NB_CHECK)
+	$(CARGO) run --quiet -p horizon-cli -- demo --out $(NB_CHECK) --per-category 2 --layers 0,2,4,6 \
+		--bootstrap 200 --format png --prune-per-category 1 --prune-layers 1,3,5,7 > $(NB_CHECK)/demo.log 2>&1 \
+		|| { tail -30 $(NB_CHECK)/demo.log; exit 1; }
+	$(NB_VENV)/bin/python notebooks/execute.py --demo-out $(NB_CHECK) --to $(NB_CHECK)/notebooks
+
+# The committed notebooks' outputs, from the full demo run (out/demo).
+notebooks: demo $(NB_STAMP)
+	$(NB_VENV)/bin/python notebooks/execute.py --demo-out out/demo --in-place
 
 # The main job: information maps of both bundled models on the bundled benchmark, horizons per task and
 # per model, all figures (out/demo/figures) and a printed summary; a rerun continues where it stopped.
