@@ -54,6 +54,13 @@
 //! is the first measured layer from which every deeper measured layer vanishes; when the deepest
 //! layer does not vanish there is "no horizon within the measured layers". ε is absolute or
 //! relative: `ε = f · max_K |m_K|` (default f = 5 %). The parameters are recorded in `horizon.json`.
+//!
+//! ## The horizon's uncertainty (ours; [`uncertainty`])
+//!
+//! The same B and seed resample each group's samples and apply the rule to every resample, giving
+//! the distribution of H (with "no horizon") and its percentile interval; pairs of groups (tasks of a
+//! model, models on a task) are compared over joint resamples of the samples they share; and the
+//! point estimate is recomputed under every metric present and each of [`SENSITIVITY_THRESHOLDS`].
 
 mod aggregate;
 mod horizon;
