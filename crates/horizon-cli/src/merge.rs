@@ -1,5 +1,6 @@
-//! `horizon merge`: the finished shards of one `horizon info` run (`--shard i/n`) as one directory,
-//! after checking that they cover the selection exactly once with equal settings.
+//! `horizon merge`: the finished shards of one `horizon info` or `horizon eval` run (`--shard i/n`)
+//! as one directory, after checking that each holds exactly the parts its `DONE.json` lists, with its
+//! metadata, and that together they cover the selection exactly once with equal settings.
 
 use anyhow::Result;
 use clap::Args;
