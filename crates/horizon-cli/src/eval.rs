@@ -265,11 +265,25 @@ pub fn write_summary(out: &Path, specs: &[SpecSummary]) -> Result<()> {
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
+    // Everything that can fail on the data fails before the model loads.
+    let samples = args.bench.samples()?;
+    let kind = samples
+        .first()
+        .map_or(horizon_data::bench::BenchmarkKind::Generic, |s| s.benchmark);
+    let scorer = args
+        .scorer
+        .unwrap_or_else(|| horizon_data::bench::default_scorer(kind));
+    let plan =
+        horizon_data::bench::check_samples(&samples, Some(scorer), args.bench.prompt_style)
+            .with_context(|| format!("--bench {}", args.bench.bench.display()))?;
+    eprintln!(
+        "horizon eval: {}",
+        plan.describe(args.bench.benchmark.is_some())
+    );
     let (model, processor) = args.model.load()?;
     for spec in &args.prune {
         spec.check(model.num_layers())?;
     }
-    let samples = args.bench.samples()?;
     let ctx = EvalContext {
         model: &model,
         processor: &processor,

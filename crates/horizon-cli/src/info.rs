@@ -1,7 +1,7 @@
 //! `horizon info`: visual-token information per layer for every sample of a benchmark, written as
 //! long-format Parquet part files (schema in `horizon_data::info_rows`).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -50,6 +50,20 @@ pub struct InfoArgs {
 }
 
 pub fn run(args: &InfoArgs) -> Result<()> {
+    // Everything that can fail on the data fails before the model loads.
+    let mut samples = args.bench.samples()?;
+    let text_only = samples.iter().filter(|s| !s.has_image()).count();
+    if text_only > 0 {
+        // No visual tokens to measure.
+        eprintln!("horizon info: leaving out {text_only} text-only questions (no image)");
+        samples.retain(|s| s.has_image());
+    }
+    let plan = horizon_data::bench::check_samples(&samples, None, args.bench.prompt_style)
+        .with_context(|| format!("--bench {}", args.bench.bench.display()))?;
+    eprintln!(
+        "horizon info: {}",
+        plan.describe(args.bench.benchmark.is_some())
+    );
     let (model, processor) = args.model.load()?;
     let layers = parse_layers(args.layers.as_deref(), model.num_layers())?;
     let model_name = args.model_name.clone().unwrap_or_else(|| {
@@ -59,7 +73,6 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into())
     });
-    let samples = args.bench.samples()?;
     let sweep = InfoSweep {
         model_name,
         model_path: args.model.model.clone(),

@@ -15,7 +15,8 @@
 //! | `index` | int64, nullable | MMBench `index`: circular copies are `index + k * 1_000_000` and share `index % 1_000_000`; null elsewhere |
 //! | `has_image` | bool | the sample has an image (ScienceQA's IMG subset); `false` only for text-only questions |
 //! | `prediction` | utf8 | the greedy answer, decoded |
-//! | `correct` | bool | [`exact_match`]: trimmed, final `.`s dropped, lower-cased, equal to one reference |
+//! | `correct` | bool | whether the benchmark's score counts the row right, by its first convention ([`crate::score::row_score`]: MME `official` parsing, POPE `llava`, ScienceQA `llava`, GQA `llava`, MMBench `lmms-eval 0.7.3 static` option matching; TextVQA: any VQA credit; other benchmarks [`exact_match`]); `false` when the row has no reference answer |
+//! | `score` | float64, nullable | what the benchmark's score averages for the row, by the same rule: 1 or 0, TextVQA the VQA accuracy (0 to 1); null without a reference answer |
 //! | `prefill_ms` | float64, nullable | wall time of the prefill, pruning included (device-synchronized) |
 //! | `decode_ms_per_token` | float64, nullable | mean wall time of one decoding step (null when one token was generated) |
 //! | `new_tokens` | int64, nullable | tokens generated |
@@ -25,7 +26,7 @@
 //! | `visual_tokens_t_eq` | float64, nullable | visual tokens averaged over the decoder layers |
 //!
 //! The cost columns are filled by `horizon eval`; rescored or hand-made files may leave them null.
-//! Every other column but `index` is non-null. Files written before `sample_key`, `benchmark`, `choices`,
+//! Every other column but `index` and `score` is non-null. Files written before `sample_key`, `benchmark`, `choices`,
 //! `index` and `has_image` existed are still read: the key is then the question id, the benchmark
 //! `other`, no choices, no index, and an image. Strings may also be `large_utf8` or `utf8_view`, lists
 //! `large_list`, and `index` any integer type (files rewritten by polars or DuckDB). A file that does
@@ -67,6 +68,7 @@ pub struct Prediction {
     pub has_image: bool,
     pub prediction: String,
     pub correct: bool,
+    pub score: Option<f64>,
     pub prefill_ms: Option<f64>,
     pub decode_ms_per_token: Option<f64>,
     pub new_tokens: Option<i64>,
@@ -90,6 +92,7 @@ impl Default for Prediction {
             has_image: true,
             prediction: String::new(),
             correct: false,
+            score: None,
             prefill_ms: None,
             decode_ms_per_token: None,
             new_tokens: None,
@@ -101,8 +104,9 @@ impl Default for Prediction {
     }
 }
 
-/// The `correct` column's rule: `prediction` equals one of `answers` once both are trimmed, stripped
-/// of final `.`s and lower-cased. The benchmarks' own rules are in [`crate::score`].
+/// The `correct` column's rule for benchmarks without a scorer of their own (`other`): `prediction`
+/// equals one of `answers` once both are trimmed, stripped of final `.`s and lower-cased. The
+/// benchmarks' own rules are in [`crate::score`] ([`crate::score::row_score`]).
 pub fn exact_match(prediction: &str, answers: &[String]) -> bool {
     let norm = |s: &str| s.trim().trim_end_matches('.').to_lowercase();
     let p = norm(prediction);
@@ -129,6 +133,7 @@ pub fn predictions_schema() -> Arc<Schema> {
         Field::new("has_image", DataType::Boolean, false),
         utf8("prediction"),
         Field::new("correct", DataType::Boolean, false),
+        Field::new("score", DataType::Float64, true),
         Field::new("prefill_ms", DataType::Float64, true),
         Field::new("decode_ms_per_token", DataType::Float64, true),
         Field::new("new_tokens", DataType::Int64, true),
@@ -166,6 +171,7 @@ fn to_batch(rows: &[Prediction]) -> Result<RecordBatch> {
             b(|r| r.has_image),
             s(|r| &r.prediction),
             b(|r| r.correct),
+            f(|r| r.score),
             f(|r| r.prefill_ms),
             f(|r| r.decode_ms_per_token),
             i(|r| r.new_tokens),
@@ -388,6 +394,7 @@ pub fn read_predictions(path: &Path) -> Result<Vec<Prediction>> {
         let has_image = r.bools("has_image", true)?;
         let pred = r.strings("prediction", false)?.expect("required");
         let correct = r.bools("correct", false)?.expect("required");
+        let score = r.floats("score")?;
         let prefill_ms = r.floats("prefill_ms")?;
         let decode_ms = r.floats("decode_ms_per_token")?;
         let new_tokens = r.ints("new_tokens")?;
@@ -416,6 +423,7 @@ pub fn read_predictions(path: &Path) -> Result<Vec<Prediction>> {
                 has_image: has_image.as_ref().is_none_or(|h| h.value(i)),
                 prediction: pred.value(i).to_string(),
                 correct: correct.value(i),
+                score: fl(&score, i),
                 prefill_ms: fl(&prefill_ms, i),
                 decode_ms_per_token: fl(&decode_ms, i),
                 new_tokens: int(&new_tokens, i),

@@ -68,12 +68,12 @@ fn mme_official_and_lmms_eval_parsing_acc_and_acc_plus() {
     expect(&t, "acc+/existence", "official", 25.0, 4);
     expect(&t, "score/existence", "official", 75.0, 8);
     // lmms-eval: acc = 100 * 6/8 = 75, acc+ = 100 * 2/4 (e1, e3) = 50, score = 125
-    expect(&t, "acc/existence", "lmms-eval", 75.0, 8);
-    expect(&t, "acc+/existence", "lmms-eval", 50.0, 4);
-    expect(&t, "score/existence", "lmms-eval", 125.0, 8);
+    expect(&t, "acc/existence", "lmms-eval 0.7.3", 75.0, 8);
+    expect(&t, "acc+/existence", "lmms-eval 0.7.3", 50.0, 4);
+    expect(&t, "score/existence", "lmms-eval 0.7.3", 125.0, 8);
     // code_reasoning (both): c1 "yes"/Yes ✓, "no"/No ✓; c2 "no"/Yes ✗, "know"/No ✓ ("know" holds
     // no): acc = 100 * 3/4 = 75, acc+ = 100 * 1/2 = 50, score = 125
-    for conv in ["official", "lmms-eval"] {
+    for conv in ["official", "lmms-eval 0.7.3"] {
         expect(&t, "acc/code_reasoning", conv, 75.0, 4);
         expect(&t, "acc+/code_reasoning", conv, 50.0, 2);
         expect(&t, "score/code_reasoning", conv, 125.0, 4);
@@ -82,8 +82,8 @@ fn mme_official_and_lmms_eval_parsing_acc_and_acc_plus() {
     // Totals: perception = existence's score, cognition = code_reasoning's, and their sum.
     expect(&t, "perception", "official", 75.0, 8);
     expect(&t, "perception+cognition", "official", 75.0 + 125.0, 12);
-    expect(&t, "perception", "lmms-eval", 125.0, 8);
-    expect(&t, "perception+cognition", "lmms-eval", 125.0 + 125.0, 12);
+    expect(&t, "perception", "lmms-eval 0.7.3", 125.0, 8);
+    expect(&t, "perception+cognition", "lmms-eval 0.7.3", 125.0 + 125.0, 12);
     let notes = t.notes.join("\n");
     assert!(
         notes.contains("perception sums 1 of 10 subtasks"),
@@ -166,21 +166,21 @@ fn pope_llava_first_sentence_parsing_and_lmms_eval_exact_match() {
     expect(&t, "yes_ratio/mean", "llava", (50.0 + 75.0) / 2.0, 10);
     // lmms-eval, adversarial: lower-cased and stripped, only 4 ("no") and 5 ("no") are exactly
     // yes/no, both FN; none equals its reference: acc 0, TP 0 -> P = 0 (no yes), R = 0/2, F1 = 0
-    expect(&t, "accuracy/adversarial", "lmms-eval", 0.0, 6);
-    expect(&t, "precision/adversarial", "lmms-eval", 0.0, 6);
-    expect(&t, "recall/adversarial", "lmms-eval", 0.0, 6);
-    expect(&t, "f1/adversarial", "lmms-eval", 0.0, 6);
+    expect(&t, "accuracy/adversarial", "lmms-eval 0.7.3", 0.0, 6);
+    expect(&t, "precision/adversarial", "lmms-eval 0.7.3", 0.0, 6);
+    expect(&t, "recall/adversarial", "lmms-eval 0.7.3", 0.0, 6);
+    expect(&t, "f1/adversarial", "lmms-eval 0.7.3", 0.0, 6);
     // lmms-eval, random: 7 ✓ TP, 8 ✓ TP, 9 ✓ TN, 10 ✗ FP: acc 3/4, P 2/3, R 2/2, F1 4/5
-    expect(&t, "accuracy/random", "lmms-eval", 75.0, 4);
-    expect(&t, "f1/random", "lmms-eval", 80.0, 4);
+    expect(&t, "accuracy/random", "lmms-eval 0.7.3", 75.0, 4);
+    expect(&t, "f1/random", "lmms-eval 0.7.3", 80.0, 4);
     // lmms-eval pooled over all 10: acc = 3/10; TP 2, FP 1, FN 2 (4, 5): P = 2/3, R = 2/4,
     // F1 = 2 (2/3)(1/2) / (2/3 + 1/2) = (2/3) / (7/6) = 4/7
-    expect(&t, "accuracy/all", "lmms-eval", 30.0, 10);
-    expect(&t, "precision/all", "lmms-eval", two_thirds, 10);
-    expect(&t, "recall/all", "lmms-eval", 50.0, 10);
-    expect(&t, "f1/all", "lmms-eval", 400.0 / 7.0, 10);
+    expect(&t, "accuracy/all", "lmms-eval 0.7.3", 30.0, 10);
+    expect(&t, "precision/all", "lmms-eval 0.7.3", two_thirds, 10);
+    expect(&t, "recall/all", "lmms-eval 0.7.3", 50.0, 10);
+    expect(&t, "f1/all", "lmms-eval 0.7.3", 400.0 / 7.0, 10);
     assert!(
-        t.get("yes_ratio/all", "lmms-eval").is_none(),
+        t.get("yes_ratio/all", "lmms-eval 0.7.3").is_none(),
         "lmms-eval's GT-based ratio not copied"
     );
 }
@@ -251,8 +251,8 @@ fn scienceqa_llava_and_lmms_eval_letters_on_img_and_overall() {
     expect(&t, "img_accuracy", "llava", 60.0, 5);
     expect(&t, "accuracy", "llava", 50.0, 8);
     // lmms-eval: IMG 3/5 (1, 3, 4) = 60; overall 5/8 (1, 3, 4, 6, 7) = 62.5
-    expect(&t, "img_accuracy", "lmms-eval", 60.0, 5);
-    expect(&t, "accuracy", "lmms-eval", 62.5, 8);
+    expect(&t, "img_accuracy", "lmms-eval 0.7.3", 60.0, 5);
+    expect(&t, "accuracy", "lmms-eval 0.7.3", 62.5, 8);
 }
 
 #[test]
@@ -267,11 +267,11 @@ fn gqa_llava_and_lmms_eval_exact_match() {
     // no         "No!"       "no!" ✗                          "no" ✓
     // llava 2/5 = 40; lmms-eval 4/5 = 80
     expect(&t, "accuracy", "llava", 40.0, 5);
-    expect(&t, "accuracy", "lmms-eval", 80.0, 5);
+    expect(&t, "accuracy", "lmms-eval 0.7.3", 80.0, 5);
 }
 
 #[test]
-fn mmbench_single_round_and_circular_over_complete_groups() {
+fn mmbench_single_round_and_circular_over_every_original_row() {
     let rows = load("mmbench.jsonl");
     let t = score(Benchmark::MmBench, &rows).unwrap();
     let c = "heuristic (no GPT)";
@@ -279,22 +279,24 @@ fn mmbench_single_round_and_circular_over_complete_groups() {
     //   "A" -> A ✓; "D. cat" -> D ("X." form) ✓; "The answer is C" -> C (one letter word) ✓;
     //   "cat" -> B (option text) ✓                                  => circular ✓
     // group 2 (2 options, rows 2, 1000002: complete): "B" ✓; "B" for A ✗  => circular ✗
-    // group 3 (4 options, rows 3, 1000003 only: incomplete): "C" ✓;
-    //   "A three is drawn" -> not A (a quantifier in > 3 words), option text "three" -> B ✓
-    // group 4 (3 options, row 4 only: incomplete): "I am not sure" -> nothing ✗
+    // group 3 (4 options, rows 3, 1000003 only: a rotation short, counted as lmms-eval does):
+    //   "C" ✓; "A three is drawn" -> not A (a quantifier in > 3 words), option text "three"
+    //   -> B ✓                                                       => circular ✓
+    // group 4 (3 options, row 4 only): "I am not sure" -> nothing ✗  => circular ✗
     // single round (index < 1e6: 1, 2, 3, 4): 3/4 = 75
     expect(&t, "accuracy/single-round", c, 75.0, 4);
-    // all rows: 4 + 1 + 2 + 0 = 7 of 9 = 77.78
-    expect(&t, "accuracy/all-rows", c, 700.0 / 9.0, 9);
-    // circular over the 2 complete groups: 1/2 = 50
-    expect(&t, "accuracy/circular", c, 50.0, 2);
+    // circular over the 4 original rows: groups 1 and 3 right, 2/4 = 50
+    expect(&t, "accuracy/circular", c, 50.0, 4);
+    // lmms-eval 0.7.3 static: "I am not sure" has no letter by extract_mcq_answer either (no
+    // A-C as a word, at the start or end; "I" is not a choice letter), the same numbers
+    expect(&t, "accuracy/circular", "lmms-eval 0.7.3 static", 50.0, 4);
     let md = t.to_markdown();
-    assert!(md.contains("2 questions lack some rotation"), "{md}");
-    assert!(md.contains("GPT matching is NOT reproduced"), "{md}");
+    assert!(md.contains("2 groups lack some rotation"), "{md}");
+    assert!(md.contains("NOT reproduced"), "{md}");
 }
 
 #[test]
-fn mmbench_without_complete_groups_has_no_circular_row() {
+fn mmbench_without_circular_copies_has_no_circular_row() {
     let rows: Vec<_> = load("mmbench.jsonl")
         .into_iter()
         .filter(|r| r.index.is_some_and(|i| i < 1_000_000))
@@ -306,17 +308,20 @@ fn mmbench_without_complete_groups_has_no_circular_row() {
 }
 
 #[test]
-fn other_benchmarks_score_the_correct_column() {
-    let row = |cat: &str, correct: bool, i: usize| Prediction {
+fn other_benchmarks_score_exact_match_not_the_stored_correct_column() {
+    // (category, prediction, answer, stored correct): the stored value is ignored
+    let row = |cat: &str, pred: &str, answer: &str, correct: bool, i: usize| Prediction {
         sample_key: format!("s{i}"),
         category: cat.into(),
+        prediction: pred.into(),
+        answers: vec![answer.into()],
         correct,
         ..Prediction::default()
     };
     let rows = vec![
-        row("colour", true, 0),
-        row("colour", false, 1),
-        row("count", true, 2),
+        row("colour", "Red.", "red", false, 0), // right: trimmed, '.' dropped, any case
+        row("colour", "zzz", "red", true, 1),   // wrong, whatever `correct` says
+        row("count", " 3 ", "3", false, 2),     // right
     ];
     assert_eq!(detect(&rows).unwrap(), Benchmark::Other);
     let t = score_detected(&rows).unwrap();
@@ -366,7 +371,7 @@ fn tables_serialize_to_json_and_markdown() {
     let lines: Vec<&str> = md.lines().collect();
     assert_eq!(lines[0], "| benchmark | metric | convention | value | n |");
     assert_eq!(lines[2], "| gqa | accuracy | llava | 40.00 | 5 |");
-    assert_eq!(lines[3], "| gqa | accuracy | lmms-eval | 80.00 | 5 |");
+    assert_eq!(lines[3], "| gqa | accuracy | lmms-eval 0.7.3 | 80.00 | 5 |");
     assert!(lines[5].starts_with("- gqa: llava: "), "{md}");
 }
 

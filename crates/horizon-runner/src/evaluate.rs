@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use horizon_data::bench::prompts::{question_prompt, PromptStyle};
 use horizon_data::bench::Sample;
 use horizon_data::imageproc::to_rgb_like_pil;
-use horizon_data::predictions::{exact_match, read_predictions, write_predictions, Prediction};
+use horizon_data::predictions::{read_predictions, write_predictions, Prediction};
 use horizon_data::run_meta::{EvalSettings, RunKind, RunMetadata, DONE_FILE, RUN_FORMAT};
 use horizon_data::score::{score, score_detected, Benchmark, ScoreTable};
 
@@ -206,11 +206,16 @@ impl Evaluation {
         gen: &GenerationConfig,
     ) -> Result<Prediction> {
         let context = || format!("sample {}", sample.key);
-        let image = to_rgb_like_pil(sample.image.decode().with_context(context)?);
         let prompt = question_prompt(sample, self.prompt_style);
-        let inputs = processor
-            .prepare_image(model, &prompt, &image, self.template)
-            .with_context(context)?;
+        let inputs = if sample.has_image() {
+            let image = to_rgb_like_pil(sample.image.decode().with_context(context)?);
+            processor.prepare_image(model, &prompt, &image, self.template)
+        } else {
+            // A text-only question (ScienceQA): the prompt without an image, as LLaVA's
+            // model_vqa_science.py asks it; there are no visual tokens to prune.
+            processor.prepare_text(model, &prompt, self.template)
+        }
+        .with_context(context)?;
         let needs_target = self.prune.stages.iter().any(|s| s.method == Method::Info);
         let target = match (needs_target, sample.answers.first()) {
             (true, Some(a)) => processor.first_answer_token(a).with_context(context)?,
@@ -224,10 +229,16 @@ impl Evaluation {
             })?;
             options.info_scores = Some(scores.clone());
         }
-        let run = generate_pruned(model, &inputs, &self.prune, &options, seed, target, gen)
+        let unpruned = PruneSpec::none();
+        let spec = if sample.has_image() {
+            &self.prune
+        } else {
+            &unpruned
+        };
+        let run = generate_pruned(model, &inputs, spec, &options, seed, target, gen)
             .with_context(context)?;
         let prediction = processor.decode(&run.tokens)?.trim().to_string();
-        Ok(Prediction {
+        let mut row = Prediction {
             sample_key: sample.key.clone(),
             question_id: sample.id.clone(),
             benchmark: sample.benchmark.name().into(),
@@ -236,7 +247,7 @@ impl Evaluation {
             answers: sample.answers.clone(),
             choices: sample.choices.clone(),
             index: sample.index,
-            has_image: true,
+            has_image: sample.has_image(),
             prefill_ms: Some(run.prefill_seconds * 1e3),
             decode_ms_per_token: (run.decode_steps > 0)
                 .then(|| run.decode_seconds * 1e3 / run.decode_steps as f64),
@@ -245,9 +256,13 @@ impl Evaluation {
             visual_tokens_layer0: Some(run.counts.retained_from_layer0() as i64),
             visual_tokens_final: Some(run.counts.retained_final() as i64),
             visual_tokens_t_eq: Some(run.counts.t_eq()),
-            correct: exact_match(&prediction, &sample.answers),
+            correct: false,
+            score: None,
             prediction,
-        })
+        };
+        // `correct` and `score`: what the benchmark's score counts for this row.
+        horizon_data::score::fill_outcome(self.scorer, 0, &mut row).with_context(context)?;
+        Ok(row)
     }
 }
 
@@ -277,14 +292,13 @@ pub fn score_predictions(
             );
         }
     }
-    let (answered, unanswered): (Vec<Prediction>, Vec<Prediction>) = predictions
+    let (mut answered, unanswered): (Vec<Prediction>, Vec<Prediction>) = predictions
         .iter()
         .cloned()
-        .map(|mut p| {
-            p.correct = exact_match(&p.prediction, &p.answers);
-            p
-        })
         .partition(|p| has_answer(&p.answers));
+    for (i, p) in answered.iter_mut().enumerate() {
+        horizon_data::score::fill_outcome(scorer, i, p)?;
+    }
     let mut table = match (scorer, answered.is_empty()) {
         (_, true) => ScoreTable::default(),
         (Some(b), false) => score(b, &answered)?,

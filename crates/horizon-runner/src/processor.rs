@@ -69,6 +69,28 @@ impl Processor {
         }
     }
 
+    /// A text-only question (no image) to model inputs: the chat template without its image,
+    /// no visual tokens.
+    pub fn prepare_text(
+        &self,
+        model: &VlModel,
+        question: &str,
+        template: PromptTemplate,
+    ) -> Result<ModelInputs> {
+        match self {
+            Self::Llava(p) => p.prepare_text(question, template, model.device()),
+            Self::Qwen2_5Vl(p) => match template {
+                PromptTemplate::Auto | PromptTemplate::Qwen => {
+                    p.prepare_text(&Qwen2_5VlProcessor::text_prompt(question), model.device())
+                }
+                PromptTemplate::Raw => p.prepare_text(question, model.device()),
+                PromptTemplate::LlavaHf | PromptTemplate::VicunaV1 => {
+                    bail!("--template {template:?} is a LLaVA template; use auto, qwen or raw for Qwen2.5-VL")
+                }
+            },
+        }
+    }
+
     /// Reproduce the bicubic resize of another Pillow release.
     pub fn set_resample_order(&mut self, order: ResampleOrder) {
         match self {

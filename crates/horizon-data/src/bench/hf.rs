@@ -146,6 +146,56 @@ fn detect_kind(schema: &Schema) -> BenchmarkKind {
     }
 }
 
+/// What a file with MME's columns (`question_id`, `answer`, `category`) is: POPE when its categories
+/// are POPE's, MME when every category is an MME subtask and every answer is yes or no (ignoring
+/// case, surrounding space and `.`), else a generic benchmark (its questions as written, exact
+/// match).
+fn mme_or_pope_or_generic(rows: &[KeyRow]) -> BenchmarkKind {
+    if kind_from_categories(rows.iter().map(|r| r.category.as_str())) == Some(BenchmarkKind::Pope) {
+        return BenchmarkKind::Pope;
+    }
+    let subtasks = rows.iter().all(|r| {
+        crate::score::mme::PERCEPTION.contains(&r.category.as_str())
+            || crate::score::mme::COGNITION.contains(&r.category.as_str())
+    });
+    let yes_no = rows.iter().all(|r| {
+        r.answer.as_deref().is_none_or(|a| {
+            matches!(
+                a.to_lowercase().trim().replace('.', "").as_str(),
+                "yes" | "no"
+            )
+        })
+    });
+    if subtasks && yes_no && !rows.is_empty() {
+        BenchmarkKind::Mme
+    } else {
+        BenchmarkKind::Generic
+    }
+}
+
+/// An MMBench file (`index`, `hint` and an option or `l2-category` column) must have the option
+/// columns `A` and `B`: without them its questions would be read as a generic benchmark and scored
+/// by exact match against a letter.
+fn check_mmbench_options(path: &Path, schema: &Schema) -> Result<()> {
+    let n = names_of(schema);
+    let mmbench_like = n.contains("index")
+        && n.contains("hint")
+        && ["A", "B", "C", "D", "l2-category", "L2-category"]
+            .iter()
+            .any(|c| n.contains(c));
+    let missing: Vec<&str> = ["A", "B"].into_iter().filter(|c| !n.contains(c)).collect();
+    if mmbench_like && !missing.is_empty() {
+        bail!(
+            "{}: an MMBench file (columns index, hint, ...) without the option column{} {}; \
+             MMBench needs A and B at least",
+            path.display(),
+            if missing.len() > 1 { "s" } else { "" },
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// A GQA images-config shard: `id` and `image`, no `question`.
 fn is_image_only(schema: &Schema) -> bool {
     let n = names_of(schema);
@@ -288,6 +338,9 @@ impl ParquetSet {
             );
         }
         let detected = detect_kind(&questions[0].1);
+        if opts.benchmark.is_none() || opts.benchmark == Some(BenchmarkKind::MmBench) {
+            check_mmbench_options(&questions[0].0, &questions[0].1)?;
+        }
         let mut kind = opts.benchmark.unwrap_or(detected);
         let split = opts.split.as_deref();
         let questions = select_split(
@@ -366,11 +419,7 @@ impl ParquetSet {
             info.rows = rows.len() - info.first;
         }
         if opts.benchmark.is_none() && kind == BenchmarkKind::Mme {
-            if let Some(BenchmarkKind::Pope) =
-                kind_from_categories(rows.iter().map(|r| r.category.as_str()))
-            {
-                kind = BenchmarkKind::Pope;
-            }
+            kind = mme_or_pope_or_generic(&rows);
         }
         let mut seen = KeySet::new();
         let mut keys = Vec::with_capacity(rows.len());
@@ -436,6 +485,8 @@ struct KeyRow {
     id: String,
     question: String,
     category: String,
+    /// The `answer` column when it is a string (to tell MME from a generic file).
+    answer: Option<String>,
 }
 
 fn reader(
@@ -493,6 +544,12 @@ fn read_key_rows(
             .filter(|_| cols.image.is_none())
             .map(|c| column(&batch, &info.path, c, &DataType::Utf8))
             .transpose()?;
+        let answers = cols
+            .answer
+            .as_ref()
+            .filter(|_| !cols.answer_is_index)
+            .map(|c| column(&batch, &info.path, c, &DataType::Utf8))
+            .transpose()?;
         for i in 0..batch.num_rows() {
             let global = out.len();
             let id = match &ids {
@@ -539,6 +596,7 @@ fn read_key_rows(
                 id,
                 question,
                 category,
+                answer: answers.as_ref().and_then(|a| str_at(a, i)).map(str::to_string),
             });
             row += 1;
         }
@@ -798,6 +856,7 @@ fn check_schema(
         Some(&question),
         category.as_ref(),
         image_id.as_ref(),
+        answer.as_ref().filter(|_| !answer_is_index),
     ]
     .into_iter()
     .flatten()
@@ -1127,6 +1186,9 @@ fn convert_batch(
                             }
                             ImageSource::Path(full)
                         }
+                        // ScienceQA-FULL's text-only questions, answered without an image as
+                        // LLaVA's model_vqa_science.py does.
+                        None if set.kind == BenchmarkKind::ScienceQa => ImageSource::None,
                         None => bail!("{}: null image in column `image`", at()),
                     }
                 }

@@ -82,9 +82,9 @@ pub(super) fn read(path: &Path, opts: &OpenOptions) -> Result<Vec<Sample>> {
         };
         let at = format!("{file}: item {n} (id {id})");
         let image = match o.get("image") {
-            // Text-only questions: skipped (this crate evaluates image questions).
-            None | Some(Value::Null) => continue,
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            // Text-only questions: answered without an image, as model_vqa_science.py does.
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             Some(_) => bail!("{at}: `image` must be a non-empty string"),
         };
         let turns = match o.get("conversations") {
@@ -106,7 +106,12 @@ pub(super) fn read(path: &Path, opts: &OpenOptions) -> Result<Vec<Sample>> {
         let mut answers: Vec<String> = turn("gpt").map(answer_letter).into_iter().collect();
         let mut choices = parse_options(&question);
         let mut hint = None;
-        let image = resolve_image(&image_dir, &image, kind).map_err(|e| anyhow!("{at}: {e}"))?;
+        let image = match image {
+            Some(image) => ImageSource::Path(
+                resolve_image(&image_dir, &image, kind).map_err(|e| anyhow!("{at}: {e}"))?,
+            ),
+            None => ImageSource::None,
+        };
         if let Some(m) = &mut matcher {
             let found = m.find(&Query {
                 id: &id,
@@ -143,7 +148,7 @@ pub(super) fn read(path: &Path, opts: &OpenOptions) -> Result<Vec<Sample>> {
             index: None,
             category: "default".to_string(),
             l2_category: None,
-            image: ImageSource::Path(image),
+            image,
         });
     }
     Ok(samples)

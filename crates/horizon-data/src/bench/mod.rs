@@ -45,7 +45,8 @@
 //! otherwise [`BenchmarkKind::Generic`]. MMBench's `index` may be a string or an integer (both occur); it must
 //! parse as an integer ([`Sample::index`]).
 //!
-//! A null `answer`/`answers` gives no answers (test splits); a null id, question or image is an error. An image
+//! A null `answer`/`answers` gives no answers (test splits); a null id or question is an error, and so is a
+//! null image except in ScienceQA (ScienceQA-FULL's text-only questions: [`ImageSource::None`]). An image
 //! whose `bytes` is null but whose `path` names an existing file (absolute, or relative to the parquet file's
 //! folder) is read from that path. Every image is checked to decode as far as its header (format and size).
 //!
@@ -107,8 +108,9 @@
 //! question, then `A. …` option lines, which are parsed into [`Sample::choices`]); the gpt value is the
 //! answer letter (`B`, `B. …` or `The answer is B.`). [`Sample::hint`] is `None` (the file does not
 //! separate hint and question) unless `problems.json` is given as [`OpenOptions::answers`]. Items without
-//! `image` (text-only questions, 2,224 of 4,241) are skipped: this crate evaluates image questions
-//! (ScienceQA-IMG, 2,017).
+//! `image` (text-only questions, 2,224 of 4,241) are read with [`ImageSource::None`] and answered from
+//! the text alone, as `model_vqa_science.py` does, so that the overall accuracy covers all 4,241 and
+//! the IMG accuracy the 2,017 with an image.
 //!
 //! **MMBench TSV** (`model_vqa_mmbench.py`): tab-separated with a header row, double-quoted fields allowed:
 //! `index`, `question`, `hint`, `A`..`D`, `answer`, `category`, `image` (base64; a short all-digit value
@@ -128,6 +130,7 @@
 //! column `image`: ...` (parquet and TSV rows count from 0), `file:3 (question_id 7): ...` (jsonl line
 //! numbers count from 1), `file: item 4 (id 17): ...` (JSON arrays, from 0).
 
+pub mod check;
 mod hf;
 mod jsonl;
 mod llava_sqa;
@@ -142,6 +145,7 @@ use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+pub use check::{check_samples, default_scorer, RunPlan};
 pub use prompts::{bare_question, question_prompt, PromptStyle};
 
 /// Which benchmark a sample belongs to: decides the key rule, the prompt and the scorer.
@@ -318,6 +322,11 @@ impl Sample {
             l2_category: None,
             image,
         }
+    }
+
+    /// Whether the sample has an image (`false` for text-only ScienceQA questions).
+    pub fn has_image(&self) -> bool {
+        self.image != ImageSource::None
     }
 
     /// MMBench: `index % 1_000_000`, shared by a question and its circular (option-shifted) copies.
@@ -562,13 +571,17 @@ impl fmt::Debug for Sample {
     }
 }
 
-/// The encoded image of a [`Sample`]: inline bytes (parquet, TSV) or a file (LLaVA image folder).
+/// The encoded image of a [`Sample`]: inline bytes (parquet, TSV) or a file (LLaVA image folder), or
+/// none (a text-only ScienceQA question).
 #[derive(Clone, PartialEq, Eq)]
 pub enum ImageSource {
     /// Encoded image file contents (PNG, JPEG).
     Bytes(Vec<u8>),
     /// Path of an image file.
     Path(PathBuf),
+    /// No image: a text-only question (ScienceQA-FULL's null images, `llava_test_CQM-A.json` items
+    /// without `image`), answered from the text alone as LLaVA's `model_vqa_science.py` does.
+    None,
 }
 
 impl fmt::Debug for ImageSource {
@@ -576,27 +589,33 @@ impl fmt::Debug for ImageSource {
         match self {
             ImageSource::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
             ImageSource::Path(p) => write!(f, "Path({})", p.display()),
+            ImageSource::None => f.write_str("None"),
         }
     }
 }
 
 impl ImageSource {
-    /// The encoded bytes (reads the file for [`ImageSource::Path`]).
+    /// The encoded bytes (reads the file for [`ImageSource::Path`]; empty for [`ImageSource::None`]).
     pub fn bytes(&self) -> Result<Cow<'_, [u8]>> {
         match self {
             ImageSource::Bytes(b) => Ok(Cow::Borrowed(b)),
             ImageSource::Path(p) => std::fs::read(p)
                 .map(Cow::Owned)
                 .map_err(|e| anyhow!("{}: cannot read image: {e}", p.display())),
+            ImageSource::None => Ok(Cow::Borrowed(&[])),
         }
     }
 
     /// Decodes the image (format guessed from its contents).
     pub fn decode(&self) -> Result<image::DynamicImage> {
+        if *self == ImageSource::None {
+            bail!("no image (a text-only question)");
+        }
         let bytes = self.bytes()?;
         image::load_from_memory(&bytes).map_err(|e| match self {
             ImageSource::Bytes(b) => anyhow!("cannot decode image ({} bytes): {e}", b.len()),
             ImageSource::Path(p) => anyhow!("{}: cannot decode image: {e}", p.display()),
+            ImageSource::None => anyhow!("no image (a text-only question)"),
         })
     }
 
@@ -617,6 +636,7 @@ impl ImageSource {
                 .with_guessed_format()
                 .map_err(|e| e.to_string())?
                 .into_dimensions(),
+            ImageSource::None => return Ok(()),
         };
         match reader {
             Ok((w, h)) if w > 0 && h > 0 => Ok(()),

@@ -5,14 +5,14 @@
 //! family's business). Sources: LLaVA = `haotian-liu/LLaVA`
 //! (`llava/eval/model_vqa_loader.py`, `model_vqa_science.py`, `model_vqa_mmbench.py` and the eval.zip
 //! question files), lmms-eval = `EvolvingLMMs-Lab/lmms-eval` `lmms_eval/tasks/<task>/` (default
-//! `lmms_eval_specific_kwargs`).
+//! `lmms_eval_specific_kwargs`) of lmms-eval 0.7.3 (the PyPI release).
 //!
 //! | Benchmark | [`PromptStyle::Llava`] | [`PromptStyle::LmmsEval`] |
 //! |---|---|---|
 //! | MME | question without its trailing "Please answer yes or no." (and the spaces before it) + [`SHORT_ANSWER`] (the text of `llava_mme.jsonl`, undone by `convert_answer_to_mme.py`) | `question.strip()` with `" Please answer yes or no."` replaced by "" + [`SHORT_ANSWER`] (`mme/utils.py` `mme_doc_to_text`, `mme.yaml`); differs only where the release has two spaces before "Please" |
 //! | POPE | `question.strip()` + [`SHORT_ANSWER`] (`llava_pope_test.jsonl`) | the same (`pope/utils.py` `pope_doc_to_text`, `pope.yaml`) |
 //! | GQA | question + [`SHORT_ANSWER`] (`llava_gqa_testdev_balanced.jsonl`) | the same (`gqa/utils.py` `gqa_doc_to_text`, `gqa.yaml`) |
-//! | TextVQA | capitalized question + "\nReference OCR token: " + tokens joined by ", " (the line left out without tokens) + [`SHORT_ANSWER`] (`llava_textvqa_val_v051_ocr.jsonl`) | capitalized question + [`SHORT_ANSWER`], no OCR line (`textvqa/utils.py` `textvqa_doc_to_text`; `_default_template_textvqa_yaml` has `ocr: false`) |
+//! | TextVQA | capitalized question + "\nReference OCR token: " + tokens joined by ", " (the line kept, empty, without tokens, as on 115 of the file's 5,000 lines) + [`SHORT_ANSWER`] (`llava_textvqa_val_v051_ocr.jsonl`) | capitalized question + [`SHORT_ANSWER`], no OCR line (`textvqa/utils.py` `textvqa_doc_to_text`; `_default_template_textvqa_yaml` has `ocr: false`) |
 //! | ScienceQA | "Context: {hint}\n" when there is a hint, the question, "\nA. {choice}" per choice, then [`OPTION_LETTER`] (the layout of `llava_test_CQM-A.json`'s image questions + `model_vqa_science.py --single-pred-prompt`) | the same (`scienceqa/utils.py` `sqa_doc_to_text`, `scienceqa_img.yaml`) |
 //! | MMBench | "{hint}\n" when there is a hint, the question, "\n{L}. {option}" for A–D up to the first missing one (LLaVA's `is_none`: also an option reading `none`/`nan`), then [`OPTION_LETTER`] (`model_vqa_mmbench.py --single-pred-prompt`, English) | "{hint} " when there is a hint, the question, " There are several options:", "\n{L}. {option}" per option A–E, then "\n" + [`OPTION_LETTER`] (`mmbench/en_utils.py` `mmbench_doc_to_text`, `mmbench_evals.py` `create_options_prompt`, `sys_prompt` of `mmbench.yaml`, post prompt of `_default_template_mmbench_en_yaml`) |
 //! | synthetic, generic | the question as stored | the same |
@@ -50,7 +50,7 @@ pub enum PromptStyle {
     /// LLaVA-1.5's evaluation scripts and question files (the numbers of the LLaVA Model Zoo).
     #[default]
     Llava,
-    /// lmms-eval's task defaults.
+    /// lmms-eval's task defaults, as of lmms-eval 0.7.3 (`lmms_eval/tasks/<task>/*.yaml` and `utils.py`).
     LmmsEval,
 }
 
@@ -121,11 +121,11 @@ pub fn question_prompt(sample: &Sample, style: PromptStyle) -> String {
         BenchmarkKind::TextVqa => match style {
             PromptStyle::Llava if sample.question_is_prompt => with_suffix(q, SHORT_ANSWER),
             PromptStyle::Llava => {
+                // The OCR line stays, empty, when there are no tokens, as in LLaVA's
+                // llava_textvqa_val_v051_ocr.jsonl.
                 let mut out = capitalize(q);
-                if !sample.ocr_tokens.is_empty() {
-                    out.push_str(OCR_PREFIX);
-                    out.push_str(&sample.ocr_tokens.join(", "));
-                }
+                out.push_str(OCR_PREFIX);
+                out.push_str(&sample.ocr_tokens.join(", "));
                 out.push_str(SHORT_ANSWER);
                 out
             }
@@ -210,7 +210,8 @@ pub fn bare_question(question: &str) -> &str {
             q = s.trim_end();
         }
     }
-    if let Some(i) = q.rfind(OCR_PREFIX.trim_start()) {
+    // `trim`: an empty OCR line ("Reference OCR token: ", no tokens) has lost its space by now.
+    if let Some(i) = q.rfind(OCR_PREFIX.trim()) {
         // The OCR line is a line of its own after the question (or, in LLaVA's other layout, before it).
         let before = q[..i].trim_end();
         if !before.is_empty() {

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Result};
 
 use super::{
-    clean_hint, key_columns, option_present, BenchmarkKind, ImageSource, KeySet, OpenOptions,
+    clean_hint, key_columns, BenchmarkKind, ImageSource, KeySet, OpenOptions,
     Sample,
 };
 
@@ -108,8 +108,23 @@ fn cell(r: &[String], c: usize) -> &str {
     r.get(c).map(String::as_str).unwrap_or("")
 }
 
+/// pandas' default missing-value strings (`pandas.read_csv`'s `na_values`, which LLaVA's
+/// `pd.read_table` uses), compared exactly as pandas does; `""` included.
+const PANDAS_NA: [&str; 19] = [
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+];
+
+/// A cell pandas reads as missing.
 fn null_cell(s: &str) -> bool {
-    s.is_empty() || s.eq_ignore_ascii_case("nan")
+    PANDAS_NA.contains(&s)
+}
+
+/// An option LLaVA's `model_vqa_mmbench.py` shows: not missing to pandas, and not what its
+/// `is_none` also takes for none (`nan` / `none`, any case).
+fn option_cell(s: &str) -> Option<String> {
+    let t = s.to_ascii_lowercase();
+    (!null_cell(s) && t != "nan" && t != "none").then(|| s.to_string())
 }
 
 pub(super) fn read(path: &Path, opts: &OpenOptions) -> Result<Vec<Sample>> {
@@ -132,6 +147,18 @@ pub(super) fn read(path: &Path, opts: &OpenOptions) -> Result<Vec<Sample>> {
     let c_index = need("index")?;
     let c_question = need("question")?;
     let c_image = need("image")?;
+    let missing: Vec<&str> = ["A", "B"]
+        .into_iter()
+        .filter(|n| col(n).is_none())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{file}: missing option column{} `{}` (MMBench needs A and B at least; columns: {})",
+            if missing.len() > 1 { "s" } else { "" },
+            missing.join("`, `"),
+            header.join(", ")
+        );
+    }
     let c_a = need("A")?;
     let mut c_options = vec![c_a];
     for name in ["B", "C", "D", "E"] {
@@ -204,11 +231,12 @@ pub(super) fn read(path: &Path, opts: &OpenOptions) -> Result<Vec<Sample>> {
         }
         let mut choices = Vec::new();
         for &c in &c_options {
-            match option_present(Some(cell(r, c))) {
+            match option_cell(cell(r, c)) {
                 Some(v) => choices.push(v),
                 None => break,
             }
         }
+
         let answers = c_answer
             .map(|c| cell(r, c).trim())
             .filter(|a| !null_cell(a))
@@ -228,7 +256,7 @@ pub(super) fn read(path: &Path, opts: &OpenOptions) -> Result<Vec<Sample>> {
             question_is_prompt: false,
             answers,
             choices,
-            hint: clean_hint(c_hint.map(|c| cell(r, c))),
+            hint: clean_hint(c_hint.map(|c| cell(r, c)).filter(|h| !null_cell(h))),
             ocr_tokens: Vec::new(),
             index: Some(index),
             category: c_category

@@ -4,7 +4,8 @@
 //!   GQA's official `eval.py` counts it right when it equals the reference answer exactly
 //!   (`predicted == gold`; the references are lower-case). No other normalisation: no trimming, and
 //!   "the table" is not "table".
-//! - `lmms-eval`: the `exact_match` metric with `ignore_case` and `ignore_punctuation`: both sides
+//! - `lmms-eval 0.7.3`: the `gqa` task's `exact_match` metric (`lmms_eval/api/metrics.py`,
+//!   `exact_match_hf_evaluate`) with `ignore_case` and `ignore_punctuation`: both sides
 //!   lower-cased and stripped of every ASCII punctuation character (Python's `string.punctuation`),
 //!   then compared exactly ("T-shirt" equals "tshirt", "No!" equals "no").
 //!
@@ -16,6 +17,7 @@ use super::{pct, row_error, Benchmark, ScoreTable};
 use crate::predictions::Prediction;
 
 const B: Benchmark = Benchmark::Gqa;
+const LMMS_EVAL: &str = "lmms-eval 0.7.3";
 
 /// What LLaVA's conversion leaves of a prediction.
 pub fn normalize_llava(pred: &str) -> String {
@@ -28,6 +30,15 @@ pub fn normalize_lmms_eval(s: &str) -> String {
         .chars()
         .filter(|c| !c.is_ascii_punctuation())
         .collect()
+}
+
+/// 1 when LLaVA's conversion and GQA's `eval.py` (`llava`) count the row right, else 0.
+pub fn row_score(row: usize, p: &Prediction) -> Result<f64> {
+    if p.answers.is_empty() {
+        return Err(row_error(B, row, p, "column answers: no reference answer"));
+    }
+    let right = p.answers.contains(&normalize_llava(&p.prediction));
+    Ok(if right { 1.0 } else { 0.0 })
 }
 
 pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {
@@ -44,11 +55,11 @@ pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {
     let n = predictions.len();
     let mut table = ScoreTable::default();
     table.push(B, "accuracy", "llava", pct(llava, n), n);
-    table.push(B, "accuracy", "lmms-eval", pct(lmms, n), n);
+    table.push(B, "accuracy", LMMS_EVAL, pct(lmms, n), n);
     table.note(
         B,
         "llava: scripts/convert_gqa_for_eval.py (rstrip '.', lower) then GQA eval.py exact match; \
-         lmms-eval: exact_match ignoring case and punctuation",
+         lmms-eval 0.7.3: exact_match ignoring case and punctuation",
     );
     Ok(table)
 }

@@ -1,25 +1,28 @@
-//! MMBench (dev): letter accuracy, single round and circular, with the heuristic answer matching of
-//! lmms-eval's `MMBench_Evaluator.can_infer` (`lmms_eval/tasks/mmbench/mmbench_evals.py`, taken from
-//! OpenCompass) and **without its GPT fallback**: the official scores (the OpenCompass server,
-//! lmms-eval's default) ask a GPT model to match the answers the heuristic cannot; here such an
-//! answer counts as wrong. Convention name: `heuristic (no GPT)`.
+//! MMBench (dev): letter accuracy, single round and circular, as lmms-eval 0.7.3 scores it without
+//! a GPT model (`lmms_eval/tasks/mmbench/mmbench_evals.py`, `MMBench_Evaluator.eval_result`).
 //!
-//! **Matching** ([`infer_letter`]):
-//! 1. `can_infer_option`: split the prediction on whitespace. If exactly one of the words is one of
-//!    `A`-`E`, that letter (unless `A` is a word and there are more than 3 words: "A" may be the
-//!    article); else, for each of the forms `X.`, `X,`, `X:`, `X)`, `X).`, `(X)`, `(X).`, `:X`,
+//! **Matching** of a prediction (stripped, as `mmbench_process_results` does) to a letter:
+//! 1. `can_infer_option` ([`infer_option`]): split on whitespace. If exactly one of the words is
+//!    one of `A`-`E`, that letter (unless `A` is a word and there are more than 3 words: "A" may be
+//!    the article); else, for each of the forms `X.`, `X,`, `X:`, `X)`, `X).`, `(X)`, `(X).`, `:X`,
 //!    `:X,`, `:X.`, `:X)`, `:X).` in turn, the letter if exactly one word has that form.
-//! 2. `can_infer_text`: else the option whose text (lower-cased) is in the lower-cased prediction,
-//!    if exactly one is.
+//! 2. `can_infer_text`: else the option (of `A`-`D`) whose text, lower-cased, is in the lower-cased
+//!    prediction, if exactly one is.
+//! 3. Only in `lmms-eval 0.7.3 static` (the `mmbench_en_dev_static` task, `eval_method="static"`):
+//!    else `_task_utils/mcq_extract.py`'s `extract_mcq_answer` ([`extract_mcq_answer`]).
+//!
+//! Conventions: `lmms-eval 0.7.3 static` (steps 1-3), and `heuristic (no GPT)` (steps 1-2; an
+//! answer they cannot match is wrong). The official MMBench numbers (the OpenCompass server,
+//! lmms-eval's default `mmbench_en_dev`) ask a GPT model where steps 1-2 fail; that is not
+//! reproduced.
 //!
 //! **Scores.** The reference (`answers`) is the correct letter, the options are `choices` (A first).
-//! - `accuracy/single-round`: the rows with `index < 1_000_000` (or no index): each question once,
-//!   in its original option order.
-//! - `accuracy/all-rows`: every row, each circular copy counted as a question of its own.
-//! - `accuracy/circular` (CircularEval): rows grouped by `index % 1_000_000`; a group counts when
-//!   every row of it is right; only complete groups are counted: the original row plus one row per
-//!   option (`k` options, `k` rotations). `n` is the number of complete groups; a note counts the
-//!   incomplete ones.
+//! - `accuracy/single-round`: the original rows (`index < 1_000_000`, or no index), each on its own.
+//! - `accuracy/circular` (CircularEval, given when some row is a circular copy): for every original
+//!   row, its group is every row with the same `index % 1_000_000`; the group is right when every
+//!   row of it is. Groups are counted whatever rotations they have (lmms-eval iterates the original
+//!   rows, so a group lacking a rotation counts with the rows it has, and copies whose original row
+//!   is missing count nowhere); `n` is the number of original rows. A note counts both cases.
 
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -28,11 +31,13 @@ use super::{answer_letter, pct, Benchmark, ScoreTable};
 use crate::predictions::Prediction;
 
 const B: Benchmark = Benchmark::MmBench;
-const CONVENTION: &str = "heuristic (no GPT)";
+/// The conventions, in the order of the table; the first decides [`row_score`].
+pub const STATIC: &str = "lmms-eval 0.7.3 static";
+pub const HEURISTIC: &str = "heuristic (no GPT)";
 const CIRCULAR: i64 = 1_000_000;
 
 /// `can_infer_option(answer, num_choice=5)`.
-fn infer_option(answer: &str) -> Option<char> {
+pub fn infer_option(answer: &str) -> Option<char> {
     const CHOICES: [char; 5] = ['A', 'B', 'C', 'D', 'E'];
     if answer.contains("Failed to obtain answer via API") {
         return None;
@@ -78,18 +83,19 @@ fn infer_option(answer: &str) -> Option<char> {
         .and_then(|(p, s)| find(p, s))
 }
 
-/// `can_infer_text`: the one option whose text is in the answer (both lower-cased). Empty options
-/// are skipped (lmms-eval drops missing ones).
+/// `can_infer_text`: the one option of `A`-`D` (`build_choices`) whose text is in the answer (both
+/// lower-cased). Empty options are skipped (horizon's readers drop them).
 fn infer_text(answer: &str, choices: &[String]) -> Option<char> {
     let answer = answer.to_lowercase();
     let cands: Vec<usize> = choices
         .iter()
+        .take(4)
         .enumerate()
         .filter(|(_, c)| !c.is_empty() && answer.contains(&c.to_lowercase()))
         .map(|(i, _)| i)
         .collect();
     match cands.as_slice() {
-        [i] if *i < 26 => Some((b'A' + *i as u8) as char),
+        [i] => Some((b'A' + *i as u8) as char),
         _ => None,
     }
 }
@@ -99,95 +105,259 @@ pub fn infer_letter(prediction: &str, choices: &[String]) -> Option<char> {
     infer_option(prediction).or_else(|| infer_text(prediction, choices))
 }
 
-pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {
-    let mut right = Vec::with_capacity(predictions.len());
-    for (i, p) in predictions.iter().enumerate() {
-        let n_options = if p.choices.is_empty() {
-            5
-        } else {
-            p.choices.len()
-        };
-        let gt = answer_letter(B, i, p, n_options)?;
-        right.push(infer_letter(&p.prediction, &p.choices) == Some((b'A' + gt as u8) as char));
+/// The format ranks of `extract_mcq_answer` (`_FORMAT_PRIORITY`).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Format {
+    Fallback = 0,
+    Space = 2,
+    RightParen = 3,
+    Colon = 4,
+    Period = 5,
+    Parentheses = 6,
+    Phrase = 7,
+    End = 9,
+    Start = 10,
+}
+
+const ANSWER_PHRASES: [&str; 27] = [
+    "the answer is",
+    "answer is",
+    "the correct answer is",
+    "correct answer is",
+    "the best answer is",
+    "best answer is",
+    "the correct option is",
+    "correct option is",
+    "the best option is",
+    "best option is",
+    "the choice is",
+    "choice is",
+    "the correct choice is",
+    "correct choice is",
+    "i choose",
+    "i select",
+    "i pick",
+    "my answer is",
+    "my choice is",
+    "옵션",
+    "정답은",
+    "답은",
+    "답:",
+    "答案是",
+    "答案为",
+    "选",
+    "答えは",
+];
+
+/// `str.find(sub, start)` over code points.
+fn find_from(text: &[char], sub: &[char], start: usize) -> Option<usize> {
+    if sub.len() > text.len() {
+        return None;
     }
-    let n = predictions.len();
-    let mut table = ScoreTable::default();
+    (start..=text.len() - sub.len()).find(|&i| text[i..i + sub.len()] == *sub)
+}
 
-    let single: Vec<usize> = (0..n)
-        .filter(|&i| predictions[i].index.is_none_or(|x| x < CIRCULAR))
-        .collect();
-    let ok = single.iter().filter(|&&i| right[i]).count();
-    table.push(
-        B,
-        "accuracy/single-round",
-        CONVENTION,
-        pct(ok, single.len()),
-        single.len(),
-    );
-    let ok = right.iter().filter(|&&r| r).count();
-    table.push(B, "accuracy/all-rows", CONVENTION, pct(ok, n), n);
+/// `str.rfind(sub)` over code points.
+fn rfind(text: &[char], sub: &[char]) -> Option<usize> {
+    if sub.len() > text.len() {
+        return None;
+    }
+    (0..=text.len() - sub.len())
+        .rev()
+        .find(|&i| text[i..i + sub.len()] == *sub)
+}
 
-    // index % 1e6 -> rows
+/// `extract_mcq_answer(response, choices)` of lmms-eval 0.7.3 (`_task_utils/mcq_extract.py`): the
+/// candidates of every format (`(X)`, `X.`, `X:`, `X)`, `X `, after an answer phrase, at the start,
+/// at the end, else anywhere), the highest-ranked format winning and, within it, the last
+/// position. `choices` empty means `A`-`H`. Positions count code points, as Python's do.
+pub fn extract_mcq_answer(response: &str, choices: &[char]) -> Option<char> {
+    const DEFAULT: [char; 8] = ['A', 'B', 'C', 'D', 'E', 'F', 'G', 'H'];
+    if response.trim().is_empty() {
+        return None;
+    }
+    let all: &[char] = if choices.is_empty() {
+        &DEFAULT
+    } else {
+        choices
+    };
+    let mut t: &str = response.trim();
+    for c in [',', '.', '!', '?', ';', ':', '\'', '"'] {
+        t = t.trim_matches(c);
+    }
+    let text: Vec<char> = format!(" {t} ").chars().collect();
+    let mut cands: Vec<(char, usize, Format)> = Vec::new();
+    let forms: [(&str, &str, Format); 5] = [
+        ("(", ")", Format::Parentheses),
+        ("", ".", Format::Period),
+        ("", ":", Format::Colon),
+        ("", ")", Format::RightParen),
+        ("", " ", Format::Space),
+    ];
+    for (prefix, suffix, format) in forms {
+        for &ch in all {
+            let pat: Vec<char> = format!("{prefix}{ch}{suffix}").chars().collect();
+            if let Some(pos) = rfind(&text, &pat) {
+                cands.push((ch, pos, format));
+            }
+        }
+    }
+    let lower: Vec<char> = text.iter().collect::<String>().to_lowercase().chars().collect();
+    for phrase in ANSWER_PHRASES {
+        let p: Vec<char> = phrase.chars().collect();
+        if let Some(idx) = find_from(&lower, &p, 0) {
+            let after = idx + p.len();
+            for &ch in all {
+                if after <= text.len() {
+                    if let Some(pos) = find_from(&text, &[ch], after) {
+                        cands.push((ch, pos, Format::Phrase));
+                    }
+                }
+            }
+        }
+    }
+    let stripped: Vec<char> = text.iter().collect::<String>().trim().chars().collect();
+    for &ch in all {
+        if stripped.first() == Some(&ch) && (stripped.len() == 1 || !stripped[1].is_alphabetic()) {
+            cands.push((ch, 0, Format::Start));
+        }
+    }
+    for &ch in all {
+        let n = stripped.len();
+        if stripped.last() == Some(&ch) && (n == 1 || !stripped[n - 2].is_alphabetic()) {
+            cands.push((ch, text.len() - 1, Format::End));
+        }
+    }
+    if cands.is_empty() {
+        for &ch in all {
+            if let Some(pos) = rfind(&text, &[ch]) {
+                cands.push((ch, pos, Format::Fallback));
+            }
+        }
+    }
+    // Python's stable sort, reversed: the first of equal keys stays first.
+    let mut best: Option<(char, usize, Format)> = None;
+    for c in cands {
+        if best.is_none_or(|b| (c.2, c.1) > (b.2, b.1)) {
+            best = Some(c);
+        }
+    }
+    best.map(|b| b.0)
+}
+
+/// The letter a row's prediction is read as under `convention` ([`STATIC`] or [`HEURISTIC`]).
+pub fn read_letter(convention: &str, prediction: &str, choices: &[String]) -> Option<char> {
+    let p = prediction.trim();
+    infer_letter(p, choices).or_else(|| {
+        (convention == STATIC)
+            .then(|| {
+                let letters: Vec<char> = (0..choices.len().min(4))
+                    .map(|i| (b'A' + i as u8) as char)
+                    .collect();
+                extract_mcq_answer(p, &letters)
+            })
+            .flatten()
+    })
+}
+
+fn n_options(p: &Prediction) -> usize {
+    if p.choices.is_empty() {
+        5
+    } else {
+        p.choices.len()
+    }
+}
+
+/// 1 when the row's letter ([`STATIC`]) is the reference, else 0.
+pub fn row_score(row: usize, p: &Prediction) -> Result<f64> {
+    let gt = answer_letter(B, row, p, n_options(p))?;
+    let right = read_letter(STATIC, &p.prediction, &p.choices) == Some((b'A' + gt as u8) as char);
+    Ok(if right { 1.0 } else { 0.0 })
+}
+
+fn is_original(p: &Prediction) -> bool {
+    p.index.is_none_or(|x| (0..CIRCULAR).contains(&x))
+}
+
+pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {
+    let mut gts = Vec::with_capacity(predictions.len());
+    for (i, p) in predictions.iter().enumerate() {
+        gts.push((b'A' + answer_letter(B, i, p, n_options(p))? as u8) as char);
+    }
     let mut groups: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
     for (i, p) in predictions.iter().enumerate() {
         if let Some(x) = p.index {
             groups.entry(x.rem_euclid(CIRCULAR)).or_default().push(i);
         }
     }
-    let (mut complete, mut hit, mut incomplete) = (0, 0, 0);
-    for rows in groups.values() {
-        let original = rows.iter().find(|&&i| {
-            predictions[i]
-                .index
-                .is_some_and(|x| (0..CIRCULAR).contains(&x))
-        });
-        let mut distinct: Vec<i64> = rows.iter().filter_map(|&i| predictions[i].index).collect();
-        distinct.sort();
-        distinct.dedup();
-        let is_complete = original.is_some_and(|&o| {
-            let k = predictions[o].choices.len();
-            k > 0 && distinct.len() == k && rows.len() == k
-        });
-        if is_complete {
-            complete += 1;
-            hit += rows.iter().all(|&i| right[i]) as usize;
-        } else {
-            incomplete += 1;
-        }
-    }
-    if complete > 0 {
+    let originals: Vec<usize> = (0..predictions.len())
+        .filter(|&i| is_original(&predictions[i]))
+        .collect();
+    let has_copies = predictions.iter().any(|p| !is_original(p));
+    let mut table = ScoreTable::default();
+    for convention in [STATIC, HEURISTIC] {
+        let right: Vec<bool> = predictions
+            .iter()
+            .zip(&gts)
+            .map(|(p, gt)| read_letter(convention, &p.prediction, &p.choices) == Some(*gt))
+            .collect();
+        let ok = originals.iter().filter(|&&i| right[i]).count();
         table.push(
             B,
-            "accuracy/circular",
-            CONVENTION,
-            pct(hit, complete),
-            complete,
+            "accuracy/single-round",
+            convention,
+            pct(ok, originals.len()),
+            originals.len(),
         );
+        if has_copies {
+            let hit = originals
+                .iter()
+                .filter(|&&o| match predictions[o].index {
+                    Some(x) => groups[&x].iter().all(|&i| right[i]),
+                    None => right[o],
+                })
+                .count();
+            table.push(
+                B,
+                "accuracy/circular",
+                convention,
+                pct(hit, originals.len()),
+                originals.len(),
+            );
+        }
     }
-    let no_index = predictions.iter().filter(|p| p.index.is_none()).count();
-    let mut left_out = Vec::new();
-    if incomplete > 0 {
-        left_out.push(format!("{incomplete} questions lack some rotation"));
-    }
-    if no_index > 0 {
-        left_out.push(format!("{no_index} rows have no index"));
-    }
-    if !left_out.is_empty() {
-        table.note(
-            B,
-            format!(
-                "circular accuracy is over the {complete} questions with all their rotations; left \
-                 out: {}",
-                left_out.join(", ")
-            ),
-        );
+    if has_copies {
+        let short = originals
+            .iter()
+            .filter(|&&o| {
+                predictions[o].index.is_some_and(|x| {
+                    let k = predictions[o].choices.len();
+                    k > 0 && groups[&x].len() < k
+                })
+            })
+            .count();
+        let orphans: usize = groups
+            .values()
+            .filter(|rows| !rows.iter().any(|&i| is_original(&predictions[i])))
+            .map(Vec::len)
+            .sum();
+        if short > 0 || orphans > 0 {
+            table.note(
+                B,
+                format!(
+                    "circular accuracy counts every original row's group as lmms-eval 0.7.3 does: \
+                     {short} groups lack some rotation (scored on the rows they have), {orphans} \
+                     circular copies have no original row (counted nowhere)"
+                ),
+            );
+        }
     }
     table.note(
         B,
-        "the official MMBench score (OpenCompass server; lmms-eval by default) matches answers to \
-         options with a GPT model when the heuristic fails: that GPT matching is NOT reproduced here \
-         (heuristic (no GPT): lmms-eval's can_infer letter/option-text matching, an unmatched \
-         answer counts as wrong), so these are local, unofficial numbers",
+        "lmms-eval 0.7.3 static: the mmbench_en_dev_static task (can_infer, then extract_mcq_answer); \
+         heuristic (no GPT): can_infer only, an unmatched answer is wrong. The official MMBench \
+         score (OpenCompass server; lmms-eval's default mmbench_en_dev) asks a GPT model where \
+         can_infer fails: NOT reproduced here",
     );
     Ok(table)
 }
@@ -210,8 +380,18 @@ mod tests {
         assert_eq!(infer_letter("cat", &c), Some('A'));
         assert_eq!(infer_letter("A or B", &c), None); // two letters, no option text
         assert_eq!(infer_letter("a dog or a cat", &c), None); // two option texts
-                                                              // "A" as an article in a longer answer: not a letter; the option text decides.
-        assert_eq!(infer_letter("A bird is on it", &c), Some('C'));
+        assert_eq!(infer_letter("A bird is on it", &c), Some('C')); // "A" as an article
         assert_eq!(infer_letter("E", &c), Some('E')); // a letter, though not an option: wrong
+    }
+
+    #[test]
+    fn extract_mcq_answer_ranks_formats_then_positions() {
+        let abcd = ['A', 'B', 'C', 'D'];
+        assert_eq!(extract_mcq_answer("The correct answer is (B).", &abcd), Some('B'));
+        assert_eq!(extract_mcq_answer("A or B", &abcd), Some('A')); // start beats end
+        assert_eq!(extract_mcq_answer("it is b", &abcd), None);
+        assert_eq!(extract_mcq_answer("maybe C", &abcd), Some('C')); // end
+        assert_eq!(extract_mcq_answer("", &abcd), None);
+        assert_eq!(extract_mcq_answer("xAx", &abcd), Some('A')); // fallback
     }
 }

@@ -5,7 +5,7 @@
 //!   files of `convert_answer_to_mme.py`: lower-case; `yes` or `no` if it is exactly that; else `yes`
 //!   if "yes" is in its first 4 characters, else `no` if "no" is, else `other`. So "Yes, it is" and
 //!   "yesterday" are yes, "Not really" and "know" are no, "I think yes" and "Y" are other.
-//! - `lmms-eval`: `lmms_eval/tasks/mme/utils.py` (`parse_pred_ans`): lower-case, strip, remove every
+//! - `lmms-eval 0.7.3`: `lmms_eval/tasks/mme/utils.py` (`parse_pred_ans`): lower-case, strip, remove every
 //!   `.`; exactly yes/no; else a single character `y` / `n` is yes / no (any other one is other);
 //!   else the same first-4-characters rule.
 //!
@@ -34,6 +34,7 @@ use super::{pct, row_error, single_answer, Benchmark, ScoreTable};
 use crate::predictions::Prediction;
 
 const B: Benchmark = Benchmark::Mme;
+const LMMS_EVAL: &str = "lmms-eval 0.7.3";
 
 /// MME's 10 perception subtasks (also how a benchmark file is recognized as MME).
 pub const PERCEPTION: [&str; 10] = [
@@ -97,25 +98,34 @@ pub fn parse_lmms_eval(prediction: &str) -> YesNo {
     }
 }
 
+/// The reference of a row: yes or no once lower-cased, stripped and stripped of `.`.
+pub fn reference(row: usize, p: &Prediction) -> Result<YesNo> {
+    let gt = single_answer(B, row, p)?
+        .to_lowercase()
+        .trim()
+        .replace('.', "");
+    match gt.as_str() {
+        "yes" => Ok(YesNo::Yes),
+        "no" => Ok(YesNo::No),
+        _ => Err(row_error(
+            B,
+            row,
+            p,
+            &format!("column answers: {gt:?} is not yes or no"),
+        )),
+    }
+}
+
+/// 1 when `calculation.py` (`official`) parses the row's answer as its reference, else 0.
+pub fn row_score(row: usize, p: &Prediction) -> Result<f64> {
+    let right = parse_official(&p.prediction) == reference(row, p)?;
+    Ok(if right { 1.0 } else { 0.0 })
+}
+
 pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {
     let mut gts = Vec::with_capacity(predictions.len());
     for (i, p) in predictions.iter().enumerate() {
-        let gt = single_answer(B, i, p)?
-            .to_lowercase()
-            .trim()
-            .replace('.', "");
-        gts.push(match gt.as_str() {
-            "yes" => YesNo::Yes,
-            "no" => YesNo::No,
-            _ => {
-                return Err(row_error(
-                    B,
-                    i,
-                    p,
-                    &format!("column answers: {gt:?} is not yes or no"),
-                ))
-            }
-        });
+        gts.push(reference(i, p)?);
     }
     // Subtasks in the official order, then any other category by name.
     let canonical = |c: &str| -> String {
@@ -144,7 +154,7 @@ pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {
     let mut odd_images = 0;
     for (convention, parse) in [
         ("official", parse_official as fn(&str) -> YesNo),
-        ("lmms-eval", parse_lmms_eval as fn(&str) -> YesNo),
+        (LMMS_EVAL, parse_lmms_eval as fn(&str) -> YesNo),
     ] {
         let mut per_task = Vec::new();
         for task in &subtasks {
@@ -253,7 +263,7 @@ pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {
     }
     table.note(
         B,
-        "official: MME eval_tool/calculation.py parsing (as LLaVA runs it); lmms-eval: \
+        "official: MME eval_tool/calculation.py parsing (as LLaVA runs it); lmms-eval 0.7.3: \
          lmms_eval/tasks/mme/utils.py parsing (also strips '.', accepts y/n). Scores in MME points \
          (subtask = acc + acc+, at most 200)",
     );

@@ -4,13 +4,20 @@
 //!
 //! | benchmark | conventions | rules (source) |
 //! |---|---|---|
-//! | MME | `official`, `lmms-eval` | [`mme`]: MME `eval_tool/calculation.py` (LLaVA runs it after `convert_answer_to_mme.py`); `lmms_eval/tasks/mme/utils.py` |
-//! | POPE | `llava`, `lmms-eval` | [`pope`]: LLaVA `llava/eval/eval_pope.py`; `lmms_eval/tasks/pope/utils.py` |
-//! | TextVQA | `official` | [`textvqa`]: VQA accuracy with `m4c_evaluator`'s answer normalisation (LLaVA's `llava/eval/m4c_evaluator.py`, identical in lmms-eval) |
-//! | ScienceQA | `llava`, `lmms-eval` | [`scienceqa`]: LLaVA `llava/eval/eval_science_qa.py`; `lmms_eval/tasks/scienceqa/utils.py` |
-//! | GQA | `llava`, `lmms-eval` | [`gqa`]: LLaVA `scripts/convert_gqa_for_eval.py` + GQA `eval.py`; lmms-eval `exact_match` (ignore case, punctuation) |
-//! | MMBench | `heuristic (no GPT)` | [`mmbench`]: lmms-eval's `can_infer` letter/option matching, single round and circular; the official GPT matching is not reproduced |
-//! | other | `exact match` | the `correct` column |
+//! | MME | `official`, `lmms-eval 0.7.3` | [`mme`]: MME `eval_tool/calculation.py` (LLaVA runs it after `convert_answer_to_mme.py`); `lmms_eval/tasks/mme/utils.py` |
+//! | POPE | `llava`, `lmms-eval 0.7.3` | [`pope`]: LLaVA `llava/eval/eval_pope.py`; `lmms_eval/tasks/pope/utils.py` |
+//! | TextVQA | `official` | [`textvqa`]: VQA accuracy with `m4c_evaluator`'s answer normalisation (LLaVA's `llava/eval/m4c_evaluator.py`, identical in lmms-eval 0.7.3) |
+//! | ScienceQA | `llava`, `lmms-eval 0.7.3` | [`scienceqa`]: LLaVA `llava/eval/eval_science_qa.py`; `lmms_eval/tasks/scienceqa/utils.py` |
+//! | GQA | `llava`, `lmms-eval 0.7.3` | [`gqa`]: LLaVA `scripts/convert_gqa_for_eval.py` + GQA `eval.py`; lmms-eval `exact_match` (ignore case, punctuation) |
+//! | MMBench | `lmms-eval 0.7.3 static`, `heuristic (no GPT)` | [`mmbench`]: lmms-eval's `mmbench_en_dev_static` (`can_infer`, then `extract_mcq_answer`), and `can_infer` alone; circular over every group with its original row; the official GPT matching is not reproduced |
+//! | other | `exact match` | [`crate::predictions::exact_match`] |
+//!
+//! Every convention named `lmms-eval 0.7.3` follows that release's task code; the repository's
+//! `fixtures/official_scores.py` runs that code (and ports of LLaVA's and MME's scripts) on the
+//! prediction sets of `fixtures/official/`, and the tests hold these scorers to its numbers.
+//!
+//! [`row_score`] is the per-row value the first convention of each benchmark averages: the
+//! predictions' `correct` and `score` columns ([`fill_outcome`]).
 //!
 //! The result is a [`ScoreTable`]: rows `{benchmark, metric, convention, value, n}` and notes (what
 //! the conventions mean, what is missing or not reproduced), as JSON ([`ScoreTable::to_json`]) or
@@ -261,6 +268,48 @@ pub fn score_detected(predictions: &[Prediction]) -> Result<ScoreTable> {
         table.append(score(b, &rows)?);
     }
     Ok(table)
+}
+
+/// What the benchmark's score counts for row `row` (for error messages) by its first convention:
+/// 1 (right) or 0, TextVQA the VQA accuracy (0-1): MME `official`, POPE `llava`, TextVQA
+/// `official`, ScienceQA `llava`, GQA `llava`, MMBench `lmms-eval 0.7.3 static` (the row on its
+/// own), other [`crate::predictions::exact_match`]. An error when the row's reference cannot be
+/// scored (not yes / no, not an option letter, none).
+pub fn row_score(benchmark: Benchmark, row: usize, p: &Prediction) -> Result<f64> {
+    match benchmark {
+        Benchmark::Mme => mme::row_score(row, p),
+        Benchmark::Pope => pope::row_score(row, p),
+        Benchmark::TextVqa => textvqa::row_score(row, p),
+        Benchmark::ScienceQa => scienceqa::row_score(row, p),
+        Benchmark::Gqa => gqa::row_score(row, p),
+        Benchmark::MmBench => mmbench::row_score(row, p),
+        Benchmark::Other => Ok(
+            if crate::predictions::exact_match(&p.prediction, &p.answers) {
+                1.0
+            } else {
+                0.0
+            },
+        ),
+    }
+}
+
+/// Sets `p.score` to [`row_score`] by `benchmark` (default: the row's `benchmark` column) and
+/// `p.correct` to `score > 0`; a row without reference answers gets no score and `correct = false`.
+pub fn fill_outcome(benchmark: Option<Benchmark>, row: usize, p: &mut Prediction) -> Result<()> {
+    if p.answers.is_empty() {
+        p.score = None;
+        p.correct = false;
+        return Ok(());
+    }
+    let b = match benchmark {
+        Some(b) => b,
+        None => Benchmark::from_name(&p.benchmark)
+            .map_err(|e| anyhow!("row {row} (sample {:?}), column benchmark: {e}", p.sample_key))?,
+    };
+    let s = row_score(b, row, p)?;
+    p.score = Some(s);
+    p.correct = s > 0.0;
+    Ok(())
 }
 
 /// `100 * num / den`, 0 when `den` is 0.

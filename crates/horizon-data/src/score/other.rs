@@ -1,18 +1,23 @@
-//! Any other benchmark (the synthetic one, or one without a scorer): the accuracy of the `correct`
-//! column ([`crate::predictions::exact_match`]: trimmed, final `.`s dropped, lower-cased, equal to a
-//! reference), over all rows and per category. Convention `exact match`.
+//! Any other benchmark (the synthetic one, or one without a scorer): exact-match accuracy
+//! ([`crate::predictions::exact_match`]: trimmed, final `.`s dropped, lower-cased, equal to a
+//! reference), recomputed from each row's prediction and answers (the stored `correct` column is
+//! not trusted), over all rows and per category. Convention `exact match`.
 
 use anyhow::Result;
 use std::collections::BTreeMap;
 
 use super::{pct, Benchmark, ScoreTable};
-use crate::predictions::Prediction;
+use crate::predictions::{exact_match, Prediction};
 
 const B: Benchmark = Benchmark::Other;
 
 pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {
+    let right: Vec<bool> = predictions
+        .iter()
+        .map(|p| exact_match(&p.prediction, &p.answers))
+        .collect();
     let mut table = ScoreTable::default();
-    let ok = predictions.iter().filter(|p| p.correct).count();
+    let ok = right.iter().filter(|&&r| r).count();
     table.push(
         B,
         "accuracy/all",
@@ -21,9 +26,9 @@ pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {
         predictions.len(),
     );
     let mut per_cat: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-    for p in predictions {
+    for (p, r) in predictions.iter().zip(&right) {
         let e = per_cat.entry(&p.category).or_default();
-        e.0 += p.correct as usize;
+        e.0 += *r as usize;
         e.1 += 1;
     }
     for (cat, (ok, n)) in per_cat {

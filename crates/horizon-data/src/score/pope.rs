@@ -7,7 +7,7 @@
 //!   `recall = TP/(TP+FN)`, `f1 = 2PR/(P+R)`, `yes_ratio = predicted yes / all`; `x/mean` is the mean
 //!   over the categories present (papers report `f1/mean`, the "Average F1"). A zero denominator
 //!   gives 0 (the script would stop).
-//! - `lmms-eval` (`lmms_eval/tasks/pope/utils.py`): the lower-cased, stripped prediction must equal
+//! - `lmms-eval 0.7.3` (`lmms_eval/tasks/pope/utils.py`): the lower-cased, stripped prediction must equal
 //!   the reference; precision and recall count only predictions that are exactly `yes` or `no`
 //!   (`TP`: yes/yes, `FP`: yes for a no, `FN`: no for a yes), 0 on a zero denominator. Given per
 //!   category and pooled over all questions (`x/all`, lmms-eval's `pope` task). Its `pope_yes_ratio`
@@ -21,6 +21,7 @@ use super::{pct, row_error, single_answer, Benchmark, ScoreTable};
 use crate::predictions::Prediction;
 
 const B: Benchmark = Benchmark::Pope;
+const LMMS_EVAL: &str = "lmms-eval 0.7.3";
 
 /// `eval_pope.py`'s parsing: `true` for yes.
 pub fn parse_llava(text: &str) -> bool {
@@ -70,22 +71,30 @@ impl Counts {
     }
 }
 
+fn reference(row: usize, p: &Prediction) -> Result<bool> {
+    let gt = single_answer(B, row, p)?.trim().to_lowercase();
+    match gt.as_str() {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(row_error(
+            B,
+            row,
+            p,
+            &format!("column answers: {gt:?} is not yes or no"),
+        )),
+    }
+}
+
+/// 1 when `eval_pope.py` (`llava`) reads the row's answer as its reference, else 0.
+pub fn row_score(row: usize, p: &Prediction) -> Result<f64> {
+    let right = parse_llava(&p.prediction) == reference(row, p)?;
+    Ok(if right { 1.0 } else { 0.0 })
+}
+
 pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {
     let mut gts = Vec::with_capacity(predictions.len());
     for (i, p) in predictions.iter().enumerate() {
-        let gt = single_answer(B, i, p)?.trim().to_lowercase();
-        gts.push(match gt.as_str() {
-            "yes" => true,
-            "no" => false,
-            _ => {
-                return Err(row_error(
-                    B,
-                    i,
-                    p,
-                    &format!("column answers: {gt:?} is not yes or no"),
-                ))
-            }
-        });
+        gts.push(reference(i, p)?);
     }
     let mut categories: Vec<&str> = predictions.iter().map(|p| p.category.as_str()).collect();
     categories.sort();
@@ -151,12 +160,12 @@ pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {
     let lmms_measures = &measures[..4];
     let all = count(None, false);
     for (name, f) in lmms_measures {
-        table.push(B, format!("{name}/all"), "lmms-eval", f(&all), all.all);
+        table.push(B, format!("{name}/all"), LMMS_EVAL, f(&all), all.all);
     }
     for &cat in &categories {
         let c = count(Some(cat), false);
         for (name, f) in lmms_measures {
-            table.push(B, format!("{name}/{cat}"), "lmms-eval", f(&c), c.all);
+            table.push(B, format!("{name}/{cat}"), LMMS_EVAL, f(&c), c.all);
         }
     }
     let standard = ["adversarial", "popular", "random"];
@@ -172,7 +181,7 @@ pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {
     table.note(
         B,
         "llava: llava/eval/eval_pope.py (first sentence, 'No'/'not'/'no' -> no, else yes; mean over \
-         categories); lmms-eval: lmms_eval/tasks/pope/utils.py (exact yes/no match; its \
+         categories); lmms-eval 0.7.3: lmms_eval/tasks/pope/utils.py (exact yes/no match; its \
          pope_yes_ratio counts the ground truth and is not reproduced)",
     );
     Ok(table)

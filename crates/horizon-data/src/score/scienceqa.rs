@@ -1,5 +1,8 @@
-//! ScienceQA: accuracy on the questions with an image (`img_accuracy`, LLaVA's "IMG-Accuracy", the
-//! Model Zoo's number) and on all questions (`accuracy`, the pruning papers' number over 4,241).
+//! ScienceQA: accuracy on all questions (`accuracy`: LLaVA's "Accuracy", over the 4,241 test
+//! questions of `llava_test_CQM-A.json` or ScienceQA-FULL, text-only ones answered without an
+//! image as `model_vqa_science.py` does; lmms-eval's `scienceqa` task) and on the questions with an
+//! image (`img_accuracy`: LLaVA's "IMG-Accuracy", the Model Zoo's number; lmms-eval's
+//! `scienceqa_img`).
 //!
 //! - `llava` (`llava/eval/eval_science_qa.py`, haotian-liu/LLaVA main): the letter is the prediction
 //!   if it is exactly one of `A`-`E`; else its first character if that is one of `A`-`E` followed by
@@ -7,7 +10,8 @@
 //!   so "The answer is B." gives B but a text ending "The answer is B" gives nothing; two matches
 //!   give nothing); else FAILED. The letter counts only if it names one of the options
 //!   (`get_pred_idx`); it must then be the reference letter. No trimming, case matters.
-//! - `lmms-eval` (`lmms_eval/tasks/scienceqa/utils.py`, `sqa_process_results`): the stripped
+//! - `lmms-eval 0.7.3` (`lmms_eval/tasks/scienceqa/utils.py`, `sqa_process_results`, as of
+//!   lmms-eval 0.7.3; other releases may differ): the stripped
 //!   prediction equals the reference letter ignoring case, or starts with an upper-case letter and a
 //!   `.` and that letter is the reference ("B." and "B. dog" are B).
 //!
@@ -20,6 +24,7 @@ use super::{answer_letter, pct, Benchmark, ScoreTable};
 use crate::predictions::Prediction;
 
 const B: Benchmark = Benchmark::ScienceQa;
+const LMMS_EVAL: &str = "lmms-eval 0.7.3";
 const OPTIONS: [char; 5] = ['A', 'B', 'C', 'D', 'E'];
 
 /// `eval_science_qa.py`'s parsed letter, or `None` for FAILED.
@@ -76,6 +81,18 @@ pub fn correct_lmms_eval(pred: &str, target: char) -> bool {
     }
 }
 
+/// 1 when `eval_science_qa.py` (`llava`) counts the row right, else 0.
+pub fn row_score(row: usize, p: &Prediction) -> Result<f64> {
+    let n_options = if p.choices.is_empty() {
+        OPTIONS.len()
+    } else {
+        p.choices.len()
+    };
+    let gt = answer_letter(B, row, p, n_options)?;
+    let right = option_index(parse_llava(&p.prediction), n_options) == Some(gt);
+    Ok(if right { 1.0 } else { 0.0 })
+}
+
 pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {
     // (has_image, llava right, lmms-eval right)
     let mut results = Vec::with_capacity(predictions.len());
@@ -99,7 +116,7 @@ pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {
             "llava",
             (|r: &(bool, bool, bool)| r.1) as fn(&(bool, bool, bool)) -> bool,
         ),
-        ("lmms-eval", |r| r.2),
+        (LMMS_EVAL, |r| r.2),
     ] {
         if !img.is_empty() {
             let ok = img.iter().filter(|r| right(r)).count();
@@ -118,7 +135,8 @@ pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {
         table.note(
             B,
             "every question has an image, so accuracy equals img_accuracy (LLaVA's overall \
-             accuracy is over all 4,241 test questions, text-only ones included)",
+             accuracy is over all 4,241 test questions, text-only ones included: evaluate \
+             ScienceQA-FULL or llava_test_CQM-A.json whole for it)",
         );
     } else if img.is_empty() {
         table.note(B, "no question has an image: no img_accuracy");
@@ -131,9 +149,10 @@ pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {
     }
     table.note(
         B,
-        "llava: llava/eval/eval_science_qa.py letter parsing (\"B\", \"B. ...\", \"The answer is \
-         B.\"); lmms-eval: lmms_eval/tasks/scienceqa/utils.py (letter ignoring case, or \"B.\" \
-         prefix)",
+        "accuracy: every question (LLaVA's Accuracy); img_accuracy: the questions with an image \
+         (LLaVA's IMG-Accuracy). llava: llava/eval/eval_science_qa.py letter parsing (\"B\", \
+         \"B. ...\", \"The answer is B.\"); lmms-eval 0.7.3: lmms_eval/tasks/scienceqa/utils.py \
+         (letter ignoring case, or \"B.\" prefix)",
     );
     Ok(table)
 }

@@ -1,7 +1,7 @@
 //! TextVQA: VQA accuracy, with the leave-one-annotator-out average and the EvalAI answer
 //! normalisation of `m4c_evaluator.py` (`EvalAIAnswerProcessor`, `TextVQAAccuracyEvaluator`), which
-//! LLaVA (`llava/eval/eval_textvqa.py`) and lmms-eval (`lmms_eval/tasks/textvqa/utils.py`) share:
-//! one convention, `official`.
+//! LLaVA (`llava/eval/eval_textvqa.py`) and lmms-eval 0.7.3 (`lmms_eval/tasks/textvqa/utils.py`,
+//! `textvqa_process_results`) share: one convention, `official`.
 //!
 //! **Normalisation** ([`normalize`]), of the prediction and of every reference answer, in order:
 //! 1. lower-case; remove `,` and `?`; `'s` becomes ` 's`; trim; newlines and tabs become spaces; trim;
@@ -272,6 +272,14 @@ pub fn vqa_accuracy(prediction: &str, answers: &[String]) -> f64 {
         })
         .sum::<f64>()
         / n as f64
+}
+
+/// The row's VQA accuracy (0-1).
+pub fn row_score(row: usize, p: &Prediction) -> Result<f64> {
+    if p.answers.is_empty() {
+        return Err(row_error(B, row, p, "column answers: no reference answers"));
+    }
+    Ok(vqa_accuracy(&p.prediction, &p.answers))
 }
 
 pub fn score(predictions: &[Prediction]) -> Result<ScoreTable> {

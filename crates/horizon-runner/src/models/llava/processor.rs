@@ -133,6 +133,40 @@ impl LlavaProcessor {
         })
     }
 
+    /// Tokenized prompt of a text-only question (no image): the template without the `<image>\n`
+    /// line, as LLaVA's `model_vqa_science.py` builds it for questions without an image.
+    pub fn prepare_text(
+        &self,
+        question: &str,
+        template: PromptTemplate,
+        device: Device,
+    ) -> Result<ModelInputs> {
+        let prompt = match template {
+            PromptTemplate::Raw => {
+                if question.contains(IMAGE_PLACEHOLDER) {
+                    bail!("--prompt: a text-only raw prompt must not contain {IMAGE_PLACEHOLDER}");
+                }
+                question.to_string()
+            }
+            _ => self
+                .prompt(question, template)?
+                .replacen(&format!("{IMAGE_PLACEHOLDER}\n"), "", 1),
+        };
+        let ids = encode(&self.tokenizer, prompt)?;
+        let n = ids.len() as i64;
+        Ok(ModelInputs {
+            input_ids: Tensor::from_slice(&ids).reshape([1, n]).to_device(device),
+            pixel_values: None,
+            image_grid_thw: Vec::new(),
+            visual: VisualTokens {
+                positions: Vec::new(),
+                grid: (0, 0),
+            },
+            position_ids: Tensor::arange(n, (Kind::Int64, device)).unsqueeze(0),
+            rope_deltas: 0,
+        })
+    }
+
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
         let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
         self.tokenizer

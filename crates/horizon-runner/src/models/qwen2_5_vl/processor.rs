@@ -126,6 +126,35 @@ impl Qwen2_5VlProcessor {
         self.prepare_prompt(&Self::prompt(question, None), image, device)
     }
 
+    /// A text-only question (no image) to model inputs: the chat template without the vision
+    /// block, position ids from `get_rope_index` without images (the sequence indices on all three
+    /// axes).
+    pub fn prepare_text(&self, prompt: &str, device: Device) -> Result<ModelInputs> {
+        let ids = encode(&self.tokenizer, prompt.to_string())?;
+        let n = ids.len() as i64;
+        let (positions, rope_deltas) =
+            get_rope_index(&ids, &[], self.image_token_id, self.merge_size)?;
+        let flat: Vec<i64> = (0..3)
+            .flat_map(|axis| positions.iter().map(move |p| p[axis]))
+            .collect();
+        Ok(ModelInputs {
+            input_ids: Tensor::from_slice(&ids).view([1, n]).to_device(device),
+            pixel_values: None,
+            image_grid_thw: Vec::new(),
+            visual: VisualTokens {
+                positions: Vec::new(),
+                grid: (0, 0),
+            },
+            position_ids: Tensor::from_slice(&flat).view([3, 1, n]).to_device(device),
+            rope_deltas,
+        })
+    }
+
+    /// The chat-template prompt of a text-only `question`.
+    pub fn text_prompt(question: &str) -> String {
+        Self::prompt(question, None).replacen(&format!("<|vision_start|>{IMAGE_PAD}<|vision_end|>"), "", 1)
+    }
+
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
         let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
         self.tokenizer
