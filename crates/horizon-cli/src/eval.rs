@@ -273,9 +273,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let scorer = args
         .scorer
         .unwrap_or_else(|| horizon_data::bench::default_scorer(kind));
-    let plan =
-        horizon_data::bench::check_samples(&samples, Some(scorer), args.bench.prompt_style)
-            .with_context(|| format!("--bench {}", args.bench.bench.display()))?;
+    let plan = horizon_data::bench::check_samples(&samples, Some(scorer), args.bench.prompt_style)
+        .with_context(|| format!("--bench {}", args.bench.bench.display()))?;
     eprintln!(
         "horizon eval: {}",
         plan.describe(args.bench.benchmark.is_some())

@@ -23,9 +23,8 @@ fn horizon_score_equals_the_official_code_on_every_benchmark() {
     )
     .unwrap();
     for (bench, want) in official.as_object().unwrap() {
-        let text =
-            std::fs::read_to_string(root().join(format!("fixtures/official/{bench}.jsonl")))
-                .unwrap();
+        let text = std::fs::read_to_string(root().join(format!("fixtures/official/{bench}.jsonl")))
+            .unwrap();
         let mut rows: Vec<horizon_data::predictions::Prediction> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -37,13 +36,7 @@ fn horizon_score_equals_the_official_code_on_every_benchmark() {
         let preds = tmp.path().join(format!("{bench}.parquet"));
         horizon_data::predictions::write_predictions(&preds, &rows, &[]).unwrap();
         let json = tmp.path().join(format!("{bench}.json"));
-        let (ok, _, err) = horizon(&[
-            "score",
-            "--predictions",
-            &s(&preds),
-            "--json",
-            &s(&json),
-        ]);
+        let (ok, _, err) = horizon(&["score", "--predictions", &s(&preds), "--json", &s(&json)]);
         assert!(ok, "{bench}: {err}");
         let got: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -83,7 +76,9 @@ fn eval_on_scienceqa_full_answers_text_only_questions_and_reports_overall_and_im
     assert!(ok, "{err}");
     // The detected benchmark, the prompt style and the first prompt come first.
     assert!(
-        err.contains("horizon eval: benchmark scienceqa (detected), scorer scienceqa, prompt style llava"),
+        err.contains(
+            "horizon eval: benchmark scienceqa (detected), scorer scienceqa, prompt style llava"
+        ),
         "{err}"
     );
     assert!(err.contains("first prompt (sample 0):"), "{err}");
@@ -94,7 +89,11 @@ fn eval_on_scienceqa_full_answers_text_only_questions_and_reports_overall_and_im
         preds.iter().map(|p| p.has_image).collect::<Vec<_>>(),
         [true, false]
     );
-    assert_eq!(preds[1].visual_tokens_layer0, Some(0), "no image, no visual tokens");
+    assert_eq!(
+        preds[1].visual_tokens_layer0,
+        Some(0),
+        "no image, no visual tokens"
+    );
     let scores: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("scores.json")).unwrap()).unwrap();
     let n = |metric: &str| {
@@ -106,7 +105,11 @@ fn eval_on_scienceqa_full_answers_text_only_questions_and_reports_overall_and_im
             .map(|r| r["n"].as_u64().unwrap())
     };
     assert_eq!(n("accuracy"), Some(2), "overall: every question");
-    assert_eq!(n("img_accuracy"), Some(1), "IMG: the question with an image");
+    assert_eq!(
+        n("img_accuracy"),
+        Some(1),
+        "IMG: the question with an image"
+    );
     // Each row's `correct` is what the score counts.
     for p in &preds {
         let mut again = p.clone();
@@ -150,6 +153,9 @@ fn eval_checks_the_data_before_the_model_loads() {
     let bad = s(&root().join("fixtures/bench/bad/mme_bad_image.parquet"));
     let (ok, _, err) = eval(&bad, &[]);
     assert!(!ok);
-    assert!(err.contains("mme_bad_image.parquet") && !err.contains("no-model"), "{err}");
+    assert!(
+        err.contains("mme_bad_image.parquet") && !err.contains("no-model"),
+        "{err}"
+    );
     assert!(!tmp.path().join("out").exists(), "nothing written");
 }

@@ -1398,7 +1398,10 @@ fn mmbench_tsv_image_references_and_llava_none_options() {
     // and the options end at the first missing one, in the prompt and in the scorer's choices alike.
     assert!(s.iter().all(|s| s.hint.is_none()));
     assert_eq!(s[0].choices, strings_of(&["yes", "maybe"]));
-    assert_eq!(llava(&s[0]), format!("Which?\nA. yes\nB. maybe{OPTION_LETTER}"));
+    assert_eq!(
+        llava(&s[0]),
+        format!("Which?\nA. yes\nB. maybe{OPTION_LETTER}")
+    );
     assert_eq!(
         lmms(&s[0]),
         format!("Which? There are several options:\nA. yes\nB. maybe\n{OPTION_LETTER}")
@@ -1594,13 +1597,18 @@ fn an_mmbench_parquet_without_option_columns_is_refused() {
     );
     let e = open_err(&f);
     assert!(
-        e.contains("mmb.parquet: an MMBench file (columns index, hint, ...) without the option column B"),
+        e.contains(
+            "mmb.parquet: an MMBench file (columns index, hint, ...) without the option column B"
+        ),
         "{e}"
     );
     let tsv = dir.path().join("mmb.tsv");
     std::fs::write(&tsv, "index\tquestion\thint\tanswer\tcategory\timage\n").unwrap();
     let e = open_err(&tsv);
-    assert!(e.contains("mmb.tsv: missing option columns `A`, `B`"), "{e}");
+    assert!(
+        e.contains("mmb.tsv: missing option columns `A`, `B`"),
+        "{e}"
+    );
 }
 
 #[test]

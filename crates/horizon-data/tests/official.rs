@@ -122,10 +122,7 @@ fn gqa_equals_llava_conversion_and_lmms_eval() {
 fn mmbench_circular_over_every_original_row_equals_lmms_eval_static() {
     let rows = load("mmbench");
     // Incomplete groups and copies without their original row are part of the set.
-    let originals = rows
-        .iter()
-        .filter(|r| r.index.unwrap() < 1_000_000)
-        .count();
+    let originals = rows.iter().filter(|r| r.index.unwrap() < 1_000_000).count();
     assert!(originals < rows.len());
     check("mmbench", Benchmark::MmBench, 200);
 }

@@ -83,7 +83,13 @@ fn mme_official_and_lmms_eval_parsing_acc_and_acc_plus() {
     expect(&t, "perception", "official", 75.0, 8);
     expect(&t, "perception+cognition", "official", 75.0 + 125.0, 12);
     expect(&t, "perception", "lmms-eval 0.7.3", 125.0, 8);
-    expect(&t, "perception+cognition", "lmms-eval 0.7.3", 125.0 + 125.0, 12);
+    expect(
+        &t,
+        "perception+cognition",
+        "lmms-eval 0.7.3",
+        125.0 + 125.0,
+        12,
+    );
     let notes = t.notes.join("\n");
     assert!(
         notes.contains("perception sums 1 of 10 subtasks"),

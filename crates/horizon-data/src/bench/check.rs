@@ -83,8 +83,10 @@ pub fn check_samples(
                 .decode()
                 .map_err(|e| anyhow!("{}: image: {e}", at()))?;
         }
-        if matches!(s.benchmark, BenchmarkKind::ScienceQa | BenchmarkKind::MmBench)
-            && s.choices.len() < 2
+        if matches!(
+            s.benchmark,
+            BenchmarkKind::ScienceQa | BenchmarkKind::MmBench
+        ) && s.choices.len() < 2
         {
             bail!(
                 "{}: {} options; a {} question needs at least 2",
@@ -98,8 +100,11 @@ pub fn check_samples(
             continue;
         }
         let Some(b) = scorer.or_else(|| {
-            matches!(s.benchmark, BenchmarkKind::ScienceQa | BenchmarkKind::MmBench)
-                .then(|| default_scorer(s.benchmark))
+            matches!(
+                s.benchmark,
+                BenchmarkKind::ScienceQa | BenchmarkKind::MmBench
+            )
+            .then(|| default_scorer(s.benchmark))
         }) else {
             continue;
         };

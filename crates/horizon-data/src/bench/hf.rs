@@ -596,7 +596,10 @@ fn read_key_rows(
                 id,
                 question,
                 category,
-                answer: answers.as_ref().and_then(|a| str_at(a, i)).map(str::to_string),
+                answer: answers
+                    .as_ref()
+                    .and_then(|a| str_at(a, i))
+                    .map(str::to_string),
             });
             row += 1;
         }

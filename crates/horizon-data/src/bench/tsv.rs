@@ -6,10 +6,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
 
-use super::{
-    clean_hint, key_columns, BenchmarkKind, ImageSource, KeySet, OpenOptions,
-    Sample,
-};
+use super::{clean_hint, key_columns, BenchmarkKind, ImageSource, KeySet, OpenOptions, Sample};
 
 /// Splits tab-separated text into records of fields, pandas-style: a field starting with `"` is quoted
 /// (tabs and newlines inside, `""` for a quote). Returns `(line number of the record's start, fields)`.

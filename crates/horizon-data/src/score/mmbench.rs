@@ -202,7 +202,12 @@ pub fn extract_mcq_answer(response: &str, choices: &[char]) -> Option<char> {
             }
         }
     }
-    let lower: Vec<char> = text.iter().collect::<String>().to_lowercase().chars().collect();
+    let lower: Vec<char> = text
+        .iter()
+        .collect::<String>()
+        .to_lowercase()
+        .chars()
+        .collect();
     for phrase in ANSWER_PHRASES {
         let p: Vec<char> = phrase.chars().collect();
         if let Some(idx) = find_from(&lower, &p, 0) {
@@ -387,7 +392,10 @@ mod tests {
     #[test]
     fn extract_mcq_answer_ranks_formats_then_positions() {
         let abcd = ['A', 'B', 'C', 'D'];
-        assert_eq!(extract_mcq_answer("The correct answer is (B).", &abcd), Some('B'));
+        assert_eq!(
+            extract_mcq_answer("The correct answer is (B).", &abcd),
+            Some('B')
+        );
         assert_eq!(extract_mcq_answer("A or B", &abcd), Some('A')); // start beats end
         assert_eq!(extract_mcq_answer("it is b", &abcd), None);
         assert_eq!(extract_mcq_answer("maybe C", &abcd), Some('C')); // end

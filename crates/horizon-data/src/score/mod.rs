@@ -303,8 +303,12 @@ pub fn fill_outcome(benchmark: Option<Benchmark>, row: usize, p: &mut Prediction
     }
     let b = match benchmark {
         Some(b) => b,
-        None => Benchmark::from_name(&p.benchmark)
-            .map_err(|e| anyhow!("row {row} (sample {:?}), column benchmark: {e}", p.sample_key))?,
+        None => Benchmark::from_name(&p.benchmark).map_err(|e| {
+            anyhow!(
+                "row {row} (sample {:?}), column benchmark: {e}",
+                p.sample_key
+            )
+        })?,
     };
     let s = row_score(b, row, p)?;
     p.score = Some(s);

@@ -148,9 +148,10 @@ impl LlavaProcessor {
                 }
                 question.to_string()
             }
-            _ => self
-                .prompt(question, template)?
-                .replacen(&format!("{IMAGE_PLACEHOLDER}\n"), "", 1),
+            _ => {
+                self.prompt(question, template)?
+                    .replacen(&format!("{IMAGE_PLACEHOLDER}\n"), "", 1)
+            }
         };
         let ids = encode(&self.tokenizer, prompt)?;
         let n = ids.len() as i64;

@@ -152,7 +152,11 @@ impl Qwen2_5VlProcessor {
 
     /// The chat-template prompt of a text-only `question`.
     pub fn text_prompt(question: &str) -> String {
-        Self::prompt(question, None).replacen(&format!("<|vision_start|>{IMAGE_PAD}<|vision_end|>"), "", 1)
+        Self::prompt(question, None).replacen(
+            &format!("<|vision_start|>{IMAGE_PAD}<|vision_end|>"),
+            "",
+            1,
+        )
     }
 
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
