@@ -264,6 +264,21 @@ pub fn write_summary(out: &Path, specs: &[SpecSummary]) -> Result<()> {
     write_text(&out.join("summary.md"), &summary_markdown(specs))
 }
 
+/// The first sample's prompt as the model gets it (chat template included).
+fn first_prompt(
+    processor: &Processor,
+    samples: &[horizon_data::bench::Sample],
+    args: &EvalArgs,
+) -> Result<Option<String>> {
+    samples
+        .first()
+        .map(|s| {
+            let q = horizon_data::bench::question_prompt(s, args.bench.prompt_style);
+            processor.prompt_text(&q, args.model.template, s.has_image())
+        })
+        .transpose()
+}
+
 pub fn run(args: &EvalArgs) -> Result<()> {
     // Everything that can fail on the data fails before the model loads.
     let samples = args.bench.samples()?;
@@ -275,14 +290,17 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .unwrap_or_else(|| horizon_data::bench::default_scorer(kind));
     let plan = horizon_data::bench::check_samples(&samples, Some(scorer), args.bench.prompt_style)
         .with_context(|| format!("--bench {}", args.bench.bench.display()))?;
-    eprintln!(
-        "horizon eval: {}",
-        plan.describe(args.bench.benchmark.is_some())
-    );
     let (model, processor) = args.model.load()?;
     for spec in &args.prune {
         spec.check(model.num_layers())?;
     }
+    eprintln!(
+        "horizon eval: {}",
+        plan.describe(
+            args.bench.benchmark.is_some(),
+            first_prompt(&processor, &samples, args)?.as_deref()
+        )
+    );
     let ctx = EvalContext {
         model: &model,
         processor: &processor,

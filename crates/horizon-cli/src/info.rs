@@ -58,12 +58,8 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         eprintln!("horizon info: leaving out {text_only} text-only questions (no image)");
         samples.retain(|s| s.has_image());
     }
-    let plan = horizon_data::bench::check_samples(&samples, None, args.bench.prompt_style)
+    let checked = horizon_data::bench::check_samples(&samples, None, args.bench.prompt_style)
         .with_context(|| format!("--bench {}", args.bench.bench.display()))?;
-    eprintln!(
-        "horizon info: {}",
-        plan.describe(args.bench.benchmark.is_some())
-    );
     let (model, processor) = args.model.load()?;
     let layers = parse_layers(args.layers.as_deref(), model.num_layers())?;
     let model_name = args.model_name.clone().unwrap_or_else(|| {
@@ -90,6 +86,17 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         shard: args.scale.shard(),
     };
     let plan = sweep.plan(&model, &samples, &args.out, args.scale.resume)?;
+    let full_prompt = samples
+        .first()
+        .map(|s| {
+            let q = horizon_data::bench::question_prompt(s, args.bench.prompt_style);
+            processor.prompt_text(&q, args.model.template, true)
+        })
+        .transpose()?;
+    eprintln!(
+        "horizon info: {}",
+        checked.describe(args.bench.benchmark.is_some(), full_prompt.as_deref())
+    );
     eprintln!(
         "horizon info: {} samples ({} already done), layers {:?}, window {}, {}, target {}",
         plan.samples, plan.already_done, sweep.layers, sweep.window, sweep.mode, sweep.target

@@ -81,7 +81,13 @@ fn eval_on_scienceqa_full_answers_text_only_questions_and_reports_overall_and_im
         ),
         "{err}"
     );
-    assert!(err.contains("first prompt (sample 0):"), "{err}");
+    // The whole prompt the model gets: chat template, image placeholder, question, options.
+    assert!(
+        err.contains(
+            "first prompt (sample 0):\n    USER: <image>\n    Which of these states is farthest north?\n    A. West Virginia"
+        ),
+        "{err}"
+    );
     let preds =
         horizon_data::predictions::read_predictions(&out.join("predictions.parquet")).unwrap();
     assert_eq!(preds.len(), 2);

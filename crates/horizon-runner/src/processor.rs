@@ -69,6 +69,31 @@ impl Processor {
         }
     }
 
+    /// The whole prompt string the model gets for `question` (chat template included; the image as
+    /// its one placeholder token, none for a text-only question).
+    pub fn prompt_text(
+        &self,
+        question: &str,
+        template: PromptTemplate,
+        has_image: bool,
+    ) -> Result<String> {
+        let with_image = match self {
+            Self::Llava(p) => p.prompt(question, template)?,
+            Self::Qwen2_5Vl(_) => match template {
+                PromptTemplate::Raw => question.to_string(),
+                PromptTemplate::LlavaHf | PromptTemplate::VicunaV1 => {
+                    bail!("--template {template:?} is a LLaVA template; use auto, qwen or raw for Qwen2.5-VL")
+                }
+                _ => Qwen2_5VlProcessor::prompt(question, None),
+            },
+        };
+        Ok(match (self, has_image, template) {
+            (_, true, _) | (_, false, PromptTemplate::Raw) => with_image,
+            (Self::Llava(_), false, _) => with_image.replacen("<image>\n", "", 1),
+            (Self::Qwen2_5Vl(_), false, _) => Qwen2_5VlProcessor::text_prompt(question),
+        })
+    }
+
     /// A text-only question (no image) to model inputs: the chat template without its image,
     /// no visual tokens.
     pub fn prepare_text(

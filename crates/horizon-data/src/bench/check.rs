@@ -24,8 +24,10 @@ pub struct RunPlan {
 }
 
 impl RunPlan {
-    /// `benchmark {b} ({how}), scorer {s}, prompt style {p}` then the first prompt, indented.
-    pub fn describe(&self, benchmark_given: bool) -> String {
+    /// `benchmark {b} ({how}), scorer {s}, prompt style {p}` then the first prompt, indented:
+    /// `full_prompt` when given (the question prompt in the model's chat template), else the
+    /// question prompt.
+    pub fn describe(&self, benchmark_given: bool, full_prompt: Option<&str>) -> String {
         let mut s = format!(
             "benchmark {} ({}), ",
             self.benchmark,
@@ -39,7 +41,8 @@ impl RunPlan {
             s += &format!("scorer {b}, ");
         }
         s += &format!("prompt style {}", self.style);
-        if let Some((key, prompt)) = &self.first {
+        if let Some((key, question)) = &self.first {
+            let prompt = full_prompt.unwrap_or(question);
             s += &format!("\nfirst prompt (sample {key}):\n");
             for line in prompt.lines() {
                 s += &format!("    {line}\n");
