@@ -98,7 +98,7 @@ pub fn check_samples(
                 s.benchmark
             );
         }
-        if s.answers.is_empty() {
+        if s.answers.iter().all(|a| a.trim().is_empty()) {
             without_answers += 1;
             continue;
         }

@@ -294,9 +294,10 @@ pub fn row_score(benchmark: Benchmark, row: usize, p: &Prediction) -> Result<f64
 }
 
 /// Sets `p.score` to [`row_score`] by `benchmark` (default: the row's `benchmark` column) and
-/// `p.correct` to `score > 0`; a row without reference answers gets no score and `correct = false`.
+/// `p.correct` to `score > 0`; a row without reference answers (none, or only blank ones) gets no
+/// score and `correct = false`.
 pub fn fill_outcome(benchmark: Option<Benchmark>, row: usize, p: &mut Prediction) -> Result<()> {
-    if p.answers.is_empty() {
+    if p.answers.iter().all(|a| a.trim().is_empty()) {
         p.score = None;
         p.correct = false;
         return Ok(());
