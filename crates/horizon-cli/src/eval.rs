@@ -219,6 +219,9 @@ impl EvalContext<'_> {
             resume,
             self.scale.stop_rule(),
             &mut |done, pending| {
+                if let Some(header) = RUN_HEADER.lock().ok().and_then(|mut h| h.take()) {
+                    progress.suspend(|| eprintln!("{header}"));
+                }
                 progress.set_length(pending as u64);
                 progress.set_position(done as u64);
             },
@@ -264,6 +267,10 @@ pub fn write_summary(out: &Path, specs: &[SpecSummary]) -> Result<()> {
     write_text(&out.join("summary.md"), &summary_markdown(specs))
 }
 
+/// What `horizon eval` prints once its run has passed every check and starts (the benchmark, the
+/// scorer, the prompt style and the first prompt), so that an error before it stays one line.
+static RUN_HEADER: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 /// The first sample's prompt as the model gets it (chat template included).
 fn first_prompt(
     processor: &Processor,
@@ -294,13 +301,16 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     for spec in &args.prune {
         spec.check(model.num_layers())?;
     }
-    eprintln!(
+    let header = format!(
         "horizon eval: {}",
         plan.describe(
             args.bench.benchmark.is_some(),
             first_prompt(&processor, &samples, args)?.as_deref()
         )
     );
+    if let Ok(mut h) = RUN_HEADER.lock() {
+        *h = Some(header);
+    }
     let ctx = EvalContext {
         model: &model,
         processor: &processor,

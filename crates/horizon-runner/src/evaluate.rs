@@ -116,7 +116,8 @@ impl Evaluation {
 
     /// Answers the samples of this shard still missing in `out`, then (when every one is there)
     /// scores all of them ([`score_predictions`]) and writes `predictions.parquet`, `scores.json`,
-    /// `scores.md` and `DONE.json`. `progress(done, pending)` is called after each sample.
+    /// `scores.md` and `DONE.json`. `progress(done, pending)` is called once every check has passed
+    /// (with `done` 0), then after each sample.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -150,6 +151,8 @@ impl Evaluation {
                 self.prune
             );
         }
+        // Every check has passed: the run starts.
+        progress(0, plan.pending_samples().count());
         let gen = GenerationConfig {
             max_new_tokens: self.max_new_tokens,
             eos_token_ids: processor.eos_token_ids().to_vec(),
