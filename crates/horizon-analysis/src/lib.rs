@@ -110,10 +110,12 @@ pub enum Metric {
 impl Metric {
     /// The info-rows column holding this metric.
     pub fn column(self) -> &'static str {
+        // The writer's float64 columns, in the order of `Metric::ALL`.
+        let [p, logp, kl] = horizon_data::info_rows::columns::METRICS;
         match self {
-            Metric::P => "p",
-            Metric::Logp => "logp",
-            Metric::Kl => "kl",
+            Metric::P => p,
+            Metric::Logp => logp,
+            Metric::Kl => kl,
         }
     }
 

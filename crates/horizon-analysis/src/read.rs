@@ -135,9 +135,10 @@ pub fn read_info_rows(path: impl AsRef<Path>) -> Result<InfoTable> {
     read_info_rows_with(path, &ReadOptions::default())
 }
 
-const STR_COLS: [&str; 6] = ["model", "task", "sample_id", "variant", "mode", "target"];
-const I32_COLS: [&str; 2] = ["layer", "window"];
-const OPT_I32_COLS: [&str; 2] = ["window_row", "window_col"];
+// The columns as the writer defines them (`horizon_data::info_rows::columns`).
+use horizon_data::info_rows::columns::{
+    LAYER_WINDOW as I32_COLS, TARGET_TOKEN, TEXT as STR_COLS, WINDOW_PLACE as OPT_I32_COLS,
+};
 
 /// Reads one Parquet file or the `*.parquet` files (sorted by name, dot-files skipped) of a
 /// directory.
@@ -229,7 +230,7 @@ fn type_ok(name: &str, dt: &DataType) -> bool {
     if I32_COLS.contains(&name) || OPT_I32_COLS.contains(&name) {
         return dt == &DataType::Int32;
     }
-    if name == "target_token" {
+    if name == TARGET_TOKEN {
         return dt == &DataType::Int64;
     }
     dt == &DataType::Float64
@@ -238,7 +239,7 @@ fn type_ok(name: &str, dt: &DataType) -> bool {
 fn expected(name: &str) -> &'static str {
     if STR_COLS.contains(&name) {
         "utf8"
-    } else if name == "target_token" {
+    } else if name == TARGET_TOKEN {
         "int64"
     } else if I32_COLS.contains(&name) || OPT_I32_COLS.contains(&name) {
         "int32"
@@ -272,8 +273,8 @@ impl FilePlan {
         for m in &opts.metrics {
             check(m.column(), true)?;
         }
-        let has_window_rc = check("window_row", false)? & check("window_col", false)?;
-        let has_target_token = opts.target_token && check("target_token", false)?;
+        let has_window_rc = check(OPT_I32_COLS[0], false)? & check(OPT_I32_COLS[1], false)?;
+        let has_target_token = opts.target_token && check(TARGET_TOKEN, false)?;
         let kv = meta
             .metadata()
             .file_metadata()
@@ -299,7 +300,7 @@ impl FilePlan {
             cols.extend(OPT_I32_COLS);
         }
         if self.has_target_token {
-            cols.push("target_token");
+            cols.push(TARGET_TOKEN);
         }
         for m in &opts.metrics {
             cols.push(m.column());
@@ -336,14 +337,16 @@ impl FilePlan {
                     .push_array(col(name)?)
                     .map_err(|e| anyhow!("{p}: column `{name}`: {e}"))?;
             }
-            push_i32(&mut chunk.layer, col("layer")?, &self.path, "layer")?;
-            push_i32(&mut chunk.window, col("window")?, &self.path, "window")?;
+            let [layer, window] = I32_COLS;
+            push_i32(&mut chunk.layer, col(layer)?, &self.path, layer)?;
+            push_i32(&mut chunk.window, col(window)?, &self.path, window)?;
             if let (Some(r), Some(c)) = (chunk.window_row.as_mut(), chunk.window_col.as_mut()) {
-                push_i32(r, col("window_row")?, &self.path, "window_row")?;
-                push_i32(c, col("window_col")?, &self.path, "window_col")?;
+                let [row, column] = OPT_I32_COLS;
+                push_i32(r, col(row)?, &self.path, row)?;
+                push_i32(c, col(column)?, &self.path, column)?;
             }
             if let Some(t) = chunk.target_token.as_mut() {
-                let a = col("target_token")?
+                let a = col(TARGET_TOKEN)?
                     .as_any()
                     .downcast_ref::<Int64Array>()
                     .ok_or_else(|| anyhow!("{p}: column `target_token` is not int64"))?;

@@ -101,20 +101,15 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     if args.models.is_empty() {
         bail!("--models: no model given");
     }
+    // The pruning sweep comes last: its options, benchmark and token counts are checked first.
+    if !args.no_prune {
+        check_model_dir(&args.models[0])?;
+        prune_sweep::prepare(&prune_sweep_args(args, None))?;
+    }
     let mut info_dirs = Vec::new();
     for (i, model) in args.models.iter().enumerate() {
+        check_model_dir(model)?;
         let model = PathBuf::from(model);
-        if !model.join("config.json").exists() {
-            bail!(
-                "{}: no config.json (not a model directory{})",
-                model.display(),
-                if BUNDLED_MODELS.contains(&model.to_string_lossy().as_ref()) {
-                    "; run from the repository root"
-                } else {
-                    ""
-                }
-            );
-        }
         let name = model
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -188,16 +183,45 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
+/// A model directory has a config.json.
+fn check_model_dir(model: &str) -> Result<()> {
+    let dir = PathBuf::from(model);
+    if !dir.join("config.json").exists() {
+        bail!(
+            "{}: no config.json (not a model directory{})",
+            dir.display(),
+            if BUNDLED_MODELS.contains(&model) {
+                "; run from the repository root"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
 /// The paper's pruning experiment, small: FastV, DivPrune and random (3 seeds) at every layer of the
 /// first model to one keep ratio, the horizon marked, and a Table-1 comparison at a layer-averaged
 /// budget of a quarter of the visual tokens.
 fn prune_demo(args: &DemoArgs, horizon: &std::path::Path) -> Result<()> {
-    let model = PathBuf::from(&args.models[0]);
-    let name = model
+    eprintln!("pruning sweep on {}", first_model_name(args));
+    prune_sweep::run(&prune_sweep_args(
+        args,
+        horizon.exists().then(|| horizon.to_path_buf()),
+    ))
+}
+
+fn first_model_name(args: &DemoArgs) -> String {
+    PathBuf::from(&args.models[0])
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model0".into());
-    eprintln!("pruning sweep on {name}");
+        .unwrap_or_else(|| "model0".into())
+}
+
+/// The demo's pruning sweep on the first model, marking the horizon of `horizon` (a horizon.json).
+fn prune_sweep_args(args: &DemoArgs, horizon: Option<PathBuf>) -> PruneSweepArgs {
+    let model = PathBuf::from(&args.models[0]);
+    let name = first_model_name(args);
     let compare = [
         "random@0:16",
         "divprune@0:16",
@@ -206,7 +230,7 @@ fn prune_demo(args: &DemoArgs, horizon: &std::path::Path) -> Result<()> {
         "fastv@2:12,random@6:4",
     ];
     let is_bundled = args.models[0] == BUNDLED_MODELS[0];
-    prune_sweep::run(&PruneSweepArgs {
+    PruneSweepArgs {
         model: ModelOptions::for_dir(model, args.run),
         bench: BenchOptions {
             bench: args.bench.clone(),
@@ -224,7 +248,7 @@ fn prune_demo(args: &DemoArgs, horizon: &std::path::Path) -> Result<()> {
         layers: args.prune_layers.clone(),
         keep: args.prune_keep.clone(),
         repeats: 3,
-        horizon: horizon.exists().then(|| horizon.to_path_buf()),
+        horizon,
         // The budgets are the bundled large model's (64 visual tokens, 12 layers).
         compare: if is_bundled {
             compare
@@ -244,5 +268,5 @@ fn prune_demo(args: &DemoArgs, horizon: &std::path::Path) -> Result<()> {
             max_samples_per_run: None,
             time_budget_min: None,
         },
-    })
+    }
 }

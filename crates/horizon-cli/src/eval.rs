@@ -7,13 +7,13 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
+use horizon_analysis::prune::{summarize_specs, summary_markdown, RunSummary, SpecSummary};
 use horizon_data::atomic::write_atomic;
 use horizon_data::score::Benchmark;
 use horizon_runner::evaluate::Evaluation;
 use horizon_runner::processor::Processor;
-use horizon_runner::prune::runs::{
-    plan_runs, summarize_run, summarize_specs, summary_markdown, RunSummary, SpecRun, SpecSummary,
-};
+use horizon_runner::prune::oracle_rows::{check_info_rows_cover, read_info_row_scores};
+use horizon_runner::prune::runs::{plan_runs, summarize_run, SpecRun};
 use horizon_runner::prune::{PruneOptions, PruneSpec};
 use horizon_runner::VlModel;
 
@@ -64,100 +64,6 @@ pub struct EvalArgs {
     /// gt, the same checkpoint and --info-window) instead of computing them.
     #[arg(long)]
     info_rows: Option<PathBuf>,
-}
-
-/// `--info-rows`: per sample and cut layer, p(answer) with only window w kept, from the part files
-/// of a `horizon info` run of the same checkpoint over the same selection (keep-only, target gt,
-/// windows of `window`); every part file's metadata is checked.
-pub fn read_info_row_scores(
-    dir: &Path,
-    model_dir: &Path,
-    window: usize,
-    samples: &[horizon_data::bench::Sample],
-) -> Result<horizon_runner::evaluate::InfoRowScores> {
-    use horizon_data::info_rows::{InfoMode, Target};
-    use horizon_data::run_meta::{RunKind, RunMetadata};
-    let name = format!("--info-rows {}", dir.display());
-    let files = horizon_data::info_rows::part_files(dir).with_context(|| name.clone())?;
-    if files.is_empty() {
-        anyhow::bail!("{name}: no part-*.parquet files");
-    }
-    let fingerprint = horizon_runner::checkpoint::fingerprint(model_dir)?;
-    let selection = horizon_runner::parts::selection_fingerprint(samples)?;
-    for file in &files {
-        let meta = RunMetadata::read_part(file).with_context(|| name.clone())?;
-        let RunKind::Info(info) = &meta.run else {
-            anyhow::bail!("{}: not a `horizon info` part file", file.display());
-        };
-        if meta.model_fingerprint != fingerprint {
-            anyhow::bail!(
-                "{}: rows of another checkpoint than {} (fingerprint differs)",
-                file.display(),
-                model_dir.display()
-            );
-        }
-        if meta.selection_fingerprint != selection {
-            anyhow::bail!(
-                "{}: rows of another selection of samples (its benchmark, --limit, --per-category or \
-                 --seed differ: the selection fingerprint differs)",
-                file.display()
-            );
-        }
-        if info.window_size != window {
-            anyhow::bail!(
-                "{name}: rows of {0}x{0} windows, --info-window is {window}",
-                info.window_size
-            );
-        }
-        if info.mode != InfoMode::KeepOnly || info.target != Target::Gt {
-            anyhow::bail!(
-                "{}: {} rows of target {}; the oracle ranks keep-only windows by the ground-truth answer",
-                file.display(),
-                info.mode,
-                info.target
-            );
-        }
-    }
-    let table =
-        horizon_analysis::read_info_rows_many(&files, &horizon_analysis::ReadOptions::default())
-            .with_context(|| name.clone())?;
-    let p = table
-        .p
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("{name}: no p column"))?;
-    let mut by_sample: std::collections::HashMap<
-        String,
-        std::collections::BTreeMap<usize, Vec<f64>>,
-    > = Default::default();
-    for (i, &p_i) in p.iter().enumerate() {
-        if table.variant.get(i) != "window" {
-            continue;
-        }
-        if table.mode.get(i) != "keep-only" || table.target.get(i) != "gt" {
-            anyhow::bail!(
-                "{name}: row {i} is {} / target {}; the oracle ranks keep-only windows by the ground-truth answer",
-                table.mode.get(i),
-                table.target.get(i)
-            );
-        }
-        let (layer, w) = (table.layer[i], table.window[i]);
-        if layer < 0 || w < 0 {
-            anyhow::bail!("{name}: row {i}: window row with layer {layer}, window {w}");
-        }
-        let v = by_sample
-            .entry(table.sample_id.get(i).to_string())
-            .or_default()
-            .entry(layer as usize)
-            .or_default();
-        if v.len() <= w as usize {
-            v.resize(w as usize + 1, f64::NAN);
-        }
-        v[w as usize] = p_i;
-    }
-    Ok(horizon_runner::evaluate::InfoRowScores {
-        source: dir.display().to_string(),
-        by_sample,
-    })
 }
 
 /// Everything of an evaluation but its spec, seed and directory.
@@ -331,12 +237,17 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         options: args.prune_settings.options(),
         warmup: !args.no_warmup,
         info_rows: match &args.info_rows {
-            Some(dir) => Some(std::sync::Arc::new(read_info_row_scores(
-                dir,
-                &args.model.model,
-                args.prune_settings.info_window,
-                &samples,
-            )?)),
+            Some(dir) => {
+                let rows = read_info_row_scores(
+                    dir,
+                    &args.model.model,
+                    args.prune_settings.info_window,
+                    &samples,
+                )?;
+                // Every sample and info layer is looked up before the first answer, not at it.
+                check_info_rows_cover(&rows, &samples, &args.prune)?;
+                Some(std::sync::Arc::new(rows))
+            }
             None => None,
         },
     };

@@ -8,13 +8,19 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use horizon_analysis::prune::{sweep_curves, table1_json, table1_markdown, BudgetRow, SweepScore};
+use horizon_analysis::prune::{
+    summarize_specs, sweep_curves, table1_json, table1_markdown, BudgetRow, ModelHorizons,
+    RunSummary, SweepReport,
+};
+use horizon_data::bench::Sample;
 use horizon_plot::{plot_prune_sweep, PruneSweepOptions};
-use horizon_runner::prune::runs::{plan_runs, summarize_specs, SpecRun};
+use horizon_runner::processor::Processor;
+use horizon_runner::prune::runs::{fewest_visual_tokens, LayerSweep, SpecRun, SweepPlan};
 use horizon_runner::prune::{Keep, Method, PruneSpec};
 use horizon_runner::sweep::parse_layers;
+use horizon_runner::VlModel;
 
 use crate::eval::{write_summary, write_text, EvalContext};
 use crate::options::{
@@ -67,54 +73,29 @@ pub struct PruneSweepArgs {
     pub scale: ScaleOptions,
 }
 
-/// The horizons of `model` in a horizon.json: pooled over its tasks (`None`: still informative at
-/// the last measured layer) and per task.
-struct Horizons {
-    pooled: Option<f64>,
-    tasks: Vec<(String, Option<i32>)>,
-}
-
-fn read_horizons(path: &PathBuf, model: &str) -> Result<Horizons> {
+fn read_horizons(path: &Path, model: &str) -> Result<ModelHorizons> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     let report: horizon_analysis::HorizonReport = serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: not a horizon.json ({e})", path.display()))?;
-    let entry = match report.models.iter().find(|m| m.model == model) {
-        Some(m) => m,
-        None if report.models.len() == 1 => &report.models[0],
-        None => bail!(
-            "{}: no model named {model:?} (it has {}); pass --model-name",
-            path.display(),
-            report
-                .models
-                .iter()
-                .map(|m| m.model.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
-    Ok(Horizons {
-        pooled: entry.pooled.horizon.horizon.map(f64::from),
-        tasks: entry
-            .tasks
-            .iter()
-            .map(|t| (t.task.clone(), t.horizon.horizon))
-            .collect(),
-    })
+    ModelHorizons::of(&report, model, &path.display().to_string())
 }
 
-pub fn run(args: &PruneSweepArgs) -> Result<()> {
-    let keep_text = args.keep.trim();
-    // Parse the keep once through the spec grammar so that its errors read like --prune's.
-    let probe = PruneSpec::parse(&format!("random@1:{keep_text}")).map_err(|e| {
+/// `--keep`: parsed through the spec grammar so that its errors read like --prune's.
+pub fn parse_keep(text: &str) -> Result<Keep> {
+    let probe = PruneSpec::parse(&format!("random@1:{}", text.trim())).map_err(|e| {
         anyhow::anyhow!(
             "--keep: {}",
             e.to_string().rsplit(": ").next().unwrap_or("")
         )
     })?;
-    let keep: Keep = probe.stages[0].keep;
-    let mut methods: Vec<Method> = Vec::new();
-    for name in &args.methods {
+    Ok(probe.stages[0].keep)
+}
+
+/// `--methods`: known method names, deduplicated in order, random added.
+fn parse_methods(names: &[String]) -> Result<Vec<Method>> {
+    let mut methods = Vec::new();
+    for name in names {
         let m = Method::from_name(name.trim()).ok_or_else(|| {
             anyhow::anyhow!(
                 "--methods: unknown method `{name}` (known: {})",
@@ -125,13 +106,28 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
                     .join(", ")
             )
         })?;
-        if !methods.contains(&m) {
-            methods.push(m);
-        }
+        methods.push(m);
     }
-    if !methods.contains(&Method::Random) {
-        methods.push(Method::Random);
-    }
+    Ok(LayerSweep::methods_with_random(&methods))
+}
+
+/// A sweep checked and planned, before anything runs.
+pub struct PreparedSweep {
+    model: VlModel,
+    processor: Processor,
+    samples: Vec<Sample>,
+    model_name: String,
+    keep: Keep,
+    layers: Vec<usize>,
+    horizons: Option<ModelHorizons>,
+    plan: SweepPlan,
+}
+
+/// Everything that can be checked before the first run: the options, the horizon.json, the
+/// benchmark, and each run's token counts against the visual tokens the samples give the model.
+pub fn prepare(args: &PruneSweepArgs) -> Result<PreparedSweep> {
+    let keep = parse_keep(&args.keep)?;
+    let methods = parse_methods(&args.methods)?;
     let (model, processor) = args.model.load()?;
     let num_layers = model.num_layers();
     let layers = parse_layers(Some(&args.layers), num_layers)?;
@@ -149,19 +145,45 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
         Some(p) => Some(read_horizons(p, &model_name)?),
         None => None,
     };
-    let horizon = horizons.as_ref().and_then(|h| h.pooled);
-    let mut specs = Vec::new();
-    let mut skipped = Vec::new();
-    for &m in &methods {
-        for &k in &layers {
-            let text = format!("{}@{k}:{keep}", m.name());
-            match PruneSpec::parse(&text).and_then(|s| s.check(num_layers).map(|_| s)) {
-                Ok(s) => specs.push((m, k, s)),
-                Err(e) => skipped.push(json!({"spec": text, "why": e.to_string()})),
-            }
-        }
-    }
+    let sweep = LayerSweep {
+        methods,
+        layers: layers.clone(),
+        keep,
+        repeats: args.repeats,
+        seed: args.prune_settings.prune_seed,
+        compare: args.compare.clone(),
+    };
+    let plan = sweep.plan(num_layers, &args.out.join("runs"));
     let samples = args.bench.samples()?;
+    if let Some(visual) = fewest_visual_tokens(&model, &processor, &samples, args.model.template)? {
+        plan.check_visual_tokens(visual)?;
+    }
+    Ok(PreparedSweep {
+        model,
+        processor,
+        samples,
+        model_name,
+        keep,
+        layers,
+        horizons,
+        plan,
+    })
+}
+
+pub fn run(args: &PruneSweepArgs) -> Result<()> {
+    let PreparedSweep {
+        model,
+        processor,
+        samples,
+        model_name,
+        keep,
+        layers,
+        horizons,
+        plan,
+    } = prepare(args)?;
+    let num_layers = model.num_layers();
+    let horizon = horizons.as_ref().and_then(|h| h.pooled);
+    let runs_dir = args.out.join("runs");
     let ctx = EvalContext {
         model: &model,
         processor: &processor,
@@ -177,27 +199,23 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
         warmup: true,
         info_rows: None,
     };
-    let runs_dir = args.out.join("runs");
     std::fs::create_dir_all(&runs_dir)
         .with_context(|| format!("{}: cannot create", runs_dir.display()))?;
-    let sweep_specs: Vec<PruneSpec> = specs.iter().map(|(_, _, s)| s.clone()).collect();
-    let mut runs: Vec<SpecRun> = plan_runs(
-        &sweep_specs,
-        args.repeats,
-        args.prune_settings.prune_seed,
-        &runs_dir,
-    );
-    for r in plan_runs(
-        &args.compare,
-        args.repeats,
-        args.prune_settings.prune_seed,
-        &runs_dir,
-    ) {
-        if !runs.contains(&r) {
-            runs.push(r);
+    // The unpruned run first: every other score is relative to it, so a zero stops the sweep there.
+    let (mut summaries, mut complete) = ctx.evaluate_all(&plan.runs[..1])?;
+    if let Some(unpruned) = summaries.first() {
+        if !(unpruned.score.is_finite() && unpruned.score > 0.0) {
+            bail!(
+                "{}: the unpruned model scores {} ({}); scores relative to it are undefined, so no pruned run was started",
+                unpruned.dir,
+                unpruned.score,
+                unpruned.metric
+            );
         }
     }
-    let (summaries, complete) = ctx.evaluate_all(&runs)?;
+    let (rest, rest_complete) = ctx.evaluate_all(&plan.runs[1..])?;
+    summaries.extend(rest);
+    complete &= rest_complete;
     if !complete {
         eprintln!(
             "stopped by --max-samples-per-run / --time-budget-min; rerun with --resume to continue"
@@ -206,84 +224,34 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
     }
     let spec_summaries = summarize_specs(&summaries);
     write_summary(&args.out, &spec_summaries)?;
-    let unpruned = spec_summaries
-        .iter()
-        .find(|s| s.spec == "none")
-        .map(|s| s.score_mean)
+    // The plan's first run is the unpruned one.
+    let unpruned = summaries
+        .first()
+        .map(|s| s.score)
         .ok_or_else(|| anyhow::anyhow!("the unpruned run is missing"))?;
-    let mut scores = Vec::new();
-    for s in &summaries {
-        if let Some((m, k, _)) = specs.iter().find(|(_, _, spec)| spec.to_string() == s.spec) {
-            scores.push(SweepScore {
-                method: m.name().into(),
-                layer: *k,
-                seed: s.seed,
-                score: s.score,
-            });
-        }
-    }
+    let finished: Vec<(&SpecRun, &RunSummary)> = plan.runs.iter().zip(&summaries).collect();
+    let scores = plan.scores(&finished);
     let curves = sweep_curves(&scores, unpruned)?;
     let metric = spec_summaries
         .first()
         .map(|s| s.metric.clone())
         .unwrap_or_default();
-    let sweep = json!({
-        "model": model_name,
-        "bench": args.bench.bench.display().to_string(),
-        "metric": metric,
-        "keep": keep.to_string(),
-        "layers": layers,
-        "horizon_layer": horizon,
-        "task_horizons": horizons.as_ref().map(|h| h.tasks.iter()
-            .map(|(t, l)| (t.clone(), json!(l))).collect::<serde_json::Map<_, _>>()),
-        "unpruned_score": unpruned,
-        "scores": scores,
-        "curves": curves,
-        "skipped": skipped,
-    });
-    write_text(
-        &args.out.join("sweep.json"),
-        &serde_json::to_string_pretty(&sweep)?,
-    )?;
-    let mut md = format!(
-        "Relative score (% of the unpruned model's {metric} = {unpruned:.2}) when pruning to keep {keep} at layer K\n\n| method |"
-    );
-    for k in &layers {
-        md.push_str(&format!(" K={k} |"));
-    }
-    md.push_str("\n|---|");
-    md.push_str(&"---|".repeat(layers.len()));
-    md.push('\n');
-    for c in &curves {
-        md.push_str(&format!("| {} |", c.method));
-        for k in &layers {
-            match c.points.iter().find(|p| p.layer == *k) {
-                Some(p) if p.runs > 1 => md.push_str(&format!(
-                    " {:.1} ± {:.1} |",
-                    p.mean_relative, p.std_relative
-                )),
-                Some(p) => md.push_str(&format!(" {:.1} |", p.mean_relative)),
-                None => md.push_str(" – |"),
-            }
-        }
-        md.push('\n');
-    }
-    let layer_or_none = |h: Option<f64>| match h {
-        Some(h) => format!("layer {h}"),
-        None => "none (still informative at the last layer)".to_string(),
+    let report = SweepReport {
+        model: model_name.clone(),
+        bench: args.bench.bench.display().to_string(),
+        metric: metric.clone(),
+        keep: keep.to_string(),
+        layers,
+        horizon_layer: horizon,
+        task_horizons: horizons.as_ref().map(|h| h.tasks.iter().cloned().collect()),
+        unpruned_score: unpruned,
+        scores,
+        curves,
+        skipped: plan.skipped.clone(),
     };
-    if let Some(h) = &horizons {
-        md.push_str(&format!(
-            "\nInformation horizon (from {}), all tasks: {}; per task: {}\n",
-            args.horizon.as_ref().expect("set").display(),
-            layer_or_none(h.pooled),
-            h.tasks
-                .iter()
-                .map(|(t, l)| format!("{t} {}", l.map_or("none".into(), |l| l.to_string())))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
+    write_text(&args.out.join("sweep.json"), &report.to_json()?)?;
+    let source = args.horizon.as_ref().map(|p| p.display().to_string());
+    let md = report.markdown(horizons.as_ref().zip(source.as_deref()));
     write_text(&args.out.join("sweep.md"), &md)?;
     let opts = PruneSweepOptions {
         title: format!("{model_name}: pruning at layer K"),
@@ -299,22 +267,17 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
         },
     };
     for ext in ["png", "svg"] {
-        plot_prune_sweep(&curves, &opts, &args.out.join(format!("prune_sweep.{ext}")))?;
+        plot_prune_sweep(
+            &report.curves,
+            &opts,
+            &args.out.join(format!("prune_sweep.{ext}")),
+        )?;
     }
     if !args.compare.is_empty() {
         let rows: Vec<BudgetRow> = spec_summaries
             .iter()
             .filter(|s| args.compare.iter().any(|c| c.to_string() == s.spec))
-            .map(|s| BudgetRow {
-                spec: s.spec.clone(),
-                label: s.label.clone(),
-                t_eq: s.visual_tokens_t_eq,
-                retained_from_layer0: s.visual_tokens_layer0,
-                retained_final: s.visual_tokens_final,
-                score_mean: s.score_mean,
-                score_std: s.score_std,
-                repeats: s.repeats,
-            })
+            .map(BudgetRow::of)
             .collect();
         let table = table1_markdown(&rows, unpruned, 0.05);
         write_text(&args.out.join("table1.md"), &table)?;

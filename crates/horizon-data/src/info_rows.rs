@@ -23,7 +23,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use arrow::array::{Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use std::collections::{BTreeMap, HashSet};
@@ -115,6 +115,40 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// Which run a row comes from: the `variant` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RowVariant {
+    /// The unpruned model (layer −1).
+    Full,
+    /// No visual token from layer K on.
+    TextOnly,
+    /// Window w kept (keep-only) or dropped (leave-out) from layer K on.
+    Window,
+}
+
+impl RowVariant {
+    /// The value of the `variant` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::TextOnly => "text_only",
+            Self::Window => "window",
+        }
+    }
+}
+
+impl std::str::FromStr for RowVariant {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "full" => Ok(Self::Full),
+            "text_only" => Ok(Self::TextOnly),
+            "window" => Ok(Self::Window),
+            _ => anyhow::bail!("unknown variant '{s}' (expected full, text_only or window)"),
+        }
+    }
+}
+
 /// One information row (see the module documentation for the meaning of each field).
 #[derive(Debug, Clone, PartialEq)]
 pub struct InfoRow {
@@ -135,25 +169,58 @@ pub struct InfoRow {
 }
 
 pub fn info_schema() -> Arc<Schema> {
-    let utf8 = |n: &str| Field::new(n, DataType::Utf8, false);
-    let i32f = |n: &str| Field::new(n, DataType::Int32, false);
-    let f64f = |n: &str| Field::new(n, DataType::Float64, false);
-    Arc::new(Schema::new(vec![
-        utf8("model"),
-        utf8("task"),
-        utf8("sample_id"),
-        i32f("layer"),
-        utf8("variant"),
-        i32f("window"),
-        i32f("window_row"),
-        i32f("window_col"),
-        utf8("mode"),
-        utf8("target"),
-        Field::new("target_token", DataType::Int64, false),
-        f64f("p"),
-        f64f("logp"),
-        f64f("kl"),
-    ]))
+    let fields = columns::ALL
+        .iter()
+        .map(|&name| Field::new(name, columns::data_type(name), false))
+        .collect::<Vec<_>>();
+    Arc::new(Schema::new(fields))
+}
+
+/// The columns of an info-row file (the table in the module documentation): their names by type,
+/// the one definition that the writer's schema ([`info_schema`]) and the readers' checks use.
+pub mod columns {
+    use arrow::datatypes::DataType;
+
+    /// utf8 columns, in file order.
+    pub const TEXT: [&str; 6] = ["model", "task", "sample_id", "variant", "mode", "target"];
+    /// int32 columns every file has.
+    pub const LAYER_WINDOW: [&str; 2] = ["layer", "window"];
+    /// int32 columns of the window's place on its grid (files written before them lack them).
+    pub const WINDOW_PLACE: [&str; 2] = ["window_row", "window_col"];
+    /// The int64 token y.
+    pub const TARGET_TOKEN: &str = "target_token";
+    /// float64 columns: p(y), log p(y), KL(unpruned ‖ variant).
+    pub const METRICS: [&str; 3] = ["p", "logp", "kl"];
+    /// Every column, in file order.
+    pub const ALL: [&str; 14] = [
+        "model",
+        "task",
+        "sample_id",
+        "layer",
+        "variant",
+        "window",
+        "window_row",
+        "window_col",
+        "mode",
+        "target",
+        TARGET_TOKEN,
+        "p",
+        "logp",
+        "kl",
+    ];
+
+    /// The Arrow type the writer gives column `name` (float64 for a name that is none of them).
+    pub fn data_type(name: &str) -> DataType {
+        if TEXT.contains(&name) {
+            DataType::Utf8
+        } else if LAYER_WINDOW.contains(&name) || WINDOW_PLACE.contains(&name) {
+            DataType::Int32
+        } else if name == TARGET_TOKEN {
+            DataType::Int64
+        } else {
+            DataType::Float64
+        }
+    }
 }
 
 fn to_batch(rows: &[InfoRow]) -> Result<RecordBatch> {

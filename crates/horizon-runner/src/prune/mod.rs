@@ -13,6 +13,7 @@
 //! (slicing the 3-D ids, as the Qwen ports of these methods do; `docs/pruning.md`). [`PruneOptions::positions`] overrides both.
 
 pub mod methods;
+pub mod oracle_rows;
 pub mod runs;
 pub mod spec;
 

@@ -3,14 +3,18 @@
 //! over seeds), relative to the unpruned model, latency, KV-cache memory and visual-token counts in the
 //! three conventions.
 
-use anyhow::{bail, Result};
-use serde::Serialize;
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
+use horizon_analysis::prune::{RunSummary, SkippedSpec, SweepScore};
+use horizon_data::bench::Sample;
+use horizon_data::imageproc::to_rgb_like_pil;
 use horizon_data::predictions::Prediction;
 use horizon_data::score::ScoreTable;
 
-use super::{Method, PruneSpec};
+use super::{Keep, Method, PruneSpec};
+use crate::processor::{Processor, PromptTemplate};
+use crate::VlModel;
 
 /// One evaluation of a sweep or comparison: a spec under one seed, in its own directory.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,26 +86,6 @@ pub fn headline(table: &ScoreTable) -> Result<(String, f64)> {
     }
 }
 
-/// What one finished run measured.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RunSummary {
-    pub spec: String,
-    pub label: String,
-    pub seed: Option<u64>,
-    pub dir: String,
-    pub metric: String,
-    pub score: f64,
-    pub samples: usize,
-    pub prefill_ms: f64,
-    pub decode_ms_per_token: Option<f64>,
-    pub end_to_end_ms: f64,
-    pub kv_cache_bytes_peak: i64,
-    pub kv_cache_bytes_mean: f64,
-    pub visual_tokens_layer0: f64,
-    pub visual_tokens_final: f64,
-    pub visual_tokens_t_eq: f64,
-}
-
 fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
     let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
     (n > 0).then(|| s / n as f64)
@@ -158,120 +142,139 @@ pub fn summarize_run(
     })
 }
 
-/// One spec over its seeds.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SpecSummary {
-    pub spec: String,
-    pub label: String,
+/// The layer-by-layer comparison of arXiv 2512.07580: each method (random among them, over several
+/// seeds) prunes at each layer K to one keep, and the comparison specs of its Table 1 run beside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerSweep {
+    /// In order; random is added when missing (the baseline every method is compared against).
+    pub methods: Vec<Method>,
+    pub layers: Vec<usize>,
+    pub keep: Keep,
+    /// Seeds of each spec with a random stage.
     pub repeats: usize,
-    pub metric: String,
-    pub score_mean: f64,
-    /// Sample standard deviation over seeds (0 for one run).
-    pub score_std: f64,
-    /// 100 · score / unpruned score.
-    pub relative: Option<f64>,
-    pub prefill_ms: f64,
-    pub decode_ms_per_token: Option<f64>,
-    pub end_to_end_ms: f64,
-    pub kv_cache_bytes_peak: i64,
-    pub visual_tokens_layer0: f64,
-    pub visual_tokens_final: f64,
-    pub visual_tokens_t_eq: f64,
-    pub runs: Vec<RunSummary>,
+    /// The first seed.
+    pub seed: u64,
+    /// Extra specs (the Table-1 comparison).
+    pub compare: Vec<PruneSpec>,
 }
 
-/// Groups runs by spec (first-appearance order) with the unpruned run (`none`) as the reference of
-/// `relative`.
-pub fn summarize_specs(runs: &[RunSummary]) -> Vec<SpecSummary> {
-    let mut specs: Vec<SpecSummary> = Vec::new();
-    for r in runs {
-        match specs.iter_mut().find(|s| s.spec == r.spec) {
-            Some(s) => s.runs.push(r.clone()),
-            None => specs.push(SpecSummary {
-                spec: r.spec.clone(),
-                label: r.label.clone(),
-                repeats: 0,
-                metric: r.metric.clone(),
-                score_mean: 0.0,
-                score_std: 0.0,
-                relative: None,
-                prefill_ms: 0.0,
-                decode_ms_per_token: None,
-                end_to_end_ms: 0.0,
-                kv_cache_bytes_peak: 0,
-                visual_tokens_layer0: 0.0,
-                visual_tokens_final: 0.0,
-                visual_tokens_t_eq: 0.0,
-                runs: vec![r.clone()],
-            }),
+/// One point of a sweep's curves: `method` at `layer`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepPoint {
+    pub method: Method,
+    pub layer: usize,
+    pub spec: PruneSpec,
+}
+
+/// What a [`LayerSweep`] runs: its points, the specs it skips, and the runs (the unpruned one
+/// first, then each point's, then the comparison specs' not already among them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepPlan {
+    pub points: Vec<SweepPoint>,
+    pub skipped: Vec<SkippedSpec>,
+    pub runs: Vec<SpecRun>,
+}
+
+impl LayerSweep {
+    /// The methods of the sweep, random last unless given.
+    pub fn methods_with_random(methods: &[Method]) -> Vec<Method> {
+        let mut all: Vec<Method> = Vec::new();
+        for &m in methods {
+            if !all.contains(&m) {
+                all.push(m);
+            }
+        }
+        if !all.contains(&Method::Random) {
+            all.push(Method::Random);
+        }
+        all
+    }
+
+    /// The plan for a decoder of `num_layers` layers, each run in its directory under `runs_dir`.
+    /// A method that cannot run at a layer skips it (said in [`SweepPlan::skipped`]).
+    pub fn plan(&self, num_layers: usize, runs_dir: &Path) -> SweepPlan {
+        let mut points = Vec::new();
+        let mut skipped = Vec::new();
+        for &method in &self.methods {
+            for &layer in &self.layers {
+                let text = format!("{}@{layer}:{}", method.name(), self.keep);
+                match PruneSpec::parse(&text).and_then(|s| s.check(num_layers).map(|_| s)) {
+                    Ok(spec) => points.push(SweepPoint {
+                        method,
+                        layer,
+                        spec,
+                    }),
+                    Err(e) => skipped.push(SkippedSpec {
+                        spec: text,
+                        why: e.to_string(),
+                    }),
+                }
+            }
+        }
+        let specs: Vec<PruneSpec> = points.iter().map(|p| p.spec.clone()).collect();
+        let mut runs = plan_runs(&specs, self.repeats, self.seed, runs_dir);
+        for r in plan_runs(&self.compare, self.repeats, self.seed, runs_dir) {
+            if !runs.contains(&r) {
+                runs.push(r);
+            }
+        }
+        SweepPlan {
+            points,
+            skipped,
+            runs,
         }
     }
-    for s in &mut specs {
-        let n = s.runs.len();
-        let m = |f: fn(&RunSummary) -> f64| s.runs.iter().map(f).sum::<f64>() / n as f64;
-        s.repeats = n;
-        s.score_mean = m(|r| r.score);
-        s.score_std = if n > 1 {
-            let mu = s.score_mean;
-            (s.runs.iter().map(|r| (r.score - mu).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-        } else {
-            0.0
-        };
-        s.prefill_ms = m(|r| r.prefill_ms);
-        s.decode_ms_per_token = mean(s.runs.iter().filter_map(|r| r.decode_ms_per_token));
-        s.end_to_end_ms = m(|r| r.end_to_end_ms);
-        s.kv_cache_bytes_peak = s
-            .runs
-            .iter()
-            .map(|r| r.kv_cache_bytes_peak)
-            .max()
-            .unwrap_or(0);
-        s.visual_tokens_layer0 = m(|r| r.visual_tokens_layer0);
-        s.visual_tokens_final = m(|r| r.visual_tokens_final);
-        s.visual_tokens_t_eq = m(|r| r.visual_tokens_t_eq);
-    }
-    let unpruned = specs
-        .iter()
-        .find(|s| s.spec == "none")
-        .map(|s| s.score_mean);
-    for s in &mut specs {
-        s.relative = unpruned
-            .filter(|&u| u > 0.0)
-            .map(|u| 100.0 * s.score_mean / u);
-    }
-    specs
 }
 
-/// The summary table in Markdown.
-pub fn summary_markdown(specs: &[SpecSummary]) -> String {
-    let mut out = String::new();
-    if let Some(first) = specs.first() {
-        out.push_str(&format!("Score: {}\n\n", first.metric));
+impl SweepPlan {
+    /// The score of each finished run that is a point of the sweep, paired by its spec; `finished`
+    /// holds each run with its summary.
+    pub fn scores(&self, finished: &[(&SpecRun, &RunSummary)]) -> Vec<SweepScore> {
+        finished
+            .iter()
+            .filter_map(|(run, summary)| {
+                let p = self.points.iter().find(|p| p.spec == run.spec)?;
+                Some(SweepScore {
+                    method: p.method.name().into(),
+                    layer: p.layer,
+                    seed: summary.seed,
+                    score: summary.score,
+                })
+            })
+            .collect()
     }
-    out.push_str("| spec | score | relative (%) | visual tokens: layer 0 / last / T_eq | prefill ms | decode ms/token | end to end ms | peak KV cache (MiB) | runs |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|\n");
-    for s in specs {
-        let score = if s.repeats > 1 {
-            format!("{:.2} ± {:.2}", s.score_mean, s.score_std)
-        } else {
-            format!("{:.2}", s.score_mean)
-        };
-        out.push_str(&format!(
-            "| `{}` | {score} | {} | {:.1} / {:.1} / {:.2} | {:.2} | {} | {:.2} | {:.3} | {} |\n",
-            s.spec,
-            s.relative.map_or("–".into(), |r| format!("{r:.1}")),
-            s.visual_tokens_layer0,
-            s.visual_tokens_final,
-            s.visual_tokens_t_eq,
-            s.prefill_ms,
-            s.decode_ms_per_token
-                .map_or("–".into(), |d| format!("{d:.2}")),
-            s.end_to_end_ms,
-            s.kv_cache_bytes_peak as f64 / (1024.0 * 1024.0),
-            s.repeats
-        ));
+
+    /// Checks every run's token counts against the fewest visual tokens a sample gives the model
+    /// ([`fewest_visual_tokens`]), before anything runs.
+    pub fn check_visual_tokens(&self, visual: usize) -> Result<()> {
+        for r in &self.runs {
+            r.spec.check_visual_tokens(visual)?;
+        }
+        Ok(())
     }
-    out
+}
+
+/// The fewest visual tokens a prompt of `samples` has for `model` (`None` without samples): one
+/// sample for LLaVA, whose count is fixed by its image size; every sample's image for Qwen2.5-VL,
+/// whose count follows each image's size.
+pub fn fewest_visual_tokens(
+    model: &VlModel,
+    processor: &Processor,
+    samples: &[Sample],
+    template: PromptTemplate,
+) -> Result<Option<usize>> {
+    let fixed = matches!(processor, Processor::Llava(_));
+    let mut fewest: Option<usize> = None;
+    for sample in samples.iter().take(if fixed { 1 } else { samples.len() }) {
+        let context = || format!("sample {}", sample.key);
+        let image = to_rgb_like_pil(sample.image.decode().with_context(context)?);
+        let inputs = processor
+            .prepare_image(model, "", &image, template)
+            .with_context(context)?;
+        let n = inputs.visual.positions.len();
+        fewest = Some(fewest.map_or(n, |f| f.min(n)));
+    }
+    Ok(fewest)
 }
 
 #[cfg(test)]
@@ -296,38 +299,5 @@ mod tests {
                 "out/divprune-at0-keep284+random-at20-keep38-seed9",
             ]
         );
-    }
-
-    #[test]
-    fn spec_summary_mean_std_relative() {
-        let run = |spec: &str, score: f64| RunSummary {
-            spec: spec.into(),
-            label: spec.into(),
-            seed: None,
-            dir: String::new(),
-            metric: "m".into(),
-            score,
-            samples: 1,
-            prefill_ms: 1.0,
-            decode_ms_per_token: None,
-            end_to_end_ms: 1.0,
-            kv_cache_bytes_peak: 10,
-            kv_cache_bytes_mean: 10.0,
-            visual_tokens_layer0: 576.0,
-            visual_tokens_final: 144.0,
-            visual_tokens_t_eq: 171.0,
-        };
-        let s = summarize_specs(&[
-            run("none", 80.0),
-            run("random@2:144", 50.0),
-            run("random@2:144", 60.0),
-            run("random@2:144", 70.0),
-        ]);
-        assert_eq!(s.len(), 2);
-        assert_eq!(s[1].repeats, 3);
-        assert!((s[1].score_mean - 60.0).abs() < 1e-12);
-        assert!((s[1].score_std - 10.0).abs() < 1e-12);
-        assert!((s[1].relative.unwrap() - 75.0).abs() < 1e-12);
-        assert!(summary_markdown(&s).contains("60.00 ± 10.00"));
     }
 }

@@ -281,6 +281,23 @@ impl PruneSpec {
         Ok(())
     }
 
+    /// Checks the token counts against a prompt of `visual` visual tokens: no stage may keep more
+    /// than the stage before it left (errors name the spec and the stage, like [`PruneSpec::check`]).
+    pub fn check_visual_tokens(&self, visual: usize) -> Result<()> {
+        let mut left = visual;
+        for (i, s) in self.stages.iter().enumerate() {
+            let k = s.keep.count(left);
+            if k > left {
+                bail!(
+                    "--prune {self}: stage {} `{s}`: keeps {k} visual tokens but the prompt has only {left} there",
+                    i + 1
+                );
+            }
+            left = k;
+        }
+        Ok(())
+    }
+
     /// A short label for tables and figures: the methods joined by `+` (`divprune+random`).
     pub fn methods_label(&self) -> String {
         if self.is_none() {
