@@ -155,6 +155,19 @@ pub fn plot(args: &PlotArgs) -> Result<()> {
 
 /// Renders every figure of `a` into `out` (`format`: png, svg or both); returns how many were written.
 pub fn render_figures(a: &Analysis, out: &Path, layers: &[i32], format: &str) -> Result<usize> {
+    // Every requested layer is checked before the first figure is written, so a bad --layers leaves
+    // no partial set of figures behind.
+    for g in &a.groups {
+        if let Some(k) = layers.iter().find(|&&k| g.layer_index(k).is_none()) {
+            let measured: Vec<String> = g.layers.iter().map(|l| l.layer.to_string()).collect();
+            anyhow::bail!(
+                "--layers: layer {k} was not measured for {}/{} (measured: {})",
+                g.model,
+                g.task,
+                measured.join(",")
+            );
+        }
+    }
     std::fs::create_dir_all(out)
         .map_err(|e| anyhow::anyhow!("{}: cannot create directory ({e})", out.display()))?;
     let exts: &[&str] = match format {

@@ -469,6 +469,24 @@ fn info_horizon_plot_pipeline() {
     assert!(ok, "{stderr}");
     let png = image::open(figs.join("information_vs_layer.png")).expect("a readable PNG");
     assert!(png.width() > 100 && png.height() > 100);
+    // A layer that was not measured is refused before any figure is written.
+    let bad_figs = tmp.path().join("bad-figs");
+    let (ok, _, stderr) = horizon_owned(&[
+        "plot".into(),
+        "--info".into(),
+        s(&info),
+        "--out".into(),
+        s(&bad_figs),
+        "--bootstrap".into(),
+        "50".into(),
+        "--layers".into(),
+        "1,99".into(),
+    ]);
+    assert_one_line_error(ok, &stderr, &["--layers", "99"]);
+    let left: Vec<_> = std::fs::read_dir(&bad_figs)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "figures left behind: {left:?}");
     // Bad analysis values are one-line errors.
     let (ok, _, stderr) = horizon_owned(&[
         "horizon".into(),
