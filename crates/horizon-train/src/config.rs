@@ -182,6 +182,9 @@ impl Schedule {
         if self.batch_size == 0 || self.steps == 0 {
             bail!("--max-glyphs, --batch-size and --steps must be at least 1");
         }
+        if self.checkpoint_every == 0 {
+            bail!("--checkpoint-every: must be at least 1 (steps between checkpoints)");
+        }
         Ok(())
     }
 }
@@ -779,6 +782,16 @@ mod tests {
         assert_eq!(old.stage.decoder_phase_vision_lr, 1.0);
         assert_eq!(old.decoder.attend_head, None);
         assert_eq!(old.schedule, cfg.schedule);
+    }
+
+    /// A zero checkpoint interval is refused by validation (the training loop divides by it).
+    #[test]
+    fn zero_checkpoint_interval_is_refused() {
+        let mut cfg = TrainConfig::new(SmallModelSpec::small(), 10, 3);
+        assert!(cfg.schedule.validate().is_ok());
+        cfg.schedule.checkpoint_every = 0;
+        let e = cfg.schedule.validate().unwrap_err().to_string();
+        assert!(e.contains("--checkpoint-every"), "{e}");
     }
 
     #[test]
