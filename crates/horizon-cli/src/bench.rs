@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
 use horizon_runner::device::dtype_name;
 
@@ -18,7 +18,7 @@ use horizon_runner::info::{
     full_run, naive_variant, sweep_sample, variant_keep_sets, InfoMode, SweepConfig, WindowGrid,
 };
 use horizon_runner::prune::{prefill_pruned, PruneOptions, PruneSpec};
-use horizon_runner::{ModelInputs, VisualTokens, VlModel};
+use horizon_runner::{ModelInputs, VlModel};
 
 use horizon_runner::sweep::parse_layers;
 
@@ -102,54 +102,6 @@ fn sync(device: Device) {
     }
 }
 
-/// BOS, text, the image placeholder tokens, text: a prompt shaped like the llava-hf template's.
-fn synthetic_inputs(
-    model: &VlModel,
-    cfg: &Value,
-    text_tokens: usize,
-    device: Device,
-) -> Result<ModelInputs> {
-    let VlModel::Llava(m) = model else {
-        bail!(
-            "horizon bench builds synthetic inputs for LLaVA configs only so far ({} given)",
-            model.model_type()
-        );
-    };
-    let n_img = m.config.num_image_tokens() as usize;
-    let side = m.config.vision_config.image_size;
-    let vocab = m.config.text_config.vocab_size;
-    let before = text_tokens.min(4);
-    let after = text_tokens - before;
-    let text = Tensor::randint_low(
-        3,
-        vocab.min(32000),
-        [text_tokens as i64],
-        (Kind::Int64, Device::Cpu),
-    );
-    let text: Vec<i64> = Vec::try_from(&text)?;
-    let mut ids = vec![1i64];
-    ids.extend_from_slice(&text[..before]);
-    let first_visual = ids.len();
-    ids.extend(std::iter::repeat_n(m.config.image_token_id, n_img));
-    ids.extend_from_slice(&text[before..before + after]);
-    let grid = (n_img as f64).sqrt() as usize;
-    if grid * grid != n_img {
-        bail!("{n_img} visual tokens do not form a square grid (config {cfg})");
-    }
-    let n = ids.len() as i64;
-    Ok(ModelInputs {
-        input_ids: Tensor::from_slice(&ids).unsqueeze(0).to_device(device),
-        pixel_values: Some(Tensor::randn([1, 3, side, side], (Kind::Float, device))),
-        image_grid_thw: Vec::new(),
-        visual: VisualTokens {
-            positions: (first_visual..first_visual + n_img).collect(),
-            grid: (grid, grid),
-        },
-        position_ids: Tensor::arange(n, (Kind::Int64, device)).unsqueeze(0),
-        rope_deltas: 0,
-    })
-}
-
 pub fn run(args: &BenchArgs) -> Result<()> {
     let (device, kind) = (args.run.device, args.run.dtype);
     let (origin, mut cfg) = load_config(&args.config)?;
@@ -168,7 +120,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let model = VlModel::random(&origin, cfg.clone(), device, kind, args.seed)?;
     sync(device);
     let load_s = t.elapsed().as_secs_f64();
-    let inputs = synthetic_inputs(&model, &cfg, args.text_tokens, device)?;
+    let inputs = model.synthetic_inputs(args.text_tokens)?;
     let num_layers = model.num_layers();
     eprintln!(
         "horizon bench: {} ({num_layers} decoder layers), {} tokens ({} visual), {} on {:?}; random weights in {load_s:.1} s",

@@ -136,6 +136,17 @@ impl VlModel {
         (c.hidden_size, c.intermediate_size, c.num_attention_heads)
     }
 
+    /// A synthetic prompt of `text_tokens` random text tokens around a random image, shaped like
+    /// the family's chat template, for timing random-weight models (`horizon bench`).
+    pub fn synthetic_inputs(&self, text_tokens: usize) -> Result<ModelInputs> {
+        match self {
+            Self::Llava(m) => m.synthetic_inputs(text_tokens, self.device()),
+            Self::Qwen2_5Vl(_) => {
+                bail!("synthetic inputs are built for LLaVA configs only so far (qwen2_5_vl given)")
+            }
+        }
+    }
+
     /// Token id of the image placeholder in prompts.
     pub fn image_token_id(&self) -> i64 {
         match self {

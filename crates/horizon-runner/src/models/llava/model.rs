@@ -2,10 +2,12 @@
 //! the `<image>` positions; the shared decoder; `lm_head`.
 
 use anyhow::{bail, Result};
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 use super::config::LlavaConfig;
 use crate::decoder::Decoder;
+use crate::inputs::ModelInputs;
+use crate::intervention::VisualTokens;
 use crate::models::clip::ClipVisionModel;
 use crate::models::scatter_image_features;
 use crate::nn::{Activation, Linear};
@@ -254,5 +256,43 @@ impl LlavaForConditionalGeneration {
         let embeds = self.language_model.embed(input_ids);
         let features = features.reshape([-1, self.config.text_config.hidden_size]);
         scatter_image_features(&embeds, input_ids, self.config.image_token_id, &features)
+    }
+
+    /// A prompt shaped like the llava-hf template's for timing random-weight models: BOS, up to 4
+    /// random text tokens, the image placeholders, the rest of `text_tokens`, and a random image
+    /// (tch's global generator, so a seeded run repeats it).
+    pub fn synthetic_inputs(&self, text_tokens: usize, device: Device) -> Result<ModelInputs> {
+        let n_img = self.config.num_image_tokens() as usize;
+        let side = self.config.vision_config.image_size;
+        let vocab = self.config.text_config.vocab_size;
+        let before = text_tokens.min(4);
+        let text = Tensor::randint_low(
+            3,
+            vocab.min(32000),
+            [text_tokens as i64],
+            (Kind::Int64, Device::Cpu),
+        );
+        let text: Vec<i64> = Vec::try_from(&text)?;
+        let mut ids = vec![1i64];
+        ids.extend_from_slice(&text[..before]);
+        let first_visual = ids.len();
+        ids.extend(std::iter::repeat_n(self.config.image_token_id, n_img));
+        ids.extend_from_slice(&text[before..]);
+        let grid = (n_img as f64).sqrt() as usize;
+        if grid * grid != n_img {
+            bail!("{n_img} visual tokens do not form a square grid");
+        }
+        let n = ids.len() as i64;
+        Ok(ModelInputs {
+            input_ids: Tensor::from_slice(&ids).unsqueeze(0).to_device(device),
+            pixel_values: Some(Tensor::randn([1, 3, side, side], (Kind::Float, device))),
+            image_grid_thw: Vec::new(),
+            visual: VisualTokens {
+                positions: (first_visual..first_visual + n_img).collect(),
+                grid: (grid, grid),
+            },
+            position_ids: Tensor::arange(n, (Kind::Int64, device)).unsqueeze(0),
+            rope_deltas: 0,
+        })
     }
 }
