@@ -454,9 +454,9 @@ impl Mlp {
 
 /// `LlamaDecoderLayer` / `Qwen2_5_VLDecoderLayer`: pre-norm attention and MLP with residuals.
 pub struct DecoderLayer {
-    pub self_attn: Attention,
+    self_attn: Attention,
     mlp: Mlp,
-    pub input_layernorm: RmsNorm,
+    input_layernorm: RmsNorm,
     post_attention_layernorm: RmsNorm,
 }
 
@@ -515,6 +515,31 @@ impl DecoderLayer {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Tensor {
         self.forward_with(x, cos, sin, cache, None, false).0
+    }
+
+    /// The attention probabilities `[B, heads, S, S]` (float32) of this layer over its input `x`
+    /// (the input norm applied; causal, no cache): HF's `output_attentions=True`.
+    pub fn attention_probs(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        self.self_attn
+            .attention_weights(&self.input_layernorm.forward(x), cos, sin)
+    }
+
+    /// Rows `rows` `[B, R]` of [`Self::attention_probs`]: `[B, heads, R, S]` (float32).
+    pub fn attention_probs_at(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        rows: &Tensor,
+    ) -> Tensor {
+        self.self_attn
+            .attention_weights_at(&self.input_layernorm.forward(x), cos, sin, rows)
+    }
+
+    /// The self-attention block (its probabilities, values and output projection are tested on
+    /// their own).
+    pub fn attention(&self) -> &Attention {
+        &self.self_attn
     }
 }
 

@@ -17,6 +17,7 @@ use crate::models::qwen2_5_vl::{
     Qwen2_5VlConfig, Qwen2_5VlForConditionalGeneration, QWEN2_5_VL_LAYOUTS,
 };
 use crate::nn::Linear;
+use crate::prune::PruneFamily;
 use crate::weights::Weights;
 
 /// Model families horizon runs, by HF `model_type`.
@@ -107,6 +108,15 @@ impl VlModel {
         match self {
             Self::Llava(m) => &m.language_model,
             Self::Qwen2_5Vl(m) => &m.language_model,
+        }
+    }
+
+    /// The family's part in pruning (its vision tower's scores, its position convention before the
+    /// decoder), implemented in the family's folder.
+    pub fn prune_family(&self) -> &dyn PruneFamily {
+        match self {
+            Self::Llava(m) => m.as_ref(),
+            Self::Qwen2_5Vl(m) => m.as_ref(),
         }
     }
 

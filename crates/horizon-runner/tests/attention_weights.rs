@@ -32,7 +32,7 @@ fn attention_weights_recombine_into_the_forward() {
     let positions = Tensor::arange(s, (Kind::Int64, Device::Cpu)).unsqueeze(0);
     let (cos, sin) = lm.rotary_emb.cos_sin(&positions, Kind::Float);
     for layer in &lm.layers {
-        let attn = &layer.self_attn;
+        let attn = layer.attention();
         let w = attn.attention_weights(&x, &cos, &sin);
         assert_eq!(w.size(), [b, lm.cfg.num_attention_heads, s, s]);
         // Rows are distributions and nothing attends to a later token.
@@ -67,7 +67,7 @@ fn attention_weights_at_rows_are_the_full_matrix_rows() {
     let rows = [[8i64, 3, 0, 0], [0, 5, 6, 8]];
     let at = Tensor::from_slice(rows.as_flattened()).reshape([b, 4]);
     for layer in &lm.layers {
-        let attn = &layer.self_attn;
+        let attn = layer.attention();
         let full = attn.attention_weights(&x, &cos, &sin);
         let got = attn.attention_weights_at(&x, &cos, &sin, &at);
         assert_eq!(got.size(), [b, lm.cfg.num_attention_heads, 4, s]);

@@ -130,11 +130,7 @@ fn selector_sees_exact_attention_and_cuts_like_the_static_intervention() {
             .cos_sin(&inputs.position_ids, Kind::Float);
         let full = {
             let _g = tch::no_grad_guard();
-            layer.self_attn.attention_weights(
-                &layer.input_layernorm.forward(&layer_inputs[k - 1]),
-                &cos,
-                &sin,
-            )
+            layer.attention_probs(&layer_inputs[k - 1], &cos, &sin)
         };
         let s = inputs.seq_len() as i64;
         let want = full.select(0, 0).narrow(1, s - 1, 1);

@@ -85,11 +85,10 @@ fn main() {
             .iter()
             .zip(&inputs)
             .map(|(layer, x)| {
-                let x = layer.input_layernorm.forward(x);
                 if rows_only {
-                    layer.self_attn.attention_weights_at(&x, &cos, &sin, &at)
+                    layer.attention_probs_at(x, &cos, &sin, &at)
                 } else {
-                    layer.self_attn.attention_weights(&x, &cos, &sin)
+                    layer.attention_probs(x, &cos, &sin)
                 }
             })
             .collect();

@@ -506,14 +506,7 @@ fn attention_supervision(
         .layers
         .iter()
         .zip(layer_inputs)
-        .map(|(layer, x)| {
-            layer.self_attn.attention_weights_at(
-                &layer.input_layernorm.forward(x),
-                &cos,
-                &sin,
-                &row_positions,
-            )
-        })
+        .map(|(layer, x)| layer.attention_probs_at(x, &cos, &sin, &row_positions))
         .collect();
     let (ev, queries) = attend::evidence_tensors(to_evidence(), &rows, max_len, device);
     // From the shape word, only the layers below the early answer can serve it.

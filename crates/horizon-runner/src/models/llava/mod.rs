@@ -10,6 +10,7 @@
 pub mod config;
 pub mod model;
 pub mod processor;
+mod prune;
 
 pub use config::{LlamaConfig, LlavaConfig};
 pub use model::{

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod model;
 pub mod processor;
+mod prune;
 pub mod vision;
 
 pub use config::{Qwen2_5VlConfig, Qwen2_5VlTextConfig, Qwen2_5VlVisionConfig};

@@ -1,0 +1,269 @@
+//! Stages that build new visual tokens before the decoder (`pooling@0`, `visionzip@0`), and the
+//! rebuild of the prompt around them.
+
+use anyhow::{anyhow, bail, Result};
+use tch::{Kind, Tensor};
+
+use super::methods;
+use super::tensor_rows::{index_tensor, rows_f32, unit_rows};
+use super::{Method, Stage};
+use crate::intervention::{PositionPolicy, VisualTokens};
+use crate::model::{ModelInputs, VlModel};
+
+/// The decoder's inputs after any pre-LLM token-building stage.
+pub(super) struct DecoderInputs {
+    pub embeds: Tensor,
+    pub positions: Tensor,
+    pub rope_deltas: i64,
+    pub visual: VisualTokens,
+}
+
+/// What a token-building stage made: the new visual block `[k, D]`, for each new token the prompt
+/// index whose position ids it takes when positions are kept, its grid, and a note.
+pub(super) struct BuiltTokens {
+    pub block: Tensor,
+    pub representatives: Vec<usize>,
+    pub grid: (usize, usize),
+    pub note: String,
+}
+
+/// A token-building stage (`pooling@0`, `visionzip@0`): the new visual block `[k, D]`, for each new
+/// token the prompt index whose position ids it takes when positions are kept, its grid, a note.
+pub(super) fn build_tokens(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    dec: &DecoderInputs,
+    stage: &Stage,
+) -> Result<BuiltTokens> {
+    let visual = &dec.visual;
+    let n = visual.positions.len();
+    let k = stage.keep.count(n);
+    if k > n {
+        bail!("keeps {k} visual tokens but the prompt has {n}");
+    }
+    match stage.method {
+        Method::Pooling => {
+            let (rows, cols) = visual.grid;
+            if rows * cols != n {
+                bail!("the visual tokens ({n}) do not form their {rows}×{cols} grid");
+            }
+            let (r, c) = methods::pooled_grid(rows, cols, k)?;
+            let x = rows_f32(&dec.embeds, &visual.positions).to_kind(dec.embeds.kind());
+            let d = x.size()[1];
+            let pooled = x
+                .view([1, rows as i64, cols as i64, d])
+                .permute([0, 3, 1, 2])
+                .adaptive_avg_pool2d([r as i64, c as i64])
+                .permute([0, 2, 3, 1])
+                .reshape([(r * c) as i64, d]);
+            let representatives = (0..r)
+                .flat_map(|i| (0..c).map(move |j| (i * rows / r) * cols + j * cols / c))
+                .map(|t| visual.positions[t])
+                .collect();
+            Ok(BuiltTokens {
+                block: pooled,
+                representatives,
+                grid: (r, c),
+                note: format!("grid {r}x{c}"),
+            })
+        }
+        Method::Visionzip => visionzip(model, inputs, dec, k),
+        other => bail!("{} does not build tokens", other.name()),
+    }
+}
+
+/// Python's `round` (half to even), so that the dominant/contextual split is the one the published
+/// settings imply (54 + 10 of 64, 108 + 20 of 128, 162 + 30 of 192).
+fn round_half_even(x: f64) -> usize {
+    let f = x.floor();
+    let frac = x - f;
+    let r = if (frac - 0.5).abs() < 1e-12 {
+        if f % 2.0 == 0.0 {
+            f
+        } else {
+            f + 1.0
+        }
+    } else {
+        x.round()
+    };
+    r as usize
+}
+
+/// VisionZip on the family's vision material ([`super::family::PruneFamily::visionzip_source`]):
+/// dominant tokens (a class token, then the tokens receiving the most attention), then contextual
+/// tokens merged onto evenly spaced targets by key similarity; in the decoder's input space.
+fn visionzip(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    dec: &DecoderInputs,
+    k: usize,
+) -> Result<BuiltTokens> {
+    let pixels = inputs
+        .pixel_values
+        .as_ref()
+        .ok_or_else(|| anyhow!("visionzip needs an image"))?;
+    let family = model.prune_family();
+    let source = family.visionzip_source(inputs, pixels, &dec.embeds, &dec.visual)?;
+    if k == 0 {
+        match source.cls {
+            Some(_) => bail!("visionzip keeps at least the CLS token: keep ≥ 1"),
+            None => bail!("visionzip keeps at least one dominant token: keep ≥ 1"),
+        }
+    }
+    let (dominant, contextual) = visionzip_split(k);
+    let mut chosen = Vec::with_capacity(dominant);
+    let ranked = dominant - usize::from(source.cls.is_some());
+    let candidates: Vec<usize> = (0..source.scores.len())
+        .filter(|&t| Some(t) != source.cls)
+        .collect();
+    let candidate_scores: Vec<f32> = candidates.iter().map(|&t| source.scores[t]).collect();
+    chosen.extend(source.cls);
+    chosen.extend(
+        methods::top_k(&candidate_scores, ranked)
+            .into_iter()
+            .map(|i| candidates[i]),
+    );
+    let (block, sources) = zip_tokens(&source.tokens, &source.keys, &chosen, contextual);
+    let block = family.project_zipped(&block);
+    let count = block.size()[0] as usize;
+    let visual = &dec.visual;
+    Ok(BuiltTokens {
+        block,
+        representatives: sources
+            .iter()
+            .map(|&t| visual.positions[source.visual_index[t]])
+            .collect(),
+        grid: (1, count),
+        note: format!(
+            "dominant {dominant}{}, contextual {} on {} {:?}",
+            if source.cls.is_some() {
+                " (CLS included)"
+            } else {
+                ""
+            },
+            count - dominant,
+            source.token_kind,
+            &sources[dominant..]
+        ),
+    })
+}
+
+/// VisionZip's split of `k` into dominant and contextual tokens, as the published settings (54 + 10
+/// of 64, 108 + 20 of 128, 162 + 30 of 192).
+fn visionzip_split(k: usize) -> (usize, usize) {
+    let dominant = round_half_even(k as f64 * 27.0 / 32.0).clamp(1, k);
+    (dominant, k - dominant)
+}
+
+/// VisionZip's new visual block from tokens `hidden` `[T, D]` with keys `metric` `[T, d]`: the
+/// `chosen` (dominant) rows, then `contextual` tokens merged from the rest ([`merge_contextual`]).
+/// Also returns, per new token, the token it stands for (itself; a contextual token's target).
+fn zip_tokens(
+    hidden: &Tensor,
+    metric: &Tensor,
+    chosen: &[usize],
+    contextual: usize,
+) -> (Tensor, Vec<usize>) {
+    let tokens = hidden.size()[0] as usize;
+    let remaining: Vec<usize> = (0..tokens).filter(|t| !chosen.contains(t)).collect();
+    let pick = |idx: &[usize]| index_tensor(idx, hidden.device());
+    let mut parts = vec![hidden.index_select(0, &pick(chosen))];
+    let mut sources = chosen.to_vec();
+    if contextual > 0 && !remaining.is_empty() {
+        let (merged, target_rows) = merge_contextual(
+            &hidden.index_select(0, &pick(&remaining)),
+            &metric.index_select(0, &pick(&remaining)),
+            contextual,
+        );
+        parts.push(merged);
+        sources.extend(target_rows.iter().map(|&r| remaining[r]));
+    }
+    (Tensor::cat(&parts, 0), sources)
+}
+
+/// VisionZip's contextual tokens: `contextual` targets evenly spaced over the remaining tokens
+/// (stride ⌊N'/C⌋), every other remaining token assigned to the target whose key is most similar
+/// (cosine), each target's state plus the mean of its assignees'. Returns `[C', D]` and the
+/// targets' rows in the remaining tokens.
+fn merge_contextual(hidden: &Tensor, metric: &Tensor, contextual: usize) -> (Tensor, Vec<usize>) {
+    let n = hidden.size()[0] as usize;
+    let pick = |idx: &[usize]| index_tensor(idx, hidden.device());
+    let step = (n / contextual).max(1);
+    let target_rows: Vec<usize> = (0..n).step_by(step).take(contextual).collect();
+    let others: Vec<usize> = (0..n).filter(|i| !target_rows.contains(i)).collect();
+    let m = unit_rows(&metric.to_kind(Kind::Float));
+    let target_h = hidden.index_select(0, &pick(&target_rows));
+    if others.is_empty() {
+        return (target_h, target_rows);
+    }
+    let sim = m
+        .index_select(0, &pick(&others))
+        .matmul(&m.index_select(0, &pick(&target_rows)).transpose(0, 1));
+    let assign = sim.argmax(1, false);
+    let one_hot = Tensor::zeros(
+        [others.len() as i64, target_rows.len() as i64],
+        (hidden.kind(), hidden.device()),
+    )
+    .scatter_value(1, &assign.unsqueeze(1), 1.0);
+    let counts = one_hot
+        .sum_dim_intlist(0, false, hidden.kind())
+        .clamp_min(1.0);
+    let summed = one_hot
+        .transpose(0, 1)
+        .matmul(&hidden.index_select(0, &pick(&others)));
+    (target_h + summed / counts.unsqueeze(1), target_rows)
+}
+
+/// The prompt with its visual span replaced by `block`; positions renumbered or taken from
+/// `representatives`.
+pub(super) fn rebuild(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    dec: DecoderInputs,
+    built: &BuiltTokens,
+    policy: PositionPolicy,
+) -> Result<DecoderInputs> {
+    let (block, representatives, grid) = (&built.block, &built.representatives, built.grid);
+    let visual = &dec.visual.positions;
+    let (first, last) = match (visual.first(), visual.last()) {
+        (Some(&f), Some(&l)) if l - f + 1 == visual.len() => (f, l),
+        _ => bail!("the prompt's visual tokens are not one contiguous block"),
+    };
+    let s = inputs.seq_len();
+    let k = block.size()[0] as usize;
+    let embeds = Tensor::cat(
+        &[
+            dec.embeds.narrow(1, 0, first as i64),
+            block.to_kind(dec.embeds.kind()).unsqueeze(0),
+            dec.embeds.narrow(1, last as i64 + 1, (s - last - 1) as i64),
+        ],
+        1,
+    );
+    let new_len = s - visual.len() + k;
+    let rotary = &model.decoder().rotary_emb;
+    let device = embeds.device();
+    let (positions, rope_deltas) = match policy {
+        PositionPolicy::Renumbered => (rotary.contiguous_positions(new_len as i64, device), 0),
+        PositionPolicy::Original => {
+            let rows: Vec<i64> = (0..first)
+                .chain(representatives.iter().copied())
+                .chain(last + 1..s)
+                .map(|p| p as i64)
+                .collect();
+            let rows = Tensor::from_slice(&rows).to_device(device).unsqueeze(0);
+            (
+                rotary.gather_positions(&dec.positions, &rows),
+                dec.rope_deltas + (s - new_len) as i64,
+            )
+        }
+    };
+    Ok(DecoderInputs {
+        embeds,
+        positions,
+        rope_deltas,
+        visual: VisualTokens {
+            positions: (first..first + k).collect(),
+            grid,
+        },
+    })
+}
