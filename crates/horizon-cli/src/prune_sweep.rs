@@ -38,7 +38,7 @@ pub struct PruneSweepArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Methods to sweep, comma-separated (random is always added). Methods that cannot run at some
-    /// layer (fastv at 0, pooling past 0, …) skip it, and sweep.json lists what was skipped.
+    /// layer (fastv at 0, avg-pooling past 0, …) skip it, and sweep.json lists what was skipped.
     #[arg(long, default_value = "fastv,divprune", value_delimiter = ',')]
     pub methods: Vec<String>,
     /// Pruning layers K: `all`, a list `0,2,4` or ranges `1-8` (default: all layers).

@@ -847,7 +847,7 @@ fn prune_cases(d: &Path) -> Vec<Case> {
             "prune: pooling to no grid",
             llava(),
             "pooling@0:7",
-            vec!["stage 1 `pooling@0:7`", "7 tokens is no rows"],
+            vec!["stage 1 `avg-pooling@0:7`", "7 tokens is no rows"],
         ),
         (
             "prune: bad percentage",

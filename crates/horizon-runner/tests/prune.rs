@@ -300,3 +300,82 @@ fn pruned_decoding_with_the_cache_equals_recomputation() {
         }
     }
 }
+
+/// The paper's Pooling (Algorithm 4 of "Token Pruning in MLLMs: Are We Solving the Right Problem?")
+/// recomputed naively from the unpruned layer-K input: each window of the visual grid keeps the
+/// token with the largest L1 norm (summed in f64 here), and the pruned logits are those of a plain
+/// cut at K with that keep-set. Windows whose two largest norms are within 1e-4 would make the
+/// choice depend on rounding, so the test asserts a clear margin first.
+#[test]
+fn paper_pooling_keeps_the_largest_l1_token_of_each_window() {
+    for name in ["llava", "qwen2_5_vl"] {
+        let f = family(name);
+        let (rows, cols) = f.inputs.visual.grid;
+        let (r, c) = (rows / 2, cols / 2);
+        assert!(r > 0 && c > 0, "{name}: a {rows}x{cols} grid");
+        let vis = &f.inputs.visual.positions;
+        let mut layer_inputs = Vec::new();
+        f.model
+            .prefill(
+                &f.inputs,
+                &mut Intervention::none(),
+                None,
+                Some(&mut layer_inputs),
+            )
+            .unwrap();
+        for layer in [1usize, 2] {
+            let x = layer_inputs[layer].select(0, 0).to_kind(Kind::Double);
+            let l1: Vec<f64> = vis
+                .iter()
+                .map(|&p| x.get(p as i64).abs().sum(Kind::Double).double_value(&[]))
+                .collect();
+            let mut want = Vec::new();
+            for i in 0..r {
+                for j in 0..c {
+                    // 2x2 windows; an odd last row/column joins the last window.
+                    let ys = 2 * i..if i + 1 == r { rows } else { 2 * i + 2 };
+                    let xs = 2 * j..if j + 1 == c { cols } else { 2 * j + 2 };
+                    let mut members: Vec<usize> = ys
+                        .flat_map(|y| xs.clone().map(move |x| y * cols + x))
+                        .collect();
+                    members.sort_by(|&a, &b| l1[b].total_cmp(&l1[a]));
+                    let margin = (l1[members[0]] - l1[members[1]]) / l1[members[0]];
+                    assert!(
+                        margin > 1e-4,
+                        "{name} @{layer} window ({i},{j}): margin {margin}"
+                    );
+                    want.push(vis[members[0]]);
+                }
+            }
+            want.sort_unstable();
+            let spec = PruneSpec::parse(&format!("pooling@{layer}:{}", r * c)).unwrap();
+            let run = prefill_pruned(
+                &f.model,
+                &f.inputs,
+                &spec,
+                &PruneOptions::default(),
+                0,
+                None,
+                None,
+            )
+            .unwrap();
+            assert_eq!(run.stages[0].kept_visual, want, "{name} @{layer}");
+            let s = f.inputs.seq_len();
+            let keep: Vec<usize> = (0..s)
+                .filter(|p| !vis.contains(p) || want.contains(p))
+                .collect();
+            let mut cut = Intervention::cut_at(layer, keep).unwrap();
+            let plain = f.model.prefill(&f.inputs, &mut cut, None, None).unwrap();
+            let h = &plain.hidden;
+            let plain_logits = f
+                .model
+                .lm_head(&h.narrow(1, h.size()[1] - 1, 1))
+                .to_kind(Kind::Float)
+                .reshape([-1]);
+            assert!(
+                last_logits(&f.model, &run).equal(&plain_logits),
+                "{name} @{layer}: logits of the plain cut"
+            );
+        }
+    }
+}

@@ -140,6 +140,34 @@ pub fn dart(image_pivots: &[usize], pivot_sims: &[Vec<f32>], n: usize, k: usize)
     (0..n).filter(|&j| kept[j]).collect()
 }
 
+/// The paper's Pooling (Algorithm 4 of "Token Pruning in MLLMs: Are We Solving the Right Problem?"):
+/// the `rows × cols` grid of `scores` (row-major) cut into `r × c` windows, rows `⌊i·rows/r⌋ ..
+/// ⌊(i+1)·rows/r⌋` and likewise columns (its `a × a` windows when `a` divides the grid), and from each
+/// the token with the largest score (ties: the first in raster order); ascending indices.
+pub fn window_max(
+    scores: &[f32],
+    (rows, cols): (usize, usize),
+    (r, c): (usize, usize),
+) -> Vec<usize> {
+    let mut kept = Vec::with_capacity(r * c);
+    for i in 0..r {
+        for j in 0..c {
+            let mut best: Option<usize> = None;
+            for y in i * rows / r..(i + 1) * rows / r {
+                for x in j * cols / c..(j + 1) * cols / c {
+                    let t = y * cols + x;
+                    if best.is_none_or(|b| scores[t] > scores[b]) {
+                        best = Some(t);
+                    }
+                }
+            }
+            kept.extend(best);
+        }
+    }
+    kept.sort_unstable();
+    kept
+}
+
 /// Pooling's target grid for `k` tokens from a `rows × cols` grid: the factorization `r × (k / r)`
 /// that fits the grid with the aspect ratio closest to the grid's (ties: fewer rows).
 pub fn pooled_grid(rows: usize, cols: usize, k: usize) -> Result<(usize, usize)> {

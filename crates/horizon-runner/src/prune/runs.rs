@@ -199,6 +199,15 @@ impl LayerSweep {
             for &layer in &self.layers {
                 let text = format!("{}@{layer}:{}", method.name(), self.keep);
                 match PruneSpec::parse(&text).and_then(|s| s.check(num_layers).map(|_| s)) {
+                    // `pooling@0` reads as the old name of `avg-pooling@0`; a curve is one method.
+                    Ok(spec) if spec.stages[0].method != method => skipped.push(SkippedSpec {
+                        spec: text.clone(),
+                        why: format!(
+                            "{} is the paper's Pooling, inside the decoder from K = 1 ({text} reads as {spec}; sweep {} for it)",
+                            method.name(),
+                            spec.stages[0].method.name()
+                        ),
+                    }),
                     Ok(spec) => points.push(SweepPoint {
                         method,
                         layer,

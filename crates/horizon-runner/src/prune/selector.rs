@@ -256,7 +256,26 @@ impl<'a> PruneSelector<'a> {
                     .collect();
                 (chosen, String::new())
             }
-            Method::Pooling | Method::Visionzip => bail!("builds tokens; only before the decoder"),
+            Method::Pooling => {
+                let (rows, cols) = ctx.visual.grid;
+                if rows * cols != n {
+                    bail!("pooling needs the full {rows}×{cols} visual grid, {n} tokens are left");
+                }
+                let (r, c) = methods::pooled_grid(rows, cols, k)?;
+                // ‖x‖₁ of each visual token's layer-K input.
+                let l1 = to_vec_f32(&rows_f32(hidden, vis_rows).abs().sum_dim_intlist(
+                    1,
+                    false,
+                    Kind::Float,
+                ));
+                (
+                    methods::window_max(&l1, (rows, cols), (r, c)),
+                    format!("grid {r}x{c}"),
+                )
+            }
+            Method::AvgPooling | Method::Visionzip => {
+                bail!("builds tokens; only before the decoder")
+            }
         })
     }
 }

@@ -19,8 +19,13 @@ pub enum Method {
     Fastv,
     /// Window FastV: FastV scores, a fixed share of the budget per spatial window.
     WindowFastv,
-    /// Average pooling of the projected visual grid (pre-LLM, creates tokens).
+    /// The Pooling of "Token Pruning in MLLMs: Are We Solving the Right Problem?" (Algorithm 4):
+    /// inside the decoder at K ≥ 1, each window of the visual grid keeps its original token with the
+    /// largest L1 norm of the layer-K input.
     Pooling,
+    /// Average pooling of the projected visual grid (pre-LLM, creates tokens). `pooling@0`, its name
+    /// before the paper's Pooling existed, still reads as `avg-pooling@0`.
+    AvgPooling,
     /// DivPrune: greedy max–min cosine diversity of the tokens at K (the projected embeddings at 0).
     Divprune,
     /// DART: least-duplicated tokens per key-norm pivot, from layer K − 1's keys and final-normed states.
@@ -40,11 +45,12 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 11] = [
+    pub const ALL: [Method; 12] = [
         Method::Random,
         Method::Fastv,
         Method::WindowFastv,
         Method::Pooling,
+        Method::AvgPooling,
         Method::Divprune,
         Method::Dart,
         Method::Vtw,
@@ -60,6 +66,7 @@ impl Method {
             Method::Fastv => "fastv",
             Method::WindowFastv => "window-fastv",
             Method::Pooling => "pooling",
+            Method::AvgPooling => "avg-pooling",
             Method::Divprune => "divprune",
             Method::Dart => "dart",
             Method::Vtw => "vtw",
@@ -84,7 +91,7 @@ impl Method {
 
     /// Methods that build new visual tokens from the projected grid (only before the decoder).
     pub fn creates_tokens(self) -> bool {
-        matches!(self, Method::Pooling | Method::Visionzip)
+        matches!(self, Method::AvgPooling | Method::Visionzip)
     }
 }
 
@@ -184,6 +191,12 @@ impl PruneSpec {
             let layer: usize = layer
                 .parse()
                 .map_err(|_| at(format!("layer `{layer}` is not a non-negative integer")))?;
+            // `pooling@0` named the average pooling before the paper's Pooling (K ≥ 1) existed.
+            let method = if method == Method::Pooling && layer == 0 {
+                Method::AvgPooling
+            } else {
+                method
+            };
             let keep = match keep.strip_suffix('%') {
                 Some(p) => {
                     let p: f64 = p
@@ -225,11 +238,11 @@ impl PruneSpec {
                         method.name()
                     )));
                 }
-                if method == Method::WindowFastv {
-                    bail!(at(
-                        "window-fastv tiles the full visual grid, so it must be the first stage"
-                            .into()
-                    ));
+                if matches!(method, Method::WindowFastv | Method::Pooling) {
+                    bail!(at(format!(
+                        "{} tiles the full visual grid, so it must be the first stage",
+                        method.name()
+                    )));
                 }
                 if method == Method::Info {
                     bail!(at(
@@ -259,7 +272,9 @@ impl PruneSpec {
                     "todre at K > 0 is the all-or-nothing relevance test: write todre@K:0".into()
                 ));
             }
-            if method == Method::Pooling && keep.count(usize::MAX / 200) == 0 {
+            if matches!(method, Method::Pooling | Method::AvgPooling)
+                && keep.count(usize::MAX / 200) == 0
+            {
                 bail!(at("pooling to no token: keep at least 1".into()));
             }
             stages.push(stage);
@@ -334,6 +349,13 @@ mod tests {
             PruneSpec::parse("vtw@16:0").unwrap().to_string(),
             "vtw@16:0"
         );
+        // `pooling@0` is the average pooling's old name; from K = 1 it is the paper's Pooling.
+        let s = PruneSpec::parse("pooling@0:144").unwrap();
+        assert_eq!(s.stages[0].method, Method::AvgPooling);
+        assert_eq!(s.to_string(), "avg-pooling@0:144");
+        let s = PruneSpec::parse("pooling@2:144").unwrap();
+        assert_eq!(s.stages[0].method, Method::Pooling);
+        assert_eq!(s.to_string(), "pooling@2:144");
         // Percentages round down: 12.5% of 576 is exactly 72.
         assert_eq!(Keep::Percent(12.5).count(576), 72);
     }
@@ -353,7 +375,8 @@ mod tests {
             ),
             ("random@2:38,random@10:40", "more than the 38"),
             ("random@2:38,window-fastv@3:10", "must be the first stage"),
-            ("pooling@3:144", "before the decoder"),
+            ("avg-pooling@3:144", "before the decoder"),
+            ("random@1:38,pooling@3:9", "must be the first stage"),
             ("vtw@3:10", "write vtw@K:0"),
             ("todre@0:10,todre@3:5", "write todre@K:0"),
             ("", "empty spec"),

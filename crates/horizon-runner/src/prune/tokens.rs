@@ -1,4 +1,4 @@
-//! Stages that build new visual tokens before the decoder (`pooling@0`, `visionzip@0`), and the
+//! Stages that build new visual tokens before the decoder (`avg-pooling@0`, `visionzip@0`), and the
 //! rebuild of the prompt around them.
 
 use anyhow::{anyhow, bail, Result};
@@ -27,7 +27,7 @@ pub(super) struct BuiltTokens {
     pub note: String,
 }
 
-/// A token-building stage (`pooling@0`, `visionzip@0`): the new visual block `[k, D]`, for each new
+/// A token-building stage (`avg-pooling@0`, `visionzip@0`): the new visual block `[k, D]`, for each new
 /// token the prompt index whose position ids it takes when positions are kept, its grid, a note.
 pub(super) fn build_tokens(
     model: &VlModel,
@@ -42,7 +42,7 @@ pub(super) fn build_tokens(
         bail!("keeps {k} visual tokens but the prompt has {n}");
     }
     match stage.method {
-        Method::Pooling => {
+        Method::AvgPooling => {
             let (rows, cols) = visual.grid;
             if rows * cols != n {
                 bail!("the visual tokens ({n}) do not form their {rows}×{cols} grid");
