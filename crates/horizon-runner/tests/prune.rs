@@ -379,3 +379,95 @@ fn paper_pooling_keeps_the_largest_l1_token_of_each_window() {
         }
     }
 }
+
+/// ToDRE's relevance stage recomputed naively: both ratios at every layer from the full attention
+/// matrices of the unpruned run (head mean; text = the tokens after the image), and the stage
+/// withdraws every visual token before the first layer from K on where both are below τ. Thresholds
+/// are taken just above each layer's larger ratio and the stage starts at every K, so the picks land
+/// on different layers.
+#[test]
+fn todre_withdraws_at_the_first_layer_where_both_ratios_fall_below_tau() {
+    for name in ["llava", "qwen2_5_vl"] {
+        let f = family(name);
+        let vis = &f.inputs.visual.positions;
+        let s = f.inputs.seq_len();
+        let last_vis = *vis.last().unwrap();
+        let text: Vec<i64> = (last_vis + 1..s).map(|p| p as i64).collect();
+        let vis_t: Vec<i64> = vis.iter().map(|&p| p as i64).collect();
+        let (text, vis_t) = (Tensor::from_slice(&text), Tensor::from_slice(&vis_t));
+        let mut layer_inputs = Vec::new();
+        f.model
+            .prefill(
+                &f.inputs,
+                &mut Intervention::none(),
+                None,
+                Some(&mut layer_inputs),
+            )
+            .unwrap();
+        let decoder = f.model.decoder();
+        let num_layers = f.model.num_layers();
+        let (cos, sin) = decoder
+            .rotary_emb
+            .cos_sin(&f.inputs.position_ids, Kind::Float);
+        // ratios[l]: from the attention of layer l - 1, which the test before layer l reads.
+        let mut ratios = vec![(f64::NAN, f64::NAN)];
+        for l in 1..num_layers {
+            let a = {
+                let _g = tch::no_grad_guard();
+                decoder.layers[l - 1]
+                    .attention_probs(&layer_inputs[l - 1], &cos, &sin)
+                    .select(0, 0)
+                    .mean_dim(0, false, Kind::Double)
+            };
+            let block = a
+                .index_select(0, &text)
+                .index_select(1, &vis_t)
+                .sum(Kind::Double)
+                .double_value(&[]);
+            let text_rows = a.index_select(0, &text).sum(Kind::Double).double_value(&[]);
+            let vis_cols = a
+                .index_select(1, &vis_t)
+                .sum(Kind::Double)
+                .double_value(&[]);
+            ratios.push((block / text_rows, block / vis_cols));
+        }
+        let mut picks = std::collections::BTreeSet::new();
+        for (from, l) in (1..num_layers).flat_map(|from| (from..num_layers).map(move |l| (from, l)))
+        {
+            let tau = ratios[l].0.max(ratios[l].1) * 1.05;
+            let clear = ratios[from..]
+                .iter()
+                .all(|&(tv, vt)| (tv - tau).abs() > 1e-4 && (vt - tau).abs() > 1e-4);
+            if !clear {
+                continue;
+            }
+            let want = (from..num_layers).find(|&j| ratios[j].0 < tau && ratios[j].1 < tau);
+            let options = PruneOptions {
+                tau,
+                ..PruneOptions::default()
+            };
+            let spec = PruneSpec::parse(&format!("todre@{from}:0")).unwrap();
+            let run = prefill_pruned(&f.model, &f.inputs, &spec, &options, 0, None, None).unwrap();
+            let per_layer: Vec<usize> = (0..num_layers)
+                .map(|j| {
+                    if want.is_some_and(|w| j >= w) {
+                        0
+                    } else {
+                        vis.len()
+                    }
+                })
+                .collect();
+            assert_eq!(
+                run.counts.per_layer, per_layer,
+                "{name} tau {tau}: ratios {ratios:?}"
+            );
+            assert_eq!(run.stages.len(), 1, "{name}: one record");
+            picks.insert((from, want));
+        }
+        let layers: std::collections::BTreeSet<_> = picks.iter().map(|(_, w)| *w).collect();
+        assert!(
+            layers.len() >= 2,
+            "{name}: the picks {picks:?} do not move: {ratios:?}"
+        );
+    }
+}

@@ -190,26 +190,38 @@ pub fn pooled_grid(rows: usize, cols: usize, k: usize) -> Result<(usize, usize)>
     }
 }
 
-/// ToDRE's cross-modal attention ratios from head-mean probabilities `att` (`s × s`, row-major):
-/// `α_{t→v}` (share of the text rows' attention on visual keys) and `α_{v→t}`.
+/// ToDRE's cross-modal attention ratios from head-mean probabilities `att` (`s × s`, row-major,
+/// causal). Both measure the text-query × visual-key block, the only cross-modal attention a causal
+/// decoder has when the image precedes the text: `α_{t→v}` as a share of what the text rows attend
+/// to (text-to-visual), `α_{v→t}` as a share of what the visual keys receive from every query
+/// (visual-to-text: how much of the visual tokens' attention mass flows to the text). Both are high
+/// in early layers and decay with depth, as the paper's Figure 2 shows for both.
 pub fn cross_modal_ratios(att: &[f32], s: usize, visual: &[usize], text: &[usize]) -> (f64, f64) {
-    let ratio = |rows: &[usize], cols: &[usize]| {
-        let (mut part, mut total) = (0f64, 0f64);
-        for &i in rows {
-            for j in 0..s {
-                total += att[i * s + j] as f64;
-            }
-            for &j in cols {
-                part += att[i * s + j] as f64;
-            }
-        }
-        if total > 0.0 {
-            part / total
-        } else {
-            0.0
-        }
-    };
-    (ratio(text, visual), ratio(visual, text))
+    let block: f64 = text
+        .iter()
+        .flat_map(|&i| visual.iter().map(move |&j| att[i * s + j] as f64))
+        .sum();
+    let text_rows: f64 = text
+        .iter()
+        .flat_map(|&i| (0..s).map(move |j| att[i * s + j] as f64))
+        .sum();
+    let visual_cols: f64 = (0..s)
+        .flat_map(|i| visual.iter().map(move |&j| att[i * s + j] as f64))
+        .sum();
+    let share = |part: f64, total: f64| if total > 0.0 { part / total } else { 0.0 };
+    (share(block, text_rows), share(block, visual_cols))
+}
+
+/// ToDRE's relevance rule at one layer: every visual token is withdrawn once both cross-modal
+/// ratios are below `tau`.
+pub fn todre_withdraws(alpha_tv: f64, alpha_vt: f64, tau: f64) -> bool {
+    alpha_tv < tau && alpha_vt < tau
+}
+
+/// The layer ToDRE's relevance stage withdraws the visual tokens before: the first of `from..` whose
+/// ratios (`ratios[l]`, computed from layer `l − 1`'s attention) are both below `tau`.
+pub fn todre_layer(ratios: &[(f64, f64)], from: usize, tau: f64) -> Option<usize> {
+    (from..ratios.len()).find(|&l| todre_withdraws(ratios[l].0, ratios[l].1, tau))
 }
 
 #[cfg(test)]
@@ -275,7 +287,35 @@ mod tests {
         // 3 tokens: 0 text-before, 1 visual, 2 text-after; row 2 gives 0.25 to the visual token.
         let att = [1.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.5, 0.25, 0.25];
         let (tv, vt) = cross_modal_ratios(&att, 3, &[1], &[2]);
+        // Text row 2 gives a quarter of its attention to the visual token.
         assert!((tv - 0.25).abs() < 1e-12);
-        assert_eq!(vt, 0.0);
+        // The visual key receives 0.5 (from itself) + 0.25 (from the text): a third from the text.
+        assert!((vt - 0.25 / 0.75).abs() < 1e-12);
+    }
+
+    /// The relevance stage waits for both ratios: raising either one above τ at the layer it picks
+    /// moves the pick to the next layer where both are below again.
+    #[test]
+    fn todre_layer_moves_with_either_ratio() {
+        let tau = 0.1;
+        let ratios = vec![
+            (0.5, 0.4),
+            (0.3, 0.2),
+            (0.08, 0.2),
+            (0.05, 0.06),
+            (0.04, 0.05),
+            (0.02, 0.03),
+        ];
+        assert_eq!(todre_layer(&ratios, 1, tau), Some(3));
+        let mut tv_up = ratios.clone();
+        tv_up[3].0 = 0.12;
+        assert_eq!(todre_layer(&tv_up, 1, tau), Some(4));
+        let mut vt_up = ratios.clone();
+        vt_up[3].1 = 0.12;
+        vt_up[4].1 = 0.11;
+        assert_eq!(todre_layer(&vt_up, 1, tau), Some(5));
+        // Layer 2 has the text-to-visual ratio below τ but not the other: no withdrawal there.
+        assert_eq!(todre_layer(&ratios, 2, tau), Some(3));
+        assert_eq!(todre_layer(&ratios, 1, 0.01), None);
     }
 }

@@ -27,6 +27,9 @@ pub(super) struct PruneSelector<'a> {
     fixed: Vec<(usize, Vec<usize>)>,
     /// ToDRE's pivot (index into the prompt's visual tokens).
     todre_pivot: Option<usize>,
+    /// Whether ToDRE's relevance stage has decided (it tests every layer from its K until both
+    /// ratios fall below τ, or the last layer).
+    todre_decided: bool,
     records: Vec<StageRecord>,
 }
 
@@ -50,6 +53,7 @@ impl<'a> PruneSelector<'a> {
             raters: None,
             fixed: Vec::new(),
             todre_pivot: None,
+            todre_decided: false,
             records,
         }
     }
@@ -59,8 +63,20 @@ impl<'a> PruneSelector<'a> {
         self.records
     }
 
+    /// The stage run before `layer`: the one at that layer, else ToDRE's relevance stage while it
+    /// has not decided (from its K on).
     fn stage_at(&self, layer: usize) -> Option<&(usize, Stage)> {
-        self.stages.iter().find(|(_, s)| s.layer == layer)
+        self.stages
+            .iter()
+            .find(|(_, s)| s.layer == layer)
+            .or_else(|| {
+                self.stages.iter().find(|(_, s)| {
+                    s.method == Method::Todre
+                        && s.layer > 0
+                        && layer > s.layer
+                        && !self.todre_decided
+                })
+            })
     }
 
     /// Work done once before the prefill: the information oracle's windows, ToDRE's pivot.
@@ -180,13 +196,19 @@ impl<'a> PruneSelector<'a> {
                 };
                 let (tv, vt) = methods::cross_modal_ratios(&a, s, vis_rows, &text);
                 let tau = self.options.tau;
-                let drop = tv < tau && vt < tau;
+                let drop = methods::todre_withdraws(tv, vt, tau);
+                if !drop && ctx.layer + 1 < ctx.num_layers {
+                    // Not this layer: the next one tests again.
+                    return Ok((Vec::new(), String::new()));
+                }
+                self.todre_decided = true;
                 let chosen = if drop { Vec::new() } else { (0..n).collect() };
                 (
                     chosen,
                     format!(
-                        "alpha_tv {tv:.4}, alpha_vt {vt:.4}, tau {tau}: {}",
-                        if drop { "withdrawn" } else { "kept" }
+                        "alpha_tv {tv:.4}, alpha_vt {vt:.4}, tau {tau}: {} before layer {}",
+                        if drop { "withdrawn" } else { "kept to the end" },
+                        ctx.layer
                     ),
                 )
             }
@@ -301,6 +323,9 @@ impl TokenSelector for PruneSelector<'_> {
         let (chosen, note) = self
             .choose(index, &stage, ctx, &vis_rows)
             .map_err(|e| anyhow!("{label}: {e:#}"))?;
+        if stage.method == Method::Todre && stage.layer > 0 && !self.todre_decided {
+            return Ok(None);
+        }
         let mut keep_row = vec![true; ctx.kept.len()];
         for &r in &vis_rows {
             keep_row[r] = false;

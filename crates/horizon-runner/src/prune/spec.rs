@@ -37,8 +37,8 @@ pub enum Method {
     Visionzip,
     /// SparseVLM: attention of text raters at layer K − 1, top-k (several stages), no recycling.
     Sparsevlm,
-    /// ToDRE: max-sum diversity before the LLM (`@0`), and at a later layer the all-or-nothing
-    /// relevance test (`@K:0`).
+    /// ToDRE: max-sum diversity before the LLM (`@0`), and the all-or-nothing relevance test
+    /// (`@K:0`) before every layer from K on until both cross-modal ratios fall below τ.
     Todre,
     /// The information oracle: the windows with the most information at K (arXiv 2512.07580, Fig. 6).
     Info,
