@@ -112,7 +112,7 @@ impl ClipImageProcessorConfig {
         Self::from_config(&ConfigFile::parse(text, origin.as_ref())?)
     }
 
-    fn from_config(file: &ConfigFile) -> Result<Self> {
+    pub(crate) fn from_config(file: &ConfigFile) -> Result<Self> {
         let d = Self::default();
         let size = match file.get::<SizeField>("size")? {
             Some(s) => s.into_size(false),

@@ -3,11 +3,14 @@
 //! * [`resample`]: Pillow's uint8 BICUBIC resize, bit-exact, with the pass order of a chosen Pillow
 //!   release ([`ResampleOrder`]).
 //! * [`clip`]: `CLIPImageProcessor` / `LlavaImageProcessor` (PIL backend) pixel values.
+//! * [`anyres`]: `LlavaNextImageProcessor` (PIL backend): best-fit resolution, resize and pad, tiles
+//!   plus the base image; the anyres token layout its processor and model share.
 //! * [`qwen`]: `Qwen2VLImageProcessor` (PIL backend) `smart_resize`, flattened patches and grid.
 //!
 //! The fixtures under `tests/fixtures/imageproc/` (made by `fixtures/make_resize_refs.py`) hold the
 //! Pillow / transformers references these are compared against bit for bit.
 
+pub mod anyres;
 pub mod clip;
 mod config;
 pub mod qwen;
@@ -18,6 +21,10 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use image::{DynamicImage, RgbImage};
 
+pub use anyres::{
+    llava_next_preprocess, select_best_resolution, AnyresLayout, AnyresPixelValues,
+    LlavaNextImageProcessorConfig,
+};
 pub use clip::{clip_preprocess, pad_to_square, ClipImageProcessorConfig, ImageSize, PixelValues};
 pub use config::{OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
 pub use qwen::{qwen2vl_preprocess, smart_resize, Qwen2VlImageProcessorConfig, QwenPatches};
