@@ -8,10 +8,12 @@ use crate::intervention::VisualTokens;
 pub struct ModelInputs {
     /// `[1, S]` int64.
     pub input_ids: Tensor,
-    /// LLaVA: `[1, 3, H, W]` float32; Qwen2.5-VL: patches `[N, patch_dim]` float32. Cast to the vision
+    /// LLaVA: `[1, 3, H, W]` float32; LLaVA-NeXT: the base image and the tiles `[tiles, 3, H, W]`; Qwen2.5-VL: patches `[N, patch_dim]` float32. Cast to the vision
     /// tower's dtype inside.
     pub pixel_values: Option<Tensor>,
-    /// Qwen2.5-VL: patch grid `[t, h, w]` of each image (empty for LLaVA).
+    /// Per image, what the family's vision side needs of its geometry: Qwen2.5-VL its patch grid
+    /// `[t, h, w]`; LLaVA-NeXT `[1, height, width]`, the image size before processing
+    /// (`image_sizes`); empty for LLaVA-1.5.
     pub image_grid_thw: Vec<[i64; 3]>,
     /// Where the visual tokens sit and their grid.
     pub visual: VisualTokens,

@@ -13,6 +13,9 @@ use crate::decoder::{Decoder, DecoderOutput, KvCache};
 pub use crate::inputs::ModelInputs;
 use crate::intervention::TokenSelector;
 use crate::models::llava::{LlavaConfig, LlavaForConditionalGeneration, LLAVA_LAYOUTS};
+use crate::models::llava_next::{
+    LlavaNextConfig, LlavaNextForConditionalGeneration, LLAVA_NEXT_LAYOUTS,
+};
 use crate::models::qwen2_5_vl::{
     Qwen2_5VlConfig, Qwen2_5VlForConditionalGeneration, QWEN2_5_VL_LAYOUTS,
 };
@@ -21,11 +24,12 @@ use crate::prune::PruneFamily;
 use crate::weights::Weights;
 
 /// Model families horizon runs, by HF `model_type`.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llava", "qwen2_5_vl"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llava", "llava_next", "qwen2_5_vl"];
 
 /// A loaded vision-language model of any supported family.
 pub enum VlModel {
     Llava(Box<LlavaForConditionalGeneration>),
+    LlavaNext(Box<LlavaNextForConditionalGeneration>),
     Qwen2_5Vl(Box<Qwen2_5VlForConditionalGeneration>),
 }
 
@@ -76,6 +80,18 @@ impl VlModel {
                 weights.check_all_used(|n| model.unused_by_design(n))?;
                 Ok(Self::Llava(Box::new(model)))
             }
+            "llava_next" => {
+                let config = LlavaNextConfig::from_json(path, value)?;
+                let weights = match weights {
+                    Some(w) => w,
+                    None => Weights::open(dir, LLAVA_NEXT_LAYOUTS, device, kind)
+                        .with_context(|| format!("loading {}", dir.display()))?,
+                };
+                let model = LlavaNextForConditionalGeneration::from_weights(&weights, config)
+                    .with_context(|| format!("loading {}", dir.display()))?;
+                weights.check_all_used(|n| model.unused_by_design(n))?;
+                Ok(Self::LlavaNext(Box::new(model)))
+            }
             "qwen2_5_vl" => {
                 let config = Qwen2_5VlConfig::from_json(path, value)?;
                 let weights = match weights {
@@ -99,6 +115,7 @@ impl VlModel {
     pub fn model_type(&self) -> &'static str {
         match self {
             Self::Llava(_) => "llava",
+            Self::LlavaNext(_) => "llava_next",
             Self::Qwen2_5Vl(_) => "qwen2_5_vl",
         }
     }
@@ -107,6 +124,7 @@ impl VlModel {
     pub fn decoder(&self) -> &Decoder {
         match self {
             Self::Llava(m) => &m.language_model,
+            Self::LlavaNext(m) => &m.llava.language_model,
             Self::Qwen2_5Vl(m) => &m.language_model,
         }
     }
@@ -116,6 +134,7 @@ impl VlModel {
     pub fn prune_family(&self) -> &dyn PruneFamily {
         match self {
             Self::Llava(m) => m.as_ref(),
+            Self::LlavaNext(m) => m.as_ref(),
             Self::Qwen2_5Vl(m) => m.as_ref(),
         }
     }
@@ -123,6 +142,7 @@ impl VlModel {
     fn lm_head_linear(&self) -> &Linear {
         match self {
             Self::Llava(m) => &m.lm_head,
+            Self::LlavaNext(m) => &m.llava.lm_head,
             Self::Qwen2_5Vl(m) => &m.lm_head,
         }
     }
@@ -151,9 +171,10 @@ impl VlModel {
     pub fn synthetic_inputs(&self, text_tokens: usize) -> Result<ModelInputs> {
         match self {
             Self::Llava(m) => m.synthetic_inputs(text_tokens, self.device()),
-            Self::Qwen2_5Vl(_) => {
-                bail!("synthetic inputs are built for LLaVA configs only so far (qwen2_5_vl given)")
-            }
+            Self::LlavaNext(_) | Self::Qwen2_5Vl(_) => bail!(
+                "synthetic inputs are built for LLaVA configs only so far ({} given)",
+                self.model_type()
+            ),
         }
     }
 
@@ -161,6 +182,7 @@ impl VlModel {
     pub fn image_token_id(&self) -> i64 {
         match self {
             Self::Llava(m) => m.config.image_token_id,
+            Self::LlavaNext(m) => m.config.llava.image_token_id,
             Self::Qwen2_5Vl(m) => m.config.image_token_id,
         }
     }
@@ -171,6 +193,11 @@ impl VlModel {
         let _guard = tch::no_grad_guard();
         match self {
             Self::Llava(m) => m.input_embeds(&inputs.input_ids, inputs.pixel_values.as_ref()),
+            Self::LlavaNext(m) => m.input_embeds(
+                &inputs.input_ids,
+                inputs.pixel_values.as_ref(),
+                &inputs.image_grid_thw,
+            ),
             Self::Qwen2_5Vl(m) => m.input_embeds(
                 &inputs.input_ids,
                 inputs.pixel_values.as_ref(),

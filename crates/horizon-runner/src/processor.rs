@@ -8,12 +8,14 @@ use horizon_data::imageproc::{self, ResampleOrder};
 use crate::inputs::ModelInputs;
 use crate::model::VlModel;
 use crate::models::llava::LlavaProcessor;
+use crate::models::llava_next::LlavaNextProcessor;
 use crate::models::qwen2_5_vl::Qwen2_5VlProcessor;
 pub use crate::processing::{PromptTemplate, DEFAULT_RESAMPLE_ORDER};
 
 /// The processor matching a loaded model.
 pub enum Processor {
     Llava(LlavaProcessor),
+    LlavaNext(LlavaNextProcessor),
     Qwen2_5Vl(Qwen2_5VlProcessor),
 }
 
@@ -25,6 +27,7 @@ impl Processor {
                 m.config.image_token_id,
                 m.config.num_image_tokens() as usize,
             )?)),
+            VlModel::LlavaNext(m) => Ok(Self::LlavaNext(LlavaNextProcessor::load(dir, &m.config)?)),
             VlModel::Qwen2_5Vl(m) => Ok(Self::Qwen2_5Vl(Qwen2_5VlProcessor::load(dir, &m.config)?)),
         }
     }
@@ -57,6 +60,13 @@ impl Processor {
                 model.image_token_id(),
                 model.device(),
             ),
+            Self::LlavaNext(p) => p.prepare(
+                question,
+                image,
+                template,
+                model.image_token_id(),
+                model.device(),
+            ),
             Self::Qwen2_5Vl(p) => match template {
                 PromptTemplate::Auto | PromptTemplate::Qwen => {
                     p.prepare(question, image, model.device())
@@ -79,6 +89,7 @@ impl Processor {
     ) -> Result<String> {
         let with_image = match self {
             Self::Llava(p) => p.prompt(question, template)?,
+            Self::LlavaNext(p) => p.prompt(question, template)?,
             Self::Qwen2_5Vl(_) => match template {
                 PromptTemplate::Raw => question.to_string(),
                 PromptTemplate::LlavaHf | PromptTemplate::VicunaV1 => {
@@ -89,7 +100,9 @@ impl Processor {
         };
         Ok(match (self, has_image, template) {
             (_, true, _) | (_, false, PromptTemplate::Raw) => with_image,
-            (Self::Llava(_), false, _) => with_image.replacen("<image>\n", "", 1),
+            (Self::Llava(_) | Self::LlavaNext(_), false, _) => {
+                with_image.replacen("<image>\n", "", 1)
+            }
             (Self::Qwen2_5Vl(_), false, _) => Qwen2_5VlProcessor::text_prompt(question),
         })
     }
@@ -104,6 +117,7 @@ impl Processor {
     ) -> Result<ModelInputs> {
         match self {
             Self::Llava(p) => p.prepare_text(question, template, model.device()),
+            Self::LlavaNext(p) => p.prepare_text(question, template, model.device()),
             Self::Qwen2_5Vl(p) => match template {
                 PromptTemplate::Auto | PromptTemplate::Qwen => {
                     p.prepare_text(&Qwen2_5VlProcessor::text_prompt(question), model.device())
@@ -120,6 +134,7 @@ impl Processor {
     pub fn set_resample_order(&mut self, order: ResampleOrder) {
         match self {
             Self::Llava(p) => p.resample_order = order,
+            Self::LlavaNext(p) => p.resample_order = order,
             Self::Qwen2_5Vl(p) => p.resample_order = order,
         }
     }
@@ -138,8 +153,8 @@ impl Processor {
                 c.max_pixels = hi;
                 Ok(())
             }
-            Self::Llava(_) => bail!(
-                "--min-pixels/--max-pixels: only Qwen2.5-VL resizes images to pixel bounds; LLaVA's input size is fixed"
+            Self::Llava(_) | Self::LlavaNext(_) => bail!(
+                "--min-pixels/--max-pixels: only Qwen2.5-VL resizes images to pixel bounds; LLaVA's tiles are fixed"
             ),
         }
     }
@@ -147,6 +162,7 @@ impl Processor {
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
         match self {
             Self::Llava(p) => p.decode(ids),
+            Self::LlavaNext(p) => p.decode(ids),
             Self::Qwen2_5Vl(p) => p.decode(ids),
         }
     }
@@ -154,6 +170,7 @@ impl Processor {
     pub fn eos_token_ids(&self) -> &[i64] {
         match self {
             Self::Llava(p) => p.eos_token_ids(),
+            Self::LlavaNext(p) => p.eos_token_ids(),
             Self::Qwen2_5Vl(p) => p.eos_token_ids(),
         }
     }
@@ -162,6 +179,7 @@ impl Processor {
     pub fn first_answer_token(&self, answer: &str) -> Result<Option<i64>> {
         let tokenizer = match self {
             Self::Llava(p) => &p.tokenizer,
+            Self::LlavaNext(p) => &p.tokenizer,
             Self::Qwen2_5Vl(p) => &p.tokenizer,
         };
         let enc = tokenizer

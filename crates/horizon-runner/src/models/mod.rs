@@ -3,6 +3,7 @@
 
 pub mod clip;
 pub mod llava;
+pub mod llava_next;
 pub mod qwen2_5_vl;
 
 use anyhow::{bail, Result};

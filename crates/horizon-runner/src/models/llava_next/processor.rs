@@ -1,0 +1,201 @@
+//! `LlavaNextProcessor`: the anyres image processor and the checkpoint's tokenizer. The `<image>`
+//! placeholder is expanded in the string to the image's token count (base grid, unpadded
+//! high-resolution grid, one newline per row: [`AnyresLayout`]) before tokenizing, as HF does.
+
+use anyhow::{anyhow, bail, Result};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+use tokenizers::Tokenizer;
+
+use super::config::LlavaNextConfig;
+use crate::checkpoint::{eos_token_ids, load_tokenizer};
+use crate::inputs::ModelInputs;
+use crate::intervention::VisualTokens;
+use crate::processing::{encode, PromptTemplate, DEFAULT_RESAMPLE_ORDER};
+use horizon_data::imageproc::{
+    llava_next_preprocess, AnyresLayout, LlavaNextImageProcessorConfig, ResampleOrder,
+};
+
+const IMAGE_PLACEHOLDER: &str = "<image>";
+const VICUNA_V1_SYSTEM: &str =
+    "A chat between a curious user and an artificial intelligence assistant. \
+The assistant gives helpful, detailed, and polite answers to the user's questions.";
+
+pub struct LlavaNextProcessor {
+    pub(crate) tokenizer: Tokenizer,
+    pub image_config: LlavaNextImageProcessorConfig,
+    image_token: String,
+    patch_size: u32,
+    /// `text_config.model_type`: which chat template `--template auto` means.
+    text_model_type: String,
+    eos_token_ids: Vec<i64>,
+    pub resample_order: ResampleOrder,
+}
+
+impl LlavaNextProcessor {
+    pub fn load(dir: &Path, config: &LlavaNextConfig) -> Result<Self> {
+        let tokenizer = load_tokenizer(dir)?;
+        let image_config = LlavaNextImageProcessorConfig::from_checkpoint_dir(dir)?;
+        let id = config.llava.image_token_id;
+        let image_token = tokenizer.id_to_token(id as u32).ok_or_else(|| {
+            anyhow!(
+                "{}: the image token id {id} from config.json is not in the vocabulary",
+                dir.join("tokenizer.json").display()
+            )
+        })?;
+        let tile = config.llava.vision_config.image_size;
+        if i64::from(image_config.tile_size()) != tile {
+            bail!(
+                "{}: the image processor's {}-pixel tiles do not match the vision tower's {tile}-pixel input",
+                dir.display(),
+                image_config.tile_size()
+            );
+        }
+        Ok(Self {
+            tokenizer,
+            image_config,
+            image_token,
+            patch_size: config.llava.vision_config.patch_size as u32,
+            text_model_type: config.text_model_type.clone(),
+            eos_token_ids: eos_token_ids(dir)?,
+            resample_order: DEFAULT_RESAMPLE_ORDER,
+        })
+    }
+
+    /// The prompt string with one `<image>` placeholder. `auto`: llava-hf's templates of
+    /// llava-v1.6-mistral-7b-hf (`[INST] <image>\n{q} [/INST]`) for a Mistral decoder, else of
+    /// llava-v1.6-vicuna-7b-hf (`USER: <image>\n{q} ASSISTANT:`).
+    pub fn prompt(&self, question: &str, template: PromptTemplate) -> Result<String> {
+        Ok(match template {
+            PromptTemplate::Auto if self.text_model_type == "mistral" => {
+                format!("[INST] {IMAGE_PLACEHOLDER}\n{question} [/INST]")
+            }
+            PromptTemplate::Auto | PromptTemplate::LlavaHf => {
+                format!("USER: {IMAGE_PLACEHOLDER}\n{question} ASSISTANT:")
+            }
+            PromptTemplate::Qwen => {
+                bail!("--template qwen is for Qwen2.5-VL checkpoints, this one is LLaVA-NeXT")
+            }
+            PromptTemplate::VicunaV1 => {
+                format!("{VICUNA_V1_SYSTEM} USER: {IMAGE_PLACEHOLDER}\n{question} ASSISTANT:")
+            }
+            PromptTemplate::Raw => {
+                if question.matches(IMAGE_PLACEHOLDER).count() != 1 {
+                    bail!("--prompt: a raw prompt must contain {IMAGE_PLACEHOLDER} exactly once");
+                }
+                question.to_string()
+            }
+        })
+    }
+
+    /// The anyres layout of an image of `height×width` pixels.
+    pub fn layout(&self, height: u32, width: u32) -> Result<AnyresLayout> {
+        AnyresLayout::new(
+            height,
+            width,
+            &self.image_config.image_grid_pinpoints,
+            self.image_config.tile_size(),
+            self.patch_size,
+            0,
+        )
+    }
+
+    /// Tokenized prompt and preprocessed image on `device`: `pixel_values` `[tiles, 3, H, W]`,
+    /// `image_grid_thw` `[[1, height, width]]` (the image size `pack_image_features` needs).
+    pub fn prepare(
+        &self,
+        question: &str,
+        image: &image::RgbImage,
+        template: PromptTemplate,
+        image_token_id: i64,
+        device: Device,
+    ) -> Result<ModelInputs> {
+        let (h, w) = (image.height(), image.width());
+        let layout = self.layout(h, w)?;
+        let n = layout.num_tokens();
+        let prompt = self.prompt(question, template)?;
+        let expanded = prompt.replacen(IMAGE_PLACEHOLDER, &self.image_token.repeat(n), 1);
+        let ids = encode(&self.tokenizer, expanded)?;
+        let positions: Vec<usize> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t == image_token_id)
+            .map(|(i, _)| i)
+            .collect();
+        if positions.len() != n {
+            bail!(
+                "the tokenized prompt has {} image tokens, expected {n} (does the question contain the image token text?)",
+                positions.len()
+            );
+        }
+        let pv = llava_next_preprocess(image, &self.image_config, self.resample_order)?;
+        let pixel_values = Tensor::from_slice(&pv.data)
+            .reshape([
+                pv.tiles as i64,
+                pv.channels as i64,
+                pv.height as i64,
+                pv.width as i64,
+            ])
+            .to_kind(Kind::Float)
+            .to_device(device);
+        let s = ids.len() as i64;
+        Ok(ModelInputs {
+            input_ids: Tensor::from_slice(&ids).reshape([1, s]).to_device(device),
+            pixel_values: Some(pixel_values),
+            image_grid_thw: vec![[1, i64::from(h), i64::from(w)]],
+            // The packed tokens in sequence order as one row; windows per grid are not defined
+            // for anyres yet.
+            visual: VisualTokens {
+                positions,
+                grid: (1, n),
+            },
+            position_ids: Tensor::arange(s, (Kind::Int64, device)).unsqueeze(0),
+            rope_deltas: 0,
+        })
+    }
+
+    /// A text-only question: the template without its `<image>\n`.
+    pub fn prepare_text(
+        &self,
+        question: &str,
+        template: PromptTemplate,
+        device: Device,
+    ) -> Result<ModelInputs> {
+        let prompt = match template {
+            PromptTemplate::Raw => {
+                if question.contains(IMAGE_PLACEHOLDER) {
+                    bail!("--prompt: a text-only raw prompt must not contain {IMAGE_PLACEHOLDER}");
+                }
+                question.to_string()
+            }
+            _ => {
+                self.prompt(question, template)?
+                    .replacen(&format!("{IMAGE_PLACEHOLDER}\n"), "", 1)
+            }
+        };
+        let ids = encode(&self.tokenizer, prompt)?;
+        let s = ids.len() as i64;
+        Ok(ModelInputs {
+            input_ids: Tensor::from_slice(&ids).reshape([1, s]).to_device(device),
+            pixel_values: None,
+            image_grid_thw: Vec::new(),
+            visual: VisualTokens {
+                positions: Vec::new(),
+                grid: (0, 0),
+            },
+            position_ids: Tensor::arange(s, (Kind::Int64, device)).unsqueeze(0),
+            rope_deltas: 0,
+        })
+    }
+
+    pub fn decode(&self, ids: &[i64]) -> Result<String> {
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        self.tokenizer
+            .decode(&ids, true)
+            .map_err(|e| anyhow!("decoding tokens: {e}"))
+    }
+
+    pub fn eos_token_ids(&self) -> &[i64] {
+        &self.eos_token_ids
+    }
+}

@@ -1,0 +1,171 @@
+//! Parity of LLaVA-NeXT (anyres) with HF transformers 5.17.0 on the tiny random fixtures of
+//! fixtures/make_llava_next_fixtures.py: input ids and pixel values of every tile identical, the
+//! packed image features (pack_image_features: base grid, unpadded high-resolution grid, newlines)
+//! and the logits within the f32 tolerance, 16 greedy tokens identical. Square, wide, tall and
+//! small images (four pinpoints, both unpadding directions), a Mistral decoder, and a checkpoint
+//! written by transformers 5.17's save_pretrained.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+use horizon_runner::generate::{generate_greedy, GenerationConfig};
+use horizon_runner::parity::{f32_logits_tolerance, max_abs_diff};
+use horizon_runner::processor::{Processor, PromptTemplate};
+use horizon_runner::{Intervention, VlModel};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llava_next")
+}
+
+fn check_case(name: &str) {
+    let dir = fixtures();
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(format!("reference/{name}.json"))).unwrap(),
+    )
+    .unwrap();
+    let t: HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join(format!("reference/{name}.safetensors")))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let model_dir = dir.join(meta["model_dir"].as_str().unwrap());
+    let model = VlModel::load(&model_dir, Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(model.model_type(), "llava_next");
+    let processor = Processor::load(&model_dir, &model).unwrap();
+    let inputs = processor
+        .prepare(
+            &model,
+            meta["question"].as_str().unwrap(),
+            &dir.join(meta["image"].as_str().unwrap()),
+            PromptTemplate::Auto,
+        )
+        .unwrap();
+    assert_eq!(
+        processor
+            .prompt_text(
+                meta["question"].as_str().unwrap(),
+                PromptTemplate::Auto,
+                true
+            )
+            .unwrap(),
+        meta["prompt"].as_str().unwrap(),
+        "{name}: --template auto"
+    );
+
+    // Token ids (the processor's count of image tokens) and pixel values are exact.
+    assert!(
+        inputs.input_ids.squeeze_dim(0).equal(&t["input_ids"]),
+        "{name}: input ids differ"
+    );
+    let pv = inputs.pixel_values.as_ref().unwrap();
+    assert_eq!(pv.size(), t["pixel_values"].size(), "{name}: tiles");
+    assert!(
+        pv.equal(&t["pixel_values"]),
+        "{name}: pixel values differ (max {})",
+        max_abs_diff(pv, &t["pixel_values"])
+    );
+    let sizes: Vec<i64> = Vec::try_from(&t["image_sizes"]).unwrap();
+    assert_eq!(inputs.image_grid_thw, vec![[1, sizes[0], sizes[1]]]);
+    let n_image = meta["num_image_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(inputs.visual.positions.len(), n_image);
+
+    // The packed features: one row per image token, base first, newlines where HF puts them.
+    let VlModel::LlavaNext(m) = &model else {
+        unreachable!()
+    };
+    let layout = m.layout(sizes[0] as u32, sizes[1] as u32).unwrap();
+    let hw = |k: &str| {
+        let v: Vec<u32> = serde_json::from_value(meta[k].clone()).unwrap();
+        (v[0], v[1])
+    };
+    assert_eq!(layout.best_resolution, hw("best_resolution_hw"));
+    assert_eq!(layout.tile_grid, hw("tile_grid_hw"));
+    assert_eq!(layout.highres_grid, hw("highres_grid_hw"));
+    assert_eq!(layout.num_tokens(), n_image);
+    let features = tch::no_grad(|| m.image_features(pv, sizes[0] as u32, sizes[1] as u32))
+        .unwrap()
+        .to_kind(Kind::Float);
+    let d = max_abs_diff(&features, &t["image_features"]);
+    eprintln!("{name}: max |image features - HF| = {d:e}");
+    assert!(
+        d <= f32_logits_tolerance(&t["image_features"]),
+        "{name}: packed image features differ by {d}"
+    );
+
+    let out = model
+        .prefill(&inputs, &mut Intervention::none(), None, None)
+        .unwrap();
+    let logits = model
+        .lm_head(&out.hidden)
+        .squeeze_dim(0)
+        .to_kind(Kind::Float);
+    let d = max_abs_diff(&logits, &t["logits"]);
+    let tol = f32_logits_tolerance(&t["logits"]);
+    eprintln!("{name}: max |logits - HF| = {d:e} (tolerance {tol:e})");
+    assert!(d <= tol, "{name}: logits differ by {d} (tolerance {tol})");
+
+    let reference: Vec<i64> = Vec::try_from(&t["generated_ids"]).unwrap();
+    let config = GenerationConfig {
+        max_new_tokens: 16,
+        eos_token_ids: processor.eos_token_ids().to_vec(),
+    };
+    let generated = generate_greedy(&model, &inputs, &mut Intervention::none(), &config).unwrap();
+    assert_eq!(generated, reference, "{name}: greedy tokens differ from HF");
+}
+
+#[test]
+fn square_image_on_a_2x2_grid_matches_hf() {
+    check_case("square");
+}
+
+#[test]
+fn wide_image_unpadded_by_columns_matches_hf() {
+    check_case("wide");
+}
+
+#[test]
+fn tall_image_unpadded_by_rows_matches_hf() {
+    check_case("tall");
+}
+
+#[test]
+fn small_upscaled_image_matches_hf() {
+    check_case("small");
+}
+
+#[test]
+fn mistral_decoder_matches_hf() {
+    check_case("mistral_wide");
+}
+
+/// The checkpoint transformers 5.17's `save_pretrained` wrote (image processor inside
+/// `processor_config.json`).
+#[test]
+fn hf5_saved_checkpoint_matches_hf() {
+    check_case("hf5_tall");
+}
+
+/// A config naming a decoder the family does not run is a one-line error naming the field.
+#[test]
+fn unsupported_text_model_is_refused_by_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures().join("models/llava-next-tiny");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    let cfg = tmp.path().join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["text_config"]["model_type"] = "gemma".into();
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let err = VlModel::load(tmp.path(), Device::Cpu, Kind::Float)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("text_config.model_type") && err.contains("gemma"),
+        "{err}"
+    );
+}
