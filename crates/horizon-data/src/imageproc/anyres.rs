@@ -203,7 +203,7 @@ impl AnyresLayout {
         if height == 0 || width == 0 {
             bail!("image of {width}x{height} pixels: height and width must be > 0");
         }
-        if tile == 0 || patch == 0 || tile % patch != 0 {
+        if tile == 0 || patch == 0 || !tile.is_multiple_of(patch) {
             bail!("tile size {tile} is not a positive multiple of the patch size {patch}");
         }
         if pinpoints.is_empty() {
