@@ -139,6 +139,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             window: args.window,
             mode: args.mode,
             target: args.target,
+            estimate: horizon_data::info_rows::Estimate::Exact,
             batch_size: args.batch_size,
             memory_budget_mb: 2048,
             samples_per_part: 8,

@@ -6,7 +6,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use horizon_data::info_rows::{InfoMode, Target};
+use horizon_data::info_rows::{Estimate, InfoMode, Target};
 use horizon_runner::sweep::{parse_layers, InfoSweep};
 
 use crate::options::{BenchOptions, ModelOptions, ScaleOptions};
@@ -36,6 +36,11 @@ pub struct InfoArgs {
     /// gt (first token of the ground-truth answer) or greedy (the unpruned model's first token).
     #[arg(long, default_value = "gt", value_parser = Target::from_str)]
     pub target: Target,
+    /// exact (every variant run as its cut) or gradient (first-order estimates of every layer and
+    /// window from forward and backward passes with a soft mask on the visual keys; recorded in the
+    /// run metadata, and a run is never resumed with the other).
+    #[arg(long, default_value = "exact", value_parser = Estimate::from_str)]
+    pub estimate: Estimate,
     /// Variants per batch through the resumed layers (default: chosen from --memory-budget-mb).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: Option<u32>,
@@ -77,6 +82,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         window: args.window as usize,
         mode: args.mode,
         target: args.target,
+        estimate: args.estimate,
         template: args.model.template,
         prompt_style: args.bench.prompt_style,
         processor_settings: args.model.processor_settings(),
@@ -98,8 +104,14 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         checked.describe(args.bench.benchmark.is_some(), full_prompt.as_deref())
     );
     eprintln!(
-        "horizon info: {} samples ({} already done), layers {:?}, window {}, {}, target {}",
-        plan.samples, plan.already_done, sweep.layers, sweep.window, sweep.mode, sweep.target
+        "horizon info: {} samples ({} already done), layers {:?}, window {}, {}, target {}, estimate {}",
+        plan.samples,
+        plan.already_done,
+        sweep.layers,
+        sweep.window,
+        sweep.mode,
+        sweep.target,
+        sweep.estimate
     );
     if plan.excluded() > 0 {
         eprintln!(

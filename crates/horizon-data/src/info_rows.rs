@@ -74,6 +74,49 @@ impl std::fmt::Display for InfoMode {
     }
 }
 
+/// How the window rows are computed (`--estimate`), recorded in the run metadata
+/// (`horizon.estimate`); the rows have the same schema either way.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+pub enum Estimate {
+    /// Every variant run as the cut it names (the reference procedure's values).
+    #[default]
+    #[serde(rename = "exact")]
+    Exact,
+    /// First-order estimates from forward and backward passes with a soft mask on the visual keys
+    /// (attribution patching); the linearisation point's own row is exact.
+    #[serde(rename = "gradient")]
+    Gradient,
+}
+
+impl Estimate {
+    /// The value of `--estimate` and of `horizon.estimate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::Gradient => "gradient",
+        }
+    }
+}
+
+impl std::str::FromStr for Estimate {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "exact" => Ok(Self::Exact),
+            "gradient" => Ok(Self::Gradient),
+            _ => anyhow::bail!("unknown estimate '{s}' (expected exact or gradient)"),
+        }
+    }
+}
+
+impl std::fmt::Display for Estimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which token y is scored: the `target` column.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,

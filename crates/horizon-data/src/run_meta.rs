@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 
-use crate::info_rows::{InfoMode, Target};
+use crate::info_rows::{Estimate, InfoMode, Target};
 
 /// The layout version of run metadata this horizon writes and reads.
 pub const RUN_FORMAT: u32 = 2;
@@ -89,6 +89,9 @@ pub struct InfoSettings {
     pub window_size: usize,
     pub mode: InfoMode,
     pub target: Target,
+    /// Exact cuts or first-order estimates; parts written before the field existed are exact.
+    #[serde(default)]
+    pub estimate: Estimate,
 }
 
 /// What decides `horizon eval` predictions besides the model and the samples.
@@ -358,6 +361,7 @@ mod tests {
                 window_size: 2,
                 mode: InfoMode::KeepOnly,
                 target: Target::Gt,
+                estimate: Estimate::Exact,
             }),
         }
     }
@@ -405,5 +409,31 @@ mod tests {
         let old = vec![("horizon.window_size".to_string(), "2".to_string())];
         let e = RunMetadata::from_pairs(Path::new("old.parquet"), old).unwrap_err();
         assert!(e.to_string().contains("earlier horizon"), "{e}");
+    }
+
+    #[test]
+    fn the_estimator_is_recorded_and_a_mixed_resume_is_refused() {
+        let exact = info_meta();
+        let mut gradient = exact.clone();
+        if let RunKind::Info(s) = &mut gradient.run {
+            s.estimate = Estimate::Gradient;
+        }
+        let pairs: BTreeMap<_, _> = gradient.to_pairs().into_iter().collect();
+        assert_eq!(pairs["horizon.estimate"], "gradient");
+        let e = exact
+            .check_same_run(&gradient, Path::new("part-000001.parquet"), "the run")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "part-000001.parquet: horizon.estimate is gradient, the run has exact"
+        );
+        // Parts written before the field existed hold exact rows.
+        let old: Vec<_> = exact
+            .to_pairs()
+            .into_iter()
+            .filter(|(k, _)| k != "horizon.estimate")
+            .collect();
+        assert_eq!(RunMetadata::from_pairs(Path::new("p"), old).unwrap(), exact);
     }
 }

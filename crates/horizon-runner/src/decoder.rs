@@ -760,3 +760,66 @@ fn rows_of(wanted: &[usize], kept: &[usize], layer: usize) -> Result<Vec<i64>> {
         .collect::<Result<_, _>>()
         .map_err(|_| anyhow!("token selection at layer {layer}: names a position already dropped"))
 }
+
+/// A forward with a soft mask on the keys (attribution patching, the `--estimate gradient` path):
+/// each layer weighs every key's attention by `m ∈ [0, 1]` and renormalises,
+/// `a_ij = m_j·exp(s_ij) / Σ_k m_k·exp(s_ik)`. `m_j = 1` is the plain model and `m_j = 0` removes key
+/// j from that layer exactly as a cut drops it (queries of other tokens never see it; its own row no
+/// longer reaches them), so the gradient with respect to `m` linearises a cut. Written with explicit
+/// softmax and matmuls (not SDPA) so that autograd reaches `m`.
+impl Attention {
+    fn forward_key_weighted(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, m: &Tensor) -> Tensor {
+        let s = x.size()[1];
+        let (q, k) = self.rotated_qk(x, cos, sin);
+        let groups = self.num_heads / self.num_kv_heads;
+        let k = k.repeat_interleave_self_int(groups, 1, None);
+        let v = self
+            .split_heads(&self.v_proj, x, self.num_kv_heads)
+            .repeat_interleave_self_int(groups, 1, None);
+        let future = Tensor::ones([s, s], (Kind::Bool, x.device())).triu(1);
+        let scores =
+            (q.matmul(&k.transpose(-1, -2)) * self.scaling).masked_fill(&future, f64::NEG_INFINITY);
+        // Shift by the largest score among the keys still present (a constant per row, so no
+        // gradient): every row's normaliser is then ≥ 1 (position 0, never visual, is present),
+        // and the bound keeps removed keys of huge score from overflowing into 0 · ∞.
+        let dead = m.le(0.0).view([1, 1, 1, s]);
+        let top = scores
+            .masked_fill(&dead, f64::NEG_INFINITY)
+            .amax(-1, true)
+            .detach();
+        let weighted = (scores - top).clamp_max(50.0).exp() * m.view([1, 1, 1, s]);
+        let probs = &weighted / weighted.sum_dim_intlist(-1, true, x.kind());
+        self.project_out(&probs.matmul(&v))
+    }
+}
+
+impl DecoderLayer {
+    fn forward_key_weighted(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, m: &Tensor) -> Tensor {
+        let h = self
+            .self_attn
+            .forward_key_weighted(&self.input_layernorm.forward(x), cos, sin, m);
+        let x = x + h;
+        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
+        x + h
+    }
+}
+
+impl Decoder {
+    /// Decoder layers `from..` over one sequence `hidden` `[1, S, D]` at `position_ids` (`[1, S]` or
+    /// `[3, 1, S]`), layer `from + i` weighing its keys by `key_weights` row i (`[L − from, S]`, see
+    /// the soft mask above), then the final norm. Differentiable in `key_weights`.
+    pub fn forward_key_weighted(
+        &self,
+        from: usize,
+        hidden: &Tensor,
+        position_ids: &Tensor,
+        key_weights: &Tensor,
+    ) -> Tensor {
+        let (cos, sin) = self.rotary_emb.cos_sin(position_ids, hidden.kind());
+        let mut h = hidden.shallow_clone();
+        for (i, layer) in self.layers[from..].iter().enumerate() {
+            h = layer.forward_key_weighted(&h, &cos, &sin, &key_weights.get(i as i64));
+        }
+        self.norm.forward(&h)
+    }
+}

@@ -15,6 +15,7 @@ pub mod decoder;
 pub mod device;
 pub mod evaluate;
 pub mod generate;
+pub mod gradient;
 pub mod info;
 pub mod inputs;
 pub mod intervention;

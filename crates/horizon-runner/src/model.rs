@@ -260,6 +260,11 @@ impl VlModel {
         Ok(decoder.forward_from_layer(from, hidden, &positions))
     }
 
+    /// [`Self::lm_head`] inside autograd (the gradient estimate differentiates through it).
+    pub fn lm_head_differentiable(&self, hidden: &Tensor) -> Tensor {
+        self.lm_head_linear().forward(hidden)
+    }
+
     /// Logits in the model dtype for hidden states `[B, S, D]`.
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
         let _guard = tch::no_grad_guard();

@@ -69,8 +69,15 @@ impl RmsNorm {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let input_kind = x.kind();
-        let h = x.to_kind(Kind::Float);
-        let variance = h.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        // HF normalises in float32; an f64 model (the gradient tests' finite differences) keeps
+        // its precision.
+        let norm_kind = if input_kind == Kind::Double {
+            Kind::Double
+        } else {
+            Kind::Float
+        };
+        let h = x.to_kind(norm_kind);
+        let variance = h.pow_tensor_scalar(2).mean_dim(-1, true, norm_kind);
         let h = &h * (variance + self.eps).rsqrt();
         &self.weight * h.to_kind(input_kind)
     }

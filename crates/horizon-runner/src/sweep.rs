@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 use horizon_data::bench::prompts::{question_prompt, PromptStyle};
 use horizon_data::bench::Sample;
 use horizon_data::imageproc::to_rgb_like_pil;
-use horizon_data::info_rows::{write_info_rows, InfoMode, InfoRow, Target};
+use horizon_data::info_rows::{write_info_rows, Estimate, InfoMode, InfoRow, Target};
 use horizon_data::run_meta::{InfoSettings, RunKind, RunMetadata, RUN_FORMAT};
 use horizon_data::window::WindowGrid;
 
 use crate::device::dtype_name;
+use crate::gradient::estimate_sample;
 use crate::info::{full_run, sweep_sample, SweepConfig, Variant};
 use crate::model::VlModel;
 use crate::parts::{pixel_bounds, PartRun, RunPlan};
@@ -44,6 +45,8 @@ pub struct InfoSweep {
     pub window: usize,
     pub mode: InfoMode,
     pub target: Target,
+    /// Exact cuts, or first-order estimates ([`crate::gradient`]).
+    pub estimate: Estimate,
     pub template: PromptTemplate,
     /// Which harness's benchmark prompt to build (LLaVA's evaluation scripts or lmms-eval's).
     pub prompt_style: PromptStyle,
@@ -102,6 +105,7 @@ impl InfoSweep {
                 window_size: self.window,
                 mode: self.mode,
                 target: self.target,
+                estimate: self.estimate,
             }),
         })
     }
@@ -163,7 +167,11 @@ impl InfoSweep {
             }
         };
         let grid = WindowGrid::new(inputs.visual.grid, cfg.window_size)?;
-        let rows = sweep_sample(model, &inputs, &full, target, cfg)
+        let results = match self.estimate {
+            Estimate::Exact => sweep_sample(model, &inputs, &full, target, cfg),
+            Estimate::Gradient => estimate_sample(model, &inputs, &full, target, cfg),
+        };
+        let rows = results
             .with_context(context)?
             .into_iter()
             .map(|r| {

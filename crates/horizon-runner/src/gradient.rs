@@ -1,0 +1,213 @@
+//! `horizon info --estimate gradient`: first-order estimates of every (layer, window) information
+//! from forward and backward passes (attribution patching, Nanda 2023; Syed et al. 2023,
+//! arXiv 2310.10348), instead of one run per variant.
+//!
+//! Each decoder layer weighs its keys by a soft mask `m` ([`crate::decoder::Decoder::forward_key_weighted`]):
+//! `m = 1` is the plain model, and setting `m_{l,j} = 0` for every layer `l ≥ K` and every visual
+//! token j outside the keep-set is exactly the cut at K. A variant's log p(y) is then linearised in
+//! `m` around one point:
+//!
+//! - **leave-out**, at the unpruned run (`m = 1`): one forward over all layers and one backward per
+//!   scored direction give ∂/∂m_{l,j} for every layer and visual token at once; dropping window w
+//!   from K on changes log p(y) by `−Σ_{l≥K} Σ_{j∈w} ∂log p(y)/∂m_{l,j}`. KL(unpruned ‖ variant) has
+//!   zero gradient there (its minimum), so it is estimated to second order with the Fisher
+//!   information restricted to the unpruned run's [`KL_TOKENS`] most likely tokens:
+//!   `½ Σ_y p(y) Δlog p(y)²`.
+//! - **keep-only**, at each K's text-only run (`m_{l,j} = 0` for `l ≥ K`, j visual): layers `K..`
+//!   resumed from the stored input of layer K, one backward for log p(y) and one for
+//!   `Σ_y p_unpruned(y) log q(y)`, whose change is minus the change of the KL.
+//!
+//! The linearisation point's own row (the unpruned `full` row; keep-only's `text_only` rows) is its
+//! exact value; leave-out's `text_only` (every visual token dropped) is linearised like a window.
+//! Estimates are kept in range: log p ≤ 0, p = exp(log p), KL ≥ 0.
+
+use anyhow::{bail, Result};
+use tch::{Device, Kind, Tensor};
+
+use crate::info::{FullRun, InfoMode, SweepConfig, Variant, VariantResult, WindowGrid};
+use crate::model::{ModelInputs, VlModel};
+use crate::nn::check_finite;
+
+/// Tokens of the unpruned distribution (most likely first) over which leave-out's KL estimate sums
+/// the Fisher information.
+pub const KL_TOKENS: usize = 4;
+
+/// The soft-masked forward from layer `from`'s input `hidden` `[1, S, D]` with key weights `m`
+/// `[L − from, S]`: next-token log-probabilities `[V]` of the last position, differentiable in `m`
+/// (f64 in an f64 model, f32 otherwise).
+pub fn soft_log_probs(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    from: usize,
+    hidden: &Tensor,
+    m: &Tensor,
+) -> Tensor {
+    let s = hidden.size()[1];
+    let out = model
+        .decoder()
+        .forward_key_weighted(from, hidden, &inputs.position_ids, m);
+    let logits = model
+        .lm_head_differentiable(&out.select(1, s - 1))
+        .squeeze_dim(0);
+    let kind = if logits.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    };
+    logits.to_kind(kind).log_softmax(-1, kind)
+}
+
+/// ∂`scalar`/∂`m` (the graph is kept for the next direction), as f64 rows `[rows][S]`.
+fn gradient_rows(scalar: &Tensor, m: &Tensor) -> Result<Vec<Vec<f64>>> {
+    let g = Tensor::run_backward(&[scalar], &[m], true, false)
+        .pop()
+        .expect("one input");
+    check_finite(&g, "the gradient of the soft mask")?;
+    let rows = g.size()[0];
+    let g = g.to_kind(Kind::Double).to_device(Device::Cpu);
+    (0..rows)
+        .map(|r| Ok(Vec::<f64>::try_from(&g.get(r))?))
+        .collect()
+}
+
+/// `Σ_{l ≥ first} Σ_{j ∈ positions} g[l][j]` for each row offset `first` (suffix sums over layers).
+fn suffix_sums(g: &[Vec<f64>], positions: &[usize]) -> Vec<f64> {
+    let mut out = vec![0.0; g.len() + 1];
+    for l in (0..g.len()).rev() {
+        out[l] = out[l + 1] + positions.iter().map(|&j| g[l][j]).sum::<f64>();
+    }
+    out
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.to_kind(Kind::Double).double_value(&[])
+}
+
+fn row(layer: usize, variant: Variant, logp: f64, kl: f64) -> VariantResult {
+    let logp = logp.min(0.0);
+    VariantResult {
+        layer: Some(layer),
+        variant,
+        p: logp.exp(),
+        logp,
+        kl: kl.max(0.0),
+    }
+}
+
+/// Every row [`crate::info::sweep_sample`] writes for one sample, estimated to first order: the
+/// `full` row, then for each K the text-only baseline and every window, in window order.
+pub fn estimate_sample(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    full: &FullRun,
+    target: i64,
+    cfg: &SweepConfig,
+) -> Result<Vec<VariantResult>> {
+    let num_layers = model.num_layers();
+    if let Some(&k) = cfg.layers.iter().find(|&&k| k >= num_layers) {
+        bail!("--layers: layer {k} does not exist (the decoder has {num_layers} layers, 0-based)");
+    }
+    let grid = WindowGrid::new(inputs.visual.grid, cfg.window_size)?;
+    let visual = &inputs.visual.positions;
+    let windows: Vec<Vec<usize>> = (0..grid.num_windows())
+        .map(|w| grid.window_tokens(w).iter().map(|&t| visual[t]).collect())
+        .collect();
+    let s = inputs.seq_len() as i64;
+    let (device, kind) = (model.device(), full.layer_inputs[0].kind());
+    let full_logp = full.log_probs.squeeze_dim(0).to_kind(Kind::Double);
+    let full_p = full_logp.exp();
+    let lp0 = scalar(&full_logp.get(target));
+    let mut results = vec![VariantResult {
+        layer: None,
+        variant: Variant::Full,
+        p: lp0.exp(),
+        logp: lp0,
+        kl: 0.0,
+    }];
+    let variants = |f: &mut dyn FnMut(&[usize]) -> (f64, f64), k: usize| {
+        let mut rows = Vec::with_capacity(windows.len() + 1);
+        let (lp, kl) = f(visual);
+        rows.push(row(k, Variant::TextOnly, lp, kl));
+        for (w, positions) in windows.iter().enumerate() {
+            let (lp, kl) = f(positions);
+            rows.push(row(k, Variant::Window(w), lp, kl));
+        }
+        rows
+    };
+    match cfg.mode {
+        InfoMode::LeaveOut => {
+            let m = Tensor::ones([num_layers as i64, s], (kind, device)).set_requires_grad(true);
+            let logp = soft_log_probs(model, inputs, 0, &full.layer_inputs[0], &m);
+            check_finite(&logp, "the soft-masked next-token distribution")?;
+            let g_target = gradient_rows(&logp.get(target), &m)?;
+            let top: Vec<i64> = Vec::try_from(&full_logp.topk(KL_TOKENS as i64, 0, true, true).1)?;
+            let mut fisher = Vec::with_capacity(top.len());
+            for &y in &top {
+                let p = scalar(&full_p.get(y));
+                let g = if y == target {
+                    g_target.clone()
+                } else {
+                    gradient_rows(&logp.get(y), &m)?
+                };
+                fisher.push((p, g));
+            }
+            for &k in &cfg.layers {
+                let rows = variants(
+                    &mut |positions: &[usize]| {
+                        let d_target = -suffix_sums(&g_target, positions)[k];
+                        let kl = 0.5
+                            * fisher
+                                .iter()
+                                .map(|(p, g)| p * suffix_sums(g, positions)[k].powi(2))
+                                .sum::<f64>();
+                        (lp0 + d_target, kl)
+                    },
+                    k,
+                );
+                results.extend(rows);
+            }
+        }
+        InfoMode::KeepOnly => {
+            let is_visual = inputs.visual.mask(s as usize);
+            let text_keys: Vec<f64> = is_visual
+                .iter()
+                .map(|&v| if v { 0.0 } else { 1.0 })
+                .collect();
+            let text_keys = Tensor::from_slice(&text_keys)
+                .to_kind(kind)
+                .to_device(device);
+            for &k in &cfg.layers {
+                let m = text_keys
+                    .unsqueeze(0)
+                    .repeat([(num_layers - k) as i64, 1])
+                    .set_requires_grad(true);
+                let logq = soft_log_probs(model, inputs, k, &full.layer_inputs[k], &m);
+                check_finite(
+                    &logq,
+                    &format!("the next-token distribution after a cut at layer {k}"),
+                )?;
+                let cross = (&full_p.to_kind(logq.kind()) * &logq).sum(logq.kind());
+                let lp_text = scalar(&logq.get(target));
+                let kl_text = scalar(
+                    &(&full_p * (&full_logp - logq.to_kind(Kind::Double))).sum(Kind::Double),
+                )
+                .max(0.0);
+                let g_target = gradient_rows(&logq.get(target), &m)?;
+                let g_cross = gradient_rows(&cross, &m)?;
+                let mut rows = variants(
+                    &mut |positions: &[usize]| {
+                        (
+                            lp_text + suffix_sums(&g_target, positions)[0],
+                            kl_text - suffix_sums(&g_cross, positions)[0],
+                        )
+                    },
+                    k,
+                );
+                // The text-only run is the linearisation point: exact.
+                rows[0] = row(k, Variant::TextOnly, lp_text, kl_text);
+                results.extend(rows);
+            }
+        }
+    }
+    Ok(results)
+}

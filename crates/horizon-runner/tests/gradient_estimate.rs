@@ -1,0 +1,194 @@
+//! `--estimate gradient` (horizon_runner::gradient): the soft key mask is the cut it linearises
+//! (m = 1 the unpruned model, m = 0 the naive procedure's cut), its autograd gradient equals
+//! central finite differences in f64, and the estimate writes exactly the rows the exact sweep
+//! writes, with the linearisation point's rows exact.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+use horizon_runner::gradient::{estimate_sample, soft_log_probs};
+use horizon_runner::info::{
+    full_run, naive_variant, sweep_sample, variant_keep_sets, InfoMode, SweepConfig, WindowGrid,
+};
+use horizon_runner::processor::{Processor, PromptTemplate};
+use horizon_runner::{ModelInputs, VlModel};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixture(kind: Kind) -> (VlModel, ModelInputs, i64) {
+    let dir = root().join("fixtures/llava");
+    let model_dir = dir.join("models/llava-tiny");
+    let model = VlModel::load(&model_dir, Device::Cpu, kind).unwrap();
+    let processor = Processor::load(&model_dir, &model).unwrap();
+    let inputs = processor
+        .prepare(
+            &model,
+            "What color is the circle?",
+            &dir.join("images/square.png"),
+            PromptTemplate::Auto,
+        )
+        .unwrap();
+    let gt = processor.first_answer_token("red").unwrap().unwrap();
+    (model, inputs, gt)
+}
+
+/// Key weights `[L − from, S]`: 1, and 0 on `dropped` positions.
+fn weights(layers: usize, s: usize, dropped: &[usize]) -> Vec<f64> {
+    let mut m = vec![1.0; layers * s];
+    for l in 0..layers {
+        for &j in dropped {
+            m[l * s + j] = 0.0;
+        }
+    }
+    m
+}
+
+fn tensor(m: &[f64], layers: usize, s: usize) -> Tensor {
+    Tensor::from_slice(m)
+        .view([layers as i64, s as i64])
+        .to_kind(Kind::Double)
+}
+
+#[test]
+fn soft_mask_gradient_equals_central_finite_differences_f64() {
+    let (model, inputs, gt) = fixture(Kind::Double);
+    let full = full_run(&model, &inputs).unwrap();
+    let (s, n) = (inputs.seq_len(), model.num_layers());
+    let visual = inputs.visual.positions.clone();
+    // Leave-out's point (all keys present, from layer 0) and keep-only's (visual keys removed
+    // from layer 2 on, resumed from layer 2's stored input).
+    for (from, dropped) in [(0usize, vec![]), (2, visual.clone())] {
+        let layers = n - from;
+        let base = weights(layers, s, &dropped);
+        let hidden = &full.layer_inputs[from];
+        let m = tensor(&base, layers, s).set_requires_grad(true);
+        let logp = soft_log_probs(&model, &inputs, from, hidden, &m);
+        let g = Tensor::run_backward(&[logp.get(gt)], &[&m], false, false).remove(0);
+        // Small steps: at keep-only's point (m = 0) a key of large score makes log p strongly
+        // curved in its weight.
+        let eps = 1e-6;
+        let mut checked = 0;
+        let mut largest = 0f64;
+        for l in 0..layers {
+            for &j in [visual[0], visual[7], visual[20], visual[35], 3]
+                .iter()
+                .take(if dropped.is_empty() { 5 } else { 4 })
+            {
+                let at = |delta: f64| {
+                    let mut m = base.clone();
+                    m[l * s + j] += delta;
+                    let _guard = tch::no_grad_guard();
+                    soft_log_probs(&model, &inputs, from, hidden, &tensor(&m, layers, s))
+                        .get(gt)
+                        .double_value(&[])
+                };
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                let ad = g.double_value(&[l as i64, j as i64]);
+                largest = largest.max(ad.abs());
+                assert!(
+                    (fd - ad).abs() <= 1e-6 * (1.0 + fd.abs()),
+                    "from {from}, layer {l}, key {j}: autograd {ad} vs finite differences {fd}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 8);
+        assert!(
+            largest > 1e-4,
+            "the gradients checked are not all zero ({largest})"
+        );
+    }
+}
+
+#[test]
+fn soft_mask_at_one_and_zero_is_the_plain_model_and_the_cut() {
+    let (model, inputs, gt) = fixture(Kind::Double);
+    let full = full_run(&model, &inputs).unwrap();
+    let (s, n) = (inputs.seq_len(), model.num_layers());
+    let _guard = tch::no_grad_guard();
+    let plain = soft_log_probs(
+        &model,
+        &inputs,
+        0,
+        &full.layer_inputs[0],
+        &tensor(&weights(n, s, &[]), n, s),
+    );
+    let diff = (&plain - full.log_probs.squeeze_dim(0))
+        .abs()
+        .max()
+        .double_value(&[]);
+    // The engine scores in f32 (`next_token_log_probs`).
+    assert!(diff < 1e-5, "m = 1 vs the plain model: {diff}");
+    let grid = WindowGrid::new(inputs.visual.grid, 2).unwrap();
+    for mode in [InfoMode::KeepOnly, InfoMode::LeaveOut] {
+        let (_, windows) = variant_keep_sets(&inputs, &grid, mode);
+        for (k, w) in [(1usize, 0usize), (2, 4), (3, 8)] {
+            let keep = &windows[w];
+            let dropped: Vec<usize> = (0..s).filter(|p| !keep.contains(p)).collect();
+            let soft = soft_log_probs(
+                &model,
+                &inputs,
+                k,
+                &full.layer_inputs[k],
+                &tensor(&weights(n - k, s, &dropped), n - k, s),
+            )
+            .get(gt)
+            .double_value(&[]);
+            let (_, cut, _) = naive_variant(&model, &inputs, &full, gt, k, keep).unwrap();
+            assert!(
+                (soft - cut).abs() < 1e-5,
+                "{mode:?} K={k} window {w}: soft mask {soft} vs cut {cut}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_estimate_writes_the_exact_sweeps_rows_and_its_linearisation_points_exactly() {
+    let (model, inputs, gt) = fixture(Kind::Float);
+    let full = full_run(&model, &inputs).unwrap();
+    let layers: Vec<usize> = (0..model.num_layers()).collect();
+    for mode in [InfoMode::KeepOnly, InfoMode::LeaveOut] {
+        let cfg = SweepConfig {
+            layers: layers.clone(),
+            window_size: 2,
+            mode,
+            batch_size: None,
+            memory_budget_bytes: 1 << 30,
+        };
+        let exact = sweep_sample(&model, &inputs, &full, gt, &cfg).unwrap();
+        let estimate = estimate_sample(&model, &inputs, &full, gt, &cfg).unwrap();
+        let keys = |rows: &[horizon_runner::info::VariantResult]| {
+            rows.iter()
+                .map(|r| format!("{:?} {:?}", r.layer, r.variant))
+                .collect::<BTreeSet<_>>()
+        };
+        assert_eq!(estimate.len(), exact.len());
+        assert_eq!(keys(&estimate), keys(&exact));
+        for e in &estimate {
+            assert!(
+                (0.0..=1.0).contains(&e.p) && e.logp <= 0.0 && e.kl >= 0.0,
+                "{e:?}"
+            );
+            let x = exact
+                .iter()
+                .find(|x| x.layer == e.layer && x.variant == e.variant)
+                .unwrap();
+            let point = match mode {
+                InfoMode::KeepOnly => {
+                    matches!(e.variant, horizon_runner::info::Variant::TextOnly)
+                        || e.layer.is_none()
+                }
+                InfoMode::LeaveOut => e.layer.is_none(),
+            };
+            if point {
+                for (a, b) in [(e.p, x.p), (e.logp, x.logp), (e.kl, x.kl)] {
+                    assert!((a - b).abs() < 1e-5, "{mode:?} {e:?} vs exact {x:?}");
+                }
+            }
+        }
+    }
+}
