@@ -169,3 +169,62 @@ fn unsupported_text_model_is_refused_by_field() {
         "{err}"
     );
 }
+
+/// What 5.17 `save_pretrained` writes for a model built from its config: the CLIP tower as
+/// `vision_tower.embeddings.*` / `vision_tower.encoder.*`, without `vision_model.`.
+#[test]
+fn hf5_fresh_saved_checkpoint_matches_hf() {
+    check_case("hf5_fresh_small");
+}
+
+/// The checkpoint with transformers 5.x's in-memory names (`model.vision_tower.*`,
+/// `model.image_newline`, `model.language_model.*`, `lm_head.*`) loads to bit-equal logits.
+#[test]
+fn module_tree_names_load_to_equal_logits() {
+    let src = fixtures().join("models/llava-next-tiny");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut renamed = Vec::new();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.ends_with(".safetensors") {
+            for (k, v) in Tensor::read_safetensors(e.path()).unwrap() {
+                let k = if k == "image_newline" {
+                    "model.image_newline".to_string()
+                } else if let Some(r) = k.strip_prefix("vision_tower.vision_model.") {
+                    format!("model.vision_tower.{r}")
+                } else if let Some(r) = k.strip_prefix("multi_modal_projector.") {
+                    format!("model.multi_modal_projector.{r}")
+                } else if let Some(r) = k.strip_prefix("language_model.model.") {
+                    format!("model.language_model.{r}")
+                } else if let Some(r) = k.strip_prefix("language_model.lm_head.") {
+                    format!("lm_head.{r}")
+                } else {
+                    panic!("unexpected tensor {k}")
+                };
+                renamed.push((k, v));
+            }
+        } else if name != "model.safetensors.index.json" {
+            std::fs::copy(e.path(), tmp.path().join(&name)).unwrap();
+        }
+    }
+    let refs: Vec<(&str, &Tensor)> = renamed.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    Tensor::write_safetensors(&refs, tmp.path().join("model.safetensors")).unwrap();
+    let logits = |dir: &Path| {
+        let model = VlModel::load(dir, Device::Cpu, Kind::Float).unwrap();
+        let processor = Processor::load(dir, &model).unwrap();
+        let inputs = processor
+            .prepare(
+                &model,
+                "What color is the circle?",
+                &fixtures().join("images/square.png"),
+                PromptTemplate::Auto,
+            )
+            .unwrap();
+        let out = model
+            .prefill(&inputs, &mut Intervention::none(), None, None)
+            .unwrap();
+        model.lm_head(&out.hidden).to_kind(Kind::Float)
+    };
+    assert!(logits(tmp.path()).equal(&logits(&src)));
+}
