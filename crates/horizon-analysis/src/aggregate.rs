@@ -11,6 +11,7 @@ use crate::uncertainty::{
 };
 use crate::{InfoMode, Metric};
 use anyhow::{anyhow, bail, Result};
+use horizon_data::info_rows::RowVariant;
 use ndarray::Array2;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -181,13 +182,6 @@ impl Analysis {
 
 const NONE: u32 = u32::MAX;
 
-#[derive(Clone, Copy, PartialEq)]
-enum Var {
-    Full,
-    Text,
-    Window,
-}
-
 /// Computes per-layer statistics, window maps and horizons, the horizons' bootstrap distributions,
 /// their paired comparisons, and the sensitivity table (every metric column the table has, at
 /// [`SENSITIVITY_THRESHOLDS`]). See the crate documentation for the definitions.
@@ -260,17 +254,14 @@ fn analyze_layers(t: &InfoTable, params: &AnalysisParams) -> Result<Analysis> {
             t.mode.dict.join(", ")
         )
     })?;
-    let var_of: Vec<Var> = t
+    let var_of: Vec<RowVariant> = t
         .variant
         .dict
         .iter()
-        .map(|v| match v.as_str() {
-            "full" => Ok(Var::Full),
-            "text_only" => Ok(Var::Text),
-            "window" => Ok(Var::Window),
-            other => Err(anyhow!(
-                "column `variant`: unknown value `{other}` (expected full, text_only, window)"
-            )),
+        .map(|v| {
+            v.parse::<RowVariant>().map_err(|_| {
+                anyhow!("column `variant`: unknown value `{v}` (expected full, text_only, window)")
+            })
         })
         .collect::<Result<_>>()?;
 
@@ -288,7 +279,7 @@ fn analyze_layers(t: &InfoTable, params: &AnalysisParams) -> Result<Analysis> {
             continue;
         }
         let var = var_of[t.variant.codes[i] as usize];
-        if var == Var::Window {
+        if var == RowVariant::Window {
             if t.mode.codes[i] != mode {
                 rows_other_mode += 1;
                 continue;
@@ -363,7 +354,7 @@ fn analyze_layers(t: &InfoTable, params: &AnalysisParams) -> Result<Analysis> {
         let k = t.layer[i];
         rows_used += 1;
         match var_of[t.variant.codes[i] as usize] {
-            Var::Window => {
+            RowVariant::Window => {
                 let k = k as usize;
                 layer_seen[k] = true;
                 let cell = &mut win[(s * nl + k) * nw + t.window[i] as usize];
@@ -375,13 +366,13 @@ fn analyze_layers(t: &InfoTable, params: &AnalysisParams) -> Result<Analysis> {
                 }
                 *cell = v;
             }
-            Var::Text => {
+            RowVariant::TextOnly => {
                 if k < 0 || k as usize >= nl {
                     continue; // a layer without window rows: unused
                 }
                 set_baseline(&mut text[s * nl + k as usize], v, || describe(i))?;
             }
-            Var::Full => {
+            RowVariant::Full => {
                 if k < 0 {
                     set_baseline(&mut full[s], v, || describe(i))?;
                 } else if (k as usize) < nl {
@@ -660,7 +651,7 @@ fn window_grid(
     n_from_rows: usize,
     target: u32,
     mode: u32,
-    var_of: &[Var],
+    var_of: &[RowVariant],
 ) -> WindowLayout {
     let meta = (
         t.metadata_usize("horizon.grid_rows"),
@@ -673,7 +664,7 @@ fn window_grid(
         for i in 0..t.len() {
             if t.target.codes[i] != target
                 || t.mode.codes[i] != mode
-                || var_of[t.variant.codes[i] as usize] != Var::Window
+                || var_of[t.variant.codes[i] as usize] != RowVariant::Window
             {
                 continue;
             }

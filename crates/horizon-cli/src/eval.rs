@@ -7,14 +7,13 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
-use horizon_analysis::prune::{summarize_specs, summary_markdown, RunSummary, SpecSummary};
-use horizon_data::atomic::write_atomic;
+use horizon_analysis::prune::summary_markdown;
+use horizon_data::bench::Sample;
 use horizon_data::score::Benchmark;
-use horizon_runner::evaluate::Evaluation;
+use horizon_runner::evaluate::{EvalProgress, EvalReport, Evaluation, Evaluations, InfoRowScores};
 use horizon_runner::processor::Processor;
 use horizon_runner::prune::oracle_rows::{check_info_rows_cover, read_info_row_scores};
-use horizon_runner::prune::runs::{plan_runs, summarize_run, SpecRun};
-use horizon_runner::prune::{PruneOptions, PruneSpec};
+use horizon_runner::prune::PruneSpec;
 use horizon_runner::VlModel;
 
 use crate::options::{
@@ -66,116 +65,111 @@ pub struct EvalArgs {
     info_rows: Option<PathBuf>,
 }
 
-/// Everything of an evaluation but its spec, seed and directory.
-pub struct EvalContext<'a> {
-    pub model: &'a VlModel,
-    pub processor: &'a Processor,
-    pub model_options: &'a ModelOptions,
-    pub bench: &'a BenchOptions,
-    pub samples: &'a [horizon_data::bench::Sample],
-    pub model_name: String,
-    pub max_new_tokens: usize,
-    pub scorer: Option<Benchmark>,
-    pub samples_per_part: usize,
-    pub scale: &'a ScaleOptions,
-    pub options: PruneOptions,
-    pub warmup: bool,
-    pub info_rows: Option<std::sync::Arc<horizon_runner::evaluate::InfoRowScores>>,
+/// `horizon eval`'s report of its runs on stderr: the header (benchmark, scorer, prompt style, first
+/// prompt) once the first run has passed every check, so that an error before it stays one line; a
+/// progress bar per run, and a line when each ends.
+pub struct EvalPrinter {
+    header: Option<String>,
+    bar: Option<indicatif::ProgressBar>,
 }
 
-impl EvalContext<'_> {
-    /// One evaluation (resumable like any other); `None` when stopped early.
-    pub fn evaluate(
-        &self,
-        spec: &PruneSpec,
-        seed: u64,
-        out: &Path,
-    ) -> Result<
-        Option<(
-            Vec<horizon_data::predictions::Prediction>,
-            horizon_data::score::ScoreTable,
-        )>,
-    > {
-        let evaluation = Evaluation {
-            model_name: self.model_name.clone(),
-            model_path: self.model_options.model.clone(),
-            bench: self.bench.bench.clone(),
-            template: self.model_options.template,
-            prompt_style: self.bench.prompt_style,
-            max_new_tokens: self.max_new_tokens,
-            scorer: self.scorer,
-            samples_per_part: self.samples_per_part,
-            shard: self.scale.shard(),
-            processor_settings: self.model_options.processor_settings(),
-            prune: spec.clone(),
-            prune_options: PruneOptions {
-                seed,
-                ..self.options.clone()
-            },
-            warmup: self.warmup,
-            info_rows: self.info_rows.clone(),
-        };
-        let progress = bar(0, &format!("samples {spec}"));
-        let resume = self.scale.resume;
-        let report = evaluation.run(
-            self.model,
-            self.processor,
-            self.samples,
-            out,
-            resume,
-            self.scale.stop_rule(),
-            &mut |done, pending| {
-                if let Some(header) = RUN_HEADER.lock().ok().and_then(|mut h| h.take()) {
-                    progress.suspend(|| eprintln!("{header}"));
-                }
-                progress.set_length(pending as u64);
-                progress.set_position(done as u64);
-            },
-        )?;
-        progress.finish_and_clear();
+impl EvalPrinter {
+    /// Prints `header` when the first run starts (`None`: no header).
+    pub fn new(header: Option<String>) -> Self {
+        Self { header, bar: None }
+    }
+}
+
+impl EvalProgress for EvalPrinter {
+    fn begin(&mut self, spec: &PruneSpec, _out: &Path) {
+        self.bar = Some(bar(0, &format!("samples {spec}")));
+    }
+
+    fn progress(&mut self, done: usize, pending: usize) {
+        let Some(progress) = &self.bar else { return };
+        if let Some(header) = self.header.take() {
+            progress.suspend(|| eprintln!("{header}"));
+        }
+        progress.set_length(pending as u64);
+        progress.set_position(done as u64);
+    }
+
+    fn end(&mut self, spec: &PruneSpec, out: &Path, report: &EvalReport) {
+        if let Some(progress) = self.bar.take() {
+            progress.finish_and_clear();
+        }
         eprintln!(
             "horizon eval: {spec}: {} samples ({} already done) in {}",
             report.samples,
             report.already_done,
             out.display()
         );
-        Ok(report.scores.map(|s| (report.predictions, s)))
-    }
-
-    /// Every run of `runs`; the summaries of those that finished, and whether all did.
-    pub fn evaluate_all(&self, runs: &[SpecRun]) -> Result<(Vec<RunSummary>, bool)> {
-        let mut summaries = Vec::new();
-        let mut complete = true;
-        for run in runs {
-            match self.evaluate(&run.spec, run.seed, &run.dir)? {
-                Some((predictions, scores)) => {
-                    summaries.push(summarize_run(run, &predictions, &scores)?)
-                }
-                None => complete = false,
-            }
-        }
-        Ok((summaries, complete))
     }
 }
 
-pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    write_atomic(path, |tmp| {
-        std::fs::write(tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))
+/// What the runs of `horizon eval` and `horizon prune-sweep` share, from their options (each run
+/// sets its own spec and seed).
+pub struct EvalOptions<'a> {
+    pub model: &'a ModelOptions,
+    pub bench: &'a BenchOptions,
+    pub model_name: Option<&'a str>,
+    pub max_new_tokens: usize,
+    pub scorer: Option<Benchmark>,
+    pub samples_per_part: usize,
+    pub scale: &'a ScaleOptions,
+    pub prune_settings: &'a PruneSettings,
+    pub warmup: bool,
+    pub info_rows: Option<std::sync::Arc<InfoRowScores>>,
+}
+
+impl EvalOptions<'_> {
+    /// The evaluations of `samples` on the loaded `model`.
+    pub fn evaluations<'a>(
+        self,
+        model: &'a VlModel,
+        processor: &'a Processor,
+        samples: &'a [Sample],
+    ) -> Evaluations<'a> {
+        Evaluations {
+            model,
+            processor,
+            samples,
+            base: Evaluation {
+                model_name: model_name(self.model, self.model_name),
+                model_path: self.model.model.clone(),
+                bench: self.bench.bench.clone(),
+                template: self.model.template,
+                prompt_style: self.bench.prompt_style,
+                max_new_tokens: self.max_new_tokens,
+                scorer: self.scorer,
+                samples_per_part: self.samples_per_part,
+                shard: self.scale.shard(),
+                processor_settings: self.model.processor_settings(),
+                prune: PruneSpec::none(),
+                prune_options: self.prune_settings.options(),
+                warmup: self.warmup,
+                info_rows: self.info_rows,
+            },
+            resume: self.scale.resume,
+            stop: self.scale.stop_rule(),
+        }
+    }
+}
+
+/// What a run stopped by its stop rule says.
+pub const STOPPED: &str =
+    "stopped by --max-samples-per-run / --time-budget-min; rerun with --resume to continue";
+
+/// The model's label: `--model-name`, or the checkpoint directory's name.
+pub fn model_name(model: &ModelOptions, given: Option<&str>) -> String {
+    given.map(str::to_string).unwrap_or_else(|| {
+        model
+            .model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
     })
 }
-
-/// summary.json and summary.md of compared specs.
-pub fn write_summary(out: &Path, specs: &[SpecSummary]) -> Result<()> {
-    write_text(
-        &out.join("summary.json"),
-        &serde_json::to_string_pretty(specs)?,
-    )?;
-    write_text(&out.join("summary.md"), &summary_markdown(specs))
-}
-
-/// What `horizon eval` prints once its run has passed every check and starts (the benchmark, the
-/// scorer, the prompt style and the first prompt), so that an error before it stays one line.
-static RUN_HEADER: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// The first sample's prompt as the model gets it (chat template included).
 fn first_prompt(
@@ -214,69 +208,50 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             first_prompt(&processor, &samples, args)?.as_deref()
         )
     );
-    if let Ok(mut h) = RUN_HEADER.lock() {
-        *h = Some(header);
-    }
-    let ctx = EvalContext {
-        model: &model,
-        processor: &processor,
-        model_options: &args.model,
+    let info_rows = match &args.info_rows {
+        Some(dir) => {
+            let rows = read_info_row_scores(
+                dir,
+                &args.model.model,
+                args.prune_settings.info_window,
+                &samples,
+            )?;
+            // Every sample and info layer is looked up before the first answer, not at it.
+            check_info_rows_cover(&rows, &samples, &args.prune)?;
+            Some(std::sync::Arc::new(rows))
+        }
+        None => None,
+    };
+    let evaluations = EvalOptions {
+        model: &args.model,
         bench: &args.bench,
-        samples: &samples,
-        model_name: args.model_name.clone().unwrap_or_else(|| {
-            args.model
-                .model
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "model".into())
-        }),
+        model_name: args.model_name.as_deref(),
         max_new_tokens: args.max_new_tokens,
         scorer: args.scorer,
         samples_per_part: args.samples_per_part,
         scale: &args.scale,
-        options: args.prune_settings.options(),
+        prune_settings: &args.prune_settings,
         warmup: !args.no_warmup,
-        info_rows: match &args.info_rows {
-            Some(dir) => {
-                let rows = read_info_row_scores(
-                    dir,
-                    &args.model.model,
-                    args.prune_settings.info_window,
-                    &samples,
-                )?;
-                // Every sample and info layer is looked up before the first answer, not at it.
-                check_info_rows_cover(&rows, &samples, &args.prune)?;
-                Some(std::sync::Arc::new(rows))
-            }
-            None => None,
-        },
-    };
+        info_rows,
+    }
+    .evaluations(&model, &processor, &samples);
+    let mut printer = EvalPrinter::new(Some(header));
     if args.prune.is_empty() {
-        match ctx.evaluate(&PruneSpec::none(), args.prune_settings.prune_seed, &args.out)? {
-            Some((_, table)) => print!("{}", table.to_markdown()),
-            None => eprintln!(
-                "stopped by --max-samples-per-run / --time-budget-min; rerun with --resume to continue"
-            ),
+        let report = evaluations.evaluate(
+            &PruneSpec::none(),
+            args.prune_settings.prune_seed,
+            &args.out,
+            &mut printer,
+        )?;
+        match report.scores {
+            Some(table) => print!("{}", table.to_markdown()),
+            None => eprintln!("{STOPPED}"),
         }
         return Ok(());
     }
-    let runs = plan_runs(
-        &args.prune,
-        args.repeats,
-        args.prune_settings.prune_seed,
-        &args.out,
-    );
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("{}: cannot create", args.out.display()))?;
-    let (summaries, complete) = ctx.evaluate_all(&runs)?;
-    if !complete {
-        eprintln!(
-            "stopped by --max-samples-per-run / --time-budget-min; rerun with --resume to continue"
-        );
-        return Ok(());
+    match evaluations.compare(&args.prune, args.repeats, &args.out, &mut printer)? {
+        Some(specs) => print!("{}", summary_markdown(&specs)),
+        None => eprintln!("{STOPPED}"),
     }
-    let specs = summarize_specs(&summaries);
-    write_summary(&args.out, &specs)?;
-    print!("{}", summary_markdown(&specs));
     Ok(())
 }

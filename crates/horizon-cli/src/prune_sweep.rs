@@ -16,13 +16,14 @@ use horizon_analysis::prune::{
 };
 use horizon_data::bench::Sample;
 use horizon_plot::{plot_prune_sweep, PruneSweepOptions};
+use horizon_runner::evaluate::{write_summary, write_text};
 use horizon_runner::processor::Processor;
 use horizon_runner::prune::runs::{fewest_visual_tokens, LayerSweep, SpecRun, SweepPlan};
 use horizon_runner::prune::{Keep, Method, PruneSpec};
 use horizon_runner::sweep::parse_layers;
 use horizon_runner::VlModel;
 
-use crate::eval::{write_summary, write_text, EvalContext};
+use crate::eval::{model_name, EvalOptions, EvalPrinter, STOPPED};
 use crate::options::{
     at_least_one, prune_spec, BenchOptions, ModelOptions, PruneSettings, ScaleOptions,
 };
@@ -134,13 +135,7 @@ pub fn prepare(args: &PruneSweepArgs) -> Result<PreparedSweep> {
     for spec in &args.compare {
         spec.check(num_layers)?;
     }
-    let model_name = args.model_name.clone().unwrap_or_else(|| {
-        args.model
-            .model
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into())
-    });
+    let model_name = model_name(&args.model, args.model_name.as_deref());
     let horizons = match &args.horizon {
         Some(p) => Some(read_horizons(p, &model_name)?),
         None => None,
@@ -184,25 +179,24 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
     let num_layers = model.num_layers();
     let horizon = horizons.as_ref().and_then(|h| h.pooled);
     let runs_dir = args.out.join("runs");
-    let ctx = EvalContext {
-        model: &model,
-        processor: &processor,
-        model_options: &args.model,
+    let evaluations = EvalOptions {
+        model: &args.model,
         bench: &args.bench,
-        samples: &samples,
-        model_name: model_name.clone(),
+        model_name: Some(&model_name),
         max_new_tokens: args.max_new_tokens,
         scorer: None,
         samples_per_part: args.samples_per_part,
         scale: &args.scale,
-        options: args.prune_settings.options(),
+        prune_settings: &args.prune_settings,
         warmup: true,
         info_rows: None,
-    };
+    }
+    .evaluations(&model, &processor, &samples);
+    let mut printer = EvalPrinter::new(None);
     std::fs::create_dir_all(&runs_dir)
         .with_context(|| format!("{}: cannot create", runs_dir.display()))?;
     // The unpruned run first: every other score is relative to it, so a zero stops the sweep there.
-    let (mut summaries, mut complete) = ctx.evaluate_all(&plan.runs[..1])?;
+    let (mut summaries, mut complete) = evaluations.evaluate_all(&plan.runs[..1], &mut printer)?;
     if let Some(unpruned) = summaries.first() {
         if !(unpruned.score.is_finite() && unpruned.score > 0.0) {
             bail!(
@@ -213,13 +207,11 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
             );
         }
     }
-    let (rest, rest_complete) = ctx.evaluate_all(&plan.runs[1..])?;
+    let (rest, rest_complete) = evaluations.evaluate_all(&plan.runs[1..], &mut printer)?;
     summaries.extend(rest);
     complete &= rest_complete;
     if !complete {
-        eprintln!(
-            "stopped by --max-samples-per-run / --time-budget-min; rerun with --resume to continue"
-        );
+        eprintln!("{STOPPED}");
         return Ok(());
     }
     let spec_summaries = summarize_specs(&summaries);
@@ -274,9 +266,9 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
         )?;
     }
     if !args.compare.is_empty() {
-        let rows: Vec<BudgetRow> = spec_summaries
-            .iter()
-            .filter(|s| args.compare.iter().any(|c| c.to_string() == s.spec))
+        let rows: Vec<BudgetRow> = plan
+            .spec_summaries_of(&args.compare, &spec_summaries)
+            .into_iter()
             .map(BudgetRow::of)
             .collect();
         let table = table1_markdown(&rows, unpruned, 0.05);

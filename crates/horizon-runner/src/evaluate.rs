@@ -15,18 +15,18 @@ use horizon_data::bench::prompts::{question_prompt, PromptStyle};
 use horizon_data::bench::Sample;
 use horizon_data::imageproc::to_rgb_like_pil;
 use horizon_data::predictions::{read_predictions, write_predictions, Prediction};
-use horizon_data::run_meta::{EvalSettings, RunKind, RunMetadata, DONE_FILE, RUN_FORMAT};
+use horizon_data::run_meta::{EvalSettings, RunKind, RunMetadata, DONE_FILE};
 use horizon_data::score::{score, score_detected, Benchmark, ScoreTable};
 
-use crate::device::dtype_name;
 use crate::generate::GenerationConfig;
 use crate::model::VlModel;
 use crate::parts::{
-    check_selection, has_answer, part_paths, pixel_bounds, selection_fingerprint, PartRun, Shard,
-    StopRule,
+    check_selection, has_answer, part_paths, PartRun, RunIdentity, Shard, StopRule,
 };
 use crate::processor::{Processor, PromptTemplate};
+use crate::prune::runs::{plan_runs, summarize_run, SpecRun};
 use crate::prune::{generate_pruned, sample_seed, Method, PruneOptions, PruneSpec};
+use horizon_analysis::prune::{summarize_specs, summary_markdown, RunSummary, SpecSummary};
 
 /// Everything that decides an evaluation's answers, and how it is cut into part files.
 #[derive(Debug, Clone)]
@@ -78,23 +78,19 @@ impl Evaluation {
     /// fingerprints of the checkpoint and of the whole selection, and the shard.
     pub fn metadata(&self, model: &VlModel, samples: &[Sample]) -> Result<RunMetadata> {
         let o = &self.prune_options;
-        let (min_pixels, max_pixels) = pixel_bounds(&self.processor_settings)?;
-        Ok(RunMetadata {
-            run_format: RUN_FORMAT,
-            model_fingerprint: crate::checkpoint::fingerprint(&self.model_path)?,
-            selection_fingerprint: selection_fingerprint(samples)?,
-            selected: samples.len(),
-            shard: self.shard.to_string(),
-            model: self.model_name.clone(),
-            model_path: self.model_path.display().to_string(),
-            model_type: model.model_type().into(),
-            dtype: dtype_name(model.kind()).into(),
-            template: format!("{:?}", self.template),
-            prompt_style: self.prompt_style.name().into(),
-            bench: self.bench.display().to_string(),
-            min_pixels,
-            max_pixels,
-            run: RunKind::Eval(EvalSettings {
+        let identity = RunIdentity {
+            model_name: &self.model_name,
+            model_path: &self.model_path,
+            bench: &self.bench,
+            template: self.template,
+            prompt_style: self.prompt_style,
+            processor_settings: &self.processor_settings,
+            shard: self.shard,
+        };
+        identity.metadata(
+            model,
+            samples,
+            RunKind::Eval(EvalSettings {
                 max_new_tokens: self.max_new_tokens,
                 scorer: self
                     .scorer
@@ -111,7 +107,7 @@ impl Evaluation {
                 ),
                 info_rows: self.info_rows.as_ref().map(|r| r.source.clone()),
             }),
-        })
+        )
     }
 
     /// Answers the samples of this shard still missing in `out`, then (when every one is there)
@@ -269,6 +265,120 @@ impl Evaluation {
     }
 }
 
+/// What a driver of several evaluations ([`Evaluations`]) reports as it goes; a command line prints
+/// it, a notebook may ignore it ([`Quiet`]).
+pub trait EvalProgress {
+    /// A run of `spec` is about to be checked and started in `out`.
+    fn begin(&mut self, _spec: &PruneSpec, _out: &Path) {}
+    /// `done` of the `pending` samples of the current run answered: called with `done` 0 once every
+    /// check of the run has passed, then after each sample.
+    fn progress(&mut self, _done: usize, _pending: usize) {}
+    /// The run of `spec` in `out` finished, or stopped by the stop rule.
+    fn end(&mut self, _spec: &PruneSpec, _out: &Path, _report: &EvalReport) {}
+}
+
+/// An [`EvalProgress`] that reports nothing.
+pub struct Quiet;
+
+impl EvalProgress for Quiet {}
+
+/// Evaluations of one model over one selection that differ only in their pruning spec and seed
+/// (`horizon eval`, with or without `--prune`, and `horizon prune-sweep`): each run is `base` with
+/// its spec and seed, in its own directory, resumable like any other.
+pub struct Evaluations<'a> {
+    pub model: &'a VlModel,
+    pub processor: &'a Processor,
+    pub samples: &'a [Sample],
+    /// The settings every run shares; `prune` and `prune_options.seed` are replaced by each run's.
+    pub base: Evaluation,
+    /// Continue runs already in their directories.
+    pub resume: bool,
+    pub stop: StopRule,
+}
+
+impl Evaluations<'_> {
+    /// One evaluation of `spec` under `seed` in `out`; its report's `scores` are `None` when the
+    /// stop rule ended it early.
+    pub fn evaluate(
+        &self,
+        spec: &PruneSpec,
+        seed: u64,
+        out: &Path,
+        progress: &mut dyn EvalProgress,
+    ) -> Result<EvalReport> {
+        let evaluation = Evaluation {
+            prune: spec.clone(),
+            prune_options: PruneOptions {
+                seed,
+                ..self.base.prune_options.clone()
+            },
+            ..self.base.clone()
+        };
+        progress.begin(spec, out);
+        let report = evaluation.run(
+            self.model,
+            self.processor,
+            self.samples,
+            out,
+            self.resume,
+            self.stop,
+            &mut |done, pending| progress.progress(done, pending),
+        )?;
+        progress.end(spec, out, &report);
+        Ok(report)
+    }
+
+    /// Every run of `runs`, in order: the summaries of those that finished, and whether all did.
+    pub fn evaluate_all(
+        &self,
+        runs: &[SpecRun],
+        progress: &mut dyn EvalProgress,
+    ) -> Result<(Vec<RunSummary>, bool)> {
+        let mut summaries = Vec::new();
+        let mut complete = true;
+        for run in runs {
+            let report = self.evaluate(&run.spec, run.seed, &run.dir, progress)?;
+            match &report.scores {
+                Some(scores) => summaries.push(summarize_run(run, &report.predictions, scores)?),
+                None => complete = false,
+            }
+        }
+        Ok((summaries, complete))
+    }
+
+    /// The comparison of `specs` (`horizon eval --prune …`): the unpruned model and each spec, a
+    /// spec with a random stage `repeats` times with seeds counting up from `base`'s, each in its
+    /// directory under `out` ([`plan_runs`]); then `summary.json` and `summary.md` in `out`. `None`
+    /// when the stop rule ended a run early (nothing summarized; `resume` continues).
+    pub fn compare(
+        &self,
+        specs: &[PruneSpec],
+        repeats: usize,
+        out: &Path,
+        progress: &mut dyn EvalProgress,
+    ) -> Result<Option<Vec<SpecSummary>>> {
+        let runs = plan_runs(specs, repeats, self.base.prune_options.seed, out);
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("{}: cannot create", out.display()))?;
+        let (summaries, complete) = self.evaluate_all(&runs, progress)?;
+        if !complete {
+            return Ok(None);
+        }
+        let specs = summarize_specs(&summaries);
+        write_summary(out, &specs)?;
+        Ok(Some(specs))
+    }
+}
+
+/// `summary.json` and `summary.md` of compared specs in `out` (each written atomically).
+pub fn write_summary(out: &Path, specs: &[SpecSummary]) -> Result<()> {
+    write_text(
+        &out.join("summary.json"),
+        &serde_json::to_string_pretty(specs)?,
+    )?;
+    write_text(&out.join("summary.md"), &summary_markdown(specs))
+}
+
 /// The predictions in the part files of `dir` (not the combined `predictions.parquet`).
 fn read_parts(dir: &Path) -> Result<Vec<Prediction>> {
     let mut all = Vec::new();
@@ -318,7 +428,8 @@ pub fn score_predictions(
     Ok(table)
 }
 
-fn write_text(path: &Path, text: &str) -> Result<()> {
+/// Writes `text` to `path` atomically.
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
     horizon_data::atomic::write_atomic(path, |tmp| {
         std::fs::write(tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))
     })

@@ -12,9 +12,14 @@ use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use horizon_data::bench::prompts::PromptStyle;
 use horizon_data::bench::Sample;
 use horizon_data::info_rows::part_files;
-use horizon_data::run_meta::{DoneMarker, RunKind, RunMetadata, DONE_FILE};
+use horizon_data::run_meta::{DoneMarker, RunKind, RunMetadata, DONE_FILE, RUN_FORMAT};
+
+use crate::device::dtype_name;
+use crate::model::VlModel;
+use crate::processor::PromptTemplate;
 
 /// One of `count` deterministic parts of a selection: the samples at positions ≡ `index` (mod
 /// `count`). `Shard::whole()` is the unsharded run.
@@ -118,6 +123,50 @@ fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// What every run's metadata records besides the settings of its kind ([`RunKind`]): the model,
+/// the benchmark, how prompts are built, the processor settings and the shard.
+#[derive(Debug, Clone, Copy)]
+pub struct RunIdentity<'a> {
+    pub model_name: &'a str,
+    pub model_path: &'a Path,
+    pub bench: &'a Path,
+    pub template: PromptTemplate,
+    pub prompt_style: PromptStyle,
+    /// Processor settings that change the inputs (only the pixel bounds are recorded: [`pixel_bounds`]).
+    pub processor_settings: &'a BTreeMap<String, String>,
+    pub shard: Shard,
+}
+
+impl RunIdentity<'_> {
+    /// The metadata every part file of a run of `model` over `samples` carries: these fields, the
+    /// fingerprints of the checkpoint and of the whole selection, and `run`'s own settings.
+    pub fn metadata(
+        &self,
+        model: &VlModel,
+        samples: &[Sample],
+        run: RunKind,
+    ) -> Result<RunMetadata> {
+        let (min_pixels, max_pixels) = pixel_bounds(self.processor_settings)?;
+        Ok(RunMetadata {
+            run_format: RUN_FORMAT,
+            model_fingerprint: crate::checkpoint::fingerprint(self.model_path)?,
+            selection_fingerprint: selection_fingerprint(samples)?,
+            selected: samples.len(),
+            shard: self.shard.to_string(),
+            model: self.model_name.to_string(),
+            model_path: self.model_path.display().to_string(),
+            model_type: model.model_type().into(),
+            dtype: dtype_name(model.kind()).into(),
+            template: format!("{:?}", self.template),
+            prompt_style: self.prompt_style.name().into(),
+            bench: self.bench.display().to_string(),
+            min_pixels,
+            max_pixels,
+            run,
+        })
+    }
 }
 
 /// A run over a selection: its metadata (the same in every part file) and how it is cut.

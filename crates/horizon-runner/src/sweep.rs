@@ -14,15 +14,14 @@ use std::path::{Path, PathBuf};
 use horizon_data::bench::prompts::{question_prompt, PromptStyle};
 use horizon_data::bench::Sample;
 use horizon_data::imageproc::to_rgb_like_pil;
-use horizon_data::info_rows::{write_info_rows, Estimate, InfoMode, InfoRow, Target};
-use horizon_data::run_meta::{InfoSettings, RunKind, RunMetadata, RUN_FORMAT};
+use horizon_data::info_rows::{write_info_rows, Estimate, InfoMode, InfoRow, RowVariant, Target};
+use horizon_data::run_meta::{InfoSettings, RunKind, RunMetadata};
 use horizon_data::window::WindowGrid;
 
-use crate::device::dtype_name;
 use crate::gradient::estimate_sample;
 use crate::info::{full_run, sweep_sample, SweepConfig, Variant};
 use crate::model::VlModel;
-use crate::parts::{pixel_bounds, PartRun, RunPlan};
+use crate::parts::{PartRun, RunIdentity, RunPlan};
 use crate::processor::{Processor, PromptTemplate};
 
 pub use crate::parts::{
@@ -79,23 +78,19 @@ impl InfoSweep {
     /// The metadata every part file carries: the settings that decide the rows, the fingerprints
     /// of the checkpoint and of the whole selection, and the shard.
     pub fn metadata(&self, model: &VlModel, samples: &[Sample]) -> Result<RunMetadata> {
-        let (min_pixels, max_pixels) = pixel_bounds(&self.processor_settings)?;
-        Ok(RunMetadata {
-            run_format: RUN_FORMAT,
-            model_fingerprint: crate::checkpoint::fingerprint(&self.model_path)?,
-            selection_fingerprint: selection_fingerprint(samples)?,
-            selected: samples.len(),
-            shard: self.shard.to_string(),
-            model: self.model_name.clone(),
-            model_path: self.model_path.display().to_string(),
-            model_type: model.model_type().into(),
-            dtype: dtype_name(model.kind()).into(),
-            template: format!("{:?}", self.template),
-            prompt_style: self.prompt_style.name().into(),
-            bench: self.bench.display().to_string(),
-            min_pixels,
-            max_pixels,
-            run: RunKind::Info(InfoSettings {
+        let identity = RunIdentity {
+            model_name: &self.model_name,
+            model_path: &self.model_path,
+            bench: &self.bench,
+            template: self.template,
+            prompt_style: self.prompt_style,
+            processor_settings: &self.processor_settings,
+            shard: self.shard,
+        };
+        identity.metadata(
+            model,
+            samples,
+            RunKind::Info(InfoSettings {
                 batch: match self.batch_size {
                     Some(b) => b.to_string(),
                     None => format!("auto, {} MiB", self.memory_budget_bytes >> 20),
@@ -107,7 +102,7 @@ impl InfoSweep {
                 target: self.target,
                 estimate: self.estimate,
             }),
-        })
+        )
     }
 
     /// Checks `out` (writable; a run already there must have the same settings in every part file,
@@ -176,9 +171,9 @@ impl InfoSweep {
             .into_iter()
             .map(|r| {
                 let (variant, window) = match r.variant {
-                    Variant::Full => ("full", None),
-                    Variant::TextOnly => ("text_only", None),
-                    Variant::Window(w) => ("window", Some(w)),
+                    Variant::Full => (RowVariant::Full, None),
+                    Variant::TextOnly => (RowVariant::TextOnly, None),
+                    Variant::Window(w) => (RowVariant::Window, Some(w)),
                 };
                 let (wr, wc) = window.map_or((-1, -1), |w| {
                     let (r, c) = grid.window_position(w);
@@ -193,8 +188,8 @@ impl InfoSweep {
                     window: window.map_or(-1, |w| w as i32),
                     window_row: wr,
                     window_col: wc,
-                    mode: self.mode.as_str(),
-                    target: self.target.as_str(),
+                    mode: self.mode,
+                    target: self.target,
                     target_token: target,
                     p: r.p,
                     logp: r.logp,

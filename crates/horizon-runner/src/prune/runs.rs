@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-use horizon_analysis::prune::{RunSummary, SkippedSpec, SweepScore};
+use horizon_analysis::prune::{RunSummary, SkippedSpec, SpecSummary, SweepScore};
 use horizon_data::bench::Sample;
 use horizon_data::imageproc::to_rgb_like_pil;
 use horizon_data::predictions::Prediction;
@@ -250,6 +250,28 @@ impl SweepPlan {
                     score: summary.score,
                 })
             })
+            .collect()
+    }
+
+    /// The summaries among `summaries` (one per distinct spec of this plan's runs, in run order,
+    /// as [`horizon_analysis::prune::summarize_specs`] gives them for the finished plan) of the
+    /// specs in `specs`, paired by spec, in run order.
+    pub fn spec_summaries_of<'s>(
+        &self,
+        specs: &[PruneSpec],
+        summaries: &'s [SpecSummary],
+    ) -> Vec<&'s SpecSummary> {
+        let mut distinct: Vec<&PruneSpec> = Vec::new();
+        for r in &self.runs {
+            if !distinct.contains(&&r.spec) {
+                distinct.push(&r.spec);
+            }
+        }
+        distinct
+            .into_iter()
+            .zip(summaries)
+            .filter(|(spec, _)| specs.contains(spec))
+            .map(|(_, summary)| summary)
             .collect()
     }
 
