@@ -13,10 +13,9 @@ use horizon_data::info_rows::{InfoMode, Target};
 
 use crate::analysis::{print_summary, render_figures, AnalysisArgs};
 use crate::info::{self, InfoArgs};
-use horizon_data::bench::prompts::PromptStyle;
 
 use crate::options::{
-    at_least_one, non_negative, BenchOptions, ModelOptions, PruneSettings, RunOptions, ScaleOptions,
+    at_least_one, non_negative, parsed, BenchOptions, ModelOptions, RunOptions, ScaleOptions,
 };
 use crate::prune_sweep::{self, PruneSweepArgs};
 use horizon_runner::prune::PruneSpec;
@@ -104,7 +103,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     // The pruning sweep comes last: its options, benchmark and token counts are checked first.
     if !args.no_prune {
         check_model_dir(&args.models[0])?;
-        prune_sweep::prepare(&prune_sweep_args(args, None))?;
+        prune_sweep::prepare(&prune_sweep_args(args, None)?)?;
     }
     let mut info_dirs = Vec::new();
     for (i, model) in args.models.iter().enumerate() {
@@ -120,35 +119,33 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             i + 1,
             args.models.len()
         );
+        // Every option the demo does not set takes `horizon info`'s own default.
+        let defaults: InfoArgs = parsed(&[
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--bench".as_ref(),
+            args.bench.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ])?;
         info::run(&InfoArgs {
-            model: ModelOptions::for_dir(model.clone(), args.run),
-            model_name: Some(name),
-            bench: BenchOptions {
-                bench: args.bench.clone(),
-                image_dir: args.image_dir.clone(),
-                answers: args.answers.clone(),
-                benchmark: None,
-                split: None,
-                prompt_style: PromptStyle::Llava,
-                limit: args.limit,
-                per_category: Some(args.per_category),
-                seed: args.shuffle.then_some(args.seed),
+            model: ModelOptions {
+                run: args.run,
+                ..defaults.model
             },
-            out: out.clone(),
+            model_name: Some(name),
+            bench: bench_options(args, defaults.bench, args.per_category),
             layers: Some(args.layers.clone()),
             window: args.window,
             mode: args.mode,
             target: args.target,
             estimate: horizon_data::info_rows::Estimate::Exact,
             batch_size: args.batch_size,
-            memory_budget_mb: 2048,
-            samples_per_part: 8,
             scale: ScaleOptions {
                 resume: true,
-                shard: None,
-                max_samples_per_run: None,
-                time_budget_min: None,
+                ..defaults.scale
             },
+            ..defaults
         })?;
         info_dirs.push(out);
     }
@@ -209,7 +206,7 @@ fn prune_demo(args: &DemoArgs, horizon: &std::path::Path) -> Result<()> {
     prune_sweep::run(&prune_sweep_args(
         args,
         horizon.exists().then(|| horizon.to_path_buf()),
-    ))
+    )?)
 }
 
 fn first_model_name(args: &DemoArgs) -> String {
@@ -219,8 +216,22 @@ fn first_model_name(args: &DemoArgs) -> String {
         .unwrap_or_else(|| "model0".into())
 }
 
-/// The demo's pruning sweep on the first model, marking the horizon of `horizon` (a horizon.json).
-fn prune_sweep_args(args: &DemoArgs, horizon: Option<PathBuf>) -> PruneSweepArgs {
+/// The demo's benchmark selection: `defaults` with the demo's benchmark files, `per_category`, and
+/// its limit and shuffle.
+fn bench_options(args: &DemoArgs, defaults: BenchOptions, per_category: usize) -> BenchOptions {
+    BenchOptions {
+        image_dir: args.image_dir.clone(),
+        answers: args.answers.clone(),
+        limit: args.limit,
+        per_category: Some(per_category),
+        seed: args.shuffle.then_some(args.seed),
+        ..defaults
+    }
+}
+
+/// The demo's pruning sweep on the first model, marking the horizon of `horizon` (a horizon.json);
+/// every option it does not set takes `horizon prune-sweep`'s own default.
+fn prune_sweep_args(args: &DemoArgs, horizon: Option<PathBuf>) -> Result<PruneSweepArgs> {
     let model = PathBuf::from(&args.models[0]);
     let name = first_model_name(args);
     let compare = [
@@ -231,20 +242,21 @@ fn prune_sweep_args(args: &DemoArgs, horizon: Option<PathBuf>) -> PruneSweepArgs
         "fastv@2:12,random@6:4",
     ];
     let is_bundled = args.models[0] == BUNDLED_MODELS[0];
-    PruneSweepArgs {
-        model: ModelOptions::for_dir(model, args.run),
-        bench: BenchOptions {
-            bench: args.bench.clone(),
-            image_dir: args.image_dir.clone(),
-            answers: args.answers.clone(),
-            benchmark: None,
-            split: None,
-            prompt_style: PromptStyle::Llava,
-            limit: args.limit,
-            per_category: Some(args.prune_per_category),
-            seed: args.shuffle.then_some(args.seed),
+    let out = args.out.join("prune");
+    let defaults: PruneSweepArgs = parsed(&[
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--bench".as_ref(),
+        args.bench.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ])?;
+    Ok(PruneSweepArgs {
+        model: ModelOptions {
+            run: args.run,
+            ..defaults.model
         },
-        out: args.out.join("prune"),
+        bench: bench_options(args, defaults.bench, args.prune_per_category),
         methods: vec!["fastv".into(), "divprune".into()],
         layers: args.prune_layers.clone(),
         keep: args.prune_keep.clone(),
@@ -254,20 +266,17 @@ fn prune_sweep_args(args: &DemoArgs, horizon: Option<PathBuf>) -> PruneSweepArgs
         compare: if is_bundled {
             compare
                 .iter()
-                .map(|s| PruneSpec::parse(s).expect("valid spec"))
-                .collect()
+                .map(|s| PruneSpec::parse(s))
+                .collect::<Result<_>>()?
         } else {
             Vec::new()
         },
         model_name: Some(name),
         max_new_tokens: 8,
-        samples_per_part: 16,
-        prune_settings: PruneSettings::default(),
         scale: ScaleOptions {
             resume: true,
-            shard: None,
-            max_samples_per_run: None,
-            time_budget_min: None,
+            ..defaults.scale
         },
-    }
+        ..defaults
+    })
 }

@@ -86,18 +86,6 @@ pub struct RunOptions {
 }
 
 impl ModelOptions {
-    /// The bundled defaults for `dir`: the family's own template, this Pillow, on `run`.
-    pub fn for_dir(dir: PathBuf, run: RunOptions) -> Self {
-        Self {
-            model: dir,
-            template: PromptTemplate::Auto,
-            run,
-            pillow_version: pillow_value(DEFAULT_PILLOW_VERSION).expect("a known Pillow release"),
-            min_pixels: None,
-            max_pixels: None,
-        }
-    }
-
     /// The processor settings given on the command line, for the outputs' metadata.
     pub fn processor_settings(&self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
@@ -142,6 +130,16 @@ impl ModelArgs {
         let inputs = processor.prepare(&model, &self.prompt, &self.image, self.options.template)?;
         Ok((model, processor, inputs))
     }
+}
+
+/// `T` as clap fills it from `args` (each option not given takes its declared default): the one
+/// source of a command's defaults for another command that runs it (`horizon demo`).
+pub fn parsed<T: clap::Args + clap::FromArgMatches>(args: &[&std::ffi::OsStr]) -> Result<T> {
+    let command = T::augment_args(clap::Command::new("horizon").no_binary_name(true));
+    let matches = command
+        .try_get_matches_from(args)
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
+    Ok(T::from_arg_matches(&matches)?)
 }
 
 /// A finite number ≥ 0 (thresholds).
@@ -285,34 +283,20 @@ pub struct PruneSettings {
     #[arg(long, value_parser = positions_value)]
     pub positions: Option<PositionPolicy>,
     /// Seed of random stages (each sample draws its own stream from it; --repeats counts up from it).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = PruneOptions::default().seed)]
     pub prune_seed: u64,
     /// Window FastV: side of its square windows on the visual grid.
-    #[arg(long, default_value_t = 6, value_parser = at_least_one)]
+    #[arg(long, default_value_t = PruneOptions::default().window_size, value_parser = at_least_one)]
     pub fastv_window: usize,
     /// ToDRE: attention-ratio threshold of its relevance stage.
-    #[arg(long, default_value_t = 0.10, value_parser = unit_open)]
+    #[arg(long, default_value_t = PruneOptions::default().tau, value_parser = unit_open)]
     pub todre_tau: f64,
     /// Information oracle: side of its windows.
-    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
+    #[arg(long, default_value_t = PruneOptions::default().info_window, value_parser = at_least_one)]
     pub info_window: usize,
     /// DART: number of image pivots and of text pivots.
-    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
+    #[arg(long, default_value_t = PruneOptions::default().dart_pivots, value_parser = at_least_one)]
     pub dart_pivots: usize,
-}
-
-impl Default for PruneSettings {
-    fn default() -> Self {
-        let o = PruneOptions::default();
-        Self {
-            positions: o.positions,
-            prune_seed: o.seed,
-            fastv_window: o.window_size,
-            todre_tau: o.tau,
-            info_window: o.info_window,
-            dart_pivots: o.dart_pivots,
-        }
-    }
 }
 
 impl PruneSettings {

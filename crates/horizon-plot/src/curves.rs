@@ -2,7 +2,8 @@
 
 use crate::band::draw_band;
 use crate::figure::{
-    derr, draw_title, information_label, render, subtitle, Figure, PALETTE, TITLE_H,
+    derr, draw_layer_mesh, draw_title, information_label, render, subtitle, Figure, PALETTE,
+    TITLE_H,
 };
 use crate::scale::fmt_value;
 use anyhow::{bail, Result};
@@ -97,25 +98,15 @@ impl Figure for Curves<'_> {
             .set_label_area_size(LabelAreaPosition::Bottom, 55)
             .build_cartesian_2d(x0..x1, lo..hi)
             .map_err(derr)?;
-        let xfmt = |v: &f64| format!("{}", v.round() as i64);
         let tiny = (hi - lo) * 1e-9;
         let yfmt = |v: &f64| fmt_value(if v.abs() < tiny { 0.0 } else { *v });
-        chart
-            .configure_mesh()
-            .x_desc("cut layer K (0-based; layers ≥ K see the kept tokens)")
-            .y_desc(format!(
-                "m_K: {}",
-                information_label(a.params.metric, a.params.mode)
-            ))
-            .x_labels(((kmax - kmin + 1) as usize).min(32))
-            .x_label_formatter(&xfmt)
-            .y_label_formatter(&yfmt)
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 16))
-            .light_line_style(RGBColor(235, 235, 235))
-            .bold_line_style(RGBColor(215, 215, 215))
-            .draw()
-            .map_err(derr)?;
+        draw_layer_mesh(
+            &mut chart,
+            "cut layer K (0-based; layers ≥ K see the kept tokens)",
+            &format!("m_K: {}", information_label(a.params.metric, a.params.mode)),
+            ((kmax - kmin + 1) as usize).min(32),
+            &yfmt,
+        )?;
         // zero line
         chart
             .draw_series(LineSeries::new(

@@ -3,6 +3,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use horizon_analysis::{Analysis, GroupResult, InfoMode, Metric};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -185,4 +186,30 @@ pub(crate) fn group<'a>(a: &'a Analysis, model: &str, task: &str) -> Result<&'a 
                 .join(", ")
         )
     })
+}
+
+/// The grid, axis labels and layer ticks of a chart over decoder layers (x: layer K, labelled by
+/// whole numbers; y: `y_format`), as every per-layer figure draws them.
+pub(crate) fn draw_layer_mesh<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    x_desc: &str,
+    y_desc: &str,
+    x_labels: usize,
+    y_format: &dyn Fn(&f64) -> String,
+) -> Result<()> {
+    let x_format = |v: &f64| format!("{}", v.round() as i64);
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_labels(x_labels)
+        .x_label_formatter(&x_format)
+        .y_label_formatter(y_format)
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
+        .light_line_style(RGBColor(235, 235, 235))
+        .bold_line_style(RGBColor(215, 215, 215))
+        .draw()
+        .map_err(derr)?;
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Pruning sweep: relative score of pruning methods against the pruning layer K.
 
 use crate::band::draw_band;
-use crate::figure::{derr, draw_title, render, Figure, PALETTE, TITLE_H};
+use crate::figure::{derr, draw_layer_mesh, draw_title, render, Figure, PALETTE, TITLE_H};
 use anyhow::{bail, Result};
 use horizon_analysis::{CurvePoint, SweepCurve};
 use plotters::coord::Shift;
@@ -128,21 +128,14 @@ impl Figure for PruneSweep<'_> {
             .set_label_area_size(LabelAreaPosition::Bottom, 55)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(derr)?;
-        let xfmt = |v: &f64| format!("{}", v.round() as i64);
         let yfmt = |v: &f64| format!("{v:.0}");
-        chart
-            .configure_mesh()
-            .x_desc("pruning layer K")
-            .y_desc("relative score (%)")
-            .x_labels(((kmax - kmin) as usize + 1).min(32))
-            .x_label_formatter(&xfmt)
-            .y_label_formatter(&yfmt)
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 16))
-            .light_line_style(RGBColor(235, 235, 235))
-            .bold_line_style(RGBColor(215, 215, 215))
-            .draw()
-            .map_err(derr)?;
+        draw_layer_mesh(
+            &mut chart,
+            "pruning layer K",
+            "relative score (%)",
+            ((kmax - kmin) as usize + 1).min(32),
+            &yfmt,
+        )?;
         chart
             .draw_series(DashedLineSeries::new(
                 [(x0, 100.0), (x1, 100.0)],
