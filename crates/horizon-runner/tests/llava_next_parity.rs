@@ -228,3 +228,43 @@ fn module_tree_names_load_to_equal_logits() {
     };
     assert!(logits(tmp.path()).equal(&logits(&src)));
 }
+
+/// A ChatML tokenizer (llava-v1.6-34b-hf) has no built-in template: `--template auto` is a
+/// one-line error, `--template raw` takes the prompt as given.
+#[test]
+fn chatml_checkpoint_refuses_the_auto_template() {
+    let src = fixtures().join("models/llava-next-tiny");
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    let path = tmp.path().join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    tok["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "id": 502, "content": "<|im_start|>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true
+        }));
+    std::fs::write(&path, tok.to_string()).unwrap();
+    let model = VlModel::load(tmp.path(), Device::Cpu, Kind::Float).unwrap();
+    let processor = Processor::load(tmp.path(), &model).unwrap();
+    let err = processor
+        .prompt_text("What is this?", PromptTemplate::Auto, true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--template auto") && err.contains("ChatML"),
+        "{err}"
+    );
+    let raw = "<|im_start|>user\n<image>\nWhat is this?<|im_end|><|im_start|>assistant\n";
+    assert_eq!(
+        processor
+            .prompt_text(raw, PromptTemplate::Raw, true)
+            .unwrap(),
+        raw
+    );
+}

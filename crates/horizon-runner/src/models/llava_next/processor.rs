@@ -28,6 +28,9 @@ pub struct LlavaNextProcessor {
     patch_size: u32,
     /// `text_config.model_type`: which chat template `--template auto` means.
     text_model_type: String,
+    /// The tokenizer has ChatML's `<|im_start|>` (llava-v1.6-34b-hf, Yi-34B): its chat template is
+    /// not built in, so `--template auto` refuses rather than giving it another family's prompt.
+    chatml: bool,
     eos_token_ids: Vec<i64>,
     pub resample_order: ResampleOrder,
 }
@@ -51,12 +54,14 @@ impl LlavaNextProcessor {
                 image_config.tile_size()
             );
         }
+        let chatml = tokenizer.token_to_id("<|im_start|>").is_some();
         Ok(Self {
             tokenizer,
             image_config,
             image_token,
             patch_size: config.llava.vision_config.patch_size as u32,
             text_model_type: config.text_model_type.clone(),
+            chatml,
             eos_token_ids: eos_token_ids(dir)?,
             resample_order: DEFAULT_RESAMPLE_ORDER,
         })
@@ -67,6 +72,9 @@ impl LlavaNextProcessor {
     /// llava-v1.6-vicuna-7b-hf (`USER: <image>\n{q} ASSISTANT:`).
     pub fn prompt(&self, question: &str, template: PromptTemplate) -> Result<String> {
         Ok(match template {
+            PromptTemplate::Auto if self.chatml => bail!(
+                "--template auto: this checkpoint's tokenizer is ChatML's (llava-v1.6-34b); its chat template is not built in, pass the whole prompt with --template raw"
+            ),
             PromptTemplate::Auto if self.text_model_type == "mistral" => {
                 format!("[INST] {IMAGE_PLACEHOLDER}\n{question} [/INST]")
             }
