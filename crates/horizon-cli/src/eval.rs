@@ -13,6 +13,7 @@ use horizon_data::score::Benchmark;
 use horizon_runner::evaluate::{EvalProgress, EvalReport, Evaluation, Evaluations, InfoRowScores};
 use horizon_runner::processor::Processor;
 use horizon_runner::prune::oracle_rows::{check_info_rows_cover, read_info_row_scores};
+use horizon_runner::prune::runs::{check_specs_on_samples, visual_shapes};
 use horizon_runner::prune::PruneSpec;
 use horizon_runner::VlModel;
 
@@ -200,6 +201,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let (model, processor) = args.model.load()?;
     for spec in &args.prune {
         spec.check(model.num_layers())?;
+    }
+    if !args.prune.is_empty() {
+        // Every spec on every sample's visual tokens, before the first answer.
+        let shapes = visual_shapes(&model, &processor, &samples, args.model.template)?;
+        check_specs_on_samples(&args.prune, &shapes, &args.prune_settings.options())?;
     }
     let header = format!(
         "horizon eval: {}",

@@ -18,7 +18,9 @@ use horizon_data::bench::Sample;
 use horizon_plot::{plot_prune_sweep, PruneSweepOptions};
 use horizon_runner::evaluate::{write_summary, write_text};
 use horizon_runner::processor::Processor;
-use horizon_runner::prune::runs::{fewest_visual_tokens, LayerSweep, SpecRun, SweepPlan};
+use horizon_runner::prune::runs::{
+    check_specs_on_samples, visual_shapes, LayerSweep, SpecRun, SweepPlan,
+};
 use horizon_runner::prune::{Keep, Method, PruneSpec};
 use horizon_runner::sweep::parse_layers;
 use horizon_runner::VlModel;
@@ -150,9 +152,13 @@ pub fn prepare(args: &PruneSweepArgs) -> Result<PreparedSweep> {
     };
     let plan = sweep.plan(num_layers, &args.out.join("runs"));
     let samples = args.bench.samples()?;
-    if let Some(visual) = fewest_visual_tokens(&model, &processor, &samples, args.model.template)? {
-        plan.check_visual_tokens(visual)?;
-    }
+    // Every run's spec on every sample's visual tokens, before the first run.
+    let shapes = visual_shapes(&model, &processor, &samples, args.model.template)?;
+    check_specs_on_samples(
+        plan.runs.iter().map(|r| &r.spec),
+        &shapes,
+        &args.prune_settings.options(),
+    )?;
     Ok(PreparedSweep {
         model,
         processor,

@@ -5,40 +5,8 @@
 
 mod common;
 
-use common::{horizon, root};
+use common::{horizon, llava, mme, root, s, small, synthetic};
 use std::path::Path;
-
-fn mme() -> String {
-    root()
-        .join("fixtures/bench/hf/mme")
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-fn llava() -> String {
-    root()
-        .join("fixtures/llava/models/llava-tiny")
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-fn small() -> String {
-    root()
-        .join("data/models/horizon-small")
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-fn synthetic() -> String {
-    root()
-        .join("data/synthetic/test.parquet")
-        .to_str()
-        .unwrap()
-        .to_string()
-}
 
 /// The predictions of a run with their wall times cleared (the only fields that differ between
 /// two runs of the same settings).
@@ -52,10 +20,6 @@ fn predictions_without_wall_times(path: &Path) -> Vec<horizon_data::predictions:
             ..p
         })
         .collect()
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
 }
 
 #[test]

@@ -6,31 +6,7 @@
 
 mod common;
 
-use common::{horizon, root};
-use std::path::Path;
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
-fn small() -> String {
-    s(&root().join("data/models/horizon-small"))
-}
-
-fn synthetic() -> String {
-    s(&root().join("data/synthetic/test.parquet"))
-}
-
-/// Exactly one `error:` line, containing every needle; no panic.
-fn assert_one_error(ok: bool, stderr: &str, needles: &[&str]) {
-    assert!(!ok, "expected a failure");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "{stderr}");
-    for n in needles {
-        assert!(errors[0].contains(n), "{n:?} not in {:?}", errors[0]);
-    }
-}
+use common::{assert_one_error, horizon, root, s, small, synthetic};
 
 /// The bundled small model gets 64 visual tokens (an 8×8 grid): a count above that, in --keep or in
 /// a --compare spec, is refused before the unpruned run, with nothing written under --out.
@@ -193,4 +169,73 @@ fn eval_refuses_info_rows_that_miss_samples() {
         ],
     );
     assert!(!out.exists());
+}
+
+/// A spec some sample cannot run (DART keeping fewer tokens than its image pivots, Pooling to a
+/// count that is no grid inside the 8×8 visual grid) is refused before the first run of
+/// `prune-sweep` or `eval --prune`, with the spec's stage, the reason and the samples named, and
+/// nothing written; before this check the sweep stopped at that spec's first sample, after the runs
+/// before it had finished.
+#[test]
+fn specs_some_sample_cannot_run_are_refused_before_any_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("sweep");
+    let (ok, _, stderr) = horizon(&[
+        "prune-sweep",
+        "--model",
+        &small(),
+        "--bench",
+        &synthetic(),
+        "--per-category",
+        "1",
+        "--methods",
+        "fastv,dart",
+        "--layers",
+        "1-2",
+        "--keep",
+        "25%",
+        "--dart-pivots",
+        "20",
+        "--out",
+        &s(&out),
+    ]);
+    assert_one_error(
+        ok,
+        &stderr,
+        &[
+            "dart@1:25%",
+            "dart keeps its 20 image pivots: keep ≥ 20",
+            "at every sample",
+            "64 visual tokens, 8×8 grid",
+            "nothing was run",
+        ],
+    );
+    assert!(!out.exists(), "nothing written");
+
+    let out = tmp.path().join("eval");
+    let (ok, _, stderr) = horizon(&[
+        "eval",
+        "--model",
+        &small(),
+        "--bench",
+        &synthetic(),
+        "--per-category",
+        "1",
+        "--prune",
+        "fastv@2:50%",
+        "--prune",
+        "pooling@1:11",
+        "--out",
+        &s(&out),
+    ]);
+    assert_one_error(
+        ok,
+        &stderr,
+        &[
+            "pooling@1:11",
+            "11 tokens is no rows × cols grid inside the 8×8 visual grid",
+            "nothing was run",
+        ],
+    );
+    assert!(!out.exists(), "nothing written");
 }

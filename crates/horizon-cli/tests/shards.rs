@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{horizon, root};
+use common::{horizon, one_line_error, root};
 use std::path::{Path, PathBuf};
 
 fn bench(dir: &Path) -> PathBuf {
@@ -70,13 +70,6 @@ fn rows(dir: &Path) -> Vec<String> {
     }
     out.sort();
     out
-}
-
-fn one_line_error(ok: bool, err: &str, needle: &str) {
-    assert!(!ok, "expected a failure");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains(needle), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Helpers shared by the CLI integration tests.
+//! Helpers shared by the CLI integration tests (each test file uses some of them).
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,7 +20,6 @@ pub fn horizon(args: &[&str]) -> (bool, String, String) {
 /// runs of `horizon-large` gave logits up to 4.8e-3 away from the usual ones, from position 45 of
 /// 91 on (about half way: likely where the second thread's share of the rows starts), and HF's own
 /// forward did the same in 1 of 25 processes (0.024 away); on one thread, 0 of 60 runs differed.
-#[allow(dead_code)] // not every test file that includes this module calls it
 pub fn horizon_one_thread(args: &[&str]) -> (bool, String, String) {
     run(Command::new(env!("CARGO_BIN_EXE_horizon"))
         .args(args)
@@ -33,4 +33,48 @@ fn run(command: &mut Command) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A path as the `&str` an argument list takes.
+pub fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// The bundled small model.
+pub fn small() -> String {
+    s(&root().join("data/models/horizon-small"))
+}
+
+/// The bundled synthetic benchmark.
+pub fn synthetic() -> String {
+    s(&root().join("data/synthetic/test.parquet"))
+}
+
+/// The tiny LLaVA fixture checkpoint.
+pub fn llava() -> String {
+    s(&root().join("fixtures/llava/models/llava-tiny"))
+}
+
+/// The MME fixture in lmms-lab's HF-parquet layout.
+pub fn mme() -> String {
+    s(&root().join("fixtures/bench/hf/mme"))
+}
+
+/// A failure with exactly one line of stderr, containing `needle`; no panic.
+pub fn one_line_error(ok: bool, err: &str, needle: &str) {
+    assert!(!ok, "expected a failure");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(needle), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// A failure with exactly one `error:` line, containing every needle; no panic.
+pub fn assert_one_error(ok: bool, stderr: &str, needles: &[&str]) {
+    assert!(!ok, "expected a failure");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    for n in needles {
+        assert!(errors[0].contains(n), "{n:?} not in {:?}", errors[0]);
+    }
 }

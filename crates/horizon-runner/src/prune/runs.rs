@@ -12,7 +12,7 @@ use horizon_data::imageproc::to_rgb_like_pil;
 use horizon_data::predictions::Prediction;
 use horizon_data::score::ScoreTable;
 
-use super::{Keep, Method, PruneSpec};
+use super::{Keep, Method, PruneOptions, PruneSpec};
 use crate::processor::{Processor, PromptTemplate};
 use crate::VlModel;
 
@@ -306,6 +306,89 @@ pub fn fewest_visual_tokens(
         fewest = Some(fewest.map_or(n, |f| f.min(n)));
     }
     Ok(fewest)
+}
+
+/// The visual tokens and their grid (rows × cols) one sample's prompt gives the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VisualShape {
+    pub sample: String,
+    pub tokens: usize,
+    pub grid: (usize, usize),
+    /// This shape stands for every sample (LLaVA: the count is fixed by the image size).
+    pub every_sample: bool,
+}
+
+/// The visual shapes of the prompts of `samples` on `model`: one sample's for LLaVA, whose count
+/// is fixed by its image size; every image sample's for Qwen2.5-VL, whose count follows each
+/// image's size. Text-only samples have no visual tokens to prune and are left out.
+pub fn visual_shapes(
+    model: &VlModel,
+    processor: &Processor,
+    samples: &[Sample],
+    template: PromptTemplate,
+) -> Result<Vec<VisualShape>> {
+    let fixed = matches!(processor, Processor::Llava(_));
+    let mut shapes = Vec::new();
+    for sample in samples.iter().filter(|s| s.has_image()) {
+        let context = || format!("sample {}", sample.key);
+        let image = to_rgb_like_pil(sample.image.decode().with_context(context)?);
+        let inputs = processor
+            .prepare_image(model, "", &image, template)
+            .with_context(context)?;
+        shapes.push(VisualShape {
+            sample: sample.key.clone(),
+            tokens: inputs.visual.positions.len(),
+            grid: inputs.visual.grid,
+            every_sample: fixed,
+        });
+        if fixed {
+            break;
+        }
+    }
+    Ok(shapes)
+}
+
+/// Checks every spec of `specs` on every shape of `shapes` ([`PruneSpec::check_sample`]) before
+/// anything runs, so that a sweep or comparison is refused whole instead of stopping at the first
+/// sample a spec cannot run on. The error names the spec's stage, the reason, how many samples
+/// fail and the first of them.
+pub fn check_specs_on_samples<'a>(
+    specs: impl IntoIterator<Item = &'a PruneSpec>,
+    shapes: &[VisualShape],
+    options: &PruneOptions,
+) -> Result<()> {
+    let mut checked: Vec<&PruneSpec> = Vec::new();
+    for spec in specs {
+        if checked.contains(&spec) {
+            continue;
+        }
+        checked.push(spec);
+        let mut failing = shapes.iter().filter_map(|s| {
+            spec.check_sample(s.tokens, s.grid, options)
+                .err()
+                .map(|e| (s, e))
+        });
+        if let Some((first, e)) = failing.next() {
+            let which = if first.every_sample {
+                format!(
+                    "at every sample (e.g. {}: {} visual tokens, {}×{} grid)",
+                    first.sample, first.tokens, first.grid.0, first.grid.1
+                )
+            } else {
+                format!(
+                    "at {} of the {} samples with an image (first: {}, {} visual tokens, {}×{} grid)",
+                    failing.count() + 1,
+                    shapes.len(),
+                    first.sample,
+                    first.tokens,
+                    first.grid.0,
+                    first.grid.1
+                )
+            };
+            bail!("{e} {which}; nothing was run");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

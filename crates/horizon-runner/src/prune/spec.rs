@@ -313,6 +313,46 @@ impl PruneSpec {
         Ok(())
     }
 
+    /// Checks that every stage can run on a prompt with `visual` visual tokens on a `grid` (rows ×
+    /// cols) under `options`, as the selector and the token builders would find at that sample:
+    /// each keep within the tokens left, DART's keep at least its image pivots, Pooling's keep a
+    /// grid inside the visual grid, VisionZip's keep at least one. The error names the stage.
+    pub fn check_sample(
+        &self,
+        visual: usize,
+        grid: (usize, usize),
+        options: &super::PruneOptions,
+    ) -> Result<()> {
+        let mut left = visual;
+        for (i, s) in self.stages.iter().enumerate() {
+            let at = |msg: String| anyhow::anyhow!("--prune {self}: stage {} `{s}`: {msg}", i + 1);
+            let k = s.keep.count(left);
+            if k > left {
+                return Err(at(format!(
+                    "keeps {k} visual tokens but the prompt has only {left} there"
+                )));
+            }
+            match s.method {
+                Method::Dart if k < options.dart_pivots.min(left) => {
+                    return Err(at(format!(
+                        "dart keeps its {0} image pivots: keep ≥ {0}",
+                        options.dart_pivots.min(left)
+                    )))
+                }
+                Method::Pooling | Method::AvgPooling => {
+                    super::methods::pooled_grid(grid.0, grid.1, k)
+                        .map_err(|e| at(e.to_string()))?;
+                }
+                Method::Visionzip if k == 0 => {
+                    return Err(at("visionzip keeps at least one token: keep ≥ 1".into()))
+                }
+                _ => {}
+            }
+            left = k;
+        }
+        Ok(())
+    }
+
     /// A short label for tables and figures: the methods joined by `+` (`divprune+random`).
     pub fn methods_label(&self) -> String {
         if self.is_none() {
