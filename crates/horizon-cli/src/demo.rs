@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use std::str::FromStr;
 
-use horizon_analysis::{write_outputs, Metric};
+use horizon_analysis::write_outputs;
 use horizon_data::info_rows::{InfoMode, Target};
 
 use crate::analysis::{print_summary, render_figures, AnalysisArgs};
@@ -150,17 +150,16 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         info_dirs.push(out);
     }
     eprintln!("statistics, horizons and figures");
+    // Every analysis option the demo does not set takes `horizon horizon`'s own default.
+    let defaults: AnalysisArgs = parsed(&["--info".as_ref(), ".".as_ref()])?;
     let analysis = AnalysisArgs {
         info: info_dirs,
-        metric: Metric::P,
         mode: args.mode,
         target: args.target,
         threshold: args.threshold,
-        absolute_threshold: None,
         bootstrap: args.bootstrap,
-        confidence: 0.95,
-        no_ci_check: false,
         seed: args.seed,
+        ..defaults
     }
     .run()?;
     let analysis_dir = args.out.join("analysis");
