@@ -5,22 +5,16 @@
 //! `--compare` a table in the form of the paper's Table 1 (method alone versus method early + random
 //! late at matched layer-averaged budgets).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
-use serde_json::json;
 use std::path::{Path, PathBuf};
 
-use horizon_analysis::prune::{
-    summarize_specs, sweep_curves, table1_json, table1_markdown, BudgetRow, ModelHorizons,
-    RunSummary, SweepReport,
-};
+use horizon_analysis::prune::ModelHorizons;
 use horizon_data::bench::Sample;
 use horizon_plot::{plot_prune_sweep, PruneSweepOptions};
-use horizon_runner::evaluate::{write_summary, write_text};
 use horizon_runner::processor::Processor;
-use horizon_runner::prune::runs::{
-    check_specs_on_samples, visual_shapes, LayerSweep, SpecRun, SweepPlan,
-};
+use horizon_runner::prune::runs::{check_specs_on_samples, visual_shapes, LayerSweep, SweepPlan};
+use horizon_runner::prune::sweep_run::SweepLabels;
 use horizon_runner::prune::{Keep, Method, PruneSpec};
 use horizon_runner::sweep::parse_layers;
 use horizon_runner::VlModel;
@@ -184,7 +178,6 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
     } = prepare(args)?;
     let num_layers = model.num_layers();
     let horizon = horizons.as_ref().and_then(|h| h.pooled);
-    let runs_dir = args.out.join("runs");
     let evaluations = EvalOptions {
         model: &args.model,
         bench: &args.bench,
@@ -199,58 +192,20 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
     }
     .evaluations(&model, &processor, &samples);
     let mut printer = EvalPrinter::new(None);
-    std::fs::create_dir_all(&runs_dir)
-        .with_context(|| format!("{}: cannot create", runs_dir.display()))?;
-    // The unpruned run first: every other score is relative to it, so a zero stops the sweep there.
-    let (mut summaries, mut complete) = evaluations.evaluate_all(&plan.runs[..1], &mut printer)?;
-    if let Some(unpruned) = summaries.first() {
-        if !(unpruned.score.is_finite() && unpruned.score > 0.0) {
-            bail!(
-                "{}: the unpruned model scores {} ({}); scores relative to it are undefined, so no pruned run was started",
-                unpruned.dir,
-                unpruned.score,
-                unpruned.metric
-            );
-        }
-    }
-    let (rest, rest_complete) = evaluations.evaluate_all(&plan.runs[1..], &mut printer)?;
-    summaries.extend(rest);
-    complete &= rest_complete;
-    if !complete {
+    let bench = args.bench.bench.display().to_string();
+    let source = args.horizon.as_ref().map(|p| p.display().to_string());
+    let labels = SweepLabels {
+        model: &model_name,
+        bench: &bench,
+        keep,
+        layers: &layers,
+        horizons: horizons.as_ref().zip(source.as_deref()),
+        compare: &args.compare,
+    };
+    let Some(outcome) = plan.run(&evaluations, &mut printer, &labels, &args.out)? else {
         eprintln!("{STOPPED}");
         return Ok(());
-    }
-    let spec_summaries = summarize_specs(&summaries);
-    write_summary(&args.out, &spec_summaries)?;
-    // The plan's first run is the unpruned one.
-    let unpruned = summaries
-        .first()
-        .map(|s| s.score)
-        .ok_or_else(|| anyhow::anyhow!("the unpruned run is missing"))?;
-    let finished: Vec<(&SpecRun, &RunSummary)> = plan.runs.iter().zip(&summaries).collect();
-    let scores = plan.scores(&finished);
-    let curves = sweep_curves(&scores, unpruned)?;
-    let metric = spec_summaries
-        .first()
-        .map(|s| s.metric.clone())
-        .unwrap_or_default();
-    let report = SweepReport {
-        model: model_name.clone(),
-        bench: args.bench.bench.display().to_string(),
-        metric: metric.clone(),
-        keep: keep.to_string(),
-        layers,
-        horizon_layer: horizon,
-        task_horizons: horizons.as_ref().map(|h| h.tasks.iter().cloned().collect()),
-        unpruned_score: unpruned,
-        scores,
-        curves,
-        skipped: plan.skipped.clone(),
     };
-    write_text(&args.out.join("sweep.json"), &report.to_json()?)?;
-    let source = args.horizon.as_ref().map(|p| p.display().to_string());
-    let md = report.markdown(horizons.as_ref().zip(source.as_deref()));
-    write_text(&args.out.join("sweep.md"), &md)?;
     let opts = PruneSweepOptions {
         title: format!("{model_name}: pruning at layer K"),
         random_method: "random".into(),
@@ -266,30 +221,15 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
     };
     for ext in ["png", "svg"] {
         plot_prune_sweep(
-            &report.curves,
+            &outcome.report.curves,
             &opts,
             &args.out.join(format!("prune_sweep.{ext}")),
         )?;
     }
-    if !args.compare.is_empty() {
-        let rows: Vec<BudgetRow> = plan
-            .spec_summaries_of(&args.compare, &spec_summaries)
-            .into_iter()
-            .map(BudgetRow::of)
-            .collect();
-        let table = table1_markdown(&rows, unpruned, 0.05);
-        write_text(&args.out.join("table1.md"), &table)?;
-        write_text(
-            &args.out.join("table1.json"),
-            &serde_json::to_string_pretty(&{
-                let mut t = table1_json(&rows, unpruned, 0.05);
-                t["metric"] = json!(metric);
-                t
-            })?,
-        )?;
+    if let Some(table) = &outcome.table1 {
         println!("{table}");
     }
-    print!("{md}");
+    print!("{}", outcome.markdown);
     eprintln!(
         "wrote sweep.json, sweep.md, prune_sweep.png/svg to {}",
         args.out.display()

@@ -20,6 +20,7 @@ pub mod oracle_rows;
 pub mod runs;
 mod selector;
 pub mod spec;
+pub mod sweep_run;
 mod tensor_rows;
 mod tokens;
 
