@@ -46,3 +46,33 @@ pub fn encode(tokenizer: &Tokenizer, text: String) -> Result<Vec<i64>> {
         .map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
     Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
 }
+
+/// Sequence indices of the image tokens in `ids`; the prompt must hold exactly the `expected` count
+/// the image processor gave (a question that contains the image token's text would add more).
+pub fn image_token_positions(
+    ids: &[i64],
+    image_token_id: i64,
+    expected: usize,
+) -> Result<Vec<usize>> {
+    let positions: Vec<usize> = ids
+        .iter()
+        .enumerate()
+        .filter(|(_, &t)| t == image_token_id)
+        .map(|(i, _)| i)
+        .collect();
+    if positions.len() != expected {
+        anyhow::bail!(
+            "the tokenized prompt has {} image tokens, expected {expected} (does the question contain the image token text?)",
+            positions.len()
+        );
+    }
+    Ok(positions)
+}
+
+/// Text of generated token ids, special tokens skipped.
+pub fn decode(tokenizer: &Tokenizer, ids: &[i64]) -> Result<String> {
+    let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    tokenizer
+        .decode(&ids, true)
+        .map_err(|e| anyhow!("decoding tokens: {e}"))
+}

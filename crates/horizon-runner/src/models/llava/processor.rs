@@ -12,11 +12,13 @@ use tokenizers::Tokenizer;
 use crate::checkpoint::{eos_token_ids, load_tokenizer};
 use crate::inputs::ModelInputs;
 use crate::intervention::VisualTokens;
-use crate::processing::{encode, PromptTemplate, DEFAULT_RESAMPLE_ORDER};
+use crate::processing::{
+    decode, encode, image_token_positions, PromptTemplate, DEFAULT_RESAMPLE_ORDER,
+};
 use horizon_data::imageproc::{self, ClipImageProcessorConfig, ResampleOrder};
 
-const IMAGE_PLACEHOLDER: &str = "<image>";
-const VICUNA_V1_SYSTEM: &str =
+pub(crate) const IMAGE_PLACEHOLDER: &str = "<image>";
+pub(crate) const VICUNA_V1_SYSTEM: &str =
     "A chat between a curious user and an artificial intelligence assistant. \
 The assistant gives helpful, detailed, and polite answers to the user's questions.";
 
@@ -101,19 +103,7 @@ impl LlavaProcessor {
         device: Device,
     ) -> Result<ModelInputs> {
         let ids = self.tokenize(&self.prompt(question, template)?)?;
-        let visual_positions: Vec<usize> = ids
-            .iter()
-            .enumerate()
-            .filter(|(_, &t)| t == image_token_id)
-            .map(|(i, _)| i)
-            .collect();
-        if visual_positions.len() != self.num_image_tokens {
-            bail!(
-                "the tokenized prompt has {} image tokens, expected {} (does the question contain the image token text?)",
-                visual_positions.len(),
-                self.num_image_tokens
-            );
-        }
+        let visual_positions = image_token_positions(&ids, image_token_id, self.num_image_tokens)?;
         let pv = imageproc::clip_preprocess(image, &self.image_config, self.resample_order)?;
         let pixel_values = Tensor::from_slice(&pv.data)
             .reshape([1, pv.channels as i64, pv.height as i64, pv.width as i64])
@@ -141,41 +131,54 @@ impl LlavaProcessor {
         template: PromptTemplate,
         device: Device,
     ) -> Result<ModelInputs> {
-        let prompt = match template {
-            PromptTemplate::Raw => {
-                if question.contains(IMAGE_PLACEHOLDER) {
-                    bail!("--prompt: a text-only raw prompt must not contain {IMAGE_PLACEHOLDER}");
-                }
-                question.to_string()
-            }
-            _ => {
-                self.prompt(question, template)?
-                    .replacen(&format!("{IMAGE_PLACEHOLDER}\n"), "", 1)
-            }
-        };
-        let ids = encode(&self.tokenizer, prompt)?;
-        let n = ids.len() as i64;
-        Ok(ModelInputs {
-            input_ids: Tensor::from_slice(&ids).reshape([1, n]).to_device(device),
-            pixel_values: None,
-            image_grid_thw: Vec::new(),
-            visual: VisualTokens {
-                positions: Vec::new(),
-                grid: (0, 0),
-            },
-            position_ids: Tensor::arange(n, (Kind::Int64, device)).unsqueeze(0),
-            rope_deltas: 0,
-        })
+        let prompt = text_only_prompt(question, template, |q, t| self.prompt(q, t))?;
+        text_only_inputs(&self.tokenizer, prompt, device)
     }
 
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
-        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-        self.tokenizer
-            .decode(&ids, true)
-            .map_err(|e| anyhow!("decoding tokens: {e}"))
+        decode(&self.tokenizer, ids)
     }
 
     pub fn eos_token_ids(&self) -> &[i64] {
         &self.eos_token_ids
     }
+}
+
+/// A LLaVA-family template's prompt for a question without an image: `prompt`'s template with its
+/// `<image>\n` line removed; a raw prompt as given, which must not hold the placeholder.
+pub(crate) fn text_only_prompt(
+    question: &str,
+    template: PromptTemplate,
+    prompt: impl FnOnce(&str, PromptTemplate) -> Result<String>,
+) -> Result<String> {
+    Ok(match template {
+        PromptTemplate::Raw => {
+            if question.contains(IMAGE_PLACEHOLDER) {
+                bail!("--prompt: a text-only raw prompt must not contain {IMAGE_PLACEHOLDER}");
+            }
+            question.to_string()
+        }
+        _ => prompt(question, template)?.replacen(&format!("{IMAGE_PLACEHOLDER}\n"), "", 1),
+    })
+}
+
+/// Inputs of a text-only prompt for a 1-D rotary decoder: the position ids are the sequence indices.
+pub(crate) fn text_only_inputs(
+    tokenizer: &Tokenizer,
+    prompt: String,
+    device: Device,
+) -> Result<ModelInputs> {
+    let ids = encode(tokenizer, prompt)?;
+    let n = ids.len() as i64;
+    Ok(ModelInputs {
+        input_ids: Tensor::from_slice(&ids).reshape([1, n]).to_device(device),
+        pixel_values: None,
+        image_grid_thw: Vec::new(),
+        visual: VisualTokens {
+            positions: Vec::new(),
+            grid: (0, 0),
+        },
+        position_ids: Tensor::arange(n, (Kind::Int64, device)).unsqueeze(0),
+        rope_deltas: 0,
+    })
 }

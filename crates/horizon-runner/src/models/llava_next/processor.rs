@@ -11,15 +11,15 @@ use super::config::LlavaNextConfig;
 use crate::checkpoint::{eos_token_ids, load_tokenizer};
 use crate::inputs::ModelInputs;
 use crate::intervention::VisualTokens;
-use crate::processing::{encode, PromptTemplate, DEFAULT_RESAMPLE_ORDER};
+use crate::models::llava::processor::{
+    text_only_inputs, text_only_prompt, IMAGE_PLACEHOLDER, VICUNA_V1_SYSTEM,
+};
+use crate::processing::{
+    decode, encode, image_token_positions, PromptTemplate, DEFAULT_RESAMPLE_ORDER,
+};
 use horizon_data::imageproc::{
     llava_next_preprocess, AnyresLayout, LlavaNextImageProcessorConfig, ResampleOrder,
 };
-
-const IMAGE_PLACEHOLDER: &str = "<image>";
-const VICUNA_V1_SYSTEM: &str =
-    "A chat between a curious user and an artificial intelligence assistant. \
-The assistant gives helpful, detailed, and polite answers to the user's questions.";
 
 pub struct LlavaNextProcessor {
     pub(crate) tokenizer: Tokenizer,
@@ -124,18 +124,7 @@ impl LlavaNextProcessor {
         let prompt = self.prompt(question, template)?;
         let expanded = prompt.replacen(IMAGE_PLACEHOLDER, &self.image_token.repeat(n), 1);
         let ids = encode(&self.tokenizer, expanded)?;
-        let positions: Vec<usize> = ids
-            .iter()
-            .enumerate()
-            .filter(|(_, &t)| t == image_token_id)
-            .map(|(i, _)| i)
-            .collect();
-        if positions.len() != n {
-            bail!(
-                "the tokenized prompt has {} image tokens, expected {n} (does the question contain the image token text?)",
-                positions.len()
-            );
-        }
+        let positions = image_token_positions(&ids, image_token_id, n)?;
         let pv = llava_next_preprocess(image, &self.image_config, self.resample_order)?;
         let pixel_values = Tensor::from_slice(&pv.data)
             .reshape([
@@ -169,38 +158,12 @@ impl LlavaNextProcessor {
         template: PromptTemplate,
         device: Device,
     ) -> Result<ModelInputs> {
-        let prompt = match template {
-            PromptTemplate::Raw => {
-                if question.contains(IMAGE_PLACEHOLDER) {
-                    bail!("--prompt: a text-only raw prompt must not contain {IMAGE_PLACEHOLDER}");
-                }
-                question.to_string()
-            }
-            _ => {
-                self.prompt(question, template)?
-                    .replacen(&format!("{IMAGE_PLACEHOLDER}\n"), "", 1)
-            }
-        };
-        let ids = encode(&self.tokenizer, prompt)?;
-        let s = ids.len() as i64;
-        Ok(ModelInputs {
-            input_ids: Tensor::from_slice(&ids).reshape([1, s]).to_device(device),
-            pixel_values: None,
-            image_grid_thw: Vec::new(),
-            visual: VisualTokens {
-                positions: Vec::new(),
-                grid: (0, 0),
-            },
-            position_ids: Tensor::arange(s, (Kind::Int64, device)).unsqueeze(0),
-            rope_deltas: 0,
-        })
+        let prompt = text_only_prompt(question, template, |q, t| self.prompt(q, t))?;
+        text_only_inputs(&self.tokenizer, prompt, device)
     }
 
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
-        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-        self.tokenizer
-            .decode(&ids, true)
-            .map_err(|e| anyhow!("decoding tokens: {e}"))
+        decode(&self.tokenizer, ids)
     }
 
     pub fn eos_token_ids(&self) -> &[i64] {

@@ -1,7 +1,7 @@
 //! `Qwen2_5_VLProcessor`: the Qwen2-VL image processor, the checkpoint's tokenizer and the chat
 //! template.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use std::path::Path;
 use tch::{Device, Tensor};
 use tokenizers::Tokenizer;
@@ -11,7 +11,7 @@ use super::model::get_rope_index;
 use crate::checkpoint::{eos_token_ids, load_tokenizer};
 use crate::inputs::ModelInputs;
 use crate::intervention::VisualTokens;
-use crate::processing::{encode, DEFAULT_RESAMPLE_ORDER};
+use crate::processing::{decode, encode, image_token_positions, DEFAULT_RESAMPLE_ORDER};
 use horizon_data::imageproc::{self, Qwen2VlImageProcessorConfig, ResampleOrder};
 
 /// The Qwen2.5-VL chat template's default system message.
@@ -81,18 +81,7 @@ impl Qwen2_5VlProcessor {
         let (gh, gw) = (grid[1] / self.merge_size, grid[2] / self.merge_size);
         let num_image_tokens = (grid[0] * gh * gw) as usize;
         let ids = self.tokenize(prompt, num_image_tokens)?;
-        let visual_positions: Vec<usize> = ids
-            .iter()
-            .enumerate()
-            .filter(|(_, &t)| t == self.image_token_id)
-            .map(|(i, _)| i)
-            .collect();
-        if visual_positions.len() != num_image_tokens {
-            bail!(
-                "the tokenized prompt has {} image tokens, expected {num_image_tokens} (does the question contain the image token text?)",
-                visual_positions.len()
-            );
-        }
+        let visual_positions = image_token_positions(&ids, self.image_token_id, num_image_tokens)?;
         let pixel_values = Tensor::from_slice(&patches.data)
             .view([patches.num_patches as i64, patches.patch_dim as i64])
             .to_device(device);
@@ -160,10 +149,7 @@ impl Qwen2_5VlProcessor {
     }
 
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
-        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-        self.tokenizer
-            .decode(&ids, true)
-            .map_err(|e| anyhow!("decoding tokens: {e}"))
+        decode(&self.tokenizer, ids)
     }
 
     pub fn eos_token_ids(&self) -> &[i64] {
