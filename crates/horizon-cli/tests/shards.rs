@@ -5,84 +5,20 @@
 
 mod common;
 
-use common::{horizon, one_line_error, root};
+use common::{five_question_bench, horizon, one_line_error, part_rows, root, tiny_info};
 use std::path::{Path, PathBuf};
-
-fn bench(dir: &Path) -> PathBuf {
-    for name in ["square.png", "nonsquare.png"] {
-        std::fs::copy(
-            root().join("fixtures/llava/images").join(name),
-            dir.join(name),
-        )
-        .unwrap();
-    }
-    let q = dir.join("q.jsonl");
-    let lines: Vec<String> = (0..5)
-        .map(|i| {
-            format!(
-                r#"{{"question_id": {i}, "image": "{}", "text": "What color is shape {i}?", "answer": "red", "category": "c{}"}}"#,
-                if i % 2 == 0 { "square.png" } else { "nonsquare.png" },
-                i % 2
-            )
-        })
-        .collect();
-    std::fs::write(&q, lines.join("\n") + "\n").unwrap();
-    q
-}
-
-fn info(dir: &Path, q: &Path, model: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
-    let mut args: Vec<String> = [
-        "info",
-        "--model",
-        model.to_str().unwrap(),
-        "--bench",
-        q.to_str().unwrap(),
-        "--image-dir",
-        dir.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--layers",
-        "1,3",
-        "--samples-per-part",
-        "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (ok, _, err) = horizon(&refs);
-    (ok, err)
-}
-
-/// Every row of every part file in `dir`, as text, sorted.
-fn rows(dir: &Path) -> Vec<String> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "parquet") {
-            let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
-            for row in reader.get_row_iter(None).unwrap() {
-                out.push(row.unwrap().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 #[test]
 fn three_shards_merged_equal_the_unsharded_run() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let q = bench(d);
+    let q = five_question_bench(d);
     let model = root().join("fixtures/llava/models/llava-tiny");
-    let (ok, err) = info(d, &q, &model, &d.join("whole"), &[]);
+    let (ok, err) = tiny_info(d, &q, &model, &d.join("whole"), &[]);
     assert!(ok, "{err}");
     let shard_dirs: Vec<PathBuf> = (0..3).map(|i| d.join(format!("shard{i}"))).collect();
     for (i, dir) in shard_dirs.iter().enumerate() {
-        let (ok, err) = info(d, &q, &model, dir, &["--shard", &format!("{i}/3")]);
+        let (ok, err) = tiny_info(d, &q, &model, dir, &["--shard", &format!("{i}/3")]);
         assert!(ok, "{err}");
     }
     let s = |p: &Path| p.to_str().unwrap().to_string();
@@ -91,14 +27,14 @@ fn three_shards_merged_equal_the_unsharded_run() {
     let all: Vec<&PathBuf> = shard_dirs.iter().collect();
     let (ok, _, err) = horizon(&["merge", "--shards", &list(&all), "--out", &s(&merged)]);
     assert!(ok, "{err}");
-    let whole = rows(&d.join("whole"));
+    let whole = part_rows(&d.join("whole"));
     assert_eq!(
         whole.len(),
         5 * (1 + 2 * (1 + 9)),
         "5 samples, full + 2 layers × (text-only + 9 windows)"
     );
     assert_eq!(
-        rows(&merged),
+        part_rows(&merged),
         whole,
         "merged shards differ from the unsharded run"
     );
@@ -122,7 +58,7 @@ fn three_shards_merged_equal_the_unsharded_run() {
     ]);
     one_line_error(ok, &err, "given twice");
     let other = d.join("other");
-    let (ok, err) = info(d, &q, &model, &other, &["--shard", "2/3", "--window", "3"]);
+    let (ok, err) = tiny_info(d, &q, &model, &other, &["--shard", "2/3", "--window", "3"]);
     assert!(ok, "{err}");
     let mixed = [all[0], all[1], &other];
     let (ok, _, err) = horizon(&[
@@ -146,23 +82,23 @@ fn three_shards_merged_equal_the_unsharded_run() {
 fn stopped_and_resumed_runs_equal_one_run_and_resume_checks_the_data() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let q = bench(d);
+    let q = five_question_bench(d);
     let model = root().join("fixtures/llava/models/llava-tiny");
-    let (ok, err) = info(d, &q, &model, &d.join("whole"), &[]);
+    let (ok, err) = tiny_info(d, &q, &model, &d.join("whole"), &[]);
     assert!(ok, "{err}");
     let out = d.join("steps");
-    let (ok, err) = info(d, &q, &model, &out, &["--max-samples-per-run", "2"]);
+    let (ok, err) = tiny_info(d, &q, &model, &out, &["--max-samples-per-run", "2"]);
     assert!(ok, "{err}");
     assert!(err.contains("--resume to continue"), "{err}");
     assert!(!out.join("DONE.json").exists());
-    assert_eq!(rows(&out).len(), 2 * 21);
+    assert_eq!(part_rows(&out).len(), 2 * 21);
     // A killed writer's temporary file is cleared on resume.
     std::fs::write(out.join(".part-000002.parquet.tmp4242"), b"half").unwrap();
-    let (ok, err) = info(d, &q, &model, &out, &["--resume"]);
+    let (ok, err) = tiny_info(d, &q, &model, &out, &["--resume"]);
     assert!(ok, "{err}");
     assert!(err.contains("2 already done"), "{err}");
     assert!(!out.join(".part-000002.parquet.tmp4242").exists());
-    assert_eq!(rows(&out), rows(&d.join("whole")));
+    assert_eq!(part_rows(&out), part_rows(&d.join("whole")));
     assert!(out.join("DONE.json").exists());
 
     // --resume refuses another checkpoint under the same model name ...
@@ -175,20 +111,20 @@ fn stopped_and_resumed_runs_equal_one_run_and_resume_checks_the_data() {
     let cfg = copy.join("generation_config.json");
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, text.replace('{', "{\"max_length\": 77, ")).unwrap();
-    let (ok, err) = info(d, &q, &copy, &out, &["--resume"]);
+    let (ok, err) = tiny_info(d, &q, &copy, &out, &["--resume"]);
     one_line_error(ok, &err, "horizon.model_fingerprint");
     // ... other samples under the same ids ...
     let text = std::fs::read_to_string(&q).unwrap();
     let q2 = d.join("q2.jsonl");
     std::fs::write(&q2, text.replace("shape 4", "shape four")).unwrap();
-    let (ok, err) = info(d, &q2, &model, &out, &["--resume"]);
+    let (ok, err) = tiny_info(d, &q2, &model, &out, &["--resume"]);
     one_line_error(ok, &err, "horizon.selection_fingerprint");
     // ... and another batch rule.
-    let (ok, err) = info(d, &q, &model, &out, &["--resume", "--batch-size", "3"]);
+    let (ok, err) = tiny_info(d, &q, &model, &out, &["--resume", "--batch-size", "3"]);
     one_line_error(ok, &err, "horizon.batch");
     // An empty selection is an error, and nothing is written.
     let empty = d.join("empty");
-    let (ok, err) = info(d, &q, &model, &empty, &["--limit", "0"]);
+    let (ok, err) = tiny_info(d, &q, &model, &empty, &["--limit", "0"]);
     one_line_error(ok, &err, "no sample");
     assert!(std::fs::read_dir(&empty)
         .map(|mut r| r.next().is_none())
@@ -267,33 +203,33 @@ fn eval(dir: &Path, q: &Path, model: &Path, out: &Path, extra: &[&str]) -> (bool
 fn every_part_is_checked_on_resume_merge_and_score() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let q = bench(d);
+    let q = five_question_bench(d);
     let model = root().join("fixtures/llava/models/llava-tiny");
     let edited = other_checkpoint(&d.join("edited"));
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let steps = d.join("steps");
-    let (ok, err) = info(d, &q, &model, &steps, &["--max-samples-per-run", "2"]);
+    let (ok, err) = tiny_info(d, &q, &model, &steps, &["--max-samples-per-run", "2"]);
     assert!(ok, "{err}");
     // A part of another checkpoint under the same model name, put in the run, is refused by name.
     let other = d.join("other");
-    let (ok, err) = info(d, &q, &edited, &other, &[]);
+    let (ok, err) = tiny_info(d, &q, &edited, &other, &[]);
     assert!(ok, "{err}");
     std::fs::copy(
         other.join("part-000002.parquet"),
         steps.join("part-000002.parquet"),
     )
     .unwrap();
-    let (ok, err) = info(d, &q, &model, &steps, &["--resume"]);
+    let (ok, err) = tiny_info(d, &q, &model, &steps, &["--resume"]);
     one_line_error(ok, &err, "part-000002.parquet");
     assert!(err.contains("horizon.model_fingerprint"), "{err}");
     std::fs::remove_file(steps.join("part-000002.parquet")).unwrap();
-    let (ok, err) = info(d, &q, &model, &steps, &["--resume"]);
+    let (ok, err) = tiny_info(d, &q, &model, &steps, &["--resume"]);
     assert!(ok, "{err}");
 
     // merge: a finished shard missing a part, or holding a foreign one, is refused.
     let shards: Vec<PathBuf> = (0..2).map(|i| d.join(format!("s{i}"))).collect();
     for (i, dir) in shards.iter().enumerate() {
-        let (ok, err) = info(d, &q, &model, dir, &["--shard", &format!("{i}/2")]);
+        let (ok, err) = tiny_info(d, &q, &model, dir, &["--shard", &format!("{i}/2")]);
         assert!(ok, "{err}");
     }
     let list = format!("{},{}", s(&shards[0]), s(&shards[1]));
@@ -312,7 +248,7 @@ fn every_part_is_checked_on_resume_merge_and_score() {
     std::fs::remove_file(shards[0].join("part-000002.parquet")).unwrap();
     let (ok, _, err) = horizon(&["merge", "--shards", &list, "--out", &s(&d.join("m3"))]);
     assert!(ok, "{err}");
-    assert_eq!(rows(&d.join("m3")), rows(&steps));
+    assert_eq!(part_rows(&d.join("m3")), part_rows(&steps));
 
     // An info shard merged with an eval shard is named as such.
     let e1 = d.join("e1");
@@ -409,7 +345,7 @@ fn score_recomputes_correctness_and_refuses_duplicate_keys() {
 fn no_answer_samples_are_excluded_and_a_stopped_run_finishes() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let q = bench(d);
+    let q = five_question_bench(d);
     // Sample 0 has no answer.
     let text = std::fs::read_to_string(&q).unwrap();
     let lines: Vec<String> = text
@@ -426,20 +362,20 @@ fn no_answer_samples_are_excluded_and_a_stopped_run_finishes() {
     std::fs::write(&q, lines.join("\n") + "\n").unwrap();
     let model = root().join("fixtures/llava/models/llava-tiny");
     let whole = d.join("whole");
-    let (ok, err) = info(d, &q, &model, &whole, &[]);
+    let (ok, err) = tiny_info(d, &q, &model, &whole, &[]);
     assert!(ok, "{err}");
     assert!(
         err.contains("excluded 1 samples without a ground-truth answer"),
         "{err}"
     );
-    assert_eq!(rows(&whole).len(), 4 * 21);
+    assert_eq!(part_rows(&whole).len(), 4 * 21);
     let done: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(whole.join("DONE.json")).unwrap()).unwrap();
     assert_eq!(done["skipped"], serde_json::json!(["0"]));
     let out = d.join("steps");
     let mut finished = false;
     for _ in 0..4 {
-        let (ok, err) = info(
+        let (ok, err) = tiny_info(
             d,
             &q,
             &model,
@@ -453,17 +389,17 @@ fn no_answer_samples_are_excluded_and_a_stopped_run_finishes() {
         }
     }
     assert!(finished, "the stopped run never finished");
-    assert_eq!(rows(&out), rows(&whole));
+    assert_eq!(part_rows(&out), part_rows(&whole));
 }
 
 #[test]
 fn a_run_killed_after_a_part_resumes_to_the_same_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let q = bench(d);
+    let q = five_question_bench(d);
     let model = root().join("fixtures/llava/models/llava-tiny");
     let whole = d.join("whole");
-    let (ok, err) = info(d, &q, &model, &whole, &[]);
+    let (ok, err) = tiny_info(d, &q, &model, &whole, &[]);
     assert!(ok, "{err}");
     let out = d.join("killed");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_horizon"))
@@ -499,9 +435,9 @@ fn a_run_killed_after_a_part_resumes_to_the_same_rows() {
             "{name}"
         );
     }
-    let (ok, err) = info(d, &q, &model, &out, &["--resume"]);
+    let (ok, err) = tiny_info(d, &q, &model, &out, &["--resume"]);
     assert!(ok, "{err}");
-    assert_eq!(rows(&out), rows(&whole));
+    assert_eq!(part_rows(&out), part_rows(&whole));
     let names: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -514,12 +450,12 @@ fn a_run_killed_after_a_part_resumes_to_the_same_rows() {
 fn weights_edited_in_place_are_seen_on_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let q = bench(d);
+    let q = five_question_bench(d);
     let model = root().join("fixtures/llava/models/llava-tiny");
     let edited = zeroed_projector_copy(&d.join("edited"));
     let steps = d.join("steps");
-    let (ok, err) = info(d, &q, &model, &steps, &["--max-samples-per-run", "2"]);
+    let (ok, err) = tiny_info(d, &q, &model, &steps, &["--max-samples-per-run", "2"]);
     assert!(ok, "{err}");
-    let (ok, err) = info(d, &q, &edited, &steps, &["--resume"]);
+    let (ok, err) = tiny_info(d, &q, &edited, &steps, &["--resume"]);
     one_line_error(ok, &err, "horizon.model_fingerprint");
 }

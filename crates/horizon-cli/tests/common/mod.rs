@@ -78,3 +78,80 @@ pub fn assert_one_error(ok: bool, stderr: &str, needles: &[&str]) {
         assert!(errors[0].contains(n), "{n:?} not in {:?}", errors[0]);
     }
 }
+
+/// Five LLaVA-format questions (`q.jsonl`) on the square and non-square fixture images, copied into
+/// `dir`, in two categories: the benchmark of the tiny `horizon info` runs.
+pub fn five_question_bench(dir: &Path) -> PathBuf {
+    for name in ["square.png", "nonsquare.png"] {
+        std::fs::copy(
+            root().join("fixtures/llava/images").join(name),
+            dir.join(name),
+        )
+        .unwrap();
+    }
+    let q = dir.join("q.jsonl");
+    let lines: Vec<String> = (0..5)
+        .map(|i| {
+            format!(
+                r#"{{"question_id": {i}, "image": "{}", "text": "What color is shape {i}?", "answer": "red", "category": "c{}"}}"#,
+                if i % 2 == 0 { "square.png" } else { "nonsquare.png" },
+                i % 2
+            )
+        })
+        .collect();
+    std::fs::write(&q, lines.join("\n") + "\n").unwrap();
+    q
+}
+
+/// `horizon info` of `model` on the [`five_question_bench`] `q` (images in `dir`) into `out`,
+/// layers 1 and 3, two samples per part, plus `extra`: (success, stderr).
+pub fn tiny_info(dir: &Path, q: &Path, model: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
+    let mut args: Vec<String> = [
+        "info",
+        "--model",
+        model.to_str().unwrap(),
+        "--bench",
+        q.to_str().unwrap(),
+        "--image-dir",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--layers",
+        "1,3",
+        "--samples-per-part",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = horizon(&refs);
+    (ok, err)
+}
+
+/// The distinct schemas and every row of every part file in `dir`, as text, sorted.
+pub fn part_schemas_and_rows(dir: &Path) -> (Vec<String>, Vec<String>) {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let (mut schemas, mut rows) = (Vec::new(), Vec::new());
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "parquet") {
+            let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+            let schema = reader.metadata().file_metadata().schema_descr();
+            schemas.push(format!("{:?}", schema.columns()));
+            for row in reader.get_row_iter(None).unwrap() {
+                rows.push(row.unwrap().to_string());
+            }
+        }
+    }
+    schemas.sort();
+    schemas.dedup();
+    rows.sort();
+    (schemas, rows)
+}
+
+/// Every row of every part file in `dir`, as text, sorted.
+pub fn part_rows(dir: &Path) -> Vec<String> {
+    part_schemas_and_rows(dir).1
+}
