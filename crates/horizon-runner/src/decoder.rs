@@ -494,17 +494,26 @@ impl DecoderLayer {
         probs_rows: Option<&Tensor>,
         want_keys: bool,
     ) -> (Tensor, Option<Tensor>, Option<Tensor>) {
-        let (h, probs, keys) = self.self_attn.forward(
-            &self.input_layernorm.forward(x),
-            cos,
-            sin,
-            cache,
-            probs_rows,
-            want_keys,
-        );
+        let (out, (probs, keys)) = self.around_attention(x, |normed| {
+            let (h, probs, keys) = self
+                .self_attn
+                .forward(normed, cos, sin, cache, probs_rows, want_keys);
+            (h, (probs, keys))
+        });
+        (out, probs, keys)
+    }
+
+    /// The layer around the attention the caller runs: `x + attention(input_layernorm(x))`, then
+    /// the MLP block with its residual; `attention` also returns what it read on the way.
+    fn around_attention<T>(
+        &self,
+        x: &Tensor,
+        attention: impl FnOnce(&Tensor) -> (Tensor, T),
+    ) -> (Tensor, T) {
+        let (h, read) = attention(&self.input_layernorm.forward(x));
         let x = x + h;
         let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
-        (x + h, probs, keys)
+        (x + h, read)
     }
 
     pub fn forward(
@@ -711,10 +720,25 @@ impl Decoder {
         hidden: &Tensor,
         position_ids: &Tensor,
     ) -> Tensor {
+        self.layers_from(from, hidden, position_ids, None)
+    }
+
+    /// Layers `from..` (no cache, causal) and the final norm; with `key_weights` (`[L − from, S]`)
+    /// layer `from + i` weighs its keys by row i (the soft mask of [`Self::forward_key_weighted`]).
+    fn layers_from(
+        &self,
+        from: usize,
+        hidden: &Tensor,
+        position_ids: &Tensor,
+        key_weights: Option<&Tensor>,
+    ) -> Tensor {
         let (cos, sin) = self.rotary_emb.cos_sin(position_ids, hidden.kind());
         let mut h = hidden.shallow_clone();
-        for layer in &self.layers[from..] {
-            h = layer.forward(&h, &cos, &sin, None);
+        for (i, layer) in self.layers[from..].iter().enumerate() {
+            h = match key_weights {
+                None => layer.forward(&h, &cos, &sin, None),
+                Some(m) => layer.forward_key_weighted(&h, &cos, &sin, &m.get(i as i64)),
+            };
         }
         self.norm.forward(&h)
     }
@@ -795,12 +819,10 @@ impl Attention {
 
 impl DecoderLayer {
     fn forward_key_weighted(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, m: &Tensor) -> Tensor {
-        let h = self
-            .self_attn
-            .forward_key_weighted(&self.input_layernorm.forward(x), cos, sin, m);
-        let x = x + h;
-        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
-        x + h
+        self.around_attention(x, |normed| {
+            (self.self_attn.forward_key_weighted(normed, cos, sin, m), ())
+        })
+        .0
     }
 }
 
@@ -815,11 +837,6 @@ impl Decoder {
         position_ids: &Tensor,
         key_weights: &Tensor,
     ) -> Tensor {
-        let (cos, sin) = self.rotary_emb.cos_sin(position_ids, hidden.kind());
-        let mut h = hidden.shallow_clone();
-        for (i, layer) in self.layers[from..].iter().enumerate() {
-            h = layer.forward_key_weighted(&h, &cos, &sin, &key_weights.get(i as i64));
-        }
-        self.norm.forward(&h)
+        self.layers_from(from, hidden, position_ids, Some(key_weights))
     }
 }
