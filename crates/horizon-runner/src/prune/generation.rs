@@ -1,6 +1,7 @@
 //! Greedy generation with a pruned prefill: the cache holds only the kept tokens.
 
 use anyhow::Result;
+use tch::Tensor;
 
 use super::{prefill_pruned, PruneOptions, PruneSpec, StageRecord, VisualCounts};
 use crate::decoder::KvCache;
@@ -41,6 +42,36 @@ pub fn generate_pruned(
     target: Option<i64>,
     config: &crate::generate::GenerationConfig,
 ) -> Result<PrunedGeneration> {
+    Ok(run(model, inputs, spec, options, seed, target, config, false)?.0)
+}
+
+/// [`generate_pruned`], also returning the f32 logits `[N, V]` that chose each of the N tokens (row
+/// 0: the pruned prefill's last position).
+#[allow(clippy::too_many_arguments)]
+pub fn generate_pruned_with_logits(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    spec: &PruneSpec,
+    options: &PruneOptions,
+    seed: u64,
+    target: Option<i64>,
+    config: &crate::generate::GenerationConfig,
+) -> Result<(PrunedGeneration, Tensor)> {
+    let (run, logits) = run(model, inputs, spec, options, seed, target, config, true)?;
+    Ok((run, logits.expect("logits kept")))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    spec: &PruneSpec,
+    options: &PruneOptions,
+    seed: u64,
+    target: Option<i64>,
+    config: &crate::generate::GenerationConfig,
+    keep_logits: bool,
+) -> Result<(PrunedGeneration, Option<Tensor>)> {
     let _guard = tch::no_grad_guard();
     let device = model.device();
     let mut cache = KvCache::new(model.num_layers());
@@ -50,15 +81,19 @@ pub fn generate_pruned(
     synchronize(device);
     let prefill_seconds = started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
-    let tokens = crate::generate::continue_greedy(
-        model,
-        &prefill.output.hidden,
-        prefill.prompt_len,
-        &mut cache,
-        config,
-    )?;
+    let (hidden, prompt_len) = (&prefill.output.hidden, prefill.prompt_len);
+    let (tokens, logits) = if keep_logits {
+        let (tokens, logits) = crate::generate::continue_greedy_with_logits(
+            model, hidden, prompt_len, &mut cache, config,
+        )?;
+        (tokens, Some(logits))
+    } else {
+        let tokens =
+            crate::generate::continue_greedy(model, hidden, prompt_len, &mut cache, config)?;
+        (tokens, None)
+    };
     synchronize(device);
-    Ok(PrunedGeneration {
+    let generation = PrunedGeneration {
         decode_steps: tokens.len().saturating_sub(1),
         tokens,
         counts: prefill.counts,
@@ -67,5 +102,6 @@ pub fn generate_pruned(
         decode_seconds: started.elapsed().as_secs_f64(),
         kv_bytes: cache.bytes(),
         tokens_per_layer: prefill.output.tokens_per_layer,
-    })
+    };
+    Ok((generation, logits))
 }

@@ -29,12 +29,13 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tch::Tensor;
 
 use crate::decoder::{DecoderOutput, KvCache};
 use crate::intervention::PositionPolicy;
 use crate::model::{ModelInputs, VlModel};
 pub use family::{PruneFamily, VisionZipSource};
-pub use generation::{generate_pruned, synchronize, PrunedGeneration};
+pub use generation::{generate_pruned, generate_pruned_with_logits, synchronize, PrunedGeneration};
 use selector::PruneSelector;
 pub use spec::{Keep, Method, PruneSpec, Stage};
 use tokens::{build_tokens, rebuild, DecoderInputs};
@@ -157,28 +158,15 @@ pub fn prefill_pruned(
     let num_layers = model.num_layers();
     spec.check(num_layers)?;
     let policy = |layer: usize| options.positions.unwrap_or(default_policy(model, layer));
-    let embeds = model.input_embeds(inputs)?;
-    let mut dec = DecoderInputs {
-        embeds,
-        positions: inputs.position_ids.shallow_clone(),
-        rope_deltas: inputs.rope_deltas,
-        visual: inputs.visual.clone(),
-    };
-    let mut records = Vec::new();
-    let mut stages: Vec<(usize, Stage)> = spec.stages.iter().cloned().enumerate().collect();
-    if let Some((_, first)) = stages.first() {
-        if first.method.creates_tokens() {
-            let (_, stage) = stages.remove(0);
-            let label = stage_label(spec, 0);
-            let built = build_tokens(model, inputs, &dec, &stage).with_context(|| label.clone())?;
-            dec = rebuild(model, inputs, dec, &built, policy(0)).with_context(|| label.clone())?;
-            records.push(StageRecord {
-                stage: stage.to_string(),
-                kept_visual: dec.visual.positions.clone(),
-                note: built.note,
-            });
-        }
-    }
+    let (dec, built) = decoder_inputs(model, inputs, spec, policy(0))?;
+    let records: Vec<StageRecord> = built.into_iter().collect();
+    let stages: Vec<(usize, Stage)> = spec
+        .stages
+        .iter()
+        .cloned()
+        .enumerate()
+        .skip(records.len())
+        .collect();
     let mut selector = PruneSelector::new(
         spec,
         stages,
@@ -207,6 +195,67 @@ pub fn prefill_pruned(
         counts,
         stages: selector.into_records(),
     })
+}
+
+/// What the decoder receives under `spec` before its first layer (after a first token-building stage,
+/// `avg-pooling@0` or `visionzip@0`, when the spec starts with one; the prompt's own otherwise).
+pub struct PrunedDecoderInputs {
+    /// Input embeddings `[1, S', D]`.
+    pub embeds: Tensor,
+    /// Position ids `[1, S']` (1-D) or `[3, 1, S']` (M-RoPE).
+    pub positions: Tensor,
+    /// What decoding adds to a cache position (M-RoPE; 0 for 1-D rotary) while positions are these.
+    pub rope_deltas: i64,
+    /// Sequence indices of the visual tokens.
+    pub visual_positions: Vec<usize>,
+}
+
+/// The decoder's inputs under `spec` ([`PrunedDecoderInputs`]), as [`prefill_pruned`] builds them.
+pub fn pruned_decoder_inputs(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    spec: &PruneSpec,
+    options: &PruneOptions,
+) -> Result<PrunedDecoderInputs> {
+    let _guard = tch::no_grad_guard();
+    let policy = options.positions.unwrap_or(default_policy(model, 0));
+    let (dec, _) = decoder_inputs(model, inputs, spec, policy)?;
+    Ok(PrunedDecoderInputs {
+        embeds: dec.embeds,
+        positions: dec.positions,
+        rope_deltas: dec.rope_deltas,
+        visual_positions: dec.visual.positions,
+    })
+}
+
+/// The prompt's embeddings and positions, rebuilt by `spec`'s first stage when it builds tokens (its
+/// record returned with them), under the first stage's position convention `policy`.
+fn decoder_inputs(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    spec: &PruneSpec,
+    policy: PositionPolicy,
+) -> Result<(DecoderInputs, Option<StageRecord>)> {
+    let dec = DecoderInputs {
+        embeds: model.input_embeds(inputs)?,
+        positions: inputs.position_ids.shallow_clone(),
+        rope_deltas: inputs.rope_deltas,
+        visual: inputs.visual.clone(),
+    };
+    match spec.stages.first() {
+        Some(stage) if stage.method.creates_tokens() => {
+            let label = stage_label(spec, 0);
+            let built = build_tokens(model, inputs, &dec, stage).with_context(|| label.clone())?;
+            let dec = rebuild(model, inputs, dec, &built, policy).with_context(|| label.clone())?;
+            let record = StageRecord {
+                stage: stage.to_string(),
+                kept_visual: dec.visual.positions.clone(),
+                note: built.note,
+            };
+            Ok((dec, Some(record)))
+        }
+        _ => Ok((dec, None)),
+    }
 }
 
 fn stage_label(spec: &PruneSpec, index: usize) -> String {
