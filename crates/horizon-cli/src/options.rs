@@ -308,6 +308,7 @@ impl PruneSettings {
             tau: self.todre_tau,
             info_window: self.info_window,
             dart_pivots: self.dart_pivots,
+            sample_key: None,
             info_scores: None,
         }
     }

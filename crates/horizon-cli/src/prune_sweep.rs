@@ -13,6 +13,7 @@ use horizon_analysis::prune::ModelHorizons;
 use horizon_data::bench::Sample;
 use horizon_plot::{plot_prune_sweep, PruneSweepOptions};
 use horizon_runner::processor::Processor;
+use horizon_runner::prune::file_stage::KeepFile;
 use horizon_runner::prune::runs::{check_specs_on_samples, visual_shapes, LayerSweep, SweepPlan};
 use horizon_runner::prune::sweep_run::SweepLabels;
 use horizon_runner::prune::{Keep, Method, PruneSpec};
@@ -36,6 +37,8 @@ pub struct PruneSweepArgs {
     pub out: PathBuf,
     /// Methods to sweep, comma-separated (random is always added). Methods that cannot run at some
     /// layer (fastv at 0, avg-pooling past 0, …) skip it, and sweep.json lists what was skipped.
+    /// `file:PATH` is a curve of `file@K:PATH` at each K: the tokens PATH lists for each sample
+    /// (docs/pruning.md), whatever --keep says.
     #[arg(long, default_value = "fastv,divprune", value_delimiter = ',')]
     pub methods: Vec<String>,
     /// Pruning layers K: `all`, a list `0,2,4` or ranges `1-8` (default: all layers).
@@ -89,10 +92,23 @@ pub fn parse_keep(text: &str) -> Result<Keep> {
     Ok(probe.stages[0].keep)
 }
 
-/// `--methods`: known method names, deduplicated in order, random added.
-fn parse_methods(names: &[String]) -> Result<Vec<Method>> {
+/// `--methods`: known method names, deduplicated in order, random added; and the files of the
+/// `file:PATH` curves, read.
+fn parse_methods(names: &[String]) -> Result<(Vec<Method>, Vec<KeepFile>)> {
     let mut methods = Vec::new();
+    let mut files: Vec<KeepFile> = Vec::new();
     for name in names {
+        if let Some(path) = name.trim().strip_prefix("file:") {
+            let file = KeepFile::read(Path::new(path))
+                .map_err(|e| anyhow::anyhow!("--methods file:{path}: {e:#}"))?;
+            if !files.contains(&file) {
+                files.push(file);
+            }
+            continue;
+        }
+        if name.trim() == "file" {
+            anyhow::bail!("--methods file: name the file of kept tokens, e.g. file:kept.parquet");
+        }
         let m = Method::from_name(name.trim()).ok_or_else(|| {
             anyhow::anyhow!(
                 "--methods: unknown method `{name}` (known: {})",
@@ -105,7 +121,7 @@ fn parse_methods(names: &[String]) -> Result<Vec<Method>> {
         })?;
         methods.push(m);
     }
-    Ok(LayerSweep::methods_with_random(&methods))
+    Ok((LayerSweep::methods_with_random(&methods), files))
 }
 
 /// A sweep checked and planned, before anything runs.
@@ -124,7 +140,7 @@ pub struct PreparedSweep {
 /// benchmark, and each run's token counts against the visual tokens the samples give the model.
 pub fn prepare(args: &PruneSweepArgs) -> Result<PreparedSweep> {
     let keep = parse_keep(&args.keep)?;
-    let methods = parse_methods(&args.methods)?;
+    let (methods, files) = parse_methods(&args.methods)?;
     let (model, processor) = args.model.load()?;
     let num_layers = model.num_layers();
     let layers = parse_layers(Some(&args.layers), num_layers)?;
@@ -143,6 +159,7 @@ pub fn prepare(args: &PruneSweepArgs) -> Result<PreparedSweep> {
         repeats: args.repeats,
         seed: args.prune_settings.prune_seed,
         compare: args.compare.clone(),
+        files,
     };
     let plan = sweep.plan(num_layers, &args.out.join("runs"));
     let samples = args.bench.samples()?;

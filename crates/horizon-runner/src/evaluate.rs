@@ -222,6 +222,7 @@ impl Evaluation {
         };
         let seed = sample_seed(self.prune_options.seed, &sample.key);
         let mut options = self.prune_options.clone();
+        options.sample_key = Some(sample.key.clone());
         if let Some(rows) = self.info_rows.as_ref().filter(|_| needs_target) {
             let scores = rows.by_sample.get(&sample.key).ok_or_else(|| {
                 anyhow::anyhow!("{}: no info rows for sample {}", rows.source, sample.key)

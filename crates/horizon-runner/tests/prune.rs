@@ -471,3 +471,283 @@ fn todre_withdraws_at_the_first_layer_where_both_ratios_fall_below_tau() {
         );
     }
 }
+
+/// `file@K:PATH` rows: (sample key, kept indices into the prompt's visual tokens).
+type FileRows<'a> = &'a [(&'a str, Vec<i64>)];
+
+fn write_jsonl(path: &Path, rows: FileRows) {
+    let text: String = rows
+        .iter()
+        .map(|(k, keep)| format!("{}\n", serde_json::json!({"key": k, "keep": keep})))
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// A Parquet file of `key` (strings) and `keep` (lists of int32, to exercise the cast).
+fn write_parquet(path: &Path, rows: FileRows) {
+    use arrow::array::{ArrayRef, Int32Builder, ListBuilder, StringArray};
+    use arrow::record_batch::RecordBatch;
+    let keys: ArrayRef = std::sync::Arc::new(StringArray::from(
+        rows.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+    ));
+    let mut keep = ListBuilder::new(Int32Builder::new());
+    for (_, v) in rows {
+        for &i in v {
+            keep.values().append_value(i as i32);
+        }
+        keep.append(true);
+    }
+    let keep: ArrayRef = std::sync::Arc::new(keep.finish());
+    let batch = RecordBatch::try_from_iter([("key", keys), ("keep", keep)]).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(path).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// A stage's kept tokens (sequence indices) as indices into the prompt's visual tokens.
+fn visual_indices(inputs: &ModelInputs, kept: &[usize]) -> Vec<i64> {
+    kept.iter()
+        .map(|p| inputs.visual.positions.binary_search(p).unwrap() as i64)
+        .collect()
+}
+
+/// The oracle of a file stage is the run it copies: `file@K:PATH` listing exactly the tokens another
+/// method kept (FastV at K, random at 0 and K, a second stage after FastV) gives that method's run
+/// bit for bit (logits, tokens per layer, kept tokens), on both families, from Parquet and JSONL.
+#[test]
+fn a_file_stage_listing_another_methods_tokens_is_that_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["llava", "qwen2_5_vl"] {
+        let f = family(name);
+        for (method, file_spec, ext) in [
+            ("fastv@1:50%", "file@1:{}", "parquet"),
+            ("random@0:7", "file@0:{}", "jsonl"),
+            ("random@2:9", "file@2:{}", "parquet"),
+            ("fastv@1:50%,random@2:5", "fastv@1:50%,file@2:{}", "jsonl"),
+        ] {
+            let opts = PruneOptions {
+                sample_key: Some("sample-7".into()),
+                ..PruneOptions::default()
+            };
+            let spec = PruneSpec::parse(method).unwrap();
+            let want = prefill_pruned(&f.model, &f.inputs, &spec, &opts, 5, None, None).unwrap();
+            let last = want.stages.last().unwrap();
+            let rows = [
+                ("another", vec![0]),
+                ("sample-7", visual_indices(&f.inputs, &last.kept_visual)),
+            ];
+            let path = tmp
+                .path()
+                .join(format!("{name}-{}.{ext}", want.stages.len()));
+            match ext {
+                "parquet" => write_parquet(&path, &rows),
+                _ => write_jsonl(&path, &rows),
+            }
+            let file_spec = file_spec.replace("{}", path.to_str().unwrap());
+            let spec = PruneSpec::parse(&file_spec).unwrap();
+            assert_eq!(spec.to_string(), file_spec);
+            // A different seed: the file, not the draw, decides.
+            let got = prefill_pruned(&f.model, &f.inputs, &spec, &opts, 6, None, None).unwrap();
+            assert_eq!(got.counts, want.counts, "{name} {file_spec}");
+            let kept = |r: &PrunedPrefill| -> Vec<Vec<usize>> {
+                r.stages.iter().map(|s| s.kept_visual.clone()).collect()
+            };
+            assert_eq!(kept(&got), kept(&want), "{name} {file_spec}");
+            assert!(
+                last_logits(&f.model, &got).equal(&last_logits(&f.model, &want)),
+                "{name} {file_spec}: logits differ from {method}"
+            );
+        }
+    }
+}
+
+/// Bad rows and files: one line naming the file and the row or key, from the run and from the
+/// up-front check alike (which is the same check).
+#[test]
+fn file_stage_errors_name_the_file_and_the_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = family("llava");
+    let n = f.inputs.visual.positions.len() as i64;
+    let opts = |key: &str| PruneOptions {
+        sample_key: Some(key.into()),
+        ..PruneOptions::default()
+    };
+    let good = tmp.path().join("good.jsonl");
+    write_jsonl(&good, &[("a", vec![0, 1, 2]), ("b", vec![n - 1, 0])]);
+    let spec = PruneSpec::parse(&format!("file@2:{}", good.display())).unwrap();
+    let run_err = |spec: &PruneSpec, key: &str| {
+        prefill_pruned(&f.model, &f.inputs, spec, &opts(key), 0, None, None)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default()
+    };
+    let grid = f.inputs.visual.grid;
+    for (key, needles) in [("zz", vec!["good.jsonl", "no row for sample key `zz`"])] {
+        let err = run_err(&spec, key);
+        let upfront = spec
+            .check_sample(key, n as usize, grid, &opts(key))
+            .unwrap_err()
+            .to_string();
+        for e in [&err, &upfront] {
+            for needle in &needles {
+                assert!(e.contains(needle), "{e}");
+            }
+            assert!(e.contains("stage 1 `file@2:"), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+    // Indices out of range, twice, and dropped by an earlier stage.
+    let bad = tmp.path().join("bad.parquet");
+    write_parquet(
+        &bad,
+        &[
+            ("out", vec![3, n]),
+            ("neg", vec![-1]),
+            ("twice", vec![4, 2, 4]),
+        ],
+    );
+    let spec = PruneSpec::parse(&format!("file@2:{}", bad.display())).unwrap();
+    for (key, needle) in [
+        (
+            "out",
+            format!("row 0 (key `out`): index {n} is outside the sample's {n} visual tokens"),
+        ),
+        ("neg", "row 1 (key `neg`): index -1 is outside".to_string()),
+        (
+            "twice",
+            "row 2 (key `twice`): index 4 is listed twice".to_string(),
+        ),
+    ] {
+        let upfront = spec
+            .check_sample(key, n as usize, grid, &opts(key))
+            .unwrap_err()
+            .to_string();
+        for e in [run_err(&spec, key), upfront] {
+            assert!(e.contains("bad.parquet") && e.contains(&needle), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+    // After FastV kept half, a token it dropped (the one it scores lowest is dropped: find one).
+    let fastv = prefill_pruned(
+        &f.model,
+        &f.inputs,
+        &PruneSpec::parse("fastv@1:50%").unwrap(),
+        &PruneOptions::default(),
+        0,
+        None,
+        None,
+    )
+    .unwrap();
+    let kept = visual_indices(&f.inputs, &fastv.stages[0].kept_visual);
+    let dropped = (0..n).find(|i| !kept.contains(i)).unwrap();
+    let late = tmp.path().join("late.jsonl");
+    write_jsonl(&late, &[("a", vec![kept[0], dropped])]);
+    let spec = PruneSpec::parse(&format!("fastv@1:50%,file@2:{}", late.display())).unwrap();
+    let e = run_err(&spec, "a");
+    assert!(
+        e.contains("stage 2 `file@2:")
+            && e.contains("late.jsonl: line 1 (key `a`)")
+            && e.contains(&format!(
+                "index {dropped} was already dropped by an earlier stage"
+            )),
+        "{e}"
+    );
+    // More listed than an earlier stage left, refused up front.
+    let many = tmp.path().join("many.jsonl");
+    write_jsonl(&many, &[("a", (0..10).collect())]);
+    let spec = PruneSpec::parse(&format!("random@1:5,file@2:{}", many.display())).unwrap();
+    let e = spec
+        .check_sample("a", n as usize, grid, &opts("a"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("keeps 10 visual tokens but only 5 are left"),
+        "{e}"
+    );
+    // A run without a sample key (horizon forward) says so.
+    let spec = PruneSpec::parse(&format!("file@2:{}", good.display())).unwrap();
+    let e = prefill_pruned(
+        &f.model,
+        &f.inputs,
+        &spec,
+        &PruneOptions::default(),
+        0,
+        None,
+        None,
+    )
+    .err()
+    .map(|e| format!("{e:#}"))
+    .unwrap();
+    assert!(e.contains("this run has no sample"), "{e}");
+
+    // Files that cannot be read, or not as a file of kept tokens: refused when the spec is parsed.
+    let wrong_type = tmp.path().join("strings.parquet");
+    {
+        use arrow::array::{ArrayRef, StringArray};
+        let col = |v: Vec<&str>| -> ArrayRef { std::sync::Arc::new(StringArray::from(v)) };
+        let batch = arrow::record_batch::RecordBatch::try_from_iter([
+            ("key", col(vec!["a"])),
+            ("keep", col(vec!["1,2"])),
+        ])
+        .unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(&wrong_type).unwrap(),
+            batch.schema(),
+            None,
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+    let dup = tmp.path().join("dup.jsonl");
+    write_jsonl(&dup, &[("a", vec![1]), ("b", vec![2]), ("a", vec![3])]);
+    let floats = tmp.path().join("floats.jsonl");
+    std::fs::write(&floats, "{\"key\": \"a\", \"keep\": [1, 2.5]}\n").unwrap();
+    let nokey = tmp.path().join("nokey.jsonl");
+    std::fs::write(&nokey, "{\"sample\": \"a\", \"keep\": [1]}\n").unwrap();
+    let text = tmp.path().join("kept.txt");
+    std::fs::write(&text, "1 2 3").unwrap();
+    let garbage = tmp.path().join("garbage.parquet");
+    std::fs::write(&garbage, "not parquet").unwrap();
+    for (path, needle) in [
+        (
+            tmp.path().join("missing.parquet"),
+            "missing.parquet: cannot open",
+        ),
+        (
+            wrong_type,
+            "strings.parquet: column `keep` is Utf8, expected a list of integers",
+        ),
+        (
+            dup,
+            "dup.jsonl: line 3: sample key `a` is listed twice (first at line 1)",
+        ),
+        (
+            floats,
+            "floats.jsonl: line 1: `keep` holds a value that is not an integer",
+        ),
+        (nokey, "nokey.jsonl: line 1: expected a string `key`"),
+        (text, "kept.txt: expected a .parquet or .jsonl file"),
+        (garbage, "garbage.parquet: not a Parquet file"),
+    ] {
+        let e = PruneSpec::parse(&format!("fastv@2:50%,file@5:{}", path.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stage 2 `file@5:") && e.contains(needle), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+    let after_pooling = format!("avg-pooling@0:16,file@2:{}", good.display());
+    for (spec, needle) in [
+        ("file@2", "expected file@K:PATH"),
+        ("file@2:", "expected file@K:PATH"),
+        (after_pooling.as_str(), "which avg-pooling replaced"),
+    ] {
+        let e = PruneSpec::parse(spec).unwrap_err().to_string();
+        assert!(e.contains(needle), "{spec}: {e}");
+    }
+}

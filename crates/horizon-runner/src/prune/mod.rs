@@ -13,6 +13,7 @@
 //! (slicing the 3-D ids, as the Qwen ports of these methods do; `docs/pruning.md`). [`PruneOptions::positions`] overrides both.
 
 pub mod family;
+pub mod file_stage;
 mod generation;
 pub mod methods;
 mod oracle;
@@ -37,7 +38,7 @@ use crate::model::{ModelInputs, VlModel};
 pub use family::{PruneFamily, VisionZipSource};
 pub use generation::{generate_pruned, generate_pruned_with_logits, synchronize, PrunedGeneration};
 use selector::PruneSelector;
-pub use spec::{Keep, Method, PruneSpec, Stage};
+pub use spec::{Keep, Method, PruneSpec, Stage, StageInput, StagePlan};
 use tokens::{build_tokens, rebuild, DecoderInputs};
 
 /// Settings of the methods that have them, and the seed of random stages.
@@ -55,6 +56,9 @@ pub struct PruneOptions {
     pub info_window: usize,
     /// DART: image pivots and text pivots each.
     pub dart_pivots: usize,
+    /// The key of the sample being run, which a `file@K:PATH` stage looks its kept tokens up by
+    /// (set per sample by the evaluation; `None` where a run has no sample).
+    pub sample_key: Option<String>,
     /// Information oracle: this sample's window scores read from `horizon info` rows (p(answer)
     /// with only window w kept, per cut layer) instead of computed on the fly.
     pub info_scores: Option<std::collections::BTreeMap<usize, Vec<f64>>>,
@@ -69,6 +73,7 @@ impl Default for PruneOptions {
             tau: 0.10,
             info_window: 2,
             dart_pivots: 4,
+            sample_key: None,
             info_scores: None,
         }
     }
@@ -158,7 +163,7 @@ pub fn prefill_pruned(
     let num_layers = model.num_layers();
     spec.check(num_layers)?;
     let policy = |layer: usize| options.positions.unwrap_or(default_policy(model, layer));
-    let (dec, built) = decoder_inputs(model, inputs, spec, policy(0))?;
+    let (dec, built) = decoder_inputs(model, inputs, spec, options, policy(0))?;
     let records: Vec<StageRecord> = built.into_iter().collect();
     let stages: Vec<(usize, Stage)> = spec
         .stages
@@ -219,7 +224,7 @@ pub fn pruned_decoder_inputs(
 ) -> Result<PrunedDecoderInputs> {
     let _guard = tch::no_grad_guard();
     let policy = options.positions.unwrap_or(default_policy(model, 0));
-    let (dec, _) = decoder_inputs(model, inputs, spec, policy)?;
+    let (dec, _) = decoder_inputs(model, inputs, spec, options, policy)?;
     Ok(PrunedDecoderInputs {
         embeds: dec.embeds,
         positions: dec.positions,
@@ -234,6 +239,7 @@ fn decoder_inputs(
     model: &VlModel,
     inputs: &ModelInputs,
     spec: &PruneSpec,
+    options: &PruneOptions,
     policy: PositionPolicy,
 ) -> Result<(DecoderInputs, Option<StageRecord>)> {
     let dec = DecoderInputs {
@@ -245,7 +251,8 @@ fn decoder_inputs(
     match spec.stages.first() {
         Some(stage) if stage.method.creates_tokens() => {
             let label = stage_label(spec, 0);
-            let built = build_tokens(model, inputs, &dec, stage).with_context(|| label.clone())?;
+            let built =
+                build_tokens(model, inputs, &dec, stage, options).with_context(|| label.clone())?;
             let dec = rebuild(model, inputs, dec, &built, policy).with_context(|| label.clone())?;
             let record = StageRecord {
                 stage: stage.to_string(),

@@ -21,10 +21,7 @@ pub(super) fn info_keep(
 ) -> Result<Vec<usize>> {
     let grid = WindowGrid::new(inputs.visual.grid, window)?;
     let n = inputs.visual.positions.len();
-    let k = stage.keep.count(n);
-    if k > n {
-        bail!("keeps {k} visual tokens but only {n} are left");
-    }
+    let k = stage.count_within(n)?;
     let full = full_run(model, inputs)?;
     let cfg = SweepConfig {
         layers: vec![stage.layer],
@@ -53,10 +50,7 @@ pub(super) fn info_keep_from_rows(
 ) -> Result<Vec<usize>> {
     let grid = WindowGrid::new(inputs.visual.grid, window)?;
     let n = inputs.visual.positions.len();
-    let k = stage.keep.count(n);
-    if k > n {
-        bail!("keeps {k} visual tokens but only {n} are left");
-    }
+    let k = stage.count_within(n)?;
     let Some(p) = rows.get(&stage.layer) else {
         bail!(
             "the info rows of this sample have no layer {} (they have {:?})",

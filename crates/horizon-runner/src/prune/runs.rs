@@ -12,7 +12,8 @@ use horizon_data::imageproc::to_rgb_like_pil;
 use horizon_data::predictions::Prediction;
 use horizon_data::score::ScoreTable;
 
-use super::{Keep, Method, PruneOptions, PruneSpec};
+use super::file_stage::KeepFile;
+use super::{Keep, Method, PruneOptions, PruneSpec, Stage};
 use crate::processor::{Processor, PromptTemplate};
 use crate::VlModel;
 
@@ -37,11 +38,37 @@ pub fn spec_slug(spec: &PruneSpec) -> String {
     spec.stages
         .iter()
         .map(|s| {
+            if let Some(file) = &s.file {
+                return file_slug(s.layer, file.path());
+            }
             let keep = s.keep.to_string().replace('%', "pct").replace('.', "p");
             format!("{}-at{}-keep{keep}", s.method.name(), s.layer)
         })
         .collect::<Vec<_>>()
         .join("+")
+}
+
+/// A file stage's part of a directory name: `file-at8-kept.parquet` → `file-at8-kept-1a2b3c4d`, the
+/// file's stem (letters, digits, `-` and `_` only) and the start of the SHA-256 of its path as written,
+/// so that two files of the same name get two directories.
+fn file_slug(layer: usize, path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let stem: String = path
+        .file_stem()
+        .map(|s| s.to_string_lossy())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let hash = Sha256::digest(path.as_os_str().as_encoded_bytes());
+    let hex: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("file-at{layer}-{stem}-{hex}")
 }
 
 /// The runs of `specs` under `out`: the unpruned model first (added when missing: relative scores
@@ -156,6 +183,8 @@ pub struct LayerSweep {
     pub seed: u64,
     /// Extra specs (the Table-1 comparison).
     pub compare: Vec<PruneSpec>,
+    /// File curves: `file@K:PATH` at each K, each file's listed tokens whatever `keep` says.
+    pub files: Vec<KeepFile>,
 }
 
 /// One point of a sweep's curves: `method` at `layer`.
@@ -164,6 +193,8 @@ pub struct SweepPoint {
     pub method: Method,
     pub layer: usize,
     pub spec: PruneSpec,
+    /// The curve's name: the method's, or `file:PATH` for a file curve.
+    pub curve: String,
 }
 
 /// What a [`LayerSweep`] runs: its points, the specs it skips, and the runs (the unpruned one
@@ -212,9 +243,34 @@ impl LayerSweep {
                         method,
                         layer,
                         spec,
+                        curve: method.name().into(),
                     }),
                     Err(e) => skipped.push(SkippedSpec {
                         spec: text,
+                        why: e.to_string(),
+                    }),
+                }
+            }
+        }
+        for file in &self.files {
+            for &layer in &self.layers {
+                let spec = PruneSpec {
+                    stages: vec![Stage {
+                        method: Method::File,
+                        layer,
+                        keep: Keep::Listed,
+                        file: Some(file.clone()),
+                    }],
+                };
+                match spec.check(num_layers) {
+                    Ok(()) => points.push(SweepPoint {
+                        method: Method::File,
+                        layer,
+                        curve: format!("file:{}", file.path().display()),
+                        spec,
+                    }),
+                    Err(e) => skipped.push(SkippedSpec {
+                        spec: spec.to_string(),
                         why: e.to_string(),
                     }),
                 }
@@ -244,7 +300,7 @@ impl SweepPlan {
             .filter_map(|(run, summary)| {
                 let p = self.points.iter().find(|p| p.spec == run.spec)?;
                 Some(SweepScore {
-                    method: p.method.name().into(),
+                    method: p.curve.clone(),
                     layer: p.layer,
                     seed: summary.seed,
                     score: summary.score,
@@ -316,11 +372,14 @@ pub struct VisualShape {
     pub grid: (usize, usize),
     /// This shape stands for every sample (LLaVA: the count is fixed by the image size).
     pub every_sample: bool,
+    /// The keys of the other samples this shape stands for (LLaVA: every other image sample).
+    pub others: Vec<String>,
 }
 
 /// The visual shapes of the prompts of `samples` on `model`: one sample's for LLaVA, whose count
-/// is fixed by its image size; every image sample's for Qwen2.5-VL, whose count follows each
-/// image's size. Text-only samples have no visual tokens to prune and are left out.
+/// is fixed by its image size, standing for every image sample; every image sample's for
+/// Qwen2.5-VL, whose count follows each image's size. Text-only samples have no visual tokens to
+/// prune and are left out.
 pub fn visual_shapes(
     model: &VlModel,
     processor: &Processor,
@@ -329,7 +388,8 @@ pub fn visual_shapes(
 ) -> Result<Vec<VisualShape>> {
     let fixed = matches!(processor, Processor::Llava(_));
     let mut shapes = Vec::new();
-    for sample in samples.iter().filter(|s| s.has_image()) {
+    let with_image: Vec<&Sample> = samples.iter().filter(|s| s.has_image()).collect();
+    for sample in &with_image {
         let context = || format!("sample {}", sample.key);
         let image = to_rgb_like_pil(sample.image.decode().with_context(context)?);
         let inputs = processor
@@ -340,6 +400,11 @@ pub fn visual_shapes(
             tokens: inputs.visual.positions.len(),
             grid: inputs.visual.grid,
             every_sample: fixed,
+            others: if fixed {
+                with_image[1..].iter().map(|s| s.key.clone()).collect()
+            } else {
+                Vec::new()
+            },
         });
         if fixed {
             break;
@@ -348,7 +413,7 @@ pub fn visual_shapes(
     Ok(shapes)
 }
 
-/// Checks every spec of `specs` on every shape of `shapes` ([`PruneSpec::check_sample`]) before
+/// Checks every spec of `specs` on every sample of `shapes` ([`PruneSpec::check_sample`]) before
 /// anything runs, so that a sweep or comparison is refused whole instead of stopping at the first
 /// sample a spec cannot run on. The error names the spec's stage, the reason, how many samples
 /// fail and the first of them.
@@ -357,29 +422,37 @@ pub fn check_specs_on_samples<'a>(
     shapes: &[VisualShape],
     options: &PruneOptions,
 ) -> Result<()> {
+    let samples: Vec<(&str, &VisualShape)> = shapes
+        .iter()
+        .flat_map(|s| {
+            std::iter::once(s.sample.as_str())
+                .chain(s.others.iter().map(String::as_str))
+                .map(move |key| (key, s))
+        })
+        .collect();
+    let every_sample = shapes.iter().all(|s| s.every_sample);
     let mut checked: Vec<&PruneSpec> = Vec::new();
     for spec in specs {
         if checked.contains(&spec) {
             continue;
         }
         checked.push(spec);
-        let mut failing = shapes.iter().filter_map(|s| {
-            spec.check_sample(s.tokens, s.grid, options)
+        let mut failing = samples.iter().filter_map(|&(key, s)| {
+            spec.check_sample(key, s.tokens, s.grid, options)
                 .err()
-                .map(|e| (s, e))
+                .map(|e| (key, s, e))
         });
-        if let Some((first, e)) = failing.next() {
-            let which = if first.every_sample {
+        if let Some((key, first, e)) = failing.next() {
+            let count = failing.count() + 1;
+            let which = if every_sample && count == samples.len() {
                 format!(
-                    "at every sample (e.g. {}: {} visual tokens, {}×{} grid)",
-                    first.sample, first.tokens, first.grid.0, first.grid.1
+                    "at every sample (e.g. {key}: {} visual tokens, {}×{} grid)",
+                    first.tokens, first.grid.0, first.grid.1
                 )
             } else {
                 format!(
-                    "at {} of the {} samples with an image (first: {}, {} visual tokens, {}×{} grid)",
-                    failing.count() + 1,
-                    shapes.len(),
-                    first.sample,
+                    "at {count} of the {} samples with an image (first: {key}, {} visual tokens, {}×{} grid)",
+                    samples.len(),
                     first.tokens,
                     first.grid.0,
                     first.grid.1

@@ -8,6 +8,7 @@ use tch::{Kind, Tensor};
 use horizon_data::window::WindowGrid;
 
 use super::oracle::{info_keep, info_keep_from_rows};
+use super::spec::StageInput;
 use super::tensor_rows::{index_tensor, rows_f32, to_vec_f32, unit_rows};
 use super::{methods, stage_label, Method, PruneOptions, PruneSpec, Stage, StageRecord};
 use crate::intervention::{CutContext, PositionPolicy, TokenSelector};
@@ -122,10 +123,22 @@ impl<'a> PruneSelector<'a> {
         vis_rows: &[usize],
     ) -> Result<(Vec<usize>, String)> {
         let n = vis_rows.len();
-        let k = stage.keep.count(n);
-        if k > n {
-            bail!("keeps {k} visual tokens but only {n} are left");
-        }
+        // The prompt's visual tokens still here, as indices into them (a file stage's numbering).
+        let present: Vec<usize> = vis_rows
+            .iter()
+            .filter_map(|&r| ctx.visual.positions.binary_search(&ctx.kept[r]).ok())
+            .collect();
+        let plan = stage.check_at(
+            &StageInput {
+                sample: self.options.sample_key.as_deref(),
+                prompt_visual: ctx.visual.positions.len(),
+                left: n,
+                grid: ctx.visual.grid,
+                present: Some(&present),
+            },
+            self.options,
+        )?;
+        let k = plan.keep;
         let hidden = ctx.hidden;
         Ok(match stage.method {
             Method::Random => {
@@ -144,10 +157,6 @@ impl<'a> PruneSelector<'a> {
                 if stage.method == Method::Fastv {
                     (methods::top_k(&scores, k), String::new())
                 } else {
-                    let (rows, cols) = ctx.visual.grid;
-                    if rows * cols != n {
-                        bail!("window-fastv needs the full {rows}×{cols} visual grid, {n} tokens are left");
-                    }
                     let grid = WindowGrid::new(ctx.visual.grid, self.options.window_size)?;
                     (
                         methods::window_top_k(&scores, &grid, k),
@@ -239,13 +248,6 @@ impl<'a> PruneSelector<'a> {
                     .chain(text_pivots)
                     .collect();
                 pivot_rows.sort_unstable();
-                if k < image_pivots.len() {
-                    bail!(
-                        "dart keeps its {} image pivots: keep ≥ {}",
-                        image_pivots.len(),
-                        image_pivots.len()
-                    );
-                }
                 let x = unit_rows(&rows_f32(
                     &ctx.final_norm.forward(hidden),
                     &(0..ctx.kept.len()).collect::<Vec<_>>(),
@@ -279,11 +281,7 @@ impl<'a> PruneSelector<'a> {
                 (chosen, String::new())
             }
             Method::Pooling => {
-                let (rows, cols) = ctx.visual.grid;
-                if rows * cols != n {
-                    bail!("pooling needs the full {rows}×{cols} visual grid, {n} tokens are left");
-                }
-                let (r, c) = methods::pooled_grid(rows, cols, k)?;
+                let (r, c) = plan.pooled.ok_or_else(|| anyhow!("no pooled grid"))?;
                 // ‖x‖₁ of each visual token's layer-K input.
                 let l1 = to_vec_f32(&rows_f32(hidden, vis_rows).abs().sum_dim_intlist(
                     1,
@@ -291,9 +289,20 @@ impl<'a> PruneSelector<'a> {
                     Kind::Float,
                 ));
                 (
-                    methods::window_max(&l1, (rows, cols), (r, c)),
+                    methods::window_max(&l1, ctx.visual.grid, (r, c)),
                     format!("grid {r}x{c}"),
                 )
+            }
+            Method::File => {
+                // Ascending indices into the prompt's visual tokens, each one still present.
+                let listed = plan.listed.unwrap_or_default();
+                let chosen = present
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, i)| listed.binary_search(i).is_ok())
+                    .map(|(row, _)| row)
+                    .collect();
+                (chosen, format!("{} listed", listed.len()))
             }
             Method::AvgPooling | Method::Visionzip => {
                 bail!("builds tokens; only before the decoder")

@@ -3,11 +3,16 @@
 //! `K` is the 0-based decoder layer whose input is the first to be pruned (layers `< K` see the tokens
 //! the previous stage left); `@0` on a pre-LLM method means the projected visual embeddings before the
 //! decoder. `keep` is a count of visual tokens kept or a percentage (`50%`) of the visual tokens left
-//! at that point, rounded down. Parsing checks what can be checked without a model; [`PruneSpec::check`]
-//! checks the rest against one.
+//! at that point, rounded down; a `file@K:PATH` stage keeps, per sample, the indices its file lists
+//! ([`super::file_stage`]). Parsing checks what can be checked without a model (and reads a stage's
+//! file); [`PruneSpec::check`] checks the rest against one, [`Stage::check_at`] against one sample.
 
 use anyhow::{bail, Result};
 use std::fmt;
+use std::path::Path;
+
+use super::file_stage::KeepFile;
+use super::PruneOptions;
 
 /// The pruning methods (`docs/pruning.md` describes each, with its defaults and every deviation from
 /// the published code).
@@ -42,10 +47,13 @@ pub enum Method {
     Todre,
     /// The information oracle: the windows with the most information at K (arXiv 2512.07580, Fig. 6).
     Info,
+    /// A method run elsewhere: the kept visual tokens of each sample read from a file
+    /// (`file@K:PATH`, [`super::file_stage`]).
+    File,
 }
 
 impl Method {
-    pub const ALL: [Method; 12] = [
+    pub const ALL: [Method; 13] = [
         Method::Random,
         Method::Fastv,
         Method::WindowFastv,
@@ -58,6 +66,7 @@ impl Method {
         Method::Sparsevlm,
         Method::Todre,
         Method::Info,
+        Method::File,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +83,7 @@ impl Method {
             Method::Sparsevlm => "sparsevlm",
             Method::Todre => "todre",
             Method::Info => "info",
+            Method::File => "file",
         }
     }
 
@@ -101,6 +111,8 @@ pub enum Keep {
     Count(usize),
     /// Percent (0–100] of the visual tokens left before the stage, rounded down.
     Percent(f64),
+    /// What a `file@K:PATH` stage's file lists for each sample (at most all the tokens left).
+    Listed,
 }
 
 impl Keep {
@@ -109,6 +121,7 @@ impl Keep {
         match self {
             Keep::Count(k) => k,
             Keep::Percent(p) => ((p / 100.0) * available as f64 + 1e-9).floor() as usize,
+            Keep::Listed => available,
         }
     }
 }
@@ -118,21 +131,127 @@ impl fmt::Display for Keep {
         match self {
             Keep::Count(k) => write!(f, "{k}"),
             Keep::Percent(p) => write!(f, "{p}%"),
+            Keep::Listed => write!(f, "listed"),
         }
     }
 }
 
-/// One stage: `method@layer:keep`.
+/// One stage: `method@layer:keep`, or `file@layer:PATH`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stage {
     pub method: Method,
     pub layer: usize,
+    /// [`Keep::Listed`] for a file stage.
     pub keep: Keep,
+    /// A file stage's kept indices.
+    pub file: Option<KeepFile>,
 }
 
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}:{}", self.method.name(), self.layer, self.keep)
+        match &self.file {
+            Some(file) => write!(f, "file@{}:{}", self.layer, file.path().display()),
+            None => write!(f, "{}@{}:{}", self.method.name(), self.layer, self.keep),
+        }
+    }
+}
+
+/// What a stage finds at one sample before it selects: the facts its rules are checked against,
+/// by the up-front check of a sweep ([`PruneSpec::check_sample`]) and by the stage's own run.
+#[derive(Debug, Clone, Copy)]
+pub struct StageInput<'a> {
+    /// The sample's key (`None` where a run has no sample, e.g. `horizon forward`).
+    pub sample: Option<&'a str>,
+    /// Visual tokens of the prompt (the numbering of a file stage's indices).
+    pub prompt_visual: usize,
+    /// Visual tokens left before this stage.
+    pub left: usize,
+    /// The prompt's visual grid (rows × cols).
+    pub grid: (usize, usize),
+    /// Which of the prompt's visual tokens are left (ascending indices), where known: always at the
+    /// run; up front only after a file stage.
+    pub present: Option<&'a [usize]>,
+}
+
+/// What a stage will keep at one sample, once its rules hold ([`Stage::check_at`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagePlan {
+    /// Visual tokens kept.
+    pub keep: usize,
+    /// Pooling's target grid (rows × cols).
+    pub pooled: Option<(usize, usize)>,
+    /// A file stage's kept tokens: ascending indices into the prompt's visual tokens.
+    pub listed: Option<Vec<usize>>,
+}
+
+impl Stage {
+    /// Visual tokens this stage keeps out of `left` (a file stage: at most `left`), or the error of
+    /// keeping more than are left (part of [`Stage::check_at`]).
+    pub(super) fn count_within(&self, left: usize) -> Result<usize> {
+        let k = self.keep.count(left);
+        if k > left {
+            bail!("keeps {k} visual tokens but only {left} are left");
+        }
+        Ok(k)
+    }
+
+    /// The rules of this stage at one sample: the keep within the tokens left, DART's keep at least
+    /// its image pivots, (window) Pooling on the full visual grid and Pooling's keep a grid inside it,
+    /// VisionZip's keep at least one, a file stage's row for the sample with indices in range, none
+    /// twice and none dropped before. The run of every stage calls this, and so does the up-front
+    /// check of a sweep, so the two cannot disagree.
+    pub fn check_at(&self, at: &StageInput, options: &PruneOptions) -> Result<StagePlan> {
+        let mut plan = StagePlan {
+            keep: 0,
+            pooled: None,
+            listed: None,
+        };
+        if let Some(file) = &self.file {
+            let sample = at.sample.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} lists kept tokens per sample key, and this run has no sample (run it with horizon eval or prune-sweep)",
+                    file.path().display()
+                )
+            })?;
+            let listed = file.kept(sample, at.prompt_visual, at.present)?;
+            if listed.len() > at.left {
+                bail!(
+                    "{}: sample key `{sample}` keeps {} visual tokens but only {} are left",
+                    file.path().display(),
+                    listed.len(),
+                    at.left
+                );
+            }
+            plan.keep = listed.len();
+            plan.listed = Some(listed);
+            return Ok(plan);
+        }
+        let k = self.count_within(at.left)?;
+        plan.keep = k;
+        let (rows, cols) = at.grid;
+        match self.method {
+            Method::Dart if k < options.dart_pivots.min(at.left) => bail!(
+                "dart keeps its {0} image pivots: keep ≥ {0}",
+                options.dart_pivots.min(at.left)
+            ),
+            Method::WindowFastv | Method::Pooling | Method::AvgPooling
+                if rows * cols != at.left =>
+            {
+                bail!(
+                    "{} needs the full {rows}×{cols} visual grid, {} tokens are left",
+                    self.method.name(),
+                    at.left
+                )
+            }
+            Method::Pooling | Method::AvgPooling => {
+                plan.pooled = Some(super::methods::pooled_grid(rows, cols, k)?);
+            }
+            Method::Visionzip if k == 0 => {
+                bail!("visionzip keeps at least one token: keep ≥ 1")
+            }
+            _ => {}
+        }
+        Ok(plan)
     }
 }
 
@@ -185,19 +304,32 @@ impl PruneSpec {
                     names.join(", ")
                 ))
             })?;
-            let (layer, keep) = rest
-                .split_once(':')
-                .ok_or_else(|| at("expected method@K:keep, e.g. fastv@2:50%".into()))?;
+            let (layer, keep) = rest.split_once(':').ok_or_else(|| {
+                at(if method == Method::File {
+                    "expected file@K:PATH, e.g. file@2:kept.parquet".into()
+                } else {
+                    "expected method@K:keep, e.g. fastv@2:50%".into()
+                })
+            })?;
             let layer: usize = layer
                 .parse()
                 .map_err(|_| at(format!("layer `{layer}` is not a non-negative integer")))?;
+
             // `pooling@0` named the average pooling before the paper's Pooling (K ≥ 1) existed.
             let method = if method == Method::Pooling && layer == 0 {
                 Method::AvgPooling
             } else {
                 method
             };
+            let mut file = None;
             let keep = match keep.strip_suffix('%') {
+                _ if method == Method::File => {
+                    if keep.is_empty() {
+                        bail!(at("expected file@K:PATH, e.g. file@2:kept.parquet".into()));
+                    }
+                    file = Some(KeepFile::read(Path::new(keep)).map_err(|e| at(format!("{e:#}")))?);
+                    Keep::Listed
+                }
                 Some(p) => {
                     let p: f64 = p
                         .parse()
@@ -217,6 +349,7 @@ impl PruneSpec {
                 method,
                 layer,
                 keep,
+                file,
             };
             if let Some(prev) = stages.last() {
                 if layer <= prev.layer {
@@ -242,6 +375,12 @@ impl PruneSpec {
                     bail!(at(format!(
                         "{} tiles the full visual grid, so it must be the first stage",
                         method.name()
+                    )));
+                }
+                if method == Method::File && prev.method.creates_tokens() {
+                    bail!(at(format!(
+                        "a file lists indices into the prompt's visual tokens, which {} replaced",
+                        prev.method.name()
                     )));
                 }
                 if method == Method::Info {
@@ -301,54 +440,39 @@ impl PruneSpec {
     pub fn check_visual_tokens(&self, visual: usize) -> Result<()> {
         let mut left = visual;
         for (i, s) in self.stages.iter().enumerate() {
-            let k = s.keep.count(left);
-            if k > left {
-                bail!(
-                    "--prune {self}: stage {} `{s}`: keeps {k} visual tokens but the prompt has only {left} there",
-                    i + 1
-                );
-            }
-            left = k;
+            left = s
+                .count_within(left)
+                .map_err(|e| anyhow::anyhow!("--prune {self}: stage {} `{s}`: {e}", i + 1))?;
         }
         Ok(())
     }
 
-    /// Checks that every stage can run on a prompt with `visual` visual tokens on a `grid` (rows ×
-    /// cols) under `options`, as the selector and the token builders would find at that sample:
-    /// each keep within the tokens left, DART's keep at least its image pivots, Pooling's keep a
-    /// grid inside the visual grid, VisionZip's keep at least one. The error names the stage.
+    /// Checks that every stage can run on sample `sample`, whose prompt has `visual` visual tokens
+    /// on a `grid` (rows × cols), under `options`: each stage's [`Stage::check_at`], the rules its
+    /// run obeys, on the tokens the stages before it leave. The error names the stage.
     pub fn check_sample(
         &self,
+        sample: &str,
         visual: usize,
         grid: (usize, usize),
-        options: &super::PruneOptions,
+        options: &PruneOptions,
     ) -> Result<()> {
         let mut left = visual;
+        let mut present: Option<Vec<usize>> = Some((0..visual).collect());
         for (i, s) in self.stages.iter().enumerate() {
-            let at = |msg: String| anyhow::anyhow!("--prune {self}: stage {} `{s}`: {msg}", i + 1);
-            let k = s.keep.count(left);
-            if k > left {
-                return Err(at(format!(
-                    "keeps {k} visual tokens but the prompt has only {left} there"
-                )));
-            }
-            match s.method {
-                Method::Dart if k < options.dart_pivots.min(left) => {
-                    return Err(at(format!(
-                        "dart keeps its {0} image pivots: keep ≥ {0}",
-                        options.dart_pivots.min(left)
-                    )))
-                }
-                Method::Pooling | Method::AvgPooling => {
-                    super::methods::pooled_grid(grid.0, grid.1, k)
-                        .map_err(|e| at(e.to_string()))?;
-                }
-                Method::Visionzip if k == 0 => {
-                    return Err(at("visionzip keeps at least one token: keep ≥ 1".into()))
-                }
-                _ => {}
-            }
-            left = k;
+            let at = StageInput {
+                sample: Some(sample),
+                prompt_visual: visual,
+                left,
+                grid,
+                present: present.as_deref(),
+            };
+            let plan = s
+                .check_at(&at, options)
+                .map_err(|e| anyhow::anyhow!("--prune {self}: stage {} `{s}`: {e:#}", i + 1))?;
+            left = plan.keep;
+            // Which tokens a scoring stage keeps is known only when it runs.
+            present = plan.listed;
         }
         Ok(())
     }

@@ -5,8 +5,9 @@ use anyhow::{anyhow, bail, Result};
 use tch::{Kind, Tensor};
 
 use super::methods;
+use super::spec::StageInput;
 use super::tensor_rows::{index_tensor, rows_f32, unit_rows};
-use super::{Method, Stage};
+use super::{Method, PruneOptions, Stage};
 use crate::intervention::{PositionPolicy, VisualTokens};
 use crate::model::{ModelInputs, VlModel};
 
@@ -34,20 +35,25 @@ pub(super) fn build_tokens(
     inputs: &ModelInputs,
     dec: &DecoderInputs,
     stage: &Stage,
+    options: &PruneOptions,
 ) -> Result<BuiltTokens> {
     let visual = &dec.visual;
     let n = visual.positions.len();
-    let k = stage.keep.count(n);
-    if k > n {
-        bail!("keeps {k} visual tokens but the prompt has {n}");
-    }
+    let plan = stage.check_at(
+        &StageInput {
+            sample: options.sample_key.as_deref(),
+            prompt_visual: n,
+            left: n,
+            grid: visual.grid,
+            present: None,
+        },
+        options,
+    )?;
+    let k = plan.keep;
     match stage.method {
         Method::AvgPooling => {
             let (rows, cols) = visual.grid;
-            if rows * cols != n {
-                bail!("the visual tokens ({n}) do not form their {rows}×{cols} grid");
-            }
-            let (r, c) = methods::pooled_grid(rows, cols, k)?;
+            let (r, c) = plan.pooled.ok_or_else(|| anyhow!("no pooled grid"))?;
             let x = rows_f32(&dec.embeds, &visual.positions).to_kind(dec.embeds.kind());
             let d = x.size()[1];
             let pooled = x
@@ -104,12 +110,6 @@ fn visionzip(
         .ok_or_else(|| anyhow!("visionzip needs an image"))?;
     let family = model.prune_family();
     let source = family.visionzip_source(inputs, pixels, &dec.embeds, &dec.visual)?;
-    if k == 0 {
-        match source.cls {
-            Some(_) => bail!("visionzip keeps at least the CLS token: keep ≥ 1"),
-            None => bail!("visionzip keeps at least one dominant token: keep ≥ 1"),
-        }
-    }
     let (dominant, contextual) = visionzip_split(k);
     let mut chosen = Vec::with_capacity(dominant);
     let ranked = dominant - usize::from(source.cls.is_some());
