@@ -153,6 +153,46 @@ impl RotaryEmbedding {
         }
     }
 
+    /// Position ids of a renumbered sequence `[1, n]` or `[3, 1, n]`, and the position after it (what
+    /// decoding continues from). `tokens[i]` is `None` for a text token and a visual token's grid
+    /// coordinates otherwise; 1-D rotary numbers `0..n`, M-RoPE as `get_rope_index` indexes the
+    /// shortened sequence (`models::qwen2_5_vl::renumber_mrope`: text consecutive, the visual tokens
+    /// as the image of their kept rows and columns).
+    pub fn renumbered_positions(
+        &self,
+        tokens: &[Option<[i64; 3]>],
+        device: Device,
+    ) -> (Tensor, i64) {
+        let n = tokens.len() as i64;
+        match self.kind {
+            RotaryKind::Default { .. } => (self.contiguous_positions(n, device), n),
+            RotaryKind::MRope { .. } => {
+                let (ids, next) = crate::models::qwen2_5_vl::renumber_mrope(tokens);
+                let axes: Vec<i64> = (0..3).flat_map(|a| ids.iter().map(move |t| t[a])).collect();
+                let positions = Tensor::from_slice(&axes).view([3, 1, n]).to_device(device);
+                (positions, next)
+            }
+        }
+    }
+
+    /// The grid coordinates [`Self::renumbered_positions`] reads from one sequence's position ids
+    /// `positions` (`[1, S]` or `[3, 1, S]`): `None` where `visual` is false, the token's ids otherwise.
+    pub fn grid_coordinates(&self, positions: &Tensor, visual: &[bool]) -> Vec<Option<[i64; 3]>> {
+        if let RotaryKind::Default { .. } = self.kind {
+            // 1-D renumbering reads no coordinates.
+            return visual.iter().map(|&v| v.then_some([0; 3])).collect();
+        }
+        let one = positions.select(-2, 0).to_device(Device::Cpu);
+        let axes: Vec<Vec<i64>> = (0..3)
+            .map(|a| Vec::<i64>::try_from(&one.get(a)).expect("i64 ids"))
+            .collect();
+        visual
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v.then(|| [axes[0][i], axes[1][i], axes[2][i]]))
+            .collect()
+    }
+
     /// The position ids of rows `index` `[B, S']` (indices into the sequence axis of `positions`,
     /// which holds one sequence): `[B, S']` or `[3, B, S']`.
     pub fn gather_positions(&self, positions: &Tensor, index: &Tensor) -> Tensor {
@@ -227,7 +267,8 @@ pub struct KvCache {
     pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
     /// Per layer, what a decoding step adds to its cache position to get its rotary position: the
     /// prompt's `rope_deltas` (M-RoPE; 0 for 1-D rotary), or, below a cut with renumbered positions,
-    /// minus the number of prompt tokens removed. Set by the prefill, which knows the keep-sets.
+    /// the renumbered sequence's next position minus the prompt's length (1-D: minus the number of
+    /// prompt tokens removed). Set by the prefill, which knows the keep-sets.
     pub(crate) position_offsets: Vec<i64>,
 }
 
@@ -609,7 +650,8 @@ impl Decoder {
     /// Prefill of `embeds` `[1, S, D]` at `positions` (`[1, S]`, or `[3, 1, S]` for M-RoPE) with
     /// `rope_deltas` (M-RoPE; 0 otherwise). Before each layer `selector` decides which prompt positions
     /// that layer and the later ones process; dropped tokens are gathered out of the sequence (not
-    /// masked), kept ones keep their position ids or are renumbered `0..len` as the selector's
+    /// masked), kept ones keep their position ids or are renumbered (`0..len`; M-RoPE: as
+    /// [`RotaryEmbedding::renumbered_positions`] says) as the selector's
     /// [`PositionPolicy`] says. `cache`, when given, records every layer's keys/values and the decode
     /// positions that follow the policy; `layer_inputs`, when given, receives each layer's input.
     #[allow(clippy::too_many_arguments)]
@@ -637,7 +679,8 @@ impl Decoder {
         let mut tokens_per_layer = Vec::with_capacity(num_layers);
         let mut visual_per_layer = Vec::with_capacity(num_layers);
         // What a decoding step adds to its cache position: `rope_deltas` while positions are the
-        // prompt's own; after a renumbering cut, the new length minus the prompt's.
+        // prompt's own; after a renumbering cut, the renumbered sequence's next position minus the
+        // prompt's length.
         let mut decode_offset = rope_deltas;
         for (i, layer) in self.layers.iter().enumerate() {
             let ctx = CutContext {
@@ -667,9 +710,15 @@ impl Decoder {
                             .rotary_emb
                             .gather_positions(&positions, &rows_t.unsqueeze(0)),
                         PositionPolicy::Renumbered => {
-                            decode_offset = keep.len() as i64 - s;
-                            self.rotary_emb
-                                .contiguous_positions(keep.len() as i64, device)
+                            let kept_ids = self
+                                .rotary_emb
+                                .gather_positions(&positions, &rows_t.unsqueeze(0));
+                            let flags: Vec<bool> = keep.iter().map(|&p| is_visual[p]).collect();
+                            let tokens = self.rotary_emb.grid_coordinates(&kept_ids, &flags);
+                            let (renumbered, next) =
+                                self.rotary_emb.renumbered_positions(&tokens, device);
+                            decode_offset = next - s;
+                            renumbered
                         }
                     };
                     (cos, sin) = self.rotary_emb.cos_sin(&positions, embeds.kind());

@@ -88,8 +88,9 @@ pub enum PositionPolicy {
     /// Kept tokens keep their original position ids, with gaps (the information runs of the reference).
     #[default]
     Original,
-    /// Kept tokens are renumbered `0..len` after each cut, and decoding positions shift down by the number
-    /// of tokens removed (the reference's list-K two-stage pruning path).
+    /// Kept tokens are renumbered `0..len` after each cut (M-RoPE: as `get_rope_index` indexes the
+    /// shortened sequence, the kept visual tokens an image of their kept rows and columns), and decoding
+    /// continues after the last renumbered id (the reference's list-K two-stage pruning path).
     Renumbered,
 }
 

@@ -5,8 +5,9 @@
 //! at K = 0, at K ≥ 1 where the earlier layers cache the whole prompt, two cuts; kept and renumbered
 //! positions), so the reference tests decoding, not selection; its method cases (`avg-pooling@0`,
 //! the paper's `pooling@K`, `visionzip@0`) hold horizon first to the same built tokens, positions
-//! and kept sets. Held to it: the tokens, every step's logits (the f32 parity tolerance), and the
-//! number of tokens each layer caches.
+//! and kept sets. Held to it: the tokens, every step's logits (within 1e-4), the number of tokens each
+//! layer caches, and Qwen2.5-VL's renumbered 3-D ids and `rope_deltas` (HF's `get_rope_index` of the
+//! shortened sequence).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -102,11 +103,22 @@ fn intervention(case: &serde_json::Value) -> Intervention {
     iv.with_positions(policy(policies[0]))
 }
 
-/// Checks horizon's built decoder inputs (the new visual block and the position ids) against the
-/// fixture's.
-fn check_built_tokens(f: &Family, case: &str, spec: &PruneSpec) {
+/// The case's `--positions` (`default`: each stage's convention).
+fn options(case: &serde_json::Value) -> PruneOptions {
+    PruneOptions {
+        positions: match case["positions"].as_str().unwrap() {
+            "default" => None,
+            other => Some(policy(other)),
+        },
+        ..PruneOptions::default()
+    }
+}
+
+/// Checks horizon's built decoder inputs (the new visual block, the position ids and the
+/// `rope_deltas` decoding continues from) against the fixture's.
+fn check_built_tokens(f: &Family, case: &str, c: &serde_json::Value, spec: &PruneSpec) {
     let name = case;
-    let built = pruned_decoder_inputs(&f.model, &f.inputs, spec, &PruneOptions::default()).unwrap();
+    let built = pruned_decoder_inputs(&f.model, &f.inputs, spec, &options(c)).unwrap();
     let want = &f.reference[&format!("{case}.visual_embeds")];
     let k = want.size()[0];
     let first = built.visual_positions[0] as i64;
@@ -124,6 +136,37 @@ fn check_built_tokens(f: &Family, case: &str, spec: &PruneSpec) {
         positions.equal(&f.reference[&format!("{case}.position_ids")]),
         "{name}: position ids of the built sequence"
     );
+    assert_eq!(
+        built.rope_deltas,
+        c["rope_deltas"].as_i64().unwrap(),
+        "{name}: rope_deltas of the built sequence"
+    );
+}
+
+/// A renumbering cut's position ids (what the layers from K see) against HF's rope index of the
+/// shortened sequence, through the function the prefill renumbers with.
+fn check_renumbered_cut(f: &Family, case: &str, c: &serde_json::Value) {
+    let cuts = c["cuts"].as_array().unwrap();
+    assert_eq!(cuts.len(), 1, "{case}: one renumbering cut");
+    let kept = usizes(&cuts[0]["kept"]);
+    let rotary = &f.model.decoder().rotary_emb;
+    let rows = Tensor::from_slice(&kept.iter().map(|&p| p as i64).collect::<Vec<_>>());
+    let ids = rotary.gather_positions(&f.inputs.position_ids, &rows.unsqueeze(0));
+    let visual = f.inputs.visual.mask(f.inputs.seq_len());
+    let flags: Vec<bool> = kept.iter().map(|&p| visual[p]).collect();
+    let (positions, next) =
+        rotary.renumbered_positions(&rotary.grid_coordinates(&ids, &flags), Device::Cpu);
+    assert!(
+        positions
+            .squeeze()
+            .equal(&f.reference[&format!("{case}.cut0.position_ids")]),
+        "{case}: renumbered position ids differ from HF's rope index of the shortened sequence"
+    );
+    assert_eq!(
+        next,
+        cuts[0]["next_position"].as_i64().unwrap(),
+        "{case}: next position"
+    );
 }
 
 fn check_against_reference(family_name: &str) {
@@ -140,6 +183,11 @@ fn check_against_reference(family_name: &str) {
         let cached = usizes(&c["cached_prompt_tokens_per_layer"]);
         let (tokens, logits, tokens_per_layer) = match c["kind"].as_str().unwrap() {
             "subset" => {
+                if f.reference
+                    .contains_key(&format!("{case}.cut0.position_ids"))
+                {
+                    check_renumbered_cut(&f, case, c);
+                }
                 let mut iv = intervention(c);
                 let (tokens, logits, cache) =
                     generate_greedy_with_logits(&f.model, &f.inputs, &mut iv, &config).unwrap();
@@ -151,14 +199,14 @@ fn check_against_reference(family_name: &str) {
             "method" => {
                 let spec = PruneSpec::parse(c["spec"].as_str().unwrap()).unwrap();
                 if spec.stages[0].method.creates_tokens() {
-                    check_built_tokens(&f, case, &spec);
+                    check_built_tokens(&f, case, c, &spec);
                 } else {
                     let want = usizes(&c["cuts"][0]["kept_visual"]);
                     let run = horizon_runner::prune::prefill_pruned(
                         &f.model,
                         &f.inputs,
                         &spec,
-                        &PruneOptions::default(),
+                        &options(c),
                         0,
                         None,
                         None,
@@ -170,7 +218,7 @@ fn check_against_reference(family_name: &str) {
                     &f.model,
                     &f.inputs,
                     &spec,
-                    &PruneOptions::default(),
+                    &options(c),
                     0,
                     None,
                     &config,

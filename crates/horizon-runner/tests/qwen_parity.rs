@@ -189,8 +189,8 @@ fn hf5_saved_checkpoint_matches_hf() {
 }
 
 /// Dropping tokens at layer K equals a naive recomputation: the full model's input to layer K, the kept
-/// rows gathered with their 3-D position ids (or, renumbered, `0..len` on every axis), the remaining
-/// layers run.
+/// rows gathered with their 3-D position ids (or renumbered as `get_rope_index` indexes the shortened
+/// prompt), the remaining layers run.
 #[test]
 fn cut_at_layer_equals_naive_recomputation() {
     let c = case("nonsquare");
@@ -214,10 +214,21 @@ fn cut_at_layer_equals_naive_recomputation() {
         )
         .unwrap();
     let rows = Tensor::from_slice(&keep.iter().map(|&p| p as i64).collect::<Vec<_>>());
+    // Renumbered: the ids `get_rope_index` gives the shortened prompt with the window as a 2x2 image
+    // (text before it unchanged, the window at (v0, v0 + row, v0 + col), the text after from v0 + 2).
     let n = keep.len() as i64;
-    let renumbered = Tensor::arange(n, (Kind::Int64, Device::Cpu))
-        .view([1, 1, n])
-        .expand([3, 1, n], false);
+    let v0 = vis[0] as i64;
+    let ids: Vec<[i64; 3]> = keep
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| match window.iter().position(|&w| w == p) {
+            Some(j) => [v0, v0 + j as i64 / 2, v0 + j as i64 % 2],
+            None if (p as i64) < v0 => [p as i64; 3],
+            None => [v0 + 2 + (i as i64 - v0 - 4); 3],
+        })
+        .collect();
+    let axes: Vec<i64> = (0..3).flat_map(|a| ids.iter().map(move |t| t[a])).collect();
+    let renumbered = Tensor::from_slice(&axes).view([3, 1, n]);
     for k in [1, lm.num_layers() - 1] {
         for (policy, positions) in [
             (

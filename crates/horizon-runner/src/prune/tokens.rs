@@ -214,8 +214,8 @@ fn merge_contextual(hidden: &Tensor, metric: &Tensor, contextual: usize) -> (Ten
     (target_h + summed / counts.unsqueeze(1), target_rows)
 }
 
-/// The prompt with its visual span replaced by `block`; positions renumbered or taken from
-/// `representatives`.
+/// The prompt with its visual span replaced by `block`; positions renumbered (M-RoPE: the block as
+/// an image of its grid) or taken from `representatives`.
 pub(super) fn rebuild(
     model: &VlModel,
     inputs: &ModelInputs,
@@ -243,7 +243,19 @@ pub(super) fn rebuild(
     let rotary = &model.decoder().rotary_emb;
     let device = embeds.device();
     let (positions, rope_deltas) = match policy {
-        PositionPolicy::Renumbered => (rotary.contiguous_positions(new_len as i64, device), 0),
+        PositionPolicy::Renumbered => {
+            // The built block is an image of its own grid (M-RoPE renumbering reads it).
+            let cols = grid.1.max(1);
+            let tokens: Vec<Option<[i64; 3]>> = (0..new_len)
+                .map(|p| {
+                    (first..first + k)
+                        .contains(&p)
+                        .then(|| [0, ((p - first) / cols) as i64, ((p - first) % cols) as i64])
+                })
+                .collect();
+            let (positions, next) = rotary.renumbered_positions(&tokens, device);
+            (positions, next - new_len as i64)
+        }
         PositionPolicy::Original => {
             let rows: Vec<i64> = (0..first)
                 .chain(representatives.iter().copied())

@@ -7,7 +7,8 @@
 //!   `fullatt_block_indexes`), 2x2 patches merged into one language-model token.
 //! - [`model`]: the language model is the shared [`crate::decoder::Decoder`] (Qwen2: q/k/v bias, GQA)
 //!   with M-RoPE, 3-D position ids (temporal, height, width) from `get_rope_index`; a kept token keeps
-//!   its 3-D ids at a cut, or all three axes are renumbered `0..len`.
+//!   its 3-D ids at a cut, or the shortened sequence is renumbered as `get_rope_index` indexes it
+//!   (text consecutive, the kept visual tokens as the image of their kept rows and columns).
 //! - [`processor`]: `Qwen2_5_VLProcessor`: the Qwen2-VL image processor and the chat template.
 
 pub mod config;
@@ -19,4 +20,5 @@ pub mod vision;
 pub use config::{Qwen2_5VlConfig, Qwen2_5VlTextConfig, Qwen2_5VlVisionConfig};
 pub use model::{get_rope_index, Qwen2_5VlForConditionalGeneration, QWEN2_5_VL_LAYOUTS};
 pub use processor::{Qwen2_5VlProcessor, DEFAULT_SYSTEM_MESSAGE};
+pub(crate) use prune::renumber_mrope;
 pub use vision::Qwen2_5VisionTransformer;
