@@ -15,7 +15,7 @@ use horizon_runner::generate::{greedy_token, GenerationConfig};
 use horizon_runner::parity::max_abs_diff;
 use horizon_runner::processor::{Processor, PromptTemplate};
 use horizon_runner::prune::{
-    generate_pruned, prefill_pruned, PruneOptions, PruneSpec, PrunedPrefill,
+    generate_pruned, prefill_pruned, sample_seed, PruneOptions, PruneSpec, PrunedPrefill,
 };
 use horizon_runner::{Intervention, ModelInputs, PositionPolicy, VisualTokens, VlModel};
 
@@ -88,8 +88,29 @@ fn check_against_reference(name: &str) {
         if let Some(t) = c.get("tau").and_then(|t| t.as_f64()) {
             options.tau = t;
         }
-        let run = prefill_pruned(&f.model, &f.inputs, &spec, &options, 0, Some(target), None)
-            .unwrap_or_else(|e| panic!("{name} {case}: {e:#}"));
+        // Random cases name the run seed and the sample key; the stream is horizon's per-sample one.
+        let seed = match (c.get("seed"), c.get("sample_key")) {
+            (Some(seed), Some(key)) => {
+                let stream = sample_seed(seed.as_u64().unwrap(), key.as_str().unwrap());
+                assert_eq!(
+                    stream.to_string(),
+                    c["sample_seed"].as_str().unwrap(),
+                    "{name} {case}: sample stream"
+                );
+                stream
+            }
+            _ => 0,
+        };
+        let run = prefill_pruned(
+            &f.model,
+            &f.inputs,
+            &spec,
+            &options,
+            seed,
+            Some(target),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{name} {case}: {e:#}"));
         let per_layer: Vec<usize> = c["visual_per_layer"]
             .as_array()
             .unwrap()

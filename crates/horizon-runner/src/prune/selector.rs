@@ -375,7 +375,8 @@ impl TokenSelector for PruneSelector<'_> {
 }
 
 /// SparseVLM's raters: text tokens after the image whose mean relevance to the visual tokens
-/// (softmax over the text of `E_v · E_tᵀ`, averaged over visual rows) is at least the mean.
+/// (softmax over the text of `E_v · E_tᵀ`, averaged over visual rows) is above the mean, strictly,
+/// as Gumpest/SparseVLMs' `LlamaDynamicvitModel.forward` selects them (`m_v_t > m_v_t.mean()`).
 fn sparsevlm_raters(hidden: &Tensor, kept: &[usize], is_visual: &[bool]) -> Vec<usize> {
     let vis: Vec<usize> = (0..kept.len()).filter(|&r| is_visual[kept[r]]).collect();
     let Some(&last) = vis.last() else {
@@ -395,7 +396,7 @@ fn sparsevlm_raters(hidden: &Tensor, kept: &[usize], is_visual: &[bool]) -> Vec<
     let mean = r.iter().map(|&x| x as f64).sum::<f64>() / r.len() as f64;
     text.iter()
         .zip(&r)
-        .filter(|(_, &v)| v as f64 >= mean)
+        .filter(|(_, &v)| v as f64 > mean)
         .map(|(&row, _)| kept[row])
         .collect()
 }
