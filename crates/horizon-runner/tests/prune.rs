@@ -78,6 +78,11 @@ fn check_against_reference(name: &str) {
     assert!(cases.len() >= 10, "{name}: {} cases", cases.len());
     for (case, c) in cases {
         let spec = PruneSpec::parse(c["spec"].as_str().unwrap()).unwrap();
+        // A case may name its own answer token (info reads it), else the fixture's.
+        let target = c
+            .get("target_token_id")
+            .and_then(|t| t.as_i64())
+            .unwrap_or(target);
         let mut options = PruneOptions::default();
         if c["positions"].as_str() == Some("renumber") {
             options.positions = Some(PositionPolicy::Renumbered);
