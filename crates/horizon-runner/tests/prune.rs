@@ -777,3 +777,85 @@ fn file_stage_errors_name_the_file_and_the_row() {
         assert!(e.contains(needle), "{spec}: {e}");
     }
 }
+
+/// SparseVLM v1.5's recycling pieces against `sparsevlm_v15_recycling` and `dpc_knn_merge` of
+/// `fixtures/make_prune_fixtures.py` (written from Gumpest/SparseVLMs `LlamaDynamicvitModel.forward`
+/// and `cluster_and_merge`): which dropped tokens are recycled, the clusters, and the merged tokens.
+#[test]
+fn sparsevlm_recycling_merges_as_the_released_cluster_and_merge() {
+    use horizon_runner::prune::recycle::{dpc_knn_merge, recycle_counts, recycled_tokens};
+    let as_usize = |v: &serde_json::Value| -> Vec<usize> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect()
+    };
+    let check = |x: &Tensor, want: &Tensor, meta: &serde_json::Value, what: &str| {
+        let clusters = (x.size()[0] as usize) / 10 + 1;
+        let merged = dpc_knn_merge(x, clusters).unwrap();
+        assert_eq!(
+            merged.centres,
+            as_usize(&meta["centres"]),
+            "{what}: centres"
+        );
+        assert_eq!(merged.assign, as_usize(&meta["assign"]), "{what}: clusters");
+        let d = max_abs_diff(&merged.tokens, want);
+        assert!(d <= 1e-6, "{what}: merged tokens differ by {d}");
+    };
+    let mut multi_cluster = 0;
+    for name in ["llava", "qwen2_5_vl"] {
+        let dir = root().join("fixtures").join(name).join("reference");
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("prune.recycle.json")).unwrap())
+                .unwrap();
+        let t: HashMap<String, Tensor> =
+            Tensor::read_safetensors(dir.join("prune.recycle.safetensors"))
+                .unwrap()
+                .into_iter()
+                .collect();
+        check(
+            &t["synthetic.x"],
+            &t["synthetic.merged"],
+            &meta["synthetic"],
+            &format!("{name} synthetic"),
+        );
+        for (case, entry) in meta["cases"].as_object().unwrap() {
+            for (si, stage) in entry["stages"].as_array().unwrap().iter().enumerate() {
+                let what = format!("{name} {case} stage {si}");
+                let relation =
+                    Vec::<f32>::try_from(&t[&format!("{case}.stage{si}.relation")]).unwrap();
+                let kept = as_usize(&stage["kept_visual"]);
+                let dropped: Vec<usize> =
+                    (0..relation.len()).filter(|j| !kept.contains(j)).collect();
+                let rel_d: Vec<f32> = dropped.iter().map(|&j| relation[j]).collect();
+                let recycled: Vec<usize> = recycled_tokens(&rel_d)
+                    .iter()
+                    .map(|&i| dropped[i])
+                    .collect();
+                assert_eq!(
+                    recycled,
+                    as_usize(&stage["recycled"]),
+                    "{what}: recycled tokens"
+                );
+                let (_, clusters) = recycle_counts(dropped.len()).unwrap();
+                assert_eq!(
+                    clusters as u64,
+                    stage["clusters"].as_u64().unwrap(),
+                    "{what}"
+                );
+                multi_cluster += usize::from(clusters > 1);
+                check(
+                    &t[&format!("{case}.stage{si}.recycled_hidden")],
+                    &t[&format!("{case}.stage{si}.merged")],
+                    stage,
+                    &what,
+                );
+            }
+        }
+    }
+    assert!(
+        multi_cluster > 0,
+        "no fixture stage recycles into more than one cluster"
+    );
+}

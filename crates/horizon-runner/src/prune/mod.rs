@@ -18,6 +18,7 @@ mod generation;
 pub mod methods;
 mod oracle;
 pub mod oracle_rows;
+pub mod recycle;
 pub mod runs;
 mod selector;
 pub mod spec;
