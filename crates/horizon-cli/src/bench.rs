@@ -15,7 +15,7 @@ use horizon_runner::device::dtype_name;
 use crate::options::{at_least_one, prune_spec, RunOptions};
 use horizon_runner::decoder::KvCache;
 use horizon_runner::info::{
-    full_run, naive_variant, sweep_sample, variant_keep_sets, InfoMode, SweepConfig, WindowGrid,
+    full_run, naive_variant, sweep_sample, variant_keep_sets, InfoMode, SweepConfig,
 };
 use horizon_runner::prune::{prefill_pruned, PruneOptions, PruneSpec};
 use horizon_runner::{ModelInputs, VlModel};
@@ -36,9 +36,26 @@ const LLAVA_1_5_7B_CONFIG: &str = r#"{
   "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064
 }"#;
 
+/// config.json of llava-hf/llava-v1.6-vicuna-7b-hf as published (sparse; HF defaults fill the rest).
+const LLAVA_V1_6_VICUNA_7B_CONFIG: &str = r#"{
+  "architectures": ["LlavaNextForConditionalGeneration"], "ignore_index": -100,
+  "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+  "image_token_index": 32000, "model_type": "llava_next", "projector_hidden_act": "gelu",
+  "text_config": {"_name_or_path": "lmsys/vicuna-7b-v1.5", "architectures": ["LlamaForCausalLM"],
+    "max_position_embeddings": 4096, "model_type": "llama", "pad_token_id": 0, "rms_norm_eps": 1e-05,
+    "torch_dtype": "float16", "vocab_size": 32064},
+  "tie_word_embeddings": false, "torch_dtype": "float16", "transformers_version": "4.39.0.dev0",
+  "use_image_newline_parameter": true,
+  "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+    "model_type": "clip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 24,
+    "patch_size": 14, "projection_dim": 768, "vocab_size": 32000},
+  "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064
+}"#;
+
 #[derive(Args)]
 pub struct BenchArgs {
-    /// `llava-1.5-7b` (built in), a config.json file, or a checkpoint directory (its config.json).
+    /// `llava-1.5-7b` or `llava-v1.6-vicuna-7b` (built in), a config.json file, or a checkpoint
+    /// directory (its config.json).
     #[arg(long, default_value = "llava-1.5-7b")]
     config: String,
     /// Override the number of decoder layers (to fit a small machine; timings then scale with it).
@@ -81,6 +98,12 @@ fn load_config(spec: &str) -> Result<(PathBuf, Value)> {
         return Ok((
             PathBuf::from("llava-1.5-7b (built in)"),
             serde_json::from_str(LLAVA_1_5_7B_CONFIG)?,
+        ));
+    }
+    if spec == "llava-v1.6-vicuna-7b" {
+        return Ok((
+            PathBuf::from("llava-v1.6-vicuna-7b (built in)"),
+            serde_json::from_str(LLAVA_V1_6_VICUNA_7B_CONFIG)?,
         ));
     }
     let path = Path::new(spec);
@@ -167,7 +190,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let engine_s = t.elapsed().as_secs_f64();
     let variants = results.len() - 1;
 
-    let grid = WindowGrid::new(inputs.visual.grid, args.window)?;
+    let grid = model.window_grid(&inputs, args.window)?;
     let (text_only, windows) = variant_keep_sets(&inputs, &grid, InfoMode::KeepOnly);
     let all: Vec<(usize, &Vec<usize>)> = layers
         .iter()

@@ -24,7 +24,7 @@
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
-use crate::info::{FullRun, InfoMode, SweepConfig, Variant, VariantResult, WindowGrid};
+use crate::info::{FullRun, InfoMode, SweepConfig, Variant, VariantResult};
 use crate::model::{ModelInputs, VlModel};
 use crate::nn::check_finite;
 
@@ -107,7 +107,7 @@ pub fn estimate_sample(
     if let Some(&k) = cfg.layers.iter().find(|&&k| k >= num_layers) {
         bail!("--layers: layer {k} does not exist (the decoder has {num_layers} layers, 0-based)");
     }
-    let grid = WindowGrid::new(inputs.visual.grid, cfg.window_size)?;
+    let grid = model.window_grid(inputs, cfg.window_size)?;
     let visual = &inputs.visual.positions;
     let windows: Vec<Vec<usize>> = (0..grid.num_windows())
         .map(|w| grid.window_tokens(w).iter().map(|&t| visual[t]).collect())

@@ -159,7 +159,7 @@ pub fn sweep_sample(
     if let Some(&k) = cfg.layers.iter().find(|&&k| k >= num_layers) {
         bail!("--layers: layer {k} does not exist (the decoder has {num_layers} layers, 0-based)");
     }
-    let grid = WindowGrid::new(inputs.visual.grid, cfg.window_size)?;
+    let grid = model.window_grid(inputs, cfg.window_size)?;
     let (text_only, windows) = variant_keep_sets(inputs, &grid, cfg.mode);
     let device = model.device();
     let (p0, lp0, _) = score(&full.log_probs, &full.log_probs, target)[0];

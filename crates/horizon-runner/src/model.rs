@@ -22,6 +22,7 @@ use crate::models::qwen2_5_vl::{
 use crate::nn::Linear;
 use crate::prune::PruneFamily;
 use crate::weights::Weights;
+use horizon_data::window::WindowGrid;
 
 /// Model families horizon runs, by HF `model_type`.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llava", "llava_next", "qwen2_5_vl"];
@@ -171,10 +172,23 @@ impl VlModel {
     pub fn synthetic_inputs(&self, text_tokens: usize) -> Result<ModelInputs> {
         match self {
             Self::Llava(m) => m.synthetic_inputs(text_tokens, self.device()),
-            Self::LlavaNext(_) | Self::Qwen2_5Vl(_) => bail!(
-                "synthetic inputs are built for LLaVA configs only so far ({} given)",
+            Self::LlavaNext(m) => m.synthetic_inputs(text_tokens, self.device()),
+            Self::Qwen2_5Vl(_) => bail!(
+                "synthetic inputs are built for LLaVA and LLaVA-NeXT configs only so far ({} given)",
                 self.model_type()
             ),
+        }
+    }
+
+    /// The windows of `horizon info` on the visual tokens of `inputs`: `size`×`size` blocks of the
+    /// family's token grids (one grid for LLaVA-1.5 and Qwen2.5-VL; LLaVA-NeXT's base and
+    /// high-resolution grids).
+    pub fn window_grid(&self, inputs: &ModelInputs, size: usize) -> Result<WindowGrid> {
+        match (self, &inputs.image_grid_thw[..]) {
+            (Self::LlavaNext(m), [[_, h, w]]) => {
+                m.window_grid(*h as u32, *w as u32, inputs.visual.positions.len(), size)
+            }
+            _ => WindowGrid::new(inputs.visual.grid, size),
         }
     }
 

@@ -16,7 +16,6 @@ use horizon_data::bench::Sample;
 use horizon_data::imageproc::to_rgb_like_pil;
 use horizon_data::info_rows::{write_info_rows, Estimate, InfoMode, InfoRow, RowVariant, Target};
 use horizon_data::run_meta::{InfoSettings, RunKind, RunMetadata};
-use horizon_data::window::WindowGrid;
 
 use crate::gradient::estimate_sample;
 use crate::info::{full_run, sweep_sample, SweepConfig, Variant};
@@ -161,7 +160,7 @@ impl InfoSweep {
                     })?
             }
         };
-        let grid = WindowGrid::new(inputs.visual.grid, cfg.window_size)?;
+        let grid = model.window_grid(&inputs, cfg.window_size)?;
         let results = match self.estimate {
             Estimate::Exact => sweep_sample(model, &inputs, &full, target, cfg),
             Estimate::Gradient => estimate_sample(model, &inputs, &full, target, cfg),

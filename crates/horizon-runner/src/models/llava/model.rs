@@ -264,35 +264,51 @@ impl LlavaForConditionalGeneration {
     pub fn synthetic_inputs(&self, text_tokens: usize, device: Device) -> Result<ModelInputs> {
         let n_img = self.config.num_image_tokens() as usize;
         let side = self.config.vision_config.image_size;
-        let vocab = self.config.text_config.vocab_size;
-        let before = text_tokens.min(4);
-        let text = Tensor::randint_low(
-            3,
-            vocab.min(32000),
-            [text_tokens as i64],
-            (Kind::Int64, Device::Cpu),
-        );
-        let text: Vec<i64> = Vec::try_from(&text)?;
-        let mut ids = vec![1i64];
-        ids.extend_from_slice(&text[..before]);
-        let first_visual = ids.len();
-        ids.extend(std::iter::repeat_n(self.config.image_token_id, n_img));
-        ids.extend_from_slice(&text[before..]);
         let grid = (n_img as f64).sqrt() as usize;
         if grid * grid != n_img {
             bail!("{n_img} visual tokens do not form a square grid");
         }
-        let n = ids.len() as i64;
-        Ok(ModelInputs {
-            input_ids: Tensor::from_slice(&ids).unsqueeze(0).to_device(device),
-            pixel_values: Some(Tensor::randn([1, 3, side, side], (Kind::Float, device))),
-            image_grid_thw: Vec::new(),
-            visual: VisualTokens {
-                positions: (first_visual..first_visual + n_img).collect(),
-                grid: (grid, grid),
-            },
-            position_ids: Tensor::arange(n, (Kind::Int64, device)).unsqueeze(0),
-            rope_deltas: 0,
-        })
+        let pixel_values = Tensor::randn([1, 3, side, side], (Kind::Float, device));
+        let mut inputs = synthetic_prompt(&self.config, text_tokens, n_img, pixel_values, device)?;
+        inputs.visual.grid = (grid, grid);
+        Ok(inputs)
     }
+}
+
+/// BOS, up to 4 random text tokens, `n_img` image placeholders, the rest of `text_tokens`, with
+/// `pixel_values` (random text from tch's global generator, so a seeded run repeats it); the visual
+/// tokens as one row.
+pub(crate) fn synthetic_prompt(
+    config: &LlavaConfig,
+    text_tokens: usize,
+    n_img: usize,
+    pixel_values: Tensor,
+    device: Device,
+) -> Result<ModelInputs> {
+    let vocab = config.text_config.vocab_size;
+    let before = text_tokens.min(4);
+    let text = Tensor::randint_low(
+        3,
+        vocab.min(32000),
+        [text_tokens as i64],
+        (Kind::Int64, Device::Cpu),
+    );
+    let text: Vec<i64> = Vec::try_from(&text)?;
+    let mut ids = vec![1i64];
+    ids.extend_from_slice(&text[..before]);
+    let first_visual = ids.len();
+    ids.extend(std::iter::repeat_n(config.image_token_id, n_img));
+    ids.extend_from_slice(&text[before..]);
+    let n = ids.len() as i64;
+    Ok(ModelInputs {
+        input_ids: Tensor::from_slice(&ids).unsqueeze(0).to_device(device),
+        pixel_values: Some(pixel_values),
+        image_grid_thw: Vec::new(),
+        visual: VisualTokens {
+            positions: (first_visual..first_visual + n_img).collect(),
+            grid: (1, n_img),
+        },
+        position_ids: Tensor::arange(n, (Kind::Int64, device)).unsqueeze(0),
+        rope_deltas: 0,
+    })
 }

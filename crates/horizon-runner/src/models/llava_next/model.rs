@@ -2,13 +2,16 @@
 //! high-resolution tile, `pack_image_features`, the `<image>` merge, the shared decoder, `lm_head`.
 
 use anyhow::{bail, Result};
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 use super::config::LlavaNextConfig;
+use crate::inputs::ModelInputs;
+use crate::models::llava::model::synthetic_prompt;
 use crate::models::llava::LlavaForConditionalGeneration;
 use crate::models::scatter_image_features;
 use crate::weights::{CheckpointLayout, KeyRename, Weights};
 use horizon_data::imageproc::AnyresLayout;
+use horizon_data::window::{TokenGrid, WindowGrid};
 
 const IMAGE_NEWLINE: &str = "model.image_newline";
 
@@ -151,6 +154,48 @@ impl LlavaNextForConditionalGeneration {
         )
     }
 
+    /// The windows of `horizon info` on the packed visual tokens of one image of `height×width`
+    /// pixels (`visual_tokens` of them): grid 0 the base image's grid, grid 1 the unpadded
+    /// high-resolution grid, its row stride one more than its width because every row is closed by
+    /// `image_newline`, which no window holds (docs/information-windows.md).
+    pub fn window_grid(
+        &self,
+        height: u32,
+        width: u32,
+        visual_tokens: usize,
+        size: usize,
+    ) -> Result<WindowGrid> {
+        let layout = self.layout(height, width)?;
+        if visual_tokens != layout.num_tokens() {
+            bail!(
+                "the prompt holds {visual_tokens} image tokens, a {width}x{height} image has {}",
+                layout.num_tokens()
+            );
+        }
+        let (br, bc) = (layout.base_grid.0 as usize, layout.base_grid.1 as usize);
+        let (hr, hc) = (
+            layout.highres_grid.0 as usize,
+            layout.highres_grid.1 as usize,
+        );
+        WindowGrid::of_grids(
+            vec![
+                TokenGrid {
+                    start: layout.base_extra as usize,
+                    rows: br,
+                    cols: bc,
+                    stride: bc,
+                },
+                TokenGrid {
+                    start: layout.base_tokens(),
+                    rows: hr,
+                    cols: hc,
+                    stride: hc + 1,
+                },
+            ],
+            size,
+        )
+    }
+
     /// `get_image_features` of one image: the projected features of its tiles `[tiles, side², D]`,
     /// packed by `pack_image_features` into `[tokens, D]`: the base image's grid, then the
     /// unpadded high-resolution grid row by row, each row closed by `image_newline`.
@@ -224,5 +269,28 @@ impl LlavaNextForConditionalGeneration {
             self.config.llava.image_token_id,
             &features,
         )
+    }
+
+    /// A prompt shaped like llava-v1.6-vicuna's template for timing random-weight models (as
+    /// LLaVA-1.5's) around a random square image of two tiles a side (672×672 on 336-px tiles): the
+    /// base image and 2×2 tiles, the base grid's tokens then the high-resolution grid's with their
+    /// newlines (576 + 48 × 49 on the 7B configs).
+    pub fn synthetic_inputs(&self, text_tokens: usize, device: Device) -> Result<ModelInputs> {
+        let tile = self.config.llava.vision_config.image_size;
+        let side = 2 * tile as u32;
+        let layout = self.layout(side, side)?;
+        let pixel_values = Tensor::randn(
+            [layout.num_tiles() as i64, 3, tile, tile],
+            (Kind::Float, device),
+        );
+        let mut inputs = synthetic_prompt(
+            &self.config.llava,
+            text_tokens,
+            layout.num_tokens(),
+            pixel_values,
+            device,
+        )?;
+        inputs.image_grid_thw = vec![[1, i64::from(side), i64::from(side)]];
+        Ok(inputs)
     }
 }
