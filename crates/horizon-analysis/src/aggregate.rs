@@ -67,6 +67,14 @@ pub struct WindowLayout {
     pub col_of: Vec<i32>,
     /// `horizon.window_size` from the metadata, if present.
     pub window_size: Option<usize>,
+    /// The token grid of each window when the rows lie on several grids (LLaVA-NeXT's base and
+    /// high-resolution grids); empty for one grid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grid_of: Vec<i32>,
+    /// (rows, cols) of each grid's window grid (the extent its windows reach over all samples)
+    /// when there are several grids; empty for one grid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grids: Vec<(usize, usize)>,
 }
 
 impl WindowLayout {
@@ -80,7 +88,31 @@ impl WindowLayout {
             row_of: (0..n).map(|w| (w / cols.max(1)) as i32).collect(),
             col_of: (0..n).map(|w| (w % cols.max(1)) as i32).collect(),
             window_size: None,
+            grid_of: Vec::new(),
+            grids: Vec::new(),
         }
+    }
+
+    /// Token grids the windows lie on (1 unless the rows have several).
+    pub fn num_grids(&self) -> usize {
+        self.grids.len().max(1)
+    }
+
+    /// The grid of window `w` (0 with one grid).
+    pub fn grid_of_window(&self, w: usize) -> usize {
+        self.grid_of.get(w).map_or(0, |&g| g as usize)
+    }
+
+    /// (rows, cols) of grid `g`'s window grid.
+    pub fn grid_shape(&self, g: usize) -> (usize, usize) {
+        self.grids.get(g).copied().unwrap_or((self.rows, self.cols))
+    }
+
+    /// The windows on grid `g`, ascending.
+    pub fn windows_of_grid(&self, g: usize) -> Vec<usize> {
+        (0..self.n_windows)
+            .filter(|&w| self.grid_of_window(w) == g)
+            .collect()
     }
 }
 
@@ -265,6 +297,16 @@ fn analyze_layers(t: &InfoTable, params: &AnalysisParams) -> Result<Analysis> {
         })
         .collect::<Result<_>>()?;
 
+    // Windows on several grids (LLaVA-NeXT) are keyed by (grid, row, col): the same place on a
+    // grid is the same window in every sample, whatever the grid's size in that sample.
+    let several = several_grids(t, target, mode, &var_of)?;
+    let window_of = |i: usize| -> i32 {
+        match &several {
+            Some(s) => s.index_of_row(t, i),
+            None => t.window[i],
+        }
+    };
+
     // Pass 1: dense sample ids, measured layers, number of windows.
     let mut sample_of_row = vec![NONE; n];
     let mut sample_key: HashMap<(u32, u32, u32), u32> = HashMap::new();
@@ -284,7 +326,7 @@ fn analyze_layers(t: &InfoTable, params: &AnalysisParams) -> Result<Analysis> {
                 rows_other_mode += 1;
                 continue;
             }
-            let (k, w) = (t.layer[i], t.window[i]);
+            let (k, w) = (t.layer[i], window_of(i));
             if k < 0 || w < 0 {
                 bail!(
                     "window row with layer {k} and window {w} (model {}, sample {}): both must be >= 0",
@@ -321,7 +363,10 @@ fn analyze_layers(t: &InfoTable, params: &AnalysisParams) -> Result<Analysis> {
         bail!("implausible layer {max_layer} or window {max_window}");
     }
     let n_layers_all = (max_layer + 1) as usize;
-    let grid = window_grid(t, (max_window + 1) as usize, target, mode, &var_of);
+    let grid = match &several {
+        Some(s) => s.layout(t.metadata_usize("horizon.window_size")),
+        None => window_grid(t, (max_window + 1) as usize, target, mode, &var_of),
+    };
     let nw = grid.n_windows;
     let ns = samples.len();
 
@@ -357,7 +402,7 @@ fn analyze_layers(t: &InfoTable, params: &AnalysisParams) -> Result<Analysis> {
             RowVariant::Window => {
                 let k = k as usize;
                 layer_seen[k] = true;
-                let cell = &mut win[(s * nl + k) * nw + t.window[i] as usize];
+                let cell = &mut win[(s * nl + k) * nw + window_of(i) as usize];
                 if !cell.is_nan() {
                     bail!(
                         "duplicate info row ({}); is a sample in two part files?",
@@ -705,4 +750,89 @@ fn window_grid(
     }
     grid.window_size = t.metadata_usize("horizon.window_size");
     grid
+}
+
+/// The windows of rows on several token grids: every (grid, window_row, window_col) present, sorted
+/// (grid 0's windows first, each grid row-major), numbered densely.
+struct SeveralGrids {
+    keys: Vec<(i32, i32, i32)>,
+    index: HashMap<(i32, i32, i32), i32>,
+}
+
+impl SeveralGrids {
+    fn index_of_row(&self, t: &InfoTable, i: usize) -> i32 {
+        let (r, c) = (t.window_row.as_ref(), t.window_col.as_ref());
+        match (r, c) {
+            (Some(r), Some(c)) => self
+                .index
+                .get(&(t.grid[i], r[i], c[i]))
+                .copied()
+                .unwrap_or(-1),
+            _ => -1,
+        }
+    }
+
+    fn layout(&self, window_size: Option<usize>) -> WindowLayout {
+        let n = self.keys.len();
+        let ngrids = self.keys.last().map_or(0, |k| k.0 as usize + 1);
+        let mut grids = vec![(0usize, 0usize); ngrids];
+        for &(g, r, c) in &self.keys {
+            let e = &mut grids[g as usize];
+            e.0 = e.0.max(r as usize + 1);
+            e.1 = e.1.max(c as usize + 1);
+        }
+        WindowLayout {
+            rows: grids.iter().map(|g| g.0).max().unwrap_or(0),
+            cols: grids.iter().map(|g| g.1).max().unwrap_or(0),
+            n_windows: n,
+            row_of: self.keys.iter().map(|k| k.1).collect(),
+            col_of: self.keys.iter().map(|k| k.2).collect(),
+            window_size,
+            grid_of: self.keys.iter().map(|k| k.0).collect(),
+            grids,
+        }
+    }
+}
+
+/// `Some` when the window rows of `target` and `mode` lie on more than one grid (the `grid`
+/// column; files without it are one grid). Needs the `window_row`/`window_col` columns.
+fn several_grids(
+    t: &InfoTable,
+    target: u32,
+    mode: u32,
+    var_of: &[RowVariant],
+) -> Result<Option<SeveralGrids>> {
+    let is_window = |i: usize| {
+        t.target.codes[i] == target
+            && t.mode.codes[i] == mode
+            && var_of[t.variant.codes[i] as usize] == RowVariant::Window
+    };
+    if !(0..t.len()).any(|i| is_window(i) && t.grid[i] != 0) {
+        return Ok(None);
+    }
+    let (Some(rows), Some(cols)) = (t.window_row.as_ref(), t.window_col.as_ref()) else {
+        bail!("window rows on several grids (column `grid`) need the `window_row` and `window_col` columns");
+    };
+    let mut keys = std::collections::BTreeSet::new();
+    for i in (0..t.len()).filter(|&i| is_window(i)) {
+        let key = (t.grid[i], rows[i], cols[i]);
+        if key.0 < 0 || key.1 < 0 || key.2 < 0 {
+            bail!(
+                "window row with grid {}, window_row {}, window_col {} (model {}, sample {}): all must be >= 0",
+                key.0,
+                key.1,
+                key.2,
+                t.model.get(i),
+                t.sample_id.get(i)
+            );
+        }
+        keys.insert(key);
+    }
+    let keys: Vec<(i32, i32, i32)> = keys.into_iter().collect();
+    let index = keys
+        .iter()
+        .enumerate()
+        .map(|(w, &k)| (k, w as i32))
+        .collect();
+    Ok(Some(SeveralGrids { keys, index }))
 }

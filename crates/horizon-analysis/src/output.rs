@@ -304,6 +304,7 @@ pub fn window_table_schema() -> Arc<Schema> {
         Field::new("window", DataType::Int32, false),
         Field::new("row", DataType::Int32, false),
         Field::new("col", DataType::Int32, false),
+        Field::new("grid", DataType::Int32, false),
         Field::new("mean", DataType::Float64, true),
     ]))
 }
@@ -314,8 +315,14 @@ pub fn write_window_table(a: &Analysis, path: &Path) -> Result<()> {
     let nw = a.grid.n_windows;
     let mut model = Vec::new();
     let mut task = Vec::new();
-    let (mut layer, mut window, mut row, mut col, mut mean) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut layer, mut window, mut row, mut col, mut grid, mut mean) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for g in &a.groups {
         for (li, l) in g.layers.iter().enumerate() {
             for w in 0..nw {
@@ -325,6 +332,7 @@ pub fn write_window_table(a: &Analysis, path: &Path) -> Result<()> {
                 window.push(w as i32);
                 row.push(a.grid.row_of[w]);
                 col.push(a.grid.col_of[w]);
+                grid.push(a.grid.grid_of_window(w) as i32);
                 mean.push(opt(g.window_means[[li, w]]));
             }
         }
@@ -338,6 +346,7 @@ pub fn write_window_table(a: &Analysis, path: &Path) -> Result<()> {
             Arc::new(Int32Array::from(window)),
             Arc::new(Int32Array::from(row)),
             Arc::new(Int32Array::from(col)),
+            Arc::new(Int32Array::from(grid)),
             Arc::new(Float64Array::from(mean)),
         ],
     )?;

@@ -94,6 +94,8 @@ pub struct InfoTable {
     pub window: Vec<i32>,
     pub window_row: Option<Vec<i32>>,
     pub window_col: Option<Vec<i32>>,
+    /// The token grid of each row's window (`grid`); 0 for files written before the column.
+    pub grid: Vec<i32>,
     pub mode: StrColumn,
     pub target: StrColumn,
     pub target_token: Option<Vec<i64>>,
@@ -137,7 +139,7 @@ pub fn read_info_rows(path: impl AsRef<Path>) -> Result<InfoTable> {
 
 // The columns as the writer defines them (`horizon_data::info_rows::columns`).
 use horizon_data::info_rows::columns::{
-    LAYER_WINDOW as I32_COLS, TARGET_TOKEN, TEXT as STR_COLS, WINDOW_PLACE as OPT_I32_COLS,
+    GRID, LAYER_WINDOW as I32_COLS, TARGET_TOKEN, TEXT as STR_COLS, WINDOW_PLACE as OPT_I32_COLS,
 };
 
 /// Reads one Parquet file or the `*.parquet` files (sorted by name, dot-files skipped) of a
@@ -218,6 +220,8 @@ struct FilePlan {
     meta: ArrowReaderMetadata,
     kv: Vec<(String, String)>,
     has_window_rc: bool,
+    /// The file has the `grid` column (files written before it: every window on grid 0).
+    has_grid: bool,
     has_target_token: bool,
 }
 
@@ -227,7 +231,7 @@ fn type_ok(name: &str, dt: &DataType) -> bool {
     if STR_COLS.contains(&name) {
         return is_str(dt) || matches!(dt, DataType::Dictionary(_, v) if is_str(v));
     }
-    if I32_COLS.contains(&name) || OPT_I32_COLS.contains(&name) {
+    if I32_COLS.contains(&name) || OPT_I32_COLS.contains(&name) || name == GRID {
         return dt == &DataType::Int32;
     }
     if name == TARGET_TOKEN {
@@ -241,7 +245,7 @@ fn expected(name: &str) -> &'static str {
         "utf8"
     } else if name == TARGET_TOKEN {
         "int64"
-    } else if I32_COLS.contains(&name) || OPT_I32_COLS.contains(&name) {
+    } else if I32_COLS.contains(&name) || OPT_I32_COLS.contains(&name) || name == GRID {
         "int32"
     } else {
         "float64"
@@ -274,6 +278,7 @@ impl FilePlan {
             check(m.column(), true)?;
         }
         let has_window_rc = check(OPT_I32_COLS[0], false)? & check(OPT_I32_COLS[1], false)?;
+        let has_grid = check(GRID, false)?;
         let has_target_token = opts.target_token && check(TARGET_TOKEN, false)?;
         let kv = meta
             .metadata()
@@ -290,6 +295,7 @@ impl FilePlan {
             meta,
             kv,
             has_window_rc,
+            has_grid,
             has_target_token,
         })
     }
@@ -298,6 +304,9 @@ impl FilePlan {
         let mut cols: Vec<&'static str> = STR_COLS.iter().chain(I32_COLS.iter()).copied().collect();
         if self.has_window_rc {
             cols.extend(OPT_I32_COLS);
+        }
+        if self.has_grid {
+            cols.push(GRID);
         }
         if self.has_target_token {
             cols.push(TARGET_TOKEN);
@@ -344,6 +353,11 @@ impl FilePlan {
                 let [row, column] = OPT_I32_COLS;
                 push_i32(r, col(row)?, &self.path, row)?;
                 push_i32(c, col(column)?, &self.path, column)?;
+            }
+            if self.has_grid {
+                push_i32(&mut chunk.grid, col(GRID)?, &self.path, GRID)?;
+            } else {
+                chunk.grid.resize(chunk.layer.len(), 0);
             }
             if let Some(t) = chunk.target_token.as_mut() {
                 let a = col(TARGET_TOKEN)?
@@ -487,6 +501,7 @@ struct Chunk {
     window: Vec<i32>,
     window_row: Option<Vec<i32>>,
     window_col: Option<Vec<i32>>,
+    grid: Vec<i32>,
     target_token: Option<Vec<i64>>,
     metrics: Vec<(Metric, Vec<f64>)>,
 }
@@ -499,6 +514,7 @@ impl Chunk {
             window: Vec::new(),
             window_row: window_rc.then(Vec::new),
             window_col: window_rc.then(Vec::new),
+            grid: Vec::new(),
             target_token: target_token.then(Vec::new),
             metrics: opts.metrics.iter().map(|&m| (m, Vec::new())).collect(),
         }
@@ -518,6 +534,7 @@ fn merge(parts: Vec<Chunk>, plans: &[FilePlan], opts: &ReadOptions) -> InfoTable
         window: Vec::with_capacity(n),
         window_row: all_rc.then(|| Vec::with_capacity(n)),
         window_col: all_rc.then(|| Vec::with_capacity(n)),
+        grid: Vec::with_capacity(n),
         target_token: all_tt.then(|| Vec::with_capacity(n)),
         ..Default::default()
     };
@@ -534,6 +551,7 @@ fn merge(parts: Vec<Chunk>, plans: &[FilePlan], opts: &ReadOptions) -> InfoTable
         }
         t.layer.extend_from_slice(&part.layer);
         t.window.extend_from_slice(&part.window);
+        t.grid.extend_from_slice(&part.grid);
         if let (Some(dst), Some(src)) = (t.window_row.as_mut(), part.window_row.as_ref()) {
             dst.extend_from_slice(src);
         }

@@ -9,7 +9,8 @@
 //! | `layer` | int32 | cut layer K (0-based: layers < K see every token, layers ≥ K the kept ones); −1 for `full` |
 //! | `variant` | utf8 | `full` (unpruned), `text_only` (no visual token from K on), `window` |
 //! | `window` | int32 | row-major window index on the window grid; −1 unless `variant = window` |
-//! | `window_row`, `window_col` | int32 | the window's place on the window grid; −1 likewise |
+//! | `window_row`, `window_col` | int32 | the window's place on its grid's window grid; −1 likewise |
+//! | `grid` | int32 | the token grid the window lies on: 0 for one-grid families (LLaVA-1.5, Qwen2.5-VL); LLaVA-NeXT 0 the base image, 1 the high-resolution grid; −1 unless `variant = window`. Files written before the column read as 0 |
 //! | `mode` | utf8 | `keep-only` (keep only the window's visual tokens) or `leave-out` (drop only the window) |
 //! | `target` | utf8 | `gt` (first token of the ground-truth answer) or `greedy` (the unpruned model's first token) |
 //! | `target_token` | int64 | the token y |
@@ -203,6 +204,7 @@ pub struct InfoRow {
     pub window: i32,
     pub window_row: i32,
     pub window_col: i32,
+    pub grid: i32,
     pub mode: InfoMode,
     pub target: Target,
     pub target_token: i64,
@@ -230,12 +232,14 @@ pub mod columns {
     pub const LAYER_WINDOW: [&str; 2] = ["layer", "window"];
     /// int32 columns of the window's place on its grid (files written before them lack them).
     pub const WINDOW_PLACE: [&str; 2] = ["window_row", "window_col"];
+    /// int32: the token grid of the window (files written before it lack it: grid 0).
+    pub const GRID: &str = "grid";
     /// The int64 token y.
     pub const TARGET_TOKEN: &str = "target_token";
     /// float64 columns: p(y), log p(y), KL(unpruned ‖ variant).
     pub const METRICS: [&str; 3] = ["p", "logp", "kl"];
     /// Every column, in file order.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         "model",
         "task",
         "sample_id",
@@ -244,6 +248,7 @@ pub mod columns {
         "window",
         "window_row",
         "window_col",
+        GRID,
         "mode",
         "target",
         TARGET_TOKEN,
@@ -256,7 +261,7 @@ pub mod columns {
     pub fn data_type(name: &str) -> DataType {
         if TEXT.contains(&name) {
             DataType::Utf8
-        } else if LAYER_WINDOW.contains(&name) || WINDOW_PLACE.contains(&name) {
+        } else if LAYER_WINDOW.contains(&name) || WINDOW_PLACE.contains(&name) || name == GRID {
             DataType::Int32
         } else if name == TARGET_TOKEN {
             DataType::Int64
@@ -287,6 +292,7 @@ fn to_batch(rows: &[InfoRow]) -> Result<RecordBatch> {
             i(|r| r.window),
             i(|r| r.window_row),
             i(|r| r.window_col),
+            i(|r| r.grid),
             s(|r| r.mode.as_str()),
             s(|r| r.target.as_str()),
             Arc::new(Int64Array::from_iter_values(
@@ -417,6 +423,7 @@ mod tests {
             window: 3,
             window_row: 1,
             window_col: 1,
+            grid: 0,
             mode: InfoMode::KeepOnly,
             target: Target::Gt,
             target_token: 42,

@@ -13,7 +13,8 @@ use std::path::Path;
 struct WindowHeatmaps<'a> {
     a: &'a Analysis,
     g: &'a GroupResult,
-    layers: Vec<(i32, usize)>,
+    /// One panel each: (layer K, its row of the window means, the token grid).
+    layers: Vec<(i32, usize, usize)>,
     cols: usize,
     rows: usize,
     panel: u32,
@@ -38,27 +39,33 @@ impl Figure for WindowHeatmaps<'_> {
                 g.model, g.task, g.n_samples
             ),
             &format!(
-                "{}; {}×{} window grid, row-major; shared colour scale",
+                "{}; {}, row-major; shared colour scale",
                 subtitle(a),
-                grid.rows,
-                grid.cols
+                grids_label(a)
             ),
         )?;
         let (maps, bar) = body.split_horizontally(self.cols as u32 * self.panel);
         let scale = Scale::from_values(
             self.layers
                 .iter()
-                .flat_map(|&(_, li)| g.window_means.row(li).to_vec()),
+                .flat_map(|&(_, li, _)| g.window_means.row(li).to_vec()),
         );
         let panels = maps.split_evenly((self.rows, self.cols));
-        let (gr, gc) = (grid.rows as f64, grid.cols as f64);
-        for (&(layer, li), panel) in self.layers.iter().zip(panels.iter()) {
+        let several = grid.num_grids() > 1;
+        for (&(layer, li, gi), panel) in self.layers.iter().zip(panels.iter()) {
+            let (rows, cols) = grid.grid_shape(gi);
+            let (gr, gc) = (rows as f64, cols as f64);
             let hz = match g.horizon.horizon {
                 Some(h) if layer >= h => " (≥ horizon)",
                 _ => "",
             };
+            let caption = if several {
+                format!("layer K = {layer}{hz}, grid {gi}")
+            } else {
+                format!("layer K = {layer}{hz}")
+            };
             let mut chart = ChartBuilder::on(panel)
-                .caption(format!("layer K = {layer}{hz}"), ("sans-serif", 16))
+                .caption(caption, ("sans-serif", 16))
                 .margin(6)
                 .set_label_area_size(LabelAreaPosition::Left, 42)
                 .set_label_area_size(LabelAreaPosition::Bottom, 36)
@@ -69,8 +76,8 @@ impl Figure for WindowHeatmaps<'_> {
             chart
                 .configure_mesh()
                 .disable_mesh()
-                .x_labels(grid.cols.min(8))
-                .y_labels(grid.rows.min(8))
+                .x_labels(cols.min(8))
+                .y_labels(rows.min(8))
                 .x_label_formatter(&int)
                 .y_label_formatter(&int)
                 .x_desc("window column")
@@ -80,7 +87,7 @@ impl Figure for WindowHeatmaps<'_> {
                 .draw()
                 .map_err(derr)?;
             chart
-                .draw_series((0..grid.n_windows).map(|w| {
+                .draw_series(grid.windows_of_grid(gi).into_iter().map(|w| {
                     let (r, c) = (grid.row_of[w] as f64, grid.col_of[w] as f64);
                     Rectangle::new(
                         [(c - 0.5, r - 0.5), (c + 0.5, r + 0.5)],
@@ -98,8 +105,25 @@ impl Figure for WindowHeatmaps<'_> {
     }
 }
 
+/// "R×C window grid", or each grid's shape when the windows lie on several token grids.
+pub(crate) fn grids_label(a: &Analysis) -> String {
+    let grid = &a.grid;
+    if grid.num_grids() > 1 {
+        let shapes: Vec<String> = (0..grid.num_grids())
+            .map(|g| {
+                let (r, c) = grid.grid_shape(g);
+                format!("{r}×{c} (grid {g})")
+            })
+            .collect();
+        format!("window grids {}", shapes.join(", "))
+    } else {
+        format!("{}×{} window grid", grid.rows, grid.cols)
+    }
+}
+
 /// A grid of spatial heatmaps of Ī[K,·] of (`model`, `task`) for `layers` (all measured layers
-/// when empty), sharing one colour scale and colour bar. Use `horizon_analysis::POOLED_TASK` for
+/// when empty), sharing one colour scale and colour bar; with several token grids (LLaVA-NeXT's base
+/// and high-resolution grids) each layer has one panel per grid. Use `horizon_analysis::POOLED_TASK` for
 /// the model's pooled group.
 pub fn plot_window_heatmaps(
     a: &Analysis,
@@ -128,8 +152,18 @@ pub fn plot_window_heatmaps(
     if chosen.is_empty() {
         bail!("no layers to plot for {model}/{task}");
     }
+    // Several token grids (LLaVA-NeXT): one panel per layer and grid, a layer's grids side by side.
+    let grids = a.grid.num_grids();
     let cols = (chosen.len() as f64).sqrt().ceil().max(1.0) as usize;
-    let cols = cols.clamp(1, 6);
+    let cols = if grids > 1 {
+        cols.clamp(1, 3) * grids
+    } else {
+        cols.clamp(1, 6)
+    };
+    let chosen: Vec<(i32, usize, usize)> = chosen
+        .into_iter()
+        .flat_map(|(k, li)| (0..grids).map(move |gi| (k, li, gi)))
+        .collect();
     let rows = chosen.len().div_ceil(cols);
     let fig = WindowHeatmaps {
         a,

@@ -3,6 +3,7 @@
 use crate::figure::{
     derr, draw_title, group, information_label, render, subtitle, Figure, BAR_W, TITLE_H,
 };
+use crate::heatmaps::grids_label;
 use crate::scale::{draw_colorbar, Scale};
 use anyhow::{bail, Result};
 use horizon_analysis::{Analysis, GroupResult};
@@ -23,8 +24,16 @@ impl Figure for LayerWindow<'_> {
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
         let (a, g) = (self.a, self.g);
-        let nw = a.grid.n_windows;
+        let several = a.grid.num_grids() > 1;
         let (title, body) = root.split_vertically(TITLE_H);
+        let layout = if several {
+            format!("windows row-major on each grid ({})", grids_label(a))
+        } else {
+            format!(
+                "windows row-major on the {}×{} grid",
+                a.grid.rows, a.grid.cols
+            )
+        };
         draw_title(
             &title,
             &format!(
@@ -32,17 +41,50 @@ impl Figure for LayerWindow<'_> {
                 g.model, g.task, g.n_samples
             ),
             &format!(
-                "{}; windows row-major on the {}×{} grid; dashed: horizon; white rows: layer not measured",
+                "{}; {layout}; dashed: horizon; white rows: layer not measured",
                 subtitle(a),
-                a.grid.rows,
-                a.grid.cols
             ),
         )?;
         let (main, bar) = body.split_horizontally(1200 - BAR_W);
         let scale = Scale::from_values(g.window_means.iter().copied());
+        if several {
+            // One panel per token grid, side by side, on the shared colour scale.
+            let panels = main.split_evenly((1, a.grid.num_grids()));
+            for (gi, panel) in panels.iter().enumerate() {
+                let windows = a.grid.windows_of_grid(gi);
+                self.draw_panel(panel, &windows, &scale, Some(format!("grid {gi}")))?;
+            }
+        } else {
+            let windows: Vec<usize> = (0..a.grid.n_windows).collect();
+            self.draw_panel(&main, &windows, &scale, None)?;
+        }
+        draw_colorbar(
+            &bar,
+            &scale,
+            &format!("Ī  {}", information_label(a.params.metric, a.params.mode)),
+        )?;
+        Ok(())
+    }
+}
+
+impl LayerWindow<'_> {
+    /// The layer × window image of `windows` (x: their order), the horizon marked.
+    fn draw_panel<DB: DrawingBackend>(
+        &self,
+        main: &DrawingArea<DB, Shift>,
+        windows: &[usize],
+        scale: &Scale,
+        caption: Option<String>,
+    ) -> Result<()> {
+        let g = self.g;
+        let nw = windows.len();
         let kmin = g.layers.first().map(|l| l.layer).unwrap_or(0);
         let kmax = g.layers.last().map(|l| l.layer).unwrap_or(0);
-        let mut chart = ChartBuilder::on(&main)
+        let mut builder = ChartBuilder::on(main);
+        if let Some(caption) = &caption {
+            builder.caption(caption, ("sans-serif", 16));
+        }
+        let mut chart = builder
             .margin(15)
             .set_label_area_size(LabelAreaPosition::Left, 70)
             .set_label_area_size(LabelAreaPosition::Bottom, 55)
@@ -53,7 +95,11 @@ impl Figure for LayerWindow<'_> {
         chart
             .configure_mesh()
             .disable_mesh()
-            .x_desc("window index (row-major)")
+            .x_desc(if caption.is_some() {
+                "window index on the grid (row-major)"
+            } else {
+                "window index (row-major)"
+            })
             .y_desc("cut layer K")
             .x_labels(nw.min(16) + 1)
             .y_labels(((kmax - kmin + 1) as usize).min(32))
@@ -67,9 +113,9 @@ impl Figure for LayerWindow<'_> {
         chart
             .draw_series(g.layers.iter().enumerate().flat_map(|(li, l)| {
                 let k = l.layer as f64;
-                (0..nw).map(move |w| {
+                windows.iter().enumerate().map(move |(x, &w)| {
                     Rectangle::new(
-                        [(w as f64, k - 0.5), (w as f64 + 1.0, k + 0.5)],
+                        [(x as f64, k - 0.5), (x as f64 + 1.0, k + 0.5)],
                         scale.color(g.window_means[[li, w]]).filled(),
                     )
                 })
@@ -110,11 +156,6 @@ impl Figure for LayerWindow<'_> {
             .map_err(derr)?;
             main.draw(&Text::new(label, at, style)).map_err(derr)?;
         }
-        draw_colorbar(
-            &bar,
-            &scale,
-            &format!("Ī  {}", information_label(a.params.metric, a.params.mode)),
-        )?;
         Ok(())
     }
 }

@@ -174,9 +174,9 @@ impl InfoSweep {
                     Variant::TextOnly => (RowVariant::TextOnly, None),
                     Variant::Window(w) => (RowVariant::Window, Some(w)),
                 };
-                let (wr, wc) = window.map_or((-1, -1), |w| {
+                let (wr, wc, wg) = window.map_or((-1, -1, -1), |w| {
                     let (r, c) = grid.window_position(w);
-                    (r as i32, c as i32)
+                    (r as i32, c as i32, grid.window_grid(w) as i32)
                 });
                 InfoRow {
                     model: self.model_name.clone(),
@@ -187,6 +187,7 @@ impl InfoSweep {
                     window: window.map_or(-1, |w| w as i32),
                     window_row: wr,
                     window_col: wc,
+                    grid: wg,
                     mode: self.mode,
                     target: self.target,
                     target_token: target,
