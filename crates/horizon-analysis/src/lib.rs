@@ -8,8 +8,9 @@
 //!
 //! One row per (model, sample, layer, variant) with columns `model`, `task`, `sample_id` (utf8),
 //! `layer` (int32, cut layer K, −1 for the unpruned baseline), `variant` (utf8: `full`,
-//! `text_only`, `window`), `window`, `window_row`, `window_col` (int32, −1 unless `window`),
-//! `mode` (utf8: `keep-only` / `leave-out`), `target` (utf8: `gt` / `greedy`), `target_token`
+//! `text_only`, `window`), `window`, `window_row`, `window_col`, `grid` (int32, −1 unless
+//! `window`; `grid` is the token grid, 0 unless the family has several, read as 0 from files
+//! without it), `mode` (utf8: `keep-only` / `leave-out`), `target` (utf8: `gt` / `greedy`), `target_token`
 //! (int64), `p`, `logp`, `kl` (float64). File key-value metadata `horizon.grid_rows`,
 //! `horizon.grid_cols`, `horizon.window_size`, `horizon.num_layers` describe the window grid.
 //! [`read_info_rows`] reads one file or a directory of `*.parquet` part files.
@@ -33,7 +34,9 @@
 //! ## Aggregation (ours, not from the reference)
 //!
 //! Per (model, task, layer K), over the samples s that have at least one window value at K:
-//! * map `Ī[K,w] = mean_s I[K,w,s]` (per window, over the samples that have that window);
+//! * map `Ī[K,w] = mean_s I[K,w,s]` (per window, over the samples that have that window; windows
+//!   on several token grids, LLaVA-NeXT's, are keyed by (grid, window_row, window_col), so the same
+//!   place on a grid is one window across samples: docs/information-windows.md);
 //! * sample level `I_s = mean_w I[K,w,s]`; level `m_K = mean_s I_s` (equal to `mean_w Ī[K,w]`
 //!   when every sample has every window); standard error `sd(I_s)/√n` (sd with n−1);
 //! * percentile bootstrap CI of `m_K`: resample the `I_s` with replacement B times (default 1000),

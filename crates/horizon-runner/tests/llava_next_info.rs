@@ -2,7 +2,8 @@
 //! fixtures of fixtures/make_llava_next_fixtures.py: the windows are the 2x2 blocks of the base grid
 //! and of the unpadded high-resolution grid, no window holds a newline token (the packed features
 //! say where `image_newline` sits), and the engine's rows equal the naive procedure (one cut forward
-//! per variant) on keep-sets built here from the anyres layout alone.
+//! per variant) on keep-sets built here from the anyres layout alone, and a window of the
+//! high-resolution grid cut as HF runs the same cut (reference/cut.*).
 
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
@@ -200,4 +201,123 @@ fn windows_of_every_fixture_image_tile_the_grids() {
         let c = case("llava-next-tiny", image);
         check_windows(&c, image);
     }
+}
+
+/// HF transformers 5.17.0 running the same cuts with its own modules (`fixtures/hf_cut.py` via
+/// make_llava_next_fixtures.py, reference/cut.*): on the tall image, the text-only baseline and the
+/// window at row 1, column 1 of the high-resolution grid kept alone and dropped alone, K = 1 and 2.
+/// Held to it: the family's window (which visual tokens, past the newlines), the keep-sets, the
+/// logits of the cut forward, and the engine's p(y), log p(y) and KL as `horizon info` writes them.
+#[test]
+fn high_resolution_window_cut_matches_hf() {
+    use horizon_runner::parity::{f32_logits_tolerance, max_abs_diff};
+    use horizon_runner::Intervention;
+    use std::collections::HashMap;
+    use tch::Tensor;
+
+    let dir = fixtures();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/cut.json")).unwrap())
+            .unwrap();
+    let reference: HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("reference/cut.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let model_dir = dir.join(meta["model_dir"].as_str().unwrap());
+    let model = VlModel::load(&model_dir, Device::Cpu, Kind::Float).unwrap();
+    let processor = Processor::load(&model_dir, &model).unwrap();
+    let inputs = processor
+        .prepare(
+            &model,
+            meta["question"].as_str().unwrap(),
+            &dir.join(meta["image"].as_str().unwrap()),
+            PromptTemplate::Auto,
+        )
+        .unwrap();
+    assert!(inputs
+        .input_ids
+        .squeeze_dim(0)
+        .equal(&reference["input_ids"]));
+    let target = meta["target_token_id"].as_i64().unwrap();
+    assert_eq!(
+        processor
+            .first_answer_token(meta["answer"].as_str().unwrap())
+            .unwrap(),
+        Some(target)
+    );
+    // The window: grid 1, window (row, col) from the reference; its visual tokens are HF's.
+    let grid = model.window_grid(&inputs, 2).unwrap();
+    let place: Vec<usize> = serde_json::from_value(meta["window0_window_rc"].clone()).unwrap();
+    let w = (0..grid.num_windows())
+        .find(|&w| grid.window_grid(w) == 1 && grid.window_position(w) == (place[0], place[1]))
+        .expect("the window on the high-resolution grid");
+    let want: Vec<usize> =
+        serde_json::from_value(meta["window0"]["visual_indices"].clone()).unwrap();
+    assert_eq!(grid.window_tokens(w), want, "window {w}: visual tokens");
+
+    let full = full_run(&model, &inputs).unwrap();
+    let tol = f32_logits_tolerance(&reference["full.logits"]);
+    let close = |what: &str, ours: f64, theirs: f64, bound: f64| {
+        assert!(
+            (ours - theirs).abs() <= bound,
+            "{what}: ours {ours}, HF {theirs} (bound {bound})"
+        );
+    };
+    close(
+        "full log p(y)",
+        full.log_probs.squeeze_dim(0).double_value(&[target]),
+        reference["full.log_p_y"].double_value(&[0]),
+        2.0 * tol,
+    );
+    let ks: Vec<usize> = serde_json::from_value(meta["ks"].clone()).unwrap();
+    let mut checked = 0;
+    for mode in [InfoMode::KeepOnly, InfoMode::LeaveOut] {
+        let (text_only, windows) = variant_keep_sets(&inputs, &grid, mode);
+        let cfg = SweepConfig {
+            layers: ks.clone(),
+            window_size: 2,
+            mode,
+            batch_size: None,
+            memory_budget_bytes: 1 << 28,
+        };
+        for r in sweep_sample(&model, &inputs, &full, target, &cfg).unwrap() {
+            let (name, keep) = match (r.variant, mode) {
+                (Variant::TextOnly, _) => ("text_only", &text_only),
+                (Variant::Window(v), InfoMode::KeepOnly) if v == w => ("keep_window0", &windows[w]),
+                (Variant::Window(v), InfoMode::LeaveOut) if v == w => ("drop_window0", &windows[w]),
+                _ => continue,
+            };
+            let k = r.layer.unwrap();
+            let key = |field: &str| format!("K{k}.{name}.{field}");
+            let kept: Vec<i64> = Vec::try_from(&reference[&key("kept")]).unwrap();
+            let ours: Vec<i64> = keep.iter().map(|&p| p as i64).collect();
+            assert_eq!(ours, kept, "K={k} {name}: keep-set");
+            let mut iv = Intervention::cut_at(k, keep.iter().copied()).unwrap();
+            let out = model.prefill(&inputs, &mut iv, None, None).unwrap();
+            let last = out.hidden.select(1, out.hidden.size()[1] - 1);
+            let logits = model.lm_head(&last).squeeze_dim(0).to_kind(Kind::Float);
+            let d = max_abs_diff(&logits, &reference[&key("logits")]);
+            assert!(
+                d <= tol,
+                "K={k} {name}: logits differ from HF by {d} (tolerance {tol})"
+            );
+            let p = reference[&key("p_y")].double_value(&[0]);
+            close(
+                &key("log_p_y"),
+                r.logp,
+                reference[&key("log_p_y")].double_value(&[0]),
+                2.0 * tol,
+            );
+            close(&key("p_y"), r.p, p, p * 2.0 * tol + 1e-9);
+            close(
+                &key("kl_full"),
+                r.kl,
+                reference[&key("kl_full")].double_value(&[0]),
+                4.0 * tol,
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 4 * ks.len(), "variants checked");
 }
