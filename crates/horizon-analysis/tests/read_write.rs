@@ -107,6 +107,8 @@ fn dictionary_string_columns_and_metadata() {
         assert_eq!(t.p.as_ref().unwrap()[i], r.p);
         assert_eq!(t.window_col.as_ref().unwrap()[i], r.col);
     }
+    // A file written before the `grid` column: every window on grid 0.
+    assert_eq!(t.grid, vec![0; rs.len()]);
     assert_eq!(
         t.metadata.get("horizon.model").map(String::as_str),
         Some("x/y")
