@@ -597,7 +597,8 @@ impl DecoderLayer {
 pub struct DecoderOutput {
     /// Final-norm hidden states `[1, S', D]` of the tokens the last layer processed.
     pub hidden: Tensor,
-    /// Original prompt indices of those `S'` tokens.
+    /// Ids of those `S'` tokens: original prompt indices, and for tokens a cut built the prompt
+    /// length plus their order of building ([`TokenSelector::built_tokens`]).
     pub kept: Vec<usize>,
     /// Number of prompt tokens each layer processed, and of those how many were visual.
     pub tokens_per_layer: Vec<usize>,
@@ -670,7 +671,9 @@ impl Decoder {
         let num_layers = self.num_layers();
         let device = embeds.device();
         let mut kept: Vec<usize> = (0..s as usize).collect();
-        let is_visual = visual.mask(s as usize);
+        let mut is_visual = visual.mask(s as usize);
+        // The id of the next token a cut builds (they follow the prompt's ids).
+        let mut next_built = s as usize;
         let mut positions = positions.shallow_clone();
         let (mut cos, mut sin) = self.rotary_emb.cos_sin(&positions, embeds.kind());
         let mut h = embeds.shallow_clone();
@@ -701,8 +704,21 @@ impl Decoder {
                         s - 1
                     );
                 }
-                let rows = rows_of(&keep, &kept, i)?;
-                if rows.len() != kept.len() {
+                let built = selector.built_tokens();
+                let m = built.as_ref().map_or(0, |b| b.size()[1] as usize);
+                let rows = rows_of(&keep, &kept, next_built..next_built + m, i)?;
+                if let Some(b) = &built {
+                    // Built tokens are rows after the current ones; the cut keeps the first ids.
+                    let rows_t = Tensor::from_slice(&rows).to_device(device);
+                    h = Tensor::cat(&[&h, &b.to_kind(h.kind()).to_device(device)], 1)
+                        .index_select(1, &rows_t);
+                    decode_offset -= kept.len() as i64 - keep.len() as i64;
+                    positions = positions.narrow(-1, 0, keep.len() as i64);
+                    (cos, sin) = self.rotary_emb.cos_sin(&positions, embeds.kind());
+                    is_visual.resize(next_built + m, true);
+                    next_built += m;
+                    kept = keep;
+                } else if rows.len() != kept.len() {
                     let rows_t = Tensor::from_slice(&rows).to_device(device);
                     h = h.index_select(1, &rows_t);
                     positions = match selector.positions_at(i) {
@@ -732,7 +748,7 @@ impl Decoder {
             }
             let probs_rows = match selector.attention_rows(i, &kept) {
                 Some(query) if i + 1 < num_layers => {
-                    let rows = rows_of(&query, &kept, i)?;
+                    let rows = rows_of(&query, &kept, 0..0, i)?;
                     Some(Tensor::from_slice(&rows).to_device(device).unsqueeze(0))
                 }
                 _ => None,
@@ -818,20 +834,44 @@ impl Decoder {
     }
 }
 
-/// Rows of the current sequence (`kept`, ascending original indices) that hold `wanted` (ascending
-/// original indices); an error names the layer when `wanted` is not a subset.
-fn rows_of(wanted: &[usize], kept: &[usize], layer: usize) -> Result<Vec<i64>> {
+/// Rows of the current sequence (`kept`, ids in sequence order) that hold `wanted` (ids of `kept`
+/// in its order, and the ids `built` of the tokens a cut builds, which take the rows after `kept`'s);
+/// an error names the layer when `wanted` is not such a list.
+fn rows_of(
+    wanted: &[usize],
+    kept: &[usize],
+    built: std::ops::Range<usize>,
+    layer: usize,
+) -> Result<Vec<i64>> {
     if wanted.is_empty() {
         bail!("token selection at layer {layer}: no position selected");
     }
-    if wanted.windows(2).any(|w| w[0] >= w[1]) {
-        bail!("token selection at layer {layer}: positions are not ascending and unique");
+    let row: std::collections::HashMap<usize, usize> =
+        kept.iter().enumerate().map(|(r, &p)| (p, r)).collect();
+    let mut last: Option<usize> = None;
+    let mut seen_built = vec![false; built.len()];
+    let mut rows = Vec::with_capacity(wanted.len());
+    for &p in wanted {
+        if built.contains(&p) {
+            if std::mem::replace(&mut seen_built[p - built.start], true) {
+                bail!("token selection at layer {layer}: built token {p} placed twice");
+            }
+            rows.push((kept.len() + p - built.start) as i64);
+            continue;
+        }
+        let r = *row.get(&p).ok_or_else(|| {
+            anyhow!("token selection at layer {layer}: names a position already dropped")
+        })?;
+        if last.is_some_and(|l| r <= l) {
+            bail!("token selection at layer {layer}: positions are not ascending and unique");
+        }
+        last = Some(r);
+        rows.push(r as i64);
     }
-    wanted
-        .iter()
-        .map(|p| kept.binary_search(p).map(|r| r as i64))
-        .collect::<Result<_, _>>()
-        .map_err(|_| anyhow!("token selection at layer {layer}: names a position already dropped"))
+    if seen_built.iter().any(|&s| !s) {
+        bail!("token selection at layer {layer}: a built token is not placed");
+    }
+    Ok(rows)
 }
 
 /// A forward with a soft mask on the keys (attribution patching, the `--estimate gradient` path):

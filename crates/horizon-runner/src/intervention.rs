@@ -40,7 +40,8 @@ pub struct CutContext<'a> {
     pub num_layers: usize,
     /// That layer's input `[1, S', D]`: the output of layer − 1 (the input embeddings at layer 0).
     pub hidden: &'a Tensor,
-    /// Original prompt indices of the `S'` rows, ascending.
+    /// Ids of the `S'` rows in sequence order: original prompt indices (ascending), and the ids of
+    /// tokens built at earlier cuts ([`TokenSelector::built_tokens`]), which follow the prompt's.
     pub kept: &'a [usize],
     pub visual: &'a VisualTokens,
     /// When [`TokenSelector::attention_rows`] asked for them at layer − 1: that layer's attention
@@ -55,9 +56,19 @@ pub struct CutContext<'a> {
 
 /// Decides, during the forward, which prompt positions each decoder layer processes.
 pub trait TokenSelector {
-    /// Before layer `ctx.layer`: the positions it and the later layers keep (ascending original
-    /// indices, a subset of `ctx.kept` holding the last prompt position), or `None` to keep all.
+    /// Before layer `ctx.layer`: the positions it and the later layers keep (ids of `ctx.kept` in
+    /// its order, holding the last prompt position, and the ids of the tokens this cut builds), or
+    /// `None` to keep all.
     fn select(&mut self, ctx: &CutContext) -> Result<Option<Vec<usize>>>;
+
+    /// Tokens built by the cut [`Self::select`] just returned: their hidden states `[1, m, D]`, the
+    /// tokens of ids `next .. next + m`, where `next` is the prompt length plus the number of tokens
+    /// built at earlier cuts; the keep-set places them. They count as visual tokens, and such a cut
+    /// takes the first `S''` of the current position ids (SparseVLM v1.5's `position_ids[:, :n]`),
+    /// whatever [`Self::positions_at`] says.
+    fn built_tokens(&mut self) -> Option<Tensor> {
+        None
+    }
 
     /// Before layer `layer` runs over `kept`: the query rows (original indices) whose attention
     /// probabilities at `layer` the selection before `layer + 1` needs. Only that layer computes them.

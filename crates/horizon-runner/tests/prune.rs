@@ -186,7 +186,8 @@ fn keeping_everything_is_the_plain_model_exactly() {
             "random@1:100%",
             "divprune@0:100%",
             "dart@1:100%",
-            "sparsevlm@1:100%,sparsevlm@2:100%",
+            // (`sparsevlm`, v1.5, keeps at most all but one, as `attn_postprocess_topk` does.)
+            "sparsevlm-v2@1:100%,sparsevlm-v2@2:100%",
         ] {
             let spec = PruneSpec::parse(spec).unwrap();
             let run = prefill_pruned(
@@ -858,4 +859,90 @@ fn sparsevlm_recycling_merges_as_the_released_cluster_and_merge() {
         multi_cluster > 0,
         "no fixture stage recycles into more than one cluster"
     );
+}
+
+/// `sparsevlm` (v1.5, recycling) against `sparsevlm_v15_recycling` of `fixtures/make_prune_fixtures.py`,
+/// the released loop (Gumpest/SparseVLMs `LlamaDynamicvitModel.forward`) on HF's layers: the kept
+/// sets, the visual tokens each layer sees (kept + merged), the sequence length, the logits, and a
+/// KV cache holding each layer's tokens.
+#[test]
+fn sparsevlm_v1_5_recycles_as_the_released_loop() {
+    for name in ["llava", "qwen2_5_vl"] {
+        let f = family(name);
+        let dir = root().join("fixtures").join(name).join("reference");
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("prune.recycle.json")).unwrap())
+                .unwrap();
+        let t: HashMap<String, Tensor> =
+            Tensor::read_safetensors(dir.join("prune.recycle.safetensors"))
+                .unwrap()
+                .into_iter()
+                .collect();
+        let num_layers = f.model.num_layers();
+        let prompt_len = f.inputs.input_ids.size()[1] as usize;
+        for (case, entry) in meta["cases"].as_object().unwrap() {
+            let spec = PruneSpec::parse(case).unwrap();
+            let mut cache = KvCache::new(num_layers);
+            let run = prefill_pruned(
+                &f.model,
+                &f.inputs,
+                &spec,
+                &PruneOptions::default(),
+                0,
+                None,
+                Some(&mut cache),
+            )
+            .unwrap_or_else(|e| panic!("{name} {case}: {e:#}"));
+            let stages = entry["stages"].as_array().unwrap();
+            assert_eq!(run.stages.len(), stages.len(), "{name} {case}: stages");
+            // The visual block's ids as horizon numbers them: the prompt's, then each stage's kept
+            // ones followed by its merged tokens (ids from the prompt length on).
+            let mut block: Vec<usize> = f.inputs.visual.positions.clone();
+            let mut next_built = prompt_len;
+            let mut per_layer = vec![block.len(); num_layers];
+            for (si, (record, stage)) in run.stages.iter().zip(stages).enumerate() {
+                let kept: Vec<usize> = stage["kept_visual"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| block[v.as_u64().unwrap() as usize])
+                    .collect();
+                assert_eq!(record.kept_visual, kept, "{name} {case}: stage {si} kept");
+                let clusters = stage["clusters"].as_u64().unwrap() as usize;
+                block = kept
+                    .into_iter()
+                    .chain(next_built..next_built + clusters)
+                    .collect();
+                next_built += clusters;
+                let from = stage["horizon_layer"].as_u64().unwrap() as usize;
+                for n in &mut per_layer[from..] {
+                    *n = block.len();
+                }
+            }
+            assert_eq!(
+                run.counts.per_layer, per_layer,
+                "{name} {case}: visual per layer"
+            );
+            let last = *run.output.tokens_per_layer.last().unwrap();
+            assert_eq!(
+                last as u64,
+                entry["seq_len_after"].as_u64().unwrap(),
+                "{name} {case}"
+            );
+            for (l, &n) in run.output.tokens_per_layer.iter().enumerate() {
+                assert_eq!(cache.len_at(l), n as i64, "{name} {case}: layer {l} cache");
+            }
+            let logits = last_logits(&f.model, &run);
+            let d = max_abs_diff(&logits, &t[&format!("{case}.logits")]);
+            assert!(
+                d <= 1e-4,
+                "{name} {case}: logits differ from the released loop by {d}"
+            );
+            assert_eq!(
+                greedy_token(&logits),
+                entry["argmax"].as_i64().unwrap(),
+                "{name} {case}: argmax"
+            );
+        }
+    }
 }

@@ -10,7 +10,7 @@ use horizon_data::window::WindowGrid;
 use super::oracle::{info_keep, info_keep_from_rows};
 use super::spec::StageInput;
 use super::tensor_rows::{index_tensor, rows_f32, to_vec_f32, unit_rows};
-use super::{methods, stage_label, Method, PruneOptions, PruneSpec, Stage, StageRecord};
+use super::{methods, recycle, stage_label, Method, PruneOptions, PruneSpec, Stage, StageRecord};
 use crate::intervention::{CutContext, PositionPolicy, TokenSelector};
 use crate::model::{ModelInputs, VlModel};
 
@@ -28,6 +28,14 @@ pub(super) struct PruneSelector<'a> {
     fixed: Vec<(usize, Vec<usize>)>,
     /// ToDRE's pivot (index into the prompt's visual tokens).
     todre_pivot: Option<usize>,
+    /// SparseVLM v1.5: the scores of the visual tokens at the stage being chosen, which rank the
+    /// dropped ones for recycling.
+    sparsevlm_scores: Option<Vec<f32>>,
+    /// Ids of the tokens built so far (SparseVLM v1.5's recycled tokens), and the next id.
+    built_ids: Vec<usize>,
+    next_built: usize,
+    /// The hidden states of the tokens the last cut built, for [`TokenSelector::built_tokens`].
+    pending_built: Option<Tensor>,
     /// Whether ToDRE's relevance stage has decided (it tests every layer from its K until both
     /// ratios fall below τ, or the last layer).
     todre_decided: bool,
@@ -54,6 +62,10 @@ impl<'a> PruneSelector<'a> {
             raters: None,
             fixed: Vec::new(),
             todre_pivot: None,
+            sparsevlm_scores: None,
+            built_ids: Vec::new(),
+            next_built: 0,
+            pending_built: None,
             todre_decided: false,
             records,
         }
@@ -168,13 +180,20 @@ impl<'a> PruneSelector<'a> {
                     )
                 }
             }
-            Method::Sparsevlm => {
+            Method::Sparsevlm | Method::SparsevlmV2 => {
                 let att = ctx
                     .attention
                     .ok_or_else(|| anyhow!("no attention from layer K - 1"))?;
                 let a = to_vec_f32(&att.mean_dim([0i64, 1].as_slice(), false, Kind::Float));
                 let scores: Vec<f32> = vis_rows.iter().map(|&r| a[r]).collect();
-                (methods::top_k(&scores, k), String::new())
+                if stage.method == Method::SparsevlmV2 {
+                    (methods::top_k(&scores, k), String::new())
+                } else {
+                    // `attn_postprocess_topk` keeps `min(count, v_token_num - 1)`.
+                    let chosen = methods::top_k(&scores, k.min(n.saturating_sub(1)));
+                    self.sparsevlm_scores = Some(scores);
+                    (chosen, String::new())
+                }
             }
             Method::Divprune => {
                 let x = unit_rows(&rows_f32(hidden, vis_rows));
@@ -313,12 +332,18 @@ impl<'a> PruneSelector<'a> {
 
 impl TokenSelector for PruneSelector<'_> {
     fn select(&mut self, ctx: &CutContext) -> Result<Option<Vec<usize>>> {
-        let is_visual = ctx.visual.mask(ctx.kept.iter().max().map_or(0, |m| m + 1));
+        if ctx.layer == 0 {
+            self.next_built = ctx.kept.len();
+        }
+        let mut is_visual = ctx.visual.mask(ctx.kept.iter().max().map_or(0, |m| m + 1));
+        for &b in &self.built_ids {
+            is_visual[b] = true;
+        }
         if ctx.layer == 0
             && self
                 .stages
                 .iter()
-                .any(|(_, s)| s.method == Method::Sparsevlm)
+                .any(|(_, s)| matches!(s.method, Method::Sparsevlm | Method::SparsevlmV2))
         {
             self.raters = Some(sparsevlm_raters(ctx.hidden, ctx.kept, &is_visual));
         }
@@ -342,10 +367,31 @@ impl TokenSelector for PruneSelector<'_> {
         for &c in &chosen {
             keep_row[vis_rows[c]] = true;
         }
-        let keep: Vec<usize> = (0..ctx.kept.len())
+        let mut keep: Vec<usize> = (0..ctx.kept.len())
             .filter(|&r| keep_row[r])
             .map(|r| ctx.kept[r])
             .collect();
+        let mut note = note;
+        if let Some(scores) = self.sparsevlm_scores.take() {
+            let built = self
+                .recycle(ctx, &vis_rows, &chosen, &scores)
+                .map_err(|e| anyhow!("{label}: {e:#}"))?;
+            if let Some(Recycled {
+                after,
+                ids,
+                dropped,
+            }) = built
+            {
+                // After the last visual token kept, or where the visual tokens began.
+                // (The tokens before the first visual row are text, all kept.)
+                let at = match after {
+                    Some(id) => keep.iter().position(|&p| p == id).expect("kept") + 1,
+                    None => vis_rows[0],
+                };
+                note = format!("{dropped} dropped, {} recycled into {:?}", ids.len(), ids);
+                keep.splice(at..at, ids);
+            }
+        }
         self.records.push(StageRecord {
             stage: stage.to_string(),
             kept_visual: chosen.iter().map(|&c| ctx.kept[vis_rows[c]]).collect(),
@@ -354,11 +400,15 @@ impl TokenSelector for PruneSelector<'_> {
         Ok(Some(keep))
     }
 
+    fn built_tokens(&mut self) -> Option<Tensor> {
+        self.pending_built.take()
+    }
+
     fn attention_rows(&self, layer: usize, kept: &[usize]) -> Option<Vec<usize>> {
         let (_, next) = self.stage_at(layer + 1)?;
         match next.method {
             Method::Fastv | Method::WindowFastv => kept.last().map(|&l| vec![l]),
-            Method::Sparsevlm => self.raters.clone(),
+            Method::Sparsevlm | Method::SparsevlmV2 => self.raters.clone(),
             Method::Todre if next.layer > 0 => Some(kept.to_vec()),
             _ => None,
         }
@@ -371,6 +421,53 @@ impl TokenSelector for PruneSelector<'_> {
 
     fn positions_at(&self, layer: usize) -> PositionPolicy {
         self.policy[layer]
+    }
+}
+
+/// The tokens a SparseVLM v1.5 stage recycled.
+struct Recycled {
+    /// The id of the last visual token kept, after which the merged tokens go (`None`: none kept).
+    after: Option<usize>,
+    /// The merged tokens' ids.
+    ids: Vec<usize>,
+    /// How many visual tokens the stage dropped.
+    dropped: usize,
+}
+
+impl PruneSelector<'_> {
+    /// SparseVLM v1.5's recycling at a stage that kept `chosen` of `vis_rows` by `scores`: the
+    /// dropped tokens' top `int(0.3 · dropped) + 1` by score, clustered and merged
+    /// ([`recycle::dpc_knn_merge`]) from this layer's input, are left in `pending_built`; `None` when
+    /// nothing was dropped.
+    fn recycle(
+        &mut self,
+        ctx: &CutContext,
+        vis_rows: &[usize],
+        chosen: &[usize],
+        scores: &[f32],
+    ) -> Result<Option<Recycled>> {
+        let dropped: Vec<usize> = (0..vis_rows.len())
+            .filter(|i| chosen.binary_search(i).is_err())
+            .collect();
+        let Some((_, clusters)) = recycle::recycle_counts(dropped.len()) else {
+            return Ok(None);
+        };
+        let relation: Vec<f32> = dropped.iter().map(|&i| scores[i]).collect();
+        let rows: Vec<usize> = recycle::recycled_tokens(&relation)
+            .into_iter()
+            .map(|j| vis_rows[dropped[j]])
+            .collect();
+        let merged = recycle::dpc_knn_merge(&rows_f32(ctx.hidden, &rows), clusters)?;
+        self.pending_built = Some(merged.tokens.unsqueeze(0));
+        let ids: Vec<usize> = (self.next_built..self.next_built + clusters).collect();
+        self.next_built += clusters;
+        self.built_ids.extend(&ids);
+        let after = chosen.last().map(|&c| ctx.kept[vis_rows[c]]);
+        Ok(Some(Recycled {
+            after,
+            ids,
+            dropped: dropped.len(),
+        }))
     }
 }
 

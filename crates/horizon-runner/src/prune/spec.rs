@@ -40,8 +40,12 @@ pub enum Method {
     /// VisionZip: dominant (CLS attention; Qwen2.5-VL: attention received) and merged contextual
     /// tokens from the vision tower (pre-LLM).
     Visionzip,
-    /// SparseVLM: attention of text raters at layer K − 1, top-k (several stages), no recycling.
+    /// SparseVLM v1.5: attention of text raters at layer K − 1, top-k (several stages), part of the
+    /// dropped tokens recycled (clustered and merged back, [`super::recycle`]), positions cut to the
+    /// new length.
     Sparsevlm,
+    /// SparseVLM with v2.0's conventions for merging and positions: no recycling, position ids kept.
+    SparsevlmV2,
     /// ToDRE: max-sum diversity before the LLM (`@0`), and the all-or-nothing relevance test
     /// (`@K:0`) before every layer from K on until both cross-modal ratios fall below τ.
     Todre,
@@ -53,7 +57,7 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 13] = [
+    pub const ALL: [Method; 14] = [
         Method::Random,
         Method::Fastv,
         Method::WindowFastv,
@@ -64,6 +68,7 @@ impl Method {
         Method::Vtw,
         Method::Visionzip,
         Method::Sparsevlm,
+        Method::SparsevlmV2,
         Method::Todre,
         Method::Info,
         Method::File,
@@ -81,6 +86,7 @@ impl Method {
             Method::Vtw => "vtw",
             Method::Visionzip => "visionzip",
             Method::Sparsevlm => "sparsevlm",
+            Method::SparsevlmV2 => "sparsevlm-v2",
             Method::Todre => "todre",
             Method::Info => "info",
             Method::File => "file",
@@ -95,7 +101,11 @@ impl Method {
     pub fn reads_previous_layer(self) -> bool {
         matches!(
             self,
-            Method::Fastv | Method::WindowFastv | Method::Dart | Method::Sparsevlm
+            Method::Fastv
+                | Method::WindowFastv
+                | Method::Dart
+                | Method::Sparsevlm
+                | Method::SparsevlmV2
         )
     }
 
