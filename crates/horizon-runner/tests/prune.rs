@@ -15,7 +15,8 @@ use horizon_runner::generate::{greedy_token, GenerationConfig};
 use horizon_runner::parity::max_abs_diff;
 use horizon_runner::processor::{Processor, PromptTemplate};
 use horizon_runner::prune::{
-    generate_pruned, prefill_pruned, sample_seed, PruneOptions, PruneSpec, PrunedPrefill,
+    generate_pruned, generate_pruned_with_logits, prefill_pruned, prefill_pruned_with_layer_inputs,
+    sample_seed, PruneOptions, PruneSpec, PrunedPrefill,
 };
 use horizon_runner::{Intervention, ModelInputs, PositionPolicy, VisualTokens, VlModel};
 
@@ -863,8 +864,9 @@ fn sparsevlm_recycling_merges_as_the_released_cluster_and_merge() {
 
 /// `sparsevlm` (v1.5, recycling) against `sparsevlm_v15_recycling` of `fixtures/make_prune_fixtures.py`,
 /// the released loop (Gumpest/SparseVLMs `LlamaDynamicvitModel.forward`) on HF's layers: the kept
-/// sets, the visual tokens each layer sees (kept + merged), the sequence length, the logits, and a
-/// KV cache holding each layer's tokens.
+/// sets, the merged tokens where the next layer receives them, the visual tokens each layer sees
+/// (kept + merged), the sequence length, the logits, a KV
+/// cache holding each layer's tokens, and greedy decoding on it (tokens and each step's logits).
 #[test]
 fn sparsevlm_v1_5_recycles_as_the_released_loop() {
     for name in ["llava", "qwen2_5_vl"] {
@@ -883,7 +885,8 @@ fn sparsevlm_v1_5_recycles_as_the_released_loop() {
         for (case, entry) in meta["cases"].as_object().unwrap() {
             let spec = PruneSpec::parse(case).unwrap();
             let mut cache = KvCache::new(num_layers);
-            let run = prefill_pruned(
+            let mut layer_inputs = Vec::new();
+            let run = prefill_pruned_with_layer_inputs(
                 &f.model,
                 &f.inputs,
                 &spec,
@@ -891,8 +894,10 @@ fn sparsevlm_v1_5_recycles_as_the_released_loop() {
                 0,
                 None,
                 Some(&mut cache),
+                Some(&mut layer_inputs),
             )
             .unwrap_or_else(|e| panic!("{name} {case}: {e:#}"));
+            let v_start = f.inputs.visual.positions[0] as i64;
             let stages = entry["stages"].as_array().unwrap();
             assert_eq!(run.stages.len(), stages.len(), "{name} {case}: stages");
             // The visual block's ids as horizon numbers them: the prompt's, then each stage's kept
@@ -918,6 +923,17 @@ fn sparsevlm_v1_5_recycles_as_the_released_loop() {
                 for n in &mut per_layer[from..] {
                     *n = block.len();
                 }
+                // The merged tokens as layer K receives them: right after the kept visual tokens.
+                let kept_n = block.len() as i64 - clusters as i64;
+                let merged = layer_inputs[from]
+                    .select(0, 0)
+                    .narrow(0, v_start + kept_n, clusters as i64)
+                    .to_kind(Kind::Float);
+                let d = max_abs_diff(&merged, &t[&format!("{case}.stage{si}.merged")]);
+                assert!(
+                    d <= 1e-5,
+                    "{name} {case}: stage {si} merged tokens differ by {d}"
+                );
             }
             assert_eq!(
                 run.counts.per_layer, per_layer,
@@ -943,6 +959,30 @@ fn sparsevlm_v1_5_recycles_as_the_released_loop() {
                 entry["argmax"].as_i64().unwrap(),
                 "{name} {case}: argmax"
             );
+            // Greedy decoding on the cache, against the released decoding's recomputation form.
+            let want: Vec<i64> = entry["generated"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect();
+            let config = GenerationConfig {
+                max_new_tokens: want.len(),
+                eos_token_ids: vec![],
+            };
+            let (gen, step_logits) = generate_pruned_with_logits(
+                &f.model,
+                &f.inputs,
+                &spec,
+                &PruneOptions::default(),
+                0,
+                None,
+                &config,
+            )
+            .unwrap();
+            assert_eq!(gen.tokens, want, "{name} {case}: generated tokens");
+            let d = max_abs_diff(&step_logits, &t[&format!("{case}.generated_logits")]);
+            assert!(d <= 1e-4, "{name} {case}: decoding logits differ by {d}");
         }
     }
 }

@@ -160,6 +160,22 @@ pub fn prefill_pruned(
     target: Option<i64>,
     cache: Option<&mut KvCache>,
 ) -> Result<PrunedPrefill> {
+    prefill_pruned_with_layer_inputs(model, inputs, spec, options, seed, target, cache, None)
+}
+
+/// [`prefill_pruned`], `layer_inputs` receiving each decoder layer's input `[1, S_l, D]` (the tokens
+/// a cut built included, where it placed them).
+#[allow(clippy::too_many_arguments)]
+pub fn prefill_pruned_with_layer_inputs(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    spec: &PruneSpec,
+    options: &PruneOptions,
+    seed: u64,
+    target: Option<i64>,
+    cache: Option<&mut KvCache>,
+    layer_inputs: Option<&mut Vec<Tensor>>,
+) -> Result<PrunedPrefill> {
     let _guard = tch::no_grad_guard();
     let num_layers = model.num_layers();
     spec.check(num_layers)?;
@@ -189,7 +205,7 @@ pub fn prefill_pruned(
         &dec.visual,
         &mut selector,
         cache,
-        None,
+        layer_inputs,
     )?;
     let counts = VisualCounts {
         prompt: inputs.visual.positions.len(),
