@@ -8,7 +8,8 @@
 //! three budget conventions of the literature follow ([`VisualCounts`]).
 //!
 //! Positions: a stage at K ≥ 1 keeps the original position ids (FastV, DART, VTW, SparseVLM v2 do;
-//! it makes removal equal to key masking); a stage at K = 0 renumbers for LLaVA (the LLM sees a shorter
+//! it makes removal equal to key masking), except SparseVLM v1.5's cuts, which recycle dropped tokens
+//! and take the first n of the current ids as released ([`recycle`]); a stage at K = 0 renumbers for LLaVA (the LLM sees a shorter
 //! sequence, as DivPrune and every pre-LLM method there) and keeps the M-RoPE ids for Qwen2.5-VL
 //! (slicing the 3-D ids, as the Qwen ports of these methods do; `docs/pruning.md`). [`PruneOptions::positions`] overrides both.
 
