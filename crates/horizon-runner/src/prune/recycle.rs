@@ -113,3 +113,26 @@ pub fn dpc_knn_merge(x: &Tensor, clusters: usize) -> Result<Merged> {
         assign,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_of_the_192_preset() {
+        // The 192 preset drops 576 − 300, 309 − 200 and 204 − 110 tokens: Python's
+        // `int(0.3 · n) + 1` and `int(m / 10) + 1` give these.
+        assert_eq!(recycle_counts(276), Some((83, 9)));
+        assert_eq!(recycle_counts(109), Some((33, 4)));
+        assert_eq!(recycle_counts(94), Some((29, 3)));
+        assert_eq!(recycle_counts(1), Some((1, 1)));
+        assert_eq!(recycle_counts(0), None);
+    }
+
+    #[test]
+    fn recycled_tokens_rank_by_relation_then_order() {
+        // 10 dropped → 4 recycled, highest relation first, a tie kept in sequence order.
+        let relation = [0.1, 0.5, 0.3, 0.5, 0.0, 0.2, 0.9, 0.05, 0.3, 0.1];
+        assert_eq!(recycled_tokens(&relation), vec![6, 1, 3, 2]);
+    }
+}
