@@ -66,3 +66,11 @@ demo: release
 
 fmt:
 	$(CARGO) fmt --all
+
+# The GPU figures of BENCHMARKS.md ("GPU check") in one script, on a machine with a CUDA device and torch
+# 2.11.0 (CUDA 13 wheel) but no Rust: build the release binary first and carry target/release/horizon.
+# `make gpu-check DEVICE=cpu` is a dry run with tiny sizes; PYTHON picks the Python whose torch is used.
+.PHONY: gpu-check
+DEVICE ?= cuda
+gpu-check:
+	bench/gpu_check.sh $(DEVICE)

@@ -66,7 +66,7 @@ pub fn eos_token_ids(dir: &Path) -> Result<Vec<i64>> {
 /// A content fingerprint of the checkpoint in `dir` (hex SHA-256): the bytes of its small files
 /// (config, generation config, tokenizer, processor configs, shard index) and, for every
 /// `*.safetensors` shard, its name, size and an XXH3-128 digest of every byte of it (header and
-/// data, read through a memory map; shards are hashed in parallel). Any edited byte of a weight, a
+/// data, read in blocks; shards are hashed in parallel). Any edited byte of a weight, a
 /// config or the tokenizer changes it, whether or not the file's size or header changed; files
 /// horizon does not load (a README, `.bin` weights) are not seen. `--resume`, merge and
 /// `eval --info-rows` refuse runs whose fingerprints differ. The cost, measured on a 7B-size
@@ -129,13 +129,21 @@ pub fn fingerprint(dir: &Path) -> Result<String> {
 
 /// Size and XXH3-128 of every byte of the file `path`, kept for the process by path, size and
 /// modification time.
+///
+/// The file is read in blocks through one buffer instead of memory-mapped: pages of a mapping
+/// count in the process's resident set while it is mapped, and `horizon info` fingerprints the
+/// checkpoint with the model already loaded, so hashing a mapped 7B checkpoint added its whole size
+/// to the peak resident memory (BENCHMARKS.md, "Peak memory"). The digest is that of the whole file
+/// either way (XXH3's streaming and one-shot forms agree).
 fn shard_digest(path: &Path) -> Result<(u64, u128)> {
     use std::collections::HashMap;
+    use std::io::Read;
     use std::sync::Mutex;
     type Key = (PathBuf, u64, Option<std::time::SystemTime>);
     static SEEN: Mutex<Option<HashMap<Key, u128>>> = Mutex::new(None);
+    const BLOCK: usize = 8 << 20;
     let read_err = |e: std::io::Error| anyhow!("{}: cannot read ({e})", path.display());
-    let file = std::fs::File::open(path).map_err(read_err)?;
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
     let meta = file.metadata().map_err(read_err)?;
     let key: Key = (path.to_path_buf(), meta.len(), meta.modified().ok());
     if let Some(d) = SEEN
@@ -145,16 +153,22 @@ fn shard_digest(path: &Path) -> Result<(u64, u128)> {
     {
         return Ok((meta.len(), d));
     }
-    let digest = if meta.len() == 0 {
-        twox_hash::XxHash3_128::oneshot(&[])
-    } else {
-        // SAFETY: the map is read only while this function runs; a checkpoint changed underneath
-        // it gives a digest of some mix of the bytes, which a later run sees as a change.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(read_err)?;
-        twox_hash::XxHash3_128::oneshot(&map)
-    };
+    let mut hasher = twox_hash::XxHash3_128::new();
+    let mut buf = vec![0u8; BLOCK.min(meta.len() as usize).max(1)];
+    let mut size = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e)),
+        };
+        hasher.write(&buf[..n]);
+        size += n as u64;
+    }
+    let digest = hasher.finish_128();
     if let Ok(mut m) = SEEN.lock() {
         m.get_or_insert_with(HashMap::new).insert(key, digest);
     }
-    Ok((meta.len(), digest))
+    Ok((size, digest))
 }

@@ -1,5 +1,8 @@
 //! Checkpoint weights as users have them: `model.safetensors`, or shards listed in
-//! `model.safetensors.index.json`, memory-mapped so that a 7B checkpoint is never held twice in RAM.
+//! `model.safetensors.index.json`. Each shard's header is read through a memory map; each tensor's
+//! bytes are read from the file straight into the tensor, so that a 7B checkpoint is never held twice
+//! in RAM (pages of a mapping count in the resident set while mapped: reading every tensor through the
+//! map left the whole checkpoint resident beside the model until loading ended).
 //!
 //! Tensors are looked up by the dotted name of the HF module tree (`model.language_model.layers.0...`),
 //! transformers 5.17's in-memory names. Checkpoints on disk store them in one of several layouts
@@ -99,6 +102,7 @@ pub fn choose_layout<'a>(
 
 struct Shard {
     path: PathBuf,
+    file: File,
     mmap: Mmap,
 }
 
@@ -185,7 +189,11 @@ impl Weights {
                 st.names().into_iter().map(|s| s.to_string()).collect()
             };
             stored.extend(names.into_iter().map(|n| (shard_idx, n)));
-            shards.push(Shard { path, mmap });
+            shards.push(Shard {
+                path,
+                file: handle,
+                mmap,
+            });
         }
         let names: Vec<String> = stored.iter().map(|(_, n)| n.clone()).collect();
         let layout = choose_layout(dir, &names, layouts)?;
@@ -375,8 +383,10 @@ impl Weights {
             )
         })?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        // One owned CPU copy of this tensor only (the mmap is page cache, not a second copy).
-        let cpu = Tensor::f_from_data_size(view.data(), &shape, disk_kind)
+        // The tensor's place in the file, from where the header puts it in the map (no page of the
+        // data is touched through the map).
+        let offset = view.data().as_ptr() as usize - shard.mmap.as_ptr() as usize;
+        let cpu = read_tensor(shard, offset as u64, view.data(), &shape, disk_kind)
             .with_context(|| format!("{}: tensor {}", shard.path.display(), entry.disk_name))?;
         let target_kind = if is_floating(disk_kind) {
             self.kind
@@ -394,6 +404,49 @@ impl Weights {
             Ok(None)
         }
     }
+}
+
+/// One tensor's `bytes` (at `offset` in the shard file) as a new CPU tensor of `shape` and `kind`:
+/// read from the file straight into the tensor's storage, the one copy of it this process holds.
+#[cfg(unix)]
+fn read_tensor(
+    shard: &Shard,
+    offset: u64,
+    bytes: &[u8],
+    shape: &[i64],
+    kind: Kind,
+) -> Result<Tensor> {
+    use std::os::unix::fs::FileExt;
+    let t = Tensor::f_empty(shape, (kind, Device::Cpu))?;
+    let len = t.numel() * kind.elt_size_in_bytes();
+    if len != bytes.len() {
+        bail!(
+            "{} bytes stored for {len} bytes of {kind:?} of shape {shape:?}",
+            bytes.len()
+        );
+    }
+    if len > 0 {
+        // SAFETY: `t` is a new contiguous CPU tensor of exactly `len` bytes that nothing else
+        // refers to yet.
+        let storage = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, len) };
+        shard
+            .file
+            .read_exact_at(storage, offset)
+            .map_err(|e| anyhow!("cannot read {len} bytes at offset {offset} ({e})"))?;
+    }
+    Ok(t)
+}
+
+/// Elsewhere the bytes are copied from the map (its pages stay resident until the map is dropped).
+#[cfg(not(unix))]
+fn read_tensor(
+    _shard: &Shard,
+    _offset: u64,
+    bytes: &[u8],
+    shape: &[i64],
+    kind: Kind,
+) -> Result<Tensor> {
+    Ok(Tensor::f_from_data_size(bytes, shape, kind)?)
 }
 
 fn is_floating(kind: Kind) -> bool {
