@@ -236,6 +236,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=2, help="samples per run")
     ap.add_argument("--layers", default="1,7", help="horizon info --layers")
     ap.add_argument("--template", default="vicuna-v1")
+    ap.add_argument("--memory-budget-mb", type=int, help="horizon info --memory-budget-mb (default: its own)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint for later runs")
@@ -267,6 +268,8 @@ def main() -> None:
             "--limit", str(args.limit), "--layers", args.layers, "--template", args.template,
             "--dtype", dtype, "--device", args.device, "--out", str(out),
         ]  # fmt: skip
+        if args.memory_budget_mb is not None:
+            cmd += ["--memory-budget-mb", str(args.memory_budget_mb)]
         load = os.getloadavg()
         r = measure(cmd, marker)
         weights = elements * DTYPE_BYTES[dtype]
