@@ -10,7 +10,7 @@ export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 
 CARGO ?= cargo
 
-.PHONY: all venv build release test demo fmt clippy clean-venv notebooks notebook-check
+.PHONY: all venv build release test demo fmt clippy clean-venv notebooks notebook-check bench
 
 # The notebooks' Python (pandas, matplotlib, nbclient), pinned in notebooks/requirements.txt.
 NB_VENV   ?= .venv-notebooks
@@ -58,6 +58,28 @@ notebook-check: $(STAMP) $(NB_STAMP)
 # The committed notebooks' outputs, from the full demo run (out/demo).
 notebooks: demo $(NB_STAMP)
 	$(NB_VENV)/bin/python notebooks/execute.py --demo-out out/demo --in-place
+
+# `make bench` (not part of `make test`; a few minutes on 2 cores): the release binary against its PyTorch peers
+# on the bundled horizon-large, each timed in the same run, values checked, ratios printed (BENCHMARKS.md):
+# `horizon info` against the one-forward-per-variant procedure and the stored-inputs loop (keep-only and
+# leave-out), then `horizon eval` against HF `generate`. Its Python is the fixture scripts' pinned stack
+# (fixtures/requirements.txt), installed into $(VENV) the way the fixtures are; BENCH_PYTHON=path/to/python
+# uses an interpreter that already has it instead.
+BENCH_STAMP  := $(VENV)/.fixture-stack
+BENCH_PYTHON ?= $(VENV)/bin/python
+BENCH_DEPS   := $(if $(filter command line environment,$(origin BENCH_PYTHON)),,$(BENCH_STAMP))
+BENCH_PER_CATEGORY ?= 1
+BENCH_EVAL_LIMIT   ?= 50
+BENCH_THREADS      ?= 2
+
+$(BENCH_STAMP): fixtures/requirements.txt $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet -r fixtures/requirements.txt
+	@touch $@
+
+bench: release $(BENCH_DEPS)
+	$(BENCH_PYTHON) bench/bench_info.py --per-category $(BENCH_PER_CATEGORY) --mode keep-only --threads $(BENCH_THREADS) --out out/bench/info-keep-only
+	$(BENCH_PYTHON) bench/bench_info.py --per-category $(BENCH_PER_CATEGORY) --mode leave-out --threads $(BENCH_THREADS) --out out/bench/info-leave-out
+	$(BENCH_PYTHON) bench/bench_eval.py --limit $(BENCH_EVAL_LIMIT) --threads $(BENCH_THREADS) --out out/bench/eval
 
 # The main job: information maps of both bundled models on the bundled benchmark, horizons per task and
 # per model, all figures (out/demo/figures) and a printed summary; a rerun continues where it stopped.

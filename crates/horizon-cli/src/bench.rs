@@ -7,15 +7,17 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Instant;
-use tch::Device;
+use tch::{Device, Tensor};
 
 use horizon_runner::device::dtype_name;
 
 use crate::options::{at_least_one, prune_spec, RunOptions};
 use horizon_runner::decoder::KvCache;
 use horizon_runner::info::{
-    full_run, naive_variant, sweep_sample, variant_keep_sets, InfoMode, SweepConfig,
+    full_run, naive_variant, sweep_sample, sweep_sample_with, variant_keep_sets, InfoMode,
+    Shortcuts, SweepConfig,
 };
 use horizon_runner::prune::{prefill_pruned, PruneOptions, PruneSpec};
 use horizon_runner::{ModelInputs, VlModel};
@@ -66,6 +68,18 @@ pub struct BenchArgs {
     /// Text tokens around the image in the synthetic prompt.
     #[arg(long, default_value_t = 40, value_parser = at_least_one)]
     text_tokens: usize,
+    /// Of those, how many come before the image after BOS (the original LLaVA-1.5 template's system
+    /// text and `USER:` make 34, 35 tokens with BOS); the rest follow it. Default: the family's
+    /// synthetic prompt as it is (LLaVA: 4).
+    #[arg(long)]
+    text_before: Option<usize>,
+    /// Information mode of the sweep: keep-only or leave-out.
+    #[arg(long, default_value = "keep-only", value_parser = InfoMode::from_str)]
+    mode: InfoMode,
+    /// Also time the engine with none of its shortcuts, each alone and all, alternating over this many
+    /// rounds in the same process, and check that they agree.
+    #[arg(long, default_value_t = 0)]
+    shortcut_reps: usize,
     /// Timed repetitions of the plain forward (after one warm-up).
     #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     reps: usize,
@@ -144,6 +158,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     sync(device);
     let load_s = t.elapsed().as_secs_f64();
     let inputs = model.synthetic_inputs(args.text_tokens)?;
+    let inputs = match args.text_before {
+        Some(before) => text_before_image(inputs, before)?,
+        None => inputs,
+    };
     let num_layers = model.num_layers();
     eprintln!(
         "horizon bench: {} ({num_layers} decoder layers), {} tokens ({} visual), {} on {:?}; random weights in {load_s:.1} s",
@@ -180,7 +198,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let sweep = SweepConfig {
         layers: layers.clone(),
         window_size: args.window,
-        mode: InfoMode::KeepOnly,
+        mode: args.mode,
         batch_size: args.batch_size,
         memory_budget_bytes: 2 << 30,
     };
@@ -191,7 +209,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let variants = results.len() - 1;
 
     let grid = model.window_grid(&inputs, args.window)?;
-    let (text_only, windows) = variant_keep_sets(&inputs, &grid, InfoMode::KeepOnly);
+    let (text_only, windows) = variant_keep_sets(&inputs, &grid, args.mode);
     let all: Vec<(usize, &Vec<usize>)> = layers
         .iter()
         .flat_map(|&k| std::iter::once((k, &text_only)).chain(windows.iter().map(move |w| (k, w))))
@@ -210,6 +228,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         (None, None)
     };
 
+    let all_keeps: Vec<Vec<usize>> = std::iter::once(text_only.clone())
+        .chain(windows.iter().cloned())
+        .collect();
+    let flops = useful_flops(&model, &all_keeps, &layers);
+    let matmul = matmul_rate(&model, inputs.seq_len() as i64, device, kind);
+    let shortcut_rows = if args.shortcut_reps > 0 {
+        compare_shortcuts(&model, &inputs, &full, &sweep, args.shortcut_reps)?
+    } else {
+        Vec::new()
+    };
+
     println!("| measure | value |");
     println!("|---|---|");
     println!(
@@ -225,9 +254,31 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             total / engine_s
         );
     }
+    println!(
+        "| useful FLOPs of the sweep (analytic, see BENCHMARKS.md) | {:.3e}: {:.1} GFLOP/s |",
+        flops,
+        flops / engine_s / 1e9
+    );
+    println!(
+        "| measured matmul rate ([{}, hidden] x [hidden, intermediate], {}) | {:.1} GFLOP/s: the sweep runs at {:.0}% of it |",
+        inputs.seq_len(),
+        dtype_name(kind),
+        matmul / 1e9,
+        100.0 * flops / engine_s / matmul
+    );
+    for (name, secs, diff) in &shortcut_rows {
+        println!(
+            "| engine, shortcuts: {name} (mean of {}) | {secs:.4} s, {:.2}x none; max diff vs none {diff:.1e} |",
+            args.shortcut_reps,
+            shortcut_rows[0].1 / secs
+        );
+    }
     if let Some(path) = &args.json {
         let out = json!({
-            "config": origin.display().to_string(), "num_layers": num_layers, "device": format!("{device:?}"),
+            "config": origin.display().to_string(), "num_layers": num_layers,
+            "useful_flops": flops, "matmul_flops_per_s": matmul, "text_before": args.text_before,
+            "mode": args.mode.as_str(),
+            "shortcuts": shortcut_rows.iter().map(|(n, s, d)| json!({"shortcuts": n, "s": s, "max_diff": d})).collect::<Vec<_>>(), "device": format!("{device:?}"),
             "dtype": dtype_name(kind), "seq_len": inputs.seq_len(), "visual_tokens": inputs.visual.positions.len(),
             "load_s": load_s, "forward_s": forward_s, "sweep_layers": layers, "window": args.window,
             "variants": variants, "engine_s": engine_s, "naive_variants_run": naive_n,
@@ -242,6 +293,174 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 /// Prefill latency and KV-cache bytes of each `--prune` spec against the unpruned prefill, timed
 /// alternately in the same run (one warm-up each, then `--reps` rounds).
+/// The synthetic prompt with `before` of its text tokens (after BOS) placed before the image.
+fn text_before_image(inputs: ModelInputs, before: usize) -> Result<ModelInputs> {
+    let ids: Vec<i64> = Vec::try_from(inputs.input_ids.squeeze_dim(0).to_device(Device::Cpu))?;
+    let vis = &inputs.visual.positions;
+    let (first, n_img) = (vis[0], vis.len());
+    if vis[n_img - 1] + 1 - first != n_img {
+        bail!("--text-before: the synthetic prompt's visual tokens are not one block");
+    }
+    let text: Vec<i64> = ids[1..first]
+        .iter()
+        .chain(&ids[first + n_img..])
+        .copied()
+        .collect();
+    if before > text.len() {
+        bail!(
+            "--text-before: {before} is more than the {} text tokens (--text-tokens)",
+            text.len()
+        );
+    }
+    let image = &ids[first..first + n_img];
+    let mut out = vec![ids[0]];
+    out.extend_from_slice(&text[..before]);
+    out.extend_from_slice(image);
+    out.extend_from_slice(&text[before..]);
+    let device = inputs.input_ids.device();
+    let n = out.len() as i64;
+    Ok(ModelInputs {
+        input_ids: Tensor::from_slice(&out).unsqueeze(0).to_device(device),
+        visual: horizon_runner::intervention::VisualTokens {
+            positions: (1 + before..1 + before + n_img).collect(),
+            grid: inputs.visual.grid,
+        },
+        position_ids: Tensor::arange(n, (tch::Kind::Int64, device)).unsqueeze(0),
+        ..inputs
+    })
+}
+
+/// FLOPs the sweep needs at least (multiply-adds count 2), counted from the configuration: for every
+/// cut layer K and variant, layers K.. over the variant's positions from its first changed one on
+/// (q, k, v, o projections, the SwiGLU MLP, q·kᵀ and attention·v over that position's keys: every
+/// earlier kept position), the last layer's query, output projection and MLP at the last position
+/// only, then the lm_head row. Norms, rotary, softmax and the prefill are not counted.
+fn useful_flops(model: &VlModel, keeps: &[Vec<usize>], layers: &[usize]) -> f64 {
+    let c = &model.decoder().cfg;
+    let (h, inter, hd) = (
+        c.hidden_size as f64,
+        c.intermediate_size as f64,
+        c.head_dim as f64,
+    );
+    let (nh, nkv, vocab) = (
+        c.num_attention_heads as f64,
+        c.num_key_value_heads as f64,
+        c.vocab_size as f64,
+    );
+    let num_layers = model.num_layers();
+    let kv_proj = 2.0 * 2.0 * h * nkv * hd;
+    let q_o_mlp = 2.0 * (2.0 * h * nh * hd + 3.0 * h * inter);
+    let mut total = 0.0;
+    for keep in keeps {
+        let len = keep.len();
+        let first = keep
+            .iter()
+            .enumerate()
+            .take_while(|(i, &p)| *i == p)
+            .count()
+            .min(len - 1);
+        let suffix = (len - first) as f64;
+        // Keys seen by the suffix's queries: first + 1, first + 2, ..., len.
+        let keys: f64 = (first + 1..=len).map(|k| k as f64).sum();
+        let attend = 2.0 * 2.0 * nh * hd;
+        let inner = suffix * (kv_proj + q_o_mlp) + keys * attend;
+        let last = suffix * kv_proj + q_o_mlp + len as f64 * attend;
+        for &k in layers {
+            let resumed = (num_layers - k) as f64;
+            total += (resumed - 1.0) * inner + last + 2.0 * h * vocab;
+        }
+    }
+    total
+}
+
+/// FLOP/s of one `[rows, hidden] × [hidden, intermediate]` matmul on this machine (best of 5 after a
+/// warm-up), the shape of a decoder MLP projection over a prompt.
+fn matmul_rate(model: &VlModel, rows: i64, device: Device, kind: tch::Kind) -> f64 {
+    let (h, inter, _) = model.text_dims();
+    let a = Tensor::randn([rows, h], (kind, device));
+    let b = Tensor::randn([h, inter], (kind, device));
+    let _ = a.matmul(&b);
+    sync(device);
+    let best = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = a.matmul(&b);
+            sync(device);
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    2.0 * (rows * h * inter) as f64 / best
+}
+
+/// Times the sweep with no shortcut, each shortcut alone and all of them, alternating for `reps`
+/// rounds after one warm-up each; returns (name, mean seconds, largest difference of p, log p and KL
+/// from the run without shortcuts).
+fn compare_shortcuts(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    full: &horizon_runner::info::FullRun,
+    sweep: &SweepConfig,
+    reps: usize,
+) -> Result<Vec<(String, f64, f64)>> {
+    let sets = [
+        ("none", Shortcuts::NONE),
+        (
+            "prefix keys/values",
+            Shortcuts {
+                prefix_kv: true,
+                ..Shortcuts::NONE
+            },
+        ),
+        (
+            "last position only",
+            Shortcuts {
+                last_position_only: true,
+                ..Shortcuts::NONE
+            },
+        ),
+        (
+            "K stacked",
+            Shortcuts {
+                stack_layers: true,
+                ..Shortcuts::NONE
+            },
+        ),
+        ("all", Shortcuts::default()),
+    ];
+    let device = model.device();
+    let mut results = Vec::new();
+    for (_, sc) in &sets {
+        results.push(sweep_sample_with(model, inputs, full, 0, sweep, *sc)?);
+    }
+    let mut secs = vec![0.0; sets.len()];
+    for _ in 0..reps {
+        for (i, (_, sc)) in sets.iter().enumerate() {
+            sync(device);
+            let t = Instant::now();
+            let _ = sweep_sample_with(model, inputs, full, 0, sweep, *sc)?;
+            sync(device);
+            secs[i] += t.elapsed().as_secs_f64() / reps as f64;
+        }
+    }
+    Ok(sets
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let diff = results[i]
+                .iter()
+                .zip(&results[0])
+                .map(|(a, b)| {
+                    (a.p - b.p)
+                        .abs()
+                        .max((a.logp - b.logp).abs())
+                        .max((a.kl - b.kl).abs())
+                })
+                .fold(0.0, f64::max);
+            (name.to_string(), secs[i], diff)
+        })
+        .collect())
+}
+
 fn bench_pruning(
     args: &BenchArgs,
     model: &VlModel,

@@ -462,6 +462,119 @@ impl Attention {
     }
 }
 
+/// Keys and values a batch of variants shares: the post-rotary keys and the values of the first P
+/// positions, `[1, kv_heads, P, head_dim]` each, taken from the unpruned run's cache.
+pub struct SharedPrefix<'a> {
+    pub keys: &'a Tensor,
+    pub values: &'a Tensor,
+}
+
+/// The resumed layers of the information engine ([`crate::info`]) see their first P positions only as
+/// keys and values: under causal attention a position before a variant's first changed position has
+/// the hidden states of the unpruned run in every layer, so its keys and values are the unpruned run's.
+impl Attention {
+    /// The attention output of the suffix `x` `[B, S, D]` (rotated by `cos`/`sin` `[B, S, head_dim]`)
+    /// after the shared `prefix`: query i sees every prefix key and the suffix keys `<= i`. With
+    /// `last_only` only the last query is computed (`[B, 1, D]`): the next layer needs no other row.
+    fn forward_after_prefix(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        prefix: Option<&SharedPrefix>,
+        last_only: bool,
+    ) -> Tensor {
+        let (b, s, _) = x.size3().expect("[B, S, D] hidden states");
+        let rotate = |t: Tensor, cos: &Tensor, sin: &Tensor| {
+            let (cos, sin) = (cos.unsqueeze(1), sin.unsqueeze(1));
+            &t * &cos + rotate_half(&t) * &sin
+        };
+        let q = if last_only {
+            let at = |t: &Tensor| t.narrow(1, s - 1, 1);
+            let q = self.split_heads(&self.q_proj, &at(x), self.num_heads);
+            rotate(q, &at(cos), &at(sin))
+        } else {
+            rotate(self.split_heads(&self.q_proj, x, self.num_heads), cos, sin)
+        };
+        let mut k = rotate(
+            self.split_heads(&self.k_proj, x, self.num_kv_heads),
+            cos,
+            sin,
+        );
+        let mut v = self.split_heads(&self.v_proj, x, self.num_kv_heads);
+        let p = prefix.map_or(0, |pre| pre.keys.size()[2]);
+        if let Some(pre) = prefix {
+            k = Tensor::cat(&[&pre.keys.expand([b, -1, -1, -1], false), &k], 2);
+            v = Tensor::cat(&[&pre.values.expand([b, -1, -1, -1], false), &v], 2);
+        }
+        let groups = self.num_heads / self.num_kv_heads;
+        let enable_gqa = groups > 1 && self.head_dim <= 256;
+        let (k, v) = if groups > 1 && !enable_gqa {
+            (
+                k.repeat_interleave_self_int(groups, 1, None),
+                v.repeat_interleave_self_int(groups, 1, None),
+            )
+        } else {
+            (k, v)
+        };
+        let heads = if last_only || s == 1 {
+            // The last query sees every key.
+            sdpa(&q, &k, &v, false, self.scaling, enable_gqa)
+        } else if p == 0 {
+            sdpa(&q, &k, &v, true, self.scaling, enable_gqa)
+        } else {
+            // Boolean mask (true = attend) `[S, P + S]`: every prefix key, then causal over the suffix.
+            let device = x.device();
+            let mask = Tensor::cat(
+                &[
+                    Tensor::ones([s, p], (Kind::Bool, device)),
+                    Tensor::ones([s, s], (Kind::Bool, device)).tril(0),
+                ],
+                1,
+            );
+            Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(mask),
+                0.0,
+                false,
+                Some(self.scaling),
+                enable_gqa,
+            )
+        };
+        self.project_out(&heads)
+    }
+}
+
+impl DecoderLayer {
+    /// The layer over a variant suffix `x` `[B, S, D]` after a shared `prefix` (see
+    /// [`Attention::forward_after_prefix`]); with `last_only`, the last position's output `[B, 1, D]`.
+    pub fn forward_after_prefix(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        prefix: Option<&SharedPrefix>,
+        last_only: bool,
+    ) -> Tensor {
+        let h = self.self_attn.forward_after_prefix(
+            &self.input_layernorm.forward(x),
+            cos,
+            sin,
+            prefix,
+            last_only,
+        );
+        let x = if last_only {
+            x.narrow(1, x.size()[1] - 1, 1) + h
+        } else {
+            x + h
+        };
+        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
+        x + h
+    }
+}
+
 /// `LlamaMLP` / `Qwen2MLP` / `Qwen2_5_VLMLP`: SwiGLU, `down(act(gate(x)) · up(x))`.
 pub struct Mlp {
     gate_proj: Linear,

@@ -1,12 +1,14 @@
 //! The batched information engine equals the naive reference procedure (a full forward with the cut,
-//! one variant at a time) within 1e-5 in f32, for both modes and both targets.
+//! one variant at a time) within 1e-5 in f32, for both modes and both targets, with each of its
+//! shortcuts (shared-prefix keys and values, last position only in the last layer, several K per batch)
+//! on its own, all of them, and none.
 
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 
 use horizon_runner::info::{
-    full_run, naive_variant, sweep_sample, variant_keep_sets, InfoMode, SweepConfig, Variant,
-    WindowGrid,
+    full_run, naive_variant, sweep_sample, sweep_sample_with, variant_keep_sets, InfoMode,
+    Shortcuts, SweepConfig, Variant, WindowGrid,
 };
 use horizon_runner::processor::{Processor, PromptTemplate};
 use horizon_runner::VlModel;
@@ -45,49 +47,92 @@ fn engine_equals_naive(model_dir: &Path, image: &Path, question: &str) {
         .unwrap();
     let full = full_run(&model, &inputs).unwrap();
     let gt = processor.first_answer_token("red").unwrap().unwrap();
-    let layers: Vec<usize> = (0..model.num_layers()).collect();
+    // Not ascending: rows must come in the order given, whatever order the batches ran in.
+    let layers: Vec<usize> = (0..model.num_layers()).rev().collect();
     // Window size 4 on the 6x6 grid leaves partial edge windows (4x4, 4x2, 2x4, 2x2): several lengths.
+    let shortcut_sets = [
+        Shortcuts::NONE,
+        Shortcuts {
+            prefix_kv: true,
+            ..Shortcuts::NONE
+        },
+        Shortcuts {
+            last_position_only: true,
+            ..Shortcuts::NONE
+        },
+        Shortcuts {
+            stack_layers: true,
+            ..Shortcuts::NONE
+        },
+        Shortcuts::default(),
+    ];
+    // The text before the image is the shared prefix of every keep-only variant; a leave-out variant's
+    // runs to its window's first token.
+    let first_visual = inputs.visual.positions[0];
+    assert!(first_visual > 0, "the prompt has text before the image");
     for (mode, window_size, target) in [
         (InfoMode::KeepOnly, 2, gt),
         (InfoMode::LeaveOut, 2, full.greedy_token()),
         (InfoMode::KeepOnly, 4, full.greedy_token()),
         (InfoMode::LeaveOut, 4, gt),
     ] {
-        let cfg = SweepConfig {
-            layers: layers.clone(),
-            window_size,
-            mode,
-            batch_size: Some(5),
-            memory_budget_bytes: 1 << 30,
-        };
-        let results = sweep_sample(&model, &inputs, &full, target, &cfg).unwrap();
         let grid = WindowGrid::new(inputs.visual.grid, window_size).unwrap();
         let (text_only, windows) = variant_keep_sets(&inputs, &grid, mode);
-        assert_eq!(results.len(), 1 + layers.len() * (1 + grid.num_windows()));
-        let mut max_diff = 0f64;
-        for r in &results {
-            let (p, lp, kl) = match (r.variant, r.layer) {
-                (Variant::Full, None) => {
-                    assert!(r.kl.abs() < 1e-12);
-                    continue;
-                }
-                (Variant::TextOnly, Some(k)) => {
-                    naive_variant(&model, &inputs, &full, target, k, &text_only).unwrap()
-                }
-                (Variant::Window(w), Some(k)) => {
-                    naive_variant(&model, &inputs, &full, target, k, &windows[w]).unwrap()
-                }
-                other => panic!("unexpected variant {other:?}"),
+        let naive = |k: usize, variant: Variant| {
+            let keep = match variant {
+                Variant::TextOnly => &text_only,
+                Variant::Window(w) => &windows[w],
+                Variant::Full => unreachable!(),
             };
-            for (a, b) in [(r.p, p), (r.logp, lp), (r.kl, kl)] {
-                max_diff = max_diff.max((a - b).abs());
+            naive_variant(&model, &inputs, &full, target, k, keep).unwrap()
+        };
+        let mut reference = std::collections::HashMap::new();
+        // Batch 5 leaves several batches per length (and one variant per batch when K are stacked);
+        // 64 puts every K of a length into one stacked batch.
+        for batch_size in [5, 64] {
+            let cfg = SweepConfig {
+                layers: layers.clone(),
+                window_size,
+                mode,
+                batch_size: Some(batch_size),
+                memory_budget_bytes: 1 << 30,
+            };
+            for shortcuts in shortcut_sets {
+                let results =
+                    sweep_sample_with(&model, &inputs, &full, target, &cfg, shortcuts).unwrap();
+                assert_eq!(results.len(), 1 + layers.len() * (1 + grid.num_windows()));
+                if shortcuts == Shortcuts::default() {
+                    let plain = sweep_sample(&model, &inputs, &full, target, &cfg).unwrap();
+                    assert_eq!(plain, results, "sweep_sample takes every shortcut");
+                }
+                let mut max_diff = 0f64;
+                for (i, r) in results.iter().enumerate() {
+                    let (p, lp, kl) = match (r.variant, r.layer) {
+                        (Variant::Full, None) => {
+                            assert_eq!(i, 0);
+                            assert!(r.kl.abs() < 1e-12);
+                            continue;
+                        }
+                        (v, Some(k)) => *reference
+                            .entry((k, format!("{v:?}")))
+                            .or_insert_with(|| naive(k, v)),
+                        other => panic!("unexpected variant {other:?}"),
+                    };
+                    // Rows come K by K in the order of `layers`.
+                    assert_eq!(r.layer, Some(layers[(i - 1) / (1 + grid.num_windows())]));
+                    for (a, b) in [(r.p, p), (r.logp, lp), (r.kl, kl)] {
+                        max_diff = max_diff.max((a - b).abs());
+                    }
+                }
+                eprintln!(
+                    "{mode:?} window {window_size} batch {batch_size} {shortcuts:?}: max |engine - naive| = {max_diff:e}"
+                );
+                assert!(
+                    max_diff <= 1e-5,
+                    "{mode:?} {shortcuts:?}: engine differs from naive by {max_diff}"
+                );
             }
         }
-        eprintln!("{mode:?} window {window_size}: max |engine - naive| = {max_diff:e}");
-        assert!(
-            max_diff <= 1e-5,
-            "{mode:?}: engine differs from naive by {max_diff}"
-        );
     }
 }
 
