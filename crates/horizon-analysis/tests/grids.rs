@@ -6,6 +6,9 @@
 use horizon_analysis::{analyze, read_info_rows, AnalysisParams};
 use horizon_data::info_rows::{write_info_rows, InfoMode, InfoRow, RowVariant, Target};
 
+/// (window, grid, window_row, window_col, p) of one window row.
+type WindowRow = (i32, i32, i32, i32, f64);
+
 fn row(
     sample: &str,
     variant: RowVariant,
@@ -38,7 +41,7 @@ fn windows_on_two_grids_are_keyed_by_place() {
     // Both samples: base grid of 1 x 2 windows. High-resolution grid: sample a 1 x 2 windows,
     // sample b 2 x 1 (another aspect ratio). Window indices are per sample, base first.
     // (sample, [(window, grid, row, col, p)])
-    let windows: [(&str, Vec<(i32, i32, i32, i32, f64)>); 2] = [
+    let windows: [(&str, Vec<WindowRow>); 2] = [
         (
             "a",
             vec![
