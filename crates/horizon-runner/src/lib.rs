@@ -8,7 +8,8 @@
 //!
 //! Layout: [`checkpoint`] and [`weights`] read a checkpoint directory; [`nn`] and [`decoder`] are the
 //! shared modules; [`models`] holds one folder per family (`config`, `model`, `processor`, as HF
-//! splits them) plus the CLIP tower; [`model`] and [`processor`] dispatch over the families.
+//! splits them, and `family`, what it provides to horizon) plus the CLIP tower and the one registry
+//! of families; [`model`] and [`processor`] dispatch over them.
 
 pub mod checkpoint;
 pub mod decoder;

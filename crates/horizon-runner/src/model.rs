@@ -1,8 +1,8 @@
 //! Model-family dispatch: a checkpoint directory's `config.json` names its `model_type`; everything
 //! downstream (CLI, information sweeps, pruning, generation) talks to [`VlModel`] and never to a
-//! family directly. Every family is a vision side that fills the prompt's embeddings and the one
-//! shared [`Decoder`]; prefill, resumed layers and decoding are written once, here and in
-//! [`crate::decoder`].
+//! family directly (the families and their registry: [`crate::models`]). Every family is a vision
+//! side that fills the prompt's embeddings and the one shared [`Decoder`]; prefill, resumed layers
+//! and decoding are written once, here and in [`crate::decoder`].
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
@@ -12,26 +12,38 @@ use crate::checkpoint::read_config;
 use crate::decoder::{Decoder, DecoderOutput, KvCache};
 pub use crate::inputs::ModelInputs;
 use crate::intervention::TokenSelector;
-use crate::models::llava::{LlavaConfig, LlavaForConditionalGeneration, LLAVA_LAYOUTS};
-use crate::models::llava_next::{
-    LlavaNextConfig, LlavaNextForConditionalGeneration, LLAVA_NEXT_LAYOUTS,
-};
-use crate::models::qwen2_5_vl::{
-    Qwen2_5VlConfig, Qwen2_5VlForConditionalGeneration, QWEN2_5_VL_LAYOUTS,
-};
+use crate::models::Family;
+pub use crate::models::{VlModel, SUPPORTED_MODEL_TYPES};
 use crate::nn::Linear;
 use crate::prune::PruneFamily;
 use crate::weights::Weights;
 use horizon_data::window::WindowGrid;
 
-/// Model families horizon runs, by HF `model_type`.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llava", "llava_next", "qwen2_5_vl"];
+/// What loading a family from a `config.json` takes: the steps every family shares.
+pub(crate) struct FamilyLoader<'a> {
+    path: &'a Path,
+    value: serde_json::Value,
+    dir: &'a Path,
+    weights: Option<Weights>,
+    device: Device,
+    kind: Kind,
+}
 
-/// A loaded vision-language model of any supported family.
-pub enum VlModel {
-    Llava(Box<LlavaForConditionalGeneration>),
-    LlavaNext(Box<LlavaNextForConditionalGeneration>),
-    Qwen2_5Vl(Box<Qwen2_5VlForConditionalGeneration>),
+impl FamilyLoader<'_> {
+    /// The config, then the weights (the checkpoint's, in one of `F::LAYOUTS`, unless given), then
+    /// the model; every tensor of the checkpoint must be read or unused by design.
+    pub(crate) fn load<F: Family>(self) -> Result<F> {
+        let config = F::config(self.path, self.value)?;
+        let weights = match self.weights {
+            Some(w) => w,
+            None => Weights::open(self.dir, F::LAYOUTS, self.device, self.kind)
+                .with_context(|| format!("loading {}", self.dir.display()))?,
+        };
+        let model =
+            F::load(&weights, config).with_context(|| format!("loading {}", self.dir.display()))?;
+        weights.check_all_used(|n| model.unused_by_design(n))?;
+        Ok(model)
+    }
 }
 
 impl VlModel {
@@ -68,84 +80,36 @@ impl VlModel {
             .ok_or_else(|| anyhow!("{}: field model_type is missing", path.display()))?
             .to_string();
         let _guard = tch::no_grad_guard();
-        match model_type.as_str() {
-            "llava" => {
-                let config = LlavaConfig::from_json(path, value)?;
-                let weights = match weights {
-                    Some(w) => w,
-                    None => Weights::open(dir, LLAVA_LAYOUTS, device, kind)
-                        .with_context(|| format!("loading {}", dir.display()))?,
-                };
-                let model = LlavaForConditionalGeneration::from_weights(&weights, config)
-                    .with_context(|| format!("loading {}", dir.display()))?;
-                weights.check_all_used(|n| model.unused_by_design(n))?;
-                Ok(Self::Llava(Box::new(model)))
-            }
-            "llava_next" => {
-                let config = LlavaNextConfig::from_json(path, value)?;
-                let weights = match weights {
-                    Some(w) => w,
-                    None => Weights::open(dir, LLAVA_NEXT_LAYOUTS, device, kind)
-                        .with_context(|| format!("loading {}", dir.display()))?,
-                };
-                let model = LlavaNextForConditionalGeneration::from_weights(&weights, config)
-                    .with_context(|| format!("loading {}", dir.display()))?;
-                weights.check_all_used(|n| model.unused_by_design(n))?;
-                Ok(Self::LlavaNext(Box::new(model)))
-            }
-            "qwen2_5_vl" => {
-                let config = Qwen2_5VlConfig::from_json(path, value)?;
-                let weights = match weights {
-                    Some(w) => w,
-                    None => Weights::open(dir, QWEN2_5_VL_LAYOUTS, device, kind)
-                        .with_context(|| format!("loading {}", dir.display()))?,
-                };
-                let model = Qwen2_5VlForConditionalGeneration::from_weights(&weights, config)
-                    .with_context(|| format!("loading {}", dir.display()))?;
-                weights.check_all_used(|n| model.unused_by_design(n))?;
-                Ok(Self::Qwen2_5Vl(Box::new(model)))
-            }
-            other => bail!(
-                "{}: field model_type: unknown model type '{other}' (supported: {})",
+        let loader = FamilyLoader {
+            path,
+            value,
+            dir,
+            weights,
+            device,
+            kind,
+        };
+        Self::load_family(&model_type, loader).unwrap_or_else(|| {
+            bail!(
+                "{}: field model_type: unknown model type '{model_type}' (supported: {})",
                 path.display(),
                 SUPPORTED_MODEL_TYPES.join(", ")
-            ),
-        }
-    }
-
-    pub fn model_type(&self) -> &'static str {
-        match self {
-            Self::Llava(_) => "llava",
-            Self::LlavaNext(_) => "llava_next",
-            Self::Qwen2_5Vl(_) => "qwen2_5_vl",
-        }
+            )
+        })
     }
 
     /// The language model: the one decoder every family shares.
     pub fn decoder(&self) -> &Decoder {
-        match self {
-            Self::Llava(m) => &m.language_model,
-            Self::LlavaNext(m) => &m.llava.language_model,
-            Self::Qwen2_5Vl(m) => &m.language_model,
-        }
+        self.family().decoder()
     }
 
     /// The family's part in pruning (its vision tower's scores, its position convention before the
     /// decoder), implemented in the family's folder.
     pub fn prune_family(&self) -> &dyn PruneFamily {
-        match self {
-            Self::Llava(m) => m.as_ref(),
-            Self::LlavaNext(m) => m.as_ref(),
-            Self::Qwen2_5Vl(m) => m.as_ref(),
-        }
+        self.family()
     }
 
     fn lm_head_linear(&self) -> &Linear {
-        match self {
-            Self::Llava(m) => &m.lm_head,
-            Self::LlavaNext(m) => &m.llava.lm_head,
-            Self::Qwen2_5Vl(m) => &m.lm_head,
-        }
+        self.family().lm_head()
     }
 
     pub fn num_layers(&self) -> usize {
@@ -170,55 +134,28 @@ impl VlModel {
     /// A synthetic prompt of `text_tokens` random text tokens around a random image, shaped like
     /// the family's chat template, for timing random-weight models (`horizon bench`).
     pub fn synthetic_inputs(&self, text_tokens: usize) -> Result<ModelInputs> {
-        match self {
-            Self::Llava(m) => m.synthetic_inputs(text_tokens, self.device()),
-            Self::LlavaNext(m) => m.synthetic_inputs(text_tokens, self.device()),
-            Self::Qwen2_5Vl(_) => bail!(
-                "synthetic inputs are built for LLaVA and LLaVA-NeXT configs only so far ({} given)",
-                self.model_type()
-            ),
-        }
+        self.family().synthetic_prompt(text_tokens, self.device())
     }
 
     /// The windows of `horizon info` on the visual tokens of `inputs`: `size`×`size` blocks of the
     /// family's token grids (one grid for LLaVA-1.5 and Qwen2.5-VL; LLaVA-NeXT's base and
     /// high-resolution grids).
     pub fn window_grid(&self, inputs: &ModelInputs, size: usize) -> Result<WindowGrid> {
-        match (self, &inputs.image_grid_thw[..]) {
-            (Self::LlavaNext(m), [[_, h, w]]) => {
-                m.window_grid(*h as u32, *w as u32, inputs.visual.positions.len(), size)
-            }
-            _ => WindowGrid::new(inputs.visual.grid, size),
-        }
+        self.family().token_windows(inputs, size)
     }
 
     /// Token id of the image placeholder in prompts.
     pub fn image_token_id(&self) -> i64 {
-        match self {
-            Self::Llava(m) => m.config.image_token_id,
-            Self::LlavaNext(m) => m.config.llava.image_token_id,
-            Self::Qwen2_5Vl(m) => m.config.image_token_id,
-        }
+        self.family().image_token_id()
     }
 
     /// The prompt's input embeddings `[1, S, D]`: token embeddings with the image features scattered
     /// into the image-token positions.
     pub fn input_embeds(&self, inputs: &ModelInputs) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
-        match self {
-            Self::Llava(m) => m.input_embeds(&inputs.input_ids, inputs.pixel_values.as_ref()),
-            Self::LlavaNext(m) => m.input_embeds(
-                &inputs.input_ids,
-                inputs.pixel_values.as_ref(),
-                &inputs.image_grid_thw,
-            ),
-            Self::Qwen2_5Vl(m) => m.input_embeds(
-                &inputs.input_ids,
-                inputs.pixel_values.as_ref(),
-                &inputs.image_grid_thw,
-            ),
-        }
-        .context("building input embeddings")
+        self.family()
+            .embed_prompt(inputs)
+            .context("building input embeddings")
     }
 
     /// Prefill with `selector` deciding before each layer which prompt positions it processes (an

@@ -350,7 +350,7 @@ pub fn fewest_visual_tokens(
     samples: &[Sample],
     template: PromptTemplate,
 ) -> Result<Option<usize>> {
-    let fixed = matches!(processor, Processor::Llava(_));
+    let fixed = processor.fixed_visual_tokens();
     let mut fewest: Option<usize> = None;
     for sample in samples.iter().take(if fixed { 1 } else { samples.len() }) {
         let context = || format!("sample {}", sample.key);
@@ -386,7 +386,7 @@ pub fn visual_shapes(
     samples: &[Sample],
     template: PromptTemplate,
 ) -> Result<Vec<VisualShape>> {
-    let fixed = matches!(processor, Processor::Llava(_));
+    let fixed = processor.fixed_visual_tokens();
     let mut shapes = Vec::new();
     let with_image: Vec<&Sample> = samples.iter().filter(|s| s.has_image()).collect();
     for sample in &with_image {

@@ -6,8 +6,10 @@
 //! - [`model`]: the CLIP tower ([`super::clip`]), the projector, and the shared
 //!   [`crate::decoder::Decoder`] as the Llama language model (1-D rotary, biases per config).
 //! - [`processor`]: `LlavaProcessor`: the CLIP image processor and the Llama tokenizer.
+//! - `family`: the family's implementation of [`crate::models::family`] (docs/model-families.md).
 
 pub mod config;
+pub(crate) mod family;
 pub mod model;
 pub mod processor;
 mod prune;

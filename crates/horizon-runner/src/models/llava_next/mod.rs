@@ -8,8 +8,10 @@
 //!   (base grid, unpadded high-resolution grid, `image_newline` closing each row).
 //! - [`processor`]: `LlavaNextProcessor`: the anyres image processor
 //!   ([`horizon_data::imageproc::anyres`]) and the count of image tokens per image.
+//! - `family`: the family's implementation of [`crate::models::family`] (docs/model-families.md).
 
 pub mod config;
+mod family;
 pub mod model;
 pub mod processor;
 mod prune;

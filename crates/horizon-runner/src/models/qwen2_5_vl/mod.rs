@@ -10,8 +10,10 @@
 //!   its 3-D ids at a cut, or the shortened sequence is renumbered as `get_rope_index` indexes it
 //!   (text consecutive, the kept visual tokens as the image of their kept rows and columns).
 //! - [`processor`]: `Qwen2_5_VLProcessor`: the Qwen2-VL image processor and the chat template.
+//! - `family`: the family's implementation of [`crate::models::family`] (docs/model-families.md).
 
 pub mod config;
+mod family;
 pub mod model;
 pub mod processor;
 mod prune;
