@@ -168,8 +168,13 @@ fn qwen2_5_vl_methods_match_the_independent_implementation() {
 }
 
 #[test]
+fn llava_next_methods_match_the_independent_implementation() {
+    check_against_reference("llava_next");
+}
+
+#[test]
 fn keeping_everything_is_the_plain_model_exactly() {
-    for name in ["llava", "qwen2_5_vl"] {
+    for name in ["llava", "llava_next", "qwen2_5_vl"] {
         let f = family(name);
         let plain = f
             .model
@@ -614,11 +619,11 @@ fn file_stage_errors_name_the_file_and_the_row() {
             .map(|e| format!("{e:#}"))
             .unwrap_or_default()
     };
-    let grid = f.inputs.visual.grid;
+    let grids = f.model.window_grid(&f.inputs, 1).unwrap().grids;
     for (key, needles) in [("zz", vec!["good.jsonl", "no row for sample key `zz`"])] {
         let err = run_err(&spec, key);
         let upfront = spec
-            .check_sample(key, n as usize, grid, &opts(key))
+            .check_sample(key, n as usize, &grids, &opts(key))
             .unwrap_err()
             .to_string();
         for e in [&err, &upfront] {
@@ -652,7 +657,7 @@ fn file_stage_errors_name_the_file_and_the_row() {
         ),
     ] {
         let upfront = spec
-            .check_sample(key, n as usize, grid, &opts(key))
+            .check_sample(key, n as usize, &grids, &opts(key))
             .unwrap_err()
             .to_string();
         for e in [run_err(&spec, key), upfront] {
@@ -690,7 +695,7 @@ fn file_stage_errors_name_the_file_and_the_row() {
     write_jsonl(&many, &[("a", (0..10).collect())]);
     let spec = PruneSpec::parse(&format!("random@1:5,file@2:{}", many.display())).unwrap();
     let e = spec
-        .check_sample("a", n as usize, grid, &opts("a"))
+        .check_sample("a", n as usize, &grids, &opts("a"))
         .unwrap_err()
         .to_string();
     assert!(
@@ -806,7 +811,7 @@ fn sparsevlm_recycling_merges_as_the_released_cluster_and_merge() {
         assert!(d <= 1e-6, "{what}: merged tokens differ by {d}");
     };
     let mut multi_cluster = 0;
-    for name in ["llava", "qwen2_5_vl"] {
+    for name in ["llava", "llava_next", "qwen2_5_vl"] {
         let dir = root().join("fixtures").join(name).join("reference");
         let meta: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("prune.recycle.json")).unwrap())
@@ -869,7 +874,7 @@ fn sparsevlm_recycling_merges_as_the_released_cluster_and_merge() {
 /// cache holding each layer's tokens, and greedy decoding on it (tokens and each step's logits).
 #[test]
 fn sparsevlm_v1_5_recycles_as_the_released_loop() {
-    for name in ["llava", "qwen2_5_vl"] {
+    for name in ["llava", "llava_next", "qwen2_5_vl"] {
         let f = family(name);
         let dir = root().join("fixtures").join(name).join("reference");
         let meta: serde_json::Value =
@@ -983,6 +988,93 @@ fn sparsevlm_v1_5_recycles_as_the_released_loop() {
             assert_eq!(gen.tokens, want, "{name} {case}: generated tokens");
             let d = max_abs_diff(&step_logits, &t[&format!("{case}.generated_logits")]);
             assert!(d <= 1e-4, "{name} {case}: decoding logits differ by {d}");
+        }
+    }
+}
+
+/// LLaVA-NeXT's token count follows each image (anyres): a percentage keeps that share of each
+/// sample's own count, in the run and in the up-front check; window-fastv tiles each grid (base and
+/// high-resolution), its windows holding no newline token; the methods that pool one grid, and those
+/// that read CLIP's CLS token or zip CLIP tokens, refuse with one line naming the method.
+#[test]
+fn anyres_rules_hold_per_image() {
+    let f = family("llava_next");
+    let dir = root().join("fixtures/llava_next");
+    let model_dir = dir.join(f.meta["model_dir"].as_str().unwrap());
+    let processor = Processor::load(&model_dir, &f.model).unwrap();
+    let wide = processor
+        .prepare(
+            &f.model,
+            f.meta["question"].as_str().unwrap(),
+            &dir.join("images/wide.png"),
+            PromptTemplate::Auto,
+        )
+        .unwrap();
+    let spec = PruneSpec::parse("fastv@1:25%").unwrap();
+    let mut counts = Vec::new();
+    for inputs in [&f.inputs, &wide] {
+        let n = inputs.visual.positions.len();
+        let grids = f.model.window_grid(inputs, 1).unwrap().grids;
+        assert_eq!(grids.len(), 2, "base and high-resolution grids");
+        spec.check_sample("s", n, &grids, &PruneOptions::default())
+            .unwrap();
+        let run = prefill_pruned(
+            &f.model,
+            inputs,
+            &spec,
+            &PruneOptions::default(),
+            0,
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(run.counts.per_layer[1], n / 4, "25% of {n}");
+        counts.push(n);
+    }
+    assert_ne!(counts[0], counts[1], "the two images' counts differ");
+
+    // window-fastv: every window lies inside one grid and holds no newline token.
+    let grid = f.model.window_grid(&f.inputs, 3).unwrap();
+    let newlines: Vec<usize> = f.meta["newline_visual_indices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(newlines.len(), grid.grids[1].rows);
+    for w in 0..grid.num_windows() {
+        assert!(grid.window_tokens(w).iter().all(|t| !newlines.contains(t)));
+    }
+
+    let n = f.inputs.visual.positions.len();
+    let grids = f.model.window_grid(&f.inputs, 1).unwrap().grids;
+    for (spec, needle) in [
+        ("pooling@2:9", "pooling pools one visual grid"),
+        ("avg-pooling@0:9", "avg-pooling pools one visual grid"),
+        ("visionzip@0:16", "visionzip"),
+        ("todre@0:12", "todre"),
+    ] {
+        let parsed = PruneSpec::parse(spec).unwrap();
+        let run = prefill_pruned(
+            &f.model,
+            &f.inputs,
+            &parsed,
+            &PruneOptions::default(),
+            0,
+            None,
+            None,
+        )
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+        assert!(run.contains(needle), "{spec}: {run}");
+        assert!(!run.contains('\n'), "{spec}: one line: {run}");
+        if spec.contains("pooling") {
+            let upfront = parsed
+                .check_sample("s", n, &grids, &PruneOptions::default())
+                .unwrap_err()
+                .to_string();
+            assert!(upfront.contains(needle), "{spec}: {upfront}");
         }
     }
 }

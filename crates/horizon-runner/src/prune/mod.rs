@@ -34,6 +34,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
+use horizon_data::window::TokenGrid;
+
 use crate::decoder::{DecoderOutput, KvCache};
 use crate::intervention::PositionPolicy;
 use crate::model::{ModelInputs, VlModel};
@@ -183,6 +185,12 @@ pub fn prefill_pruned_with_layer_inputs(
     let policy = |layer: usize| options.positions.unwrap_or(default_policy(model, layer));
     let (dec, built) = decoder_inputs(model, inputs, spec, options, policy(0))?;
     let records: Vec<StageRecord> = built.into_iter().collect();
+    // A token-building first stage leaves its own grid; otherwise the family's grids of the prompt.
+    let grids = if records.is_empty() {
+        model.window_grid(inputs, 1)?.grids
+    } else {
+        vec![TokenGrid::whole(dec.visual.grid.0, dec.visual.grid.1)]
+    };
     let stages: Vec<(usize, Stage)> = spec
         .stages
         .iter()
@@ -195,6 +203,7 @@ pub fn prefill_pruned_with_layer_inputs(
         stages,
         options,
         (0..num_layers).map(policy).collect(),
+        grids,
         ChaCha8Rng::seed_from_u64(seed),
         records,
     );

@@ -11,6 +11,7 @@ use horizon_data::bench::Sample;
 use horizon_data::imageproc::to_rgb_like_pil;
 use horizon_data::predictions::Prediction;
 use horizon_data::score::ScoreTable;
+use horizon_data::window::TokenGrid;
 
 use super::file_stage::KeepFile;
 use super::{Keep, Method, PruneOptions, PruneSpec, Stage};
@@ -370,6 +371,9 @@ pub struct VisualShape {
     pub sample: String,
     pub tokens: usize,
     pub grid: (usize, usize),
+    /// The grids its visual tokens form (`VlModel::window_grid`; LLaVA-NeXT: base and
+    /// high-resolution).
+    pub grids: Vec<TokenGrid>,
     /// This shape stands for every sample (LLaVA: the count is fixed by the image size).
     pub every_sample: bool,
     /// The keys of the other samples this shape stands for (LLaVA: every other image sample).
@@ -399,6 +403,7 @@ pub fn visual_shapes(
             sample: sample.key.clone(),
             tokens: inputs.visual.positions.len(),
             grid: inputs.visual.grid,
+            grids: model.window_grid(&inputs, 1).with_context(context)?.grids,
             every_sample: fixed,
             others: if fixed {
                 with_image[1..].iter().map(|s| s.key.clone()).collect()
@@ -438,7 +443,7 @@ pub fn check_specs_on_samples<'a>(
         }
         checked.push(spec);
         let mut failing = samples.iter().filter_map(|&(key, s)| {
-            spec.check_sample(key, s.tokens, s.grid, options)
+            spec.check_sample(key, s.tokens, &s.grids, options)
                 .err()
                 .map(|e| (key, s, e))
         });
@@ -446,22 +451,32 @@ pub fn check_specs_on_samples<'a>(
             let count = failing.count() + 1;
             let which = if every_sample && count == samples.len() {
                 format!(
-                    "at every sample (e.g. {key}: {} visual tokens, {}×{} grid)",
-                    first.tokens, first.grid.0, first.grid.1
+                    "at every sample (e.g. {key}: {} visual tokens, {})",
+                    first.tokens,
+                    grids_label(&first.grids)
                 )
             } else {
                 format!(
-                    "at {count} of the {} samples with an image (first: {key}, {} visual tokens, {}×{} grid)",
+                    "at {count} of the {} samples with an image (first: {key}, {} visual tokens, {})",
                     samples.len(),
                     first.tokens,
-                    first.grid.0,
-                    first.grid.1
+                    grids_label(&first.grids)
                 )
             };
             bail!("{e} {which}; nothing was run");
         }
     }
     Ok(())
+}
+
+/// `24×24 grid`, or `6×6 + 14×6 grids` for LLaVA-NeXT's base and high-resolution grids.
+fn grids_label(grids: &[TokenGrid]) -> String {
+    let sides: Vec<String> = grids
+        .iter()
+        .map(|g| format!("{}×{}", g.rows, g.cols))
+        .collect();
+    let noun = if grids.len() == 1 { "grid" } else { "grids" };
+    format!("{} {noun}", sides.join(" + "))
 }
 
 #[cfg(test)]

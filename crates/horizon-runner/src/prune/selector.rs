@@ -5,7 +5,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
-use horizon_data::window::WindowGrid;
+use horizon_data::window::{TokenGrid, WindowGrid};
 
 use super::oracle::{info_keep, info_keep_from_rows};
 use super::spec::StageInput;
@@ -21,6 +21,8 @@ pub(super) struct PruneSelector<'a> {
     stages: Vec<(usize, Stage)>,
     options: &'a PruneOptions,
     policy: Vec<PositionPolicy>,
+    /// The grids the visual tokens entering the decoder form ([`StageInput::grids`]).
+    grids: Vec<TokenGrid>,
     rng: ChaCha8Rng,
     /// SparseVLM's text raters (sequence indices), found at layer 0.
     raters: Option<Vec<usize>>,
@@ -44,12 +46,14 @@ pub(super) struct PruneSelector<'a> {
 
 impl<'a> PruneSelector<'a> {
     /// The selector of `stages` (those of `spec` run inside the decoder, with their index in it),
-    /// after the pre-LLM stages that wrote `records`.
+    /// after the pre-LLM stages that wrote `records`, on visual tokens that form `grids`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         spec: &'a PruneSpec,
         stages: Vec<(usize, Stage)>,
         options: &'a PruneOptions,
         policy: Vec<PositionPolicy>,
+        grids: Vec<TokenGrid>,
         rng: ChaCha8Rng,
         records: Vec<StageRecord>,
     ) -> Self {
@@ -58,6 +62,7 @@ impl<'a> PruneSelector<'a> {
             stages,
             options,
             policy,
+            grids,
             rng,
             raters: None,
             fixed: Vec::new(),
@@ -145,7 +150,7 @@ impl<'a> PruneSelector<'a> {
                 sample: self.options.sample_key.as_deref(),
                 prompt_visual: ctx.visual.positions.len(),
                 left: n,
-                grid: ctx.visual.grid,
+                grids: &self.grids,
                 present: Some(&present),
             },
             self.options,
@@ -169,7 +174,9 @@ impl<'a> PruneSelector<'a> {
                 if stage.method == Method::Fastv {
                     (methods::top_k(&scores, k), String::new())
                 } else {
-                    let grid = WindowGrid::new(ctx.visual.grid, self.options.window_size)?;
+                    // Windows of each grid (LLaVA-NeXT: base and high-resolution); the newline
+                    // tokens lie in no window and compete only for what the quotas leave.
+                    let grid = WindowGrid::of_grids(self.grids.clone(), self.options.window_size)?;
                     (
                         methods::window_top_k(&scores, &grid, k),
                         format!(

@@ -11,6 +11,8 @@ use anyhow::{bail, Result};
 use std::fmt;
 use std::path::Path;
 
+use horizon_data::window::TokenGrid;
+
 use super::file_stage::KeepFile;
 use super::PruneOptions;
 
@@ -176,8 +178,10 @@ pub struct StageInput<'a> {
     pub prompt_visual: usize,
     /// Visual tokens left before this stage.
     pub left: usize,
-    /// The prompt's visual grid (rows × cols).
-    pub grid: (usize, usize),
+    /// The grids the prompt's visual tokens form (`VlModel::window_grid`): one for LLaVA-1.5 and
+    /// Qwen2.5-VL (or the grid a token-building stage made), LLaVA-NeXT's base and high-resolution
+    /// grids, whose `image_newline` tokens lie in neither.
+    pub grids: &'a [TokenGrid],
     /// Which of the prompt's visual tokens are left (ascending indices), where known: always at the
     /// run; up front only after a file stage.
     pub present: Option<&'a [usize]>,
@@ -238,24 +242,40 @@ impl Stage {
         }
         let k = self.count_within(at.left)?;
         plan.keep = k;
-        let (rows, cols) = at.grid;
+        let tiles_grid = matches!(
+            self.method,
+            Method::WindowFastv | Method::Pooling | Method::AvgPooling
+        );
+        match (self.method, at.grids) {
+            (_, [g]) if tiles_grid && g.rows * g.cols != at.left => bail!(
+                "{} needs the full {}×{} visual grid, {} tokens are left",
+                self.method.name(),
+                g.rows,
+                g.cols,
+                at.left
+            ),
+            (_, grids) if tiles_grid && grids.len() > 1 && at.left != at.prompt_visual => bail!(
+                "{} needs all {} visual tokens of the prompt's {} grids, {} are left",
+                self.method.name(),
+                at.prompt_visual,
+                grids.len(),
+                at.left
+            ),
+            (Method::Pooling | Method::AvgPooling, [g]) => {
+                plan.pooled = Some(super::methods::pooled_grid(g.rows, g.cols, k)?);
+            }
+            (Method::Pooling | Method::AvgPooling, grids) => bail!(
+                "{} pools one visual grid into a smaller one, and this image's tokens form {} grids (anyres: base image, high-resolution tiles) with newline tokens; no pooling rule across them is defined (window-fastv, fastv, divprune, dart and sparsevlm run per token)",
+                self.method.name(),
+                grids.len()
+            ),
+            _ => {}
+        }
         match self.method {
             Method::Dart if k < options.dart_pivots.min(at.left) => bail!(
                 "dart keeps its {0} image pivots: keep ≥ {0}",
                 options.dart_pivots.min(at.left)
             ),
-            Method::WindowFastv | Method::Pooling | Method::AvgPooling
-                if rows * cols != at.left =>
-            {
-                bail!(
-                    "{} needs the full {rows}×{cols} visual grid, {} tokens are left",
-                    self.method.name(),
-                    at.left
-                )
-            }
-            Method::Pooling | Method::AvgPooling => {
-                plan.pooled = Some(super::methods::pooled_grid(rows, cols, k)?);
-            }
             Method::Visionzip if k == 0 => {
                 bail!("visionzip keeps at least one token: keep ≥ 1")
             }
@@ -458,13 +478,13 @@ impl PruneSpec {
     }
 
     /// Checks that every stage can run on sample `sample`, whose prompt has `visual` visual tokens
-    /// on a `grid` (rows × cols), under `options`: each stage's [`Stage::check_at`], the rules its
+    /// on `grids` (`VlModel::window_grid`'s), under `options`: each stage's [`Stage::check_at`], the rules its
     /// run obeys, on the tokens the stages before it leave. The error names the stage.
     pub fn check_sample(
         &self,
         sample: &str,
         visual: usize,
-        grid: (usize, usize),
+        grids: &[TokenGrid],
         options: &PruneOptions,
     ) -> Result<()> {
         let mut left = visual;
@@ -474,7 +494,7 @@ impl PruneSpec {
                 sample: Some(sample),
                 prompt_visual: visual,
                 left,
-                grid,
+                grids,
                 present: present.as_deref(),
             };
             let plan = s

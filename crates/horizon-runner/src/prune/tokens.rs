@@ -39,12 +39,13 @@ pub(super) fn build_tokens(
 ) -> Result<BuiltTokens> {
     let visual = &dec.visual;
     let n = visual.positions.len();
+    let grids = model.window_grid(inputs, 1)?.grids;
     let plan = stage.check_at(
         &StageInput {
             sample: options.sample_key.as_deref(),
             prompt_visual: n,
             left: n,
-            grid: visual.grid,
+            grids: &grids,
             present: None,
         },
         options,
