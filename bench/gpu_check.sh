@@ -23,12 +23,12 @@ DEVICE=${1:-cuda}
 OUT=${2:-out/gpu-check-${DEVICE/:/}}
 HORIZON=${HORIZON:-target/release/horizon}
 PYTHON=${PYTHON:-python3}
-REPORT="$PYTHON bench/gpu_check_report.py"
+REPORT="$PYTHON -W ignore::UserWarning bench/gpu_check_report.py"
 
 [[ -x $HORIZON ]] || { echo "gpu_check: $HORIZON not found (cargo build --release -p horizon-cli, or set HORIZON)" >&2; exit 1; }
 [[ -d fixtures/llava ]] || { echo "gpu_check: run from the repository root" >&2; exit 1; }
 # The binary's RUNPATH names the build machine's venv; this machine's torch provides libtorch.
-TORCH_LIB=$("$PYTHON" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+TORCH_LIB=$("$PYTHON" -W ignore::UserWarning -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 case $DEVICE in
@@ -66,7 +66,7 @@ step "environment"
   echo "date: $(date -u +%FT%TZ)"
   echo "host: $(uname -n), $(nproc) CPUs"
   echo "device: $DEVICE"
-  echo "torch: $("$PYTHON" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda, "devices", torch.cuda.device_count())')"
+  echo "torch: $("$PYTHON" -W ignore::UserWarning -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda, "devices", torch.cuda.device_count())')"
   if command -v nvidia-smi > /dev/null; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/gpu: /'
   fi
