@@ -26,6 +26,23 @@ pub struct VisionZipSource {
     pub token_kind: &'static str,
 }
 
+/// An image that the vision tower sees as several crops (LLaVA-NeXT's anyres: the base image, then
+/// the tiles row-major), which VisionZip zips one by one as its released code does for LLaVA-NeXT.
+pub struct VisionZipCrops {
+    /// Each crop's material, CLIP tokens with CLS first (`cls: Some(0)`).
+    pub crops: Vec<VisionZipSource>,
+    /// Tiles (rows, cols) of the high-resolution image.
+    pub tile_grid: (usize, usize),
+    /// Patches per side of a crop.
+    pub side: usize,
+    /// The unpadded high-resolution grid (rows, cols), and where it starts on the padded
+    /// `tile_grid × side` grid (row, col).
+    pub highres_grid: (usize, usize),
+    pub highres_offset: (usize, usize),
+    /// Visual tokens of the base image before the high-resolution grid.
+    pub base_tokens: usize,
+}
+
 /// A model family's part in pruning.
 pub trait PruneFamily {
     /// Position convention of a stage before the decoder (K = 0) when `--positions` does not
@@ -42,6 +59,16 @@ pub trait PruneFamily {
         embeds: &Tensor,
         visual: &VisualTokens,
     ) -> Result<VisionZipSource>;
+
+    /// The crops VisionZip zips one by one, for a family whose image is several crops; `None` (the
+    /// default) where [`Self::visionzip_source`] gives one image's material.
+    fn visionzip_crops(
+        &self,
+        _inputs: &ModelInputs,
+        _pixels: &Tensor,
+    ) -> Result<Option<VisionZipCrops>> {
+        Ok(None)
+    }
 
     /// VisionZip's new tokens `[k, D_tokens]` in the decoder's input space (LLaVA: the projector).
     fn project_zipped(&self, block: &Tensor) -> Tensor;

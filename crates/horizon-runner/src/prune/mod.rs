@@ -39,7 +39,7 @@ use horizon_data::window::TokenGrid;
 use crate::decoder::{DecoderOutput, KvCache};
 use crate::intervention::PositionPolicy;
 use crate::model::{ModelInputs, VlModel};
-pub use family::{PruneFamily, VisionZipSource};
+pub use family::{PruneFamily, VisionZipCrops, VisionZipSource};
 pub use generation::{generate_pruned, generate_pruned_with_logits, synchronize, PrunedGeneration};
 use selector::PruneSelector;
 pub use spec::{Keep, Method, PruneSpec, Stage, StageInput, StagePlan};

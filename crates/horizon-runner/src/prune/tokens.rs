@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 use super::methods;
 use super::spec::StageInput;
 use super::tensor_rows::{index_tensor, rows_f32, unit_rows};
-use super::{Method, PruneOptions, Stage};
+use super::{Method, PruneOptions, Stage, VisionZipCrops};
 use crate::intervention::{PositionPolicy, VisualTokens};
 use crate::model::{ModelInputs, VlModel};
 
@@ -110,6 +110,20 @@ fn visionzip(
         .as_ref()
         .ok_or_else(|| anyhow!("visionzip needs an image"))?;
     let family = model.prune_family();
+    if let Some(crops) = family.visionzip_crops(inputs, pixels)? {
+        let (block, representatives, note) = visionzip_crops(&crops, k)?;
+        let block = family.project_zipped(&block);
+        let count = block.size()[0] as usize;
+        return Ok(BuiltTokens {
+            block,
+            representatives: representatives
+                .iter()
+                .map(|&i| dec.visual.positions[i])
+                .collect(),
+            grid: (1, count),
+            note,
+        });
+    }
     let source = family.visionzip_source(inputs, pixels, &dec.embeds, &dec.visual)?;
     let (dominant, contextual) = visionzip_split(k);
     let mut chosen = Vec::with_capacity(dominant);
@@ -147,6 +161,101 @@ fn visionzip(
             &sources[dominant..]
         ),
     })
+}
+
+/// VisionZip on an image of several crops, as dvlab-research/VisionZip runs LLaVA-NeXT
+/// (`visionzip/llava_arch.py`, `prepare_inputs_labels_for_multimodal_visionzip` and
+/// `restore_image_features_sorted`): each crop zipped on its own (its CLS, its most CLS-attended
+/// patches, its contextual tokens; `k` split evenly over the crops, the remainder one each to the
+/// first), then the base crop's tokens as they come, the tiles' dominant patches in raster order of
+/// the padded tile grid, the tiles' CLS tokens, the tiles' contextual tokens. Returns the block in
+/// the vision tower's space `[k, D_v]`, for each token the visual index whose position ids it takes
+/// when positions are kept (its place on the packed grids, clamped into the unpadded grid; a CLS its
+/// crop's first patch; a contextual token its target's), and a note.
+fn visionzip_crops(crops: &VisionZipCrops, k: usize) -> Result<(Tensor, Vec<usize>, String)> {
+    let n = crops.crops.len();
+    if k < n {
+        bail!("visionzip keeps tokens of each of the image's {n} crops (base image and tiles): keep ≥ {n}");
+    }
+    let (th, tw) = crops.tile_grid;
+    if n != 1 + th * tw {
+        bail!("{n} crops for a {th}×{tw} tile grid");
+    }
+    let side = crops.side;
+    let (top, left) = crops.highres_offset;
+    let (rows, cols) = crops.highres_grid;
+    // The packed index of cell (y, x) of the padded high-resolution grid, clamped into the unpadded one.
+    let packed = |y: usize, x: usize| {
+        let y = y.clamp(top, top + rows - 1) - top;
+        let x = x.clamp(left, left + cols - 1) - left;
+        crops.base_tokens + y * (cols + 1) + x
+    };
+    let mut base = Vec::new();
+    let mut dominant: Vec<((usize, usize), Tensor)> = Vec::new();
+    let (mut cls, mut contextual) = (Vec::new(), Vec::new());
+    let (mut base_rep, mut cls_rep, mut ctx_rep) = (Vec::new(), Vec::new(), Vec::new());
+    let mut splits = Vec::new();
+    for (c, src) in crops.crops.iter().enumerate() {
+        let budget = k / n + usize::from(c < k % n);
+        let (d, ctx) = visionzip_split(budget);
+        splits.push((d, ctx));
+        let patches: Vec<usize> = (1..src.scores.len()).collect();
+        let scores: Vec<f32> = patches.iter().map(|&t| src.scores[t]).collect();
+        let mut chosen = vec![0];
+        chosen.extend(
+            methods::top_k(&scores, d - 1)
+                .into_iter()
+                .map(|i| patches[i]),
+        );
+        let (block, sources) = zip_tokens(&src.tokens, &src.keys, &chosen, ctx);
+        // Where CLIP token t of this crop sits: the base grid, or the padded high-resolution grid.
+        let place = |t: usize| {
+            let p = t.saturating_sub(1);
+            if c == 0 {
+                p
+            } else {
+                let tile = c - 1;
+                packed((tile / tw) * side + p / side, (tile % tw) * side + p % side)
+            }
+        };
+        if c == 0 {
+            base.push(block);
+            base_rep.extend(sources.iter().map(|&t| place(t)));
+            continue;
+        }
+        let tile = c - 1;
+        for (row, &t) in chosen.iter().enumerate().skip(1) {
+            let p = t - 1;
+            let at = ((tile / tw) * side + p / side, (tile % tw) * side + p % side);
+            dominant.push((at, block.get(row as i64)));
+        }
+        cls.push(block.get(0));
+        cls_rep.push(place(0));
+        let kept = chosen.len() as i64;
+        let merged = block.size()[0] - kept;
+        contextual.push(block.narrow(0, kept, merged));
+        ctx_rep.extend(sources[chosen.len()..].iter().map(|&t| place(t)));
+    }
+    dominant.sort_by_key(|(at, _)| *at);
+    let dom_rep: Vec<usize> = dominant.iter().map(|(at, _)| packed(at.0, at.1)).collect();
+    let mut parts = base;
+    if !dominant.is_empty() {
+        let rows: Vec<Tensor> = dominant.into_iter().map(|(_, t)| t).collect();
+        parts.push(Tensor::stack(&rows, 0));
+    }
+    parts.push(Tensor::stack(&cls, 0));
+    parts.extend(contextual);
+    let representatives = base_rep
+        .into_iter()
+        .chain(dom_rep)
+        .chain(cls_rep)
+        .chain(ctx_rep)
+        .collect();
+    let note = format!(
+        "{n} crops (base image, {th}×{tw} tiles), dominant + contextual per crop {:?}",
+        splits
+    );
+    Ok((Tensor::cat(&parts, 0), representatives, note))
 }
 
 /// VisionZip's split of `k` into dominant and contextual tokens, as the published settings (54 + 10
