@@ -82,7 +82,8 @@ def summary(out: Path) -> str:
     lines += [
         f"## Keep-only map: {m['config']}, {m['num_layers']} decoder layers, {m['dtype']} on {m['device']}",
         "",
-        f"{m['seq_len']} tokens ({m['visual_tokens']} visual), cut layers {m['sweep_layers'][0]}-"
+        f"{m['seq_len']} tokens ({m['visual_tokens']} visual, {m.get('text_before')} text tokens after BOS "
+        f"before the image), cut layers {m['sweep_layers'][0]}-"
         f"{m['sweep_layers'][-1]} ({len(m['sweep_layers'])}), window {m['window']}, {m['variants']} variants",
         "",
         "| measure | value |",
@@ -98,6 +99,12 @@ def summary(out: Path) -> str:
             f"{m['naive_s_per_variant']:.4f} s/variant, {m['naive_total_s']:.1f} s for all |",
             f"| engine speed-up over naive | **{m['speedup']:.1f}x** |",
         ]
+    if m.get("useful_flops") and m.get("matmul_flops_per_s"):
+        rate = m["useful_flops"] / m["engine_s"]
+        lines.append(
+            f"| useful FLOP rate of the engine / measured matmul rate | {rate / 1e12:.2f} / "
+            f"{m['matmul_flops_per_s'] / 1e12:.2f} TFLOP/s ({100 * rate / m['matmul_flops_per_s']:.0f}%) |"
+        )
     lines += [
         "",
         "## Logits against f32 on the CPU (fixtures)",

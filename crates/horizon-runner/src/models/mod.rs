@@ -86,3 +86,19 @@ pub fn scatter_image_features(
     let mask = mask.unsqueeze(-1).expand_as(embeds);
     Ok(embeds.masked_scatter(&mask, &features))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SUPPORTED_MODEL_TYPES;
+
+    /// A `model_type` registered twice would load as whichever family comes first.
+    #[test]
+    fn each_model_type_is_registered_once() {
+        for (i, t) in SUPPORTED_MODEL_TYPES.iter().enumerate() {
+            assert!(
+                !SUPPORTED_MODEL_TYPES[..i].contains(t),
+                "model_type {t} is registered twice"
+            );
+        }
+    }
+}
