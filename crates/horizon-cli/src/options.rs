@@ -14,7 +14,7 @@ use horizon_data::bench::{self, BenchmarkKind, OpenOptions, Sample, Selection};
 use horizon_data::imageproc::ResampleOrder;
 use horizon_runner::device::{parse_device, parse_dtype};
 use horizon_runner::processor::{Processor, PromptTemplate};
-use horizon_runner::prune::{PruneOptions, PruneSpec};
+use horizon_runner::prune::{DartPivotOrder, PruneOptions, PruneSpec};
 use horizon_runner::sweep::{Shard, StopRule};
 use horizon_runner::{ModelInputs, PositionPolicy, VlModel};
 
@@ -297,6 +297,11 @@ pub struct PruneSettings {
     /// DART: number of image pivots and of text pivots.
     #[arg(long, default_value_t = PruneOptions::default().dart_pivots, value_parser = at_least_one)]
     pub dart_pivots: usize,
+    /// DART: the order its pivots take their quotas in: `set` (the released code's, which walks a
+    /// Python set of the pivots' sequence indices: CPython's set order) or `sequence` (ascending
+    /// sequence index).
+    #[arg(long, default_value = "set", value_parser = DartPivotOrder::parse)]
+    pub dart_pivot_order: DartPivotOrder,
 }
 
 impl PruneSettings {
@@ -308,6 +313,7 @@ impl PruneSettings {
             tau: self.todre_tau,
             info_window: self.info_window,
             dart_pivots: self.dart_pivots,
+            dart_pivot_order: self.dart_pivot_order,
             sample_key: None,
             info_scores: None,
         }

@@ -875,6 +875,20 @@ fn prune_cases(d: &Path) -> Vec<Case> {
         out: out.clone(),
         kept: Vec::new(),
     });
+    let mut args = forward(&llava(), &image(), &out);
+    args.extend(strs(&[
+        "--prune",
+        "dart@2:12",
+        "--dart-pivot-order",
+        "sorted",
+    ]));
+    cases.push(Case {
+        name: "prune: unknown dart pivot order",
+        args,
+        needles: strs(&["--dart-pivot-order", "set, sequence"]),
+        out: out.clone(),
+        kept: Vec::new(),
+    });
     cases
 }
 

@@ -97,13 +97,14 @@ impl Evaluation {
                     .map_or("from the benchmark".into(), |b| b.name().into()),
                 prune: self.prune.to_string(),
                 prune_options: format!(
-                    "positions={} seed={} window_size={} tau={} info_window={} dart_pivots={}",
+                    "positions={} seed={} window_size={} tau={} info_window={} dart_pivots={} dart_pivot_order={}",
                     o.positions.map_or("default".into(), |p| format!("{p:?}")),
                     o.seed,
                     o.window_size,
                     o.tau,
                     o.info_window,
-                    o.dart_pivots
+                    o.dart_pivots,
+                    o.dart_pivot_order.name()
                 ),
                 info_rows: self.info_rows.as_ref().map(|r| r.source.clone()),
             }),

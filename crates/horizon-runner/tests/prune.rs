@@ -14,9 +14,10 @@ use horizon_runner::decoder::KvCache;
 use horizon_runner::generate::{greedy_token, GenerationConfig};
 use horizon_runner::parity::max_abs_diff;
 use horizon_runner::processor::{Processor, PromptTemplate};
+use horizon_runner::prune::methods::python_set_order;
 use horizon_runner::prune::{
     generate_pruned, generate_pruned_with_logits, prefill_pruned, prefill_pruned_with_layer_inputs,
-    pruned_decoder_inputs, sample_seed, PruneOptions, PruneSpec, PrunedPrefill,
+    pruned_decoder_inputs, sample_seed, DartPivotOrder, PruneOptions, PruneSpec, PrunedPrefill,
 };
 use horizon_runner::{Intervention, ModelInputs, PositionPolicy, VisualTokens, VlModel};
 
@@ -93,6 +94,9 @@ fn check_against_reference(name: &str) {
         }
         if let Some(t) = c.get("tau").and_then(|t| t.as_f64()) {
             options.tau = t;
+        }
+        if let Some(order) = c.get("dart_pivot_order").and_then(|o| o.as_str()) {
+            options.dart_pivot_order = DartPivotOrder::parse(order).unwrap();
         }
         // Random cases name the run seed and the sample key; the stream is horizon's per-sample one.
         let seed = match (c.get("seed"), c.get("sample_key")) {
@@ -172,6 +176,36 @@ fn check_against_reference(name: &str) {
             "{name} {case}: argmax"
         );
     }
+}
+
+/// DART walks its pivots in the iteration order of a Python set: horizon's emulation of CPython's
+/// set table gives the order Python gave for every list the fixture wrote (DART's pivot lists,
+/// collisions in every table size, the last slots of a table, duplicates, long runs).
+#[test]
+fn python_set_order_is_cpythons() {
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("fixtures/prune_set_order.json")).unwrap(),
+    )
+    .unwrap();
+    let ints = |v: &serde_json::Value| -> Vec<usize> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect()
+    };
+    let vectors = doc["vectors"].as_array().unwrap();
+    assert!(vectors.len() >= 500, "{} lists", vectors.len());
+    let mut reordered = 0;
+    for v in vectors {
+        let (list, want) = (ints(&v["list"]), ints(&v["set_order"]));
+        let mut sorted = want.clone();
+        sorted.sort_unstable();
+        reordered += usize::from(sorted != want);
+        assert_eq!(python_set_order(&list), want, "list(set({list:?}))");
+    }
+    // The lists are not in sorted order by construction alone.
+    assert!(reordered * 2 > vectors.len(), "{reordered} reordered");
 }
 
 #[test]

@@ -7,11 +7,84 @@ use horizon_data::window::WindowGrid;
 
 /// The `k` largest scores (ties: the lower index first), ascending indices.
 pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
+    let mut order = top_k_ranked(scores, k);
+    order.sort_unstable();
+    order
+}
+
+/// The `k` largest scores, best first (ties: the lower index first), as `torch.topk` lists them.
+pub fn top_k_ranked(scores: &[f32], k: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     order.truncate(k);
-    order.sort_unstable();
     order
+}
+
+/// The order in which CPython iterates `set(keys)` (`list(set(keys))`) for integers `0 ≤ key <
+/// 2⁶¹ − 1`, whose hash is the integer itself: CPython's `Objects/setobject.c` (3.11) adds the keys
+/// in turn to an open-addressing table of 8 slots (`set_add_entry`): slot `hash & mask`, then up to
+/// 9 linear probes where they fit before the table's end, then the perturbed step `i = 5i + 1 +
+/// perturb` (`perturb >>= 5` each round); when a key makes the table 3/5 full it is rebuilt
+/// (`set_table_resize`) at the smallest power of two above 4 × the keys, the old slots re-inserted
+/// in slot order (`set_insert_clean`). Iteration runs over the slots in order. DART walks its pivots
+/// in this order (`docs/pruning.md`); duplicates are kept once, as a set keeps them.
+pub fn python_set_order(keys: &[usize]) -> Vec<usize> {
+    const MIN_SIZE: usize = 8;
+    const LINEAR_PROBES: usize = 9;
+    const PERTURB_SHIFT: u32 = 5;
+    const HASH_MODULUS: usize = (1 << 61) - 1;
+
+    /// The first free slot of `key`'s probe sequence, or `Err` with the slot already holding it.
+    fn probe(table: &[Option<usize>], key: usize) -> std::result::Result<usize, usize> {
+        let mask = table.len() - 1;
+        let mut perturb = key;
+        let mut i = key & mask;
+        loop {
+            let probes = if i + LINEAR_PROBES <= mask {
+                LINEAR_PROBES
+            } else {
+                0
+            };
+            for (j, slot) in table.iter().enumerate().skip(i).take(probes + 1) {
+                match *slot {
+                    None => return Ok(j),
+                    Some(k) if k == key => return Err(j),
+                    Some(_) => {}
+                }
+            }
+            perturb >>= PERTURB_SHIFT;
+            i = i.wrapping_mul(5).wrapping_add(1).wrapping_add(perturb) & mask;
+        }
+    }
+
+    let mut table: Vec<Option<usize>> = vec![None; MIN_SIZE];
+    let mut used = 0usize;
+    for &key in keys {
+        assert!(
+            key < HASH_MODULUS,
+            "{key} hashes to itself only below 2^61 - 1"
+        );
+        let Ok(slot) = probe(&table, key) else {
+            continue;
+        };
+        let mask = table.len() - 1;
+        table[slot] = Some(key);
+        used += 1;
+        if used * 5 >= mask * 3 {
+            let min_used = if used > 50_000 { used * 2 } else { used * 4 };
+            let mut size = MIN_SIZE;
+            while size <= min_used {
+                size <<= 1;
+            }
+            let old = std::mem::replace(&mut table, vec![None; size]);
+            for key in old.into_iter().flatten() {
+                // The new table holds no duplicate: the first free slot is where it goes.
+                let slot = probe(&table, key).unwrap_or_else(|s| s);
+                table[slot] = Some(key);
+            }
+        }
+    }
+    table.into_iter().flatten().collect()
 }
 
 /// Window FastV: each window of `grid` keeps `⌊k·|W|/n⌋` of its best tokens by score, and what that
@@ -117,9 +190,10 @@ pub fn max_sum_diversity(sim: &[f32], n: usize, pivot: usize, k: usize) -> Vec<u
     chosen
 }
 
-/// DART's retained set: the image pivots plus, for each pivot in order, its quota of the candidates
-/// least similar to it (`pivot_sims[p][j]`: cosine of pivot p and visual token j). Quotas are
-/// `(k − |image pivots|) / |pivots|`, the remainder one each to the first pivots, so that exactly `k`
+/// DART's retained set: the image pivots plus, for each pivot in the order given (the order they are
+/// walked in), its quota of the candidates not yet taken least similar to it (`pivot_sims[p][j]`:
+/// cosine of pivot p and visual token j). Quotas are `(k − |image pivots|) / |pivots|`, the
+/// remainder one each to the first pivots walked, so that exactly `k`
 /// are kept (DART's own code keeps `4 + 8·⌊M/8⌋`; equal whenever `k − 4` is a multiple of 8).
 pub fn dart(image_pivots: &[usize], pivot_sims: &[Vec<f32>], n: usize, k: usize) -> Vec<usize> {
     let mut kept = vec![false; n];
@@ -271,6 +345,33 @@ mod tests {
         ];
         // Pivot 1 takes 2, 3 (least similar); pivot 2 then takes 4 (0.0 < 0.1 of 1).
         assert_eq!(dart(&[0], &sims, 6, 4), vec![0, 2, 3, 4]);
+    }
+
+    /// Hand-worked cases of CPython's set order; `tests/prune.rs` compares many more with Python's.
+    #[test]
+    fn python_set_order_follows_the_table() {
+        // 8 slots: each key in slot key mod 8, iterated by slot.
+        assert_eq!(python_set_order(&[5, 1, 3]), vec![1, 3, 5]);
+        assert_eq!(python_set_order(&[9, 2]), vec![9, 2]);
+        // No room for linear probes in 8 slots: 9 meets 1 in slot 1 and steps to 5·1 + 1 = 6.
+        assert_eq!(python_set_order(&[1, 9, 2]), vec![1, 2, 9]);
+        // 11 meets 3 and steps to (5·3 + 1) mod 8 = 0; the second 3 is not added.
+        assert_eq!(python_set_order(&[3, 3, 11]), vec![11, 3]);
+        // In 32 slots 32 meets 0 and probes linearly to slot 5, so 5 goes on to slot 6.
+        assert_eq!(
+            python_set_order(&[0, 1, 2, 3, 4, 32, 5]),
+            vec![0, 1, 2, 3, 4, 32, 5]
+        );
+        // 62 meets 30 near the end (no linear probes) and steps to (5·30 + 1 + 62 >> 5) mod 32 = 24.
+        assert_eq!(
+            python_set_order(&[1, 2, 3, 4, 5, 30, 62]),
+            vec![1, 2, 3, 4, 5, 62, 30]
+        );
+        // The fifth key rebuilds the table at 32 slots: 34 → slot 2, 18 → 18, 27 → 27.
+        assert_eq!(
+            python_set_order(&[18, 27, 34, 35, 42, 44, 45, 47]),
+            vec![34, 35, 42, 44, 45, 47, 18, 27]
+        );
     }
 
     #[test]

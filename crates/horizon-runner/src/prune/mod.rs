@@ -60,6 +60,8 @@ pub struct PruneOptions {
     pub info_window: usize,
     /// DART: image pivots and text pivots each.
     pub dart_pivots: usize,
+    /// DART: the order its pivots take their quotas in.
+    pub dart_pivot_order: DartPivotOrder,
     /// The key of the sample being run, which a `file@K:PATH` stage looks its kept tokens up by
     /// (set per sample by the evaluation; `None` where a run has no sample).
     pub sample_key: Option<String>,
@@ -77,8 +79,39 @@ impl Default for PruneOptions {
             tau: 0.10,
             info_window: 2,
             dart_pivots: 4,
+            dart_pivot_order: DartPivotOrder::Set,
             sample_key: None,
             info_scores: None,
+        }
+    }
+}
+
+/// The order in which DART's pivots take their quotas, which decides who keeps a token that two
+/// pivots would both take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DartPivotOrder {
+    /// The released code's: it walks `set(image_pivots + text_pivots)` (each list by key L1 norm,
+    /// largest first), i.e. CPython's set iteration order of the pivots' sequence indices
+    /// ([`methods::python_set_order`]).
+    Set,
+    /// Ascending sequence index.
+    Sequence,
+}
+
+impl DartPivotOrder {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Set => "set",
+            Self::Sequence => "sequence",
+        }
+    }
+
+    /// `set` or `sequence`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "set" => Ok(Self::Set),
+            "sequence" => Ok(Self::Sequence),
+            other => anyhow::bail!("'{other}' is not one of set, sequence"),
         }
     }
 }

@@ -10,7 +10,10 @@ use horizon_data::window::{TokenGrid, WindowGrid};
 use super::oracle::{info_keep, info_keep_from_rows};
 use super::spec::StageInput;
 use super::tensor_rows::{index_tensor, rows_f32, to_vec_f32, unit_rows};
-use super::{methods, recycle, stage_label, Method, PruneOptions, PruneSpec, Stage, StageRecord};
+use super::{
+    methods, recycle, stage_label, DartPivotOrder, Method, PruneOptions, PruneSpec, Stage,
+    StageRecord,
+};
 use crate::intervention::{CutContext, PositionPolicy, TokenSelector};
 use crate::model::{ModelInputs, VlModel};
 
@@ -258,22 +261,25 @@ impl<'a> PruneSelector<'a> {
                 ));
                 let p = self.options.dart_pivots;
                 let vis_l1: Vec<f32> = vis_rows.iter().map(|&r| l1[r]).collect();
-                let image_pivots = methods::top_k(&vis_l1, p.min(n));
+                let image_pivots = methods::top_k_ranked(&vis_l1, p.min(n));
                 let text_rows: Vec<usize> = match vis_rows.last() {
                     Some(&l) => (l + 1..ctx.kept.len()).collect(),
                     None => Vec::new(),
                 };
                 let text_l1: Vec<f32> = text_rows.iter().map(|&r| l1[r]).collect();
-                let text_pivots: Vec<usize> = methods::top_k(&text_l1, p.min(text_rows.len()))
-                    .into_iter()
-                    .map(|i| text_rows[i])
-                    .collect();
+                let text_pivots =
+                    methods::top_k_ranked(&text_l1, p.min(text_rows.len())).into_iter();
+                // `image_indices + query_indices` of the released code: rows of the sequence this
+                // layer sees, each list largest L1 norm first.
                 let mut pivot_rows: Vec<usize> = image_pivots
                     .iter()
                     .map(|&i| vis_rows[i])
-                    .chain(text_pivots)
+                    .chain(text_pivots.map(|i| text_rows[i]))
                     .collect();
-                pivot_rows.sort_unstable();
+                match self.options.dart_pivot_order {
+                    DartPivotOrder::Set => pivot_rows = methods::python_set_order(&pivot_rows),
+                    DartPivotOrder::Sequence => pivot_rows.sort_unstable(),
+                }
                 let x = unit_rows(&rows_f32(
                     &ctx.final_norm.forward(hidden),
                     &(0..ctx.kept.len()).collect::<Vec<_>>(),
