@@ -20,9 +20,10 @@ pub fn top_k_ranked(scores: &[f32], k: usize) -> Vec<usize> {
     order
 }
 
-/// The order in which CPython iterates `set(keys)` (`list(set(keys))`) for integers `0 ≤ key <
-/// 2⁶¹ − 1`, whose hash is the integer itself: CPython's `Objects/setobject.c` (3.11) adds the keys
-/// in turn to an open-addressing table of 8 slots (`set_add_entry`): slot `hash & mask`, then up to
+/// The order in which 64-bit CPython iterates `set(keys)` (`list(set(keys))`) for non-negative
+/// integers, whose hash is the integer modulo 2⁶¹ − 1 (the integer itself below that):
+/// `Objects/setobject.c` (3.11) adds the keys in turn to an open-addressing table of 8 slots
+/// (`set_add_entry`): slot `hash & mask`, then up to
 /// 9 linear probes where they fit before the table's end, then the perturbed step `i = 5i + 1 +
 /// perturb` (`perturb >>= 5` each round); when a key makes the table 3/5 full it is rebuilt
 /// (`set_table_resize`) at the smallest power of two above 4 × the keys, the old slots re-inserted
@@ -37,8 +38,9 @@ pub fn python_set_order(keys: &[usize]) -> Vec<usize> {
     /// The first free slot of `key`'s probe sequence, or `Err` with the slot already holding it.
     fn probe(table: &[Option<usize>], key: usize) -> std::result::Result<usize, usize> {
         let mask = table.len() - 1;
-        let mut perturb = key;
-        let mut i = key & mask;
+        let hash = key % HASH_MODULUS;
+        let mut perturb = hash;
+        let mut i = hash & mask;
         loop {
             let probes = if i + LINEAR_PROBES <= mask {
                 LINEAR_PROBES
@@ -60,10 +62,6 @@ pub fn python_set_order(keys: &[usize]) -> Vec<usize> {
     let mut table: Vec<Option<usize>> = vec![None; MIN_SIZE];
     let mut used = 0usize;
     for &key in keys {
-        assert!(
-            key < HASH_MODULUS,
-            "{key} hashes to itself only below 2^61 - 1"
-        );
         let Ok(slot) = probe(&table, key) else {
             continue;
         };
