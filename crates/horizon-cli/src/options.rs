@@ -52,10 +52,14 @@ pub struct ModelOptions {
     /// HF checkpoint directory (config.json, safetensors shards, tokenizer.json, preprocessor_config.json).
     #[arg(long)]
     pub model: PathBuf,
-    /// Prompt template: auto (the family's chat template), llava-hf (`USER: <image>\n{prompt} ASSISTANT:`),
-    /// vicuna-v1 (original LLaVA with its system text, as the reference procedure uses), qwen (Qwen2.5-VL
-    /// chat with its default system message), or raw (the prompt as given, with one `<image>` for LLaVA or
-    /// one `<|image_pad|>` for Qwen2.5-VL).
+    /// Prompt template: auto (the checkpoint's chat template: llava-hf's for LLaVA-1.5, Qwen2.5-VL chat
+    /// with its default system message for Qwen2.5-VL; for LLaVA-NeXT the one the checkpoint carries or,
+    /// carrying none, its decoder's: Vicuna `USER: <image>\n{prompt} ASSISTANT:`, Mistral
+    /// `[INST] <image>\n{prompt} [/INST]`, or, for a tokenizer with `<|im_start|>` as llava-v1.6-34b-hf's,
+    /// ChatML `<|im_start|>user\n<image>\n{prompt}<|im_end|>\n<|im_start|>assistant\n`), llava-hf
+    /// (`USER: <image>\n{prompt} ASSISTANT:`), vicuna-v1 (original LLaVA with its system text, as the
+    /// reference procedure uses), qwen (Qwen2.5-VL chat with its default system message), or raw (the
+    /// prompt as given, with one `<image>` for LLaVA and LLaVA-NeXT or one `<|image_pad|>` for Qwen2.5-VL).
     #[arg(long, default_value = "auto", value_parser = PromptTemplate::parse)]
     pub template: PromptTemplate,
     #[command(flatten)]

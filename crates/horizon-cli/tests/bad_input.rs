@@ -159,6 +159,16 @@ fn checkpoint_cases(d: &Path) -> Vec<Case> {
     };
     add("model dir missing", d.join("nope"), &["nope", "not found"]);
     add(
+        "LLaVA-NeXT chat template --template auto cannot tell",
+        with_file(
+            &sub("cn1"),
+            &root().join("fixtures/llava_next/models/llava-next-tiny"),
+            "chat_template.jinja",
+            b"{% for message in messages %}<start_of_turn>{{ message['role'] }}{% endfor %}",
+        ),
+        &["--template auto", "chat_template.jinja"],
+    );
+    add(
         "config.json invalid",
         with_file(&sub("c1"), &llava(), "config.json", b"{not json"),
         &["config.json", "invalid JSON"],

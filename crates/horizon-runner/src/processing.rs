@@ -8,7 +8,9 @@ use tokenizers::Tokenizer;
 /// How the question becomes a prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PromptTemplate {
-    /// The chat template of the checkpoint's family (llava-hf for LLaVA, Qwen chat for Qwen2.5-VL).
+    /// The checkpoint's chat template: llava-hf's for LLaVA-1.5, the one a LLaVA-NeXT checkpoint
+    /// carries or its decoder's (Vicuna, Mistral, ChatML: `models::llava_next::ChatTemplate`), Qwen
+    /// chat for Qwen2.5-VL.
     #[default]
     Auto,
     /// The llava-hf chat template: `USER: <image>\n{question} ASSISTANT:`.

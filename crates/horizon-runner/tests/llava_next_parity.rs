@@ -2,8 +2,9 @@
 //! fixtures/make_llava_next_fixtures.py: input ids and pixel values of every tile identical, the
 //! packed image features (pack_image_features: base grid, unpadded high-resolution grid, newlines)
 //! and the logits within the f32 tolerance, 16 greedy tokens identical. Square, wide, tall and
-//! small images (four pinpoints, both unpadding directions), a Mistral decoder, and a checkpoint
-//! written by transformers 5.17's save_pretrained.
+//! small images (four pinpoints, both unpadding directions), a Mistral decoder, a ChatML
+//! (llava-v1.6-34b-hf) checkpoint, and a checkpoint written by transformers 5.17's save_pretrained.
+//! `--template auto` is held to HF applying each checkpoint kind's published chat template.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -229,42 +230,214 @@ fn module_tree_names_load_to_equal_logits() {
     assert!(logits(tmp.path()).equal(&logits(&src)));
 }
 
-/// A ChatML tokenizer (llava-v1.6-34b-hf) has no built-in template: `--template auto` is a
-/// one-line error, `--template raw` takes the prompt as given.
+/// llava-v1.6-34b-hf's layout: a Llama decoder with ChatML's tokens and the published ChatML chat
+/// template in `chat_template.json`; the reference prompt is HF's `apply_chat_template`.
 #[test]
-fn chatml_checkpoint_refuses_the_auto_template() {
-    let src = fixtures().join("models/llava-next-tiny");
+fn chatml_checkpoint_matches_hf() {
+    check_case("chatml_tall");
+}
+
+/// A copy of the fixture checkpoint `name` in a temporary directory, without the files `drop`.
+fn copy_checkpoint(name: &str, drop: &[&str]) -> tempfile::TempDir {
+    let src = fixtures().join("models").join(name);
     let tmp = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(&src).unwrap() {
         let e = e.unwrap();
-        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        if !drop.contains(&e.file_name().to_string_lossy().as_ref()) {
+            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        }
     }
-    let path = tmp.path().join("tokenizer.json");
-    let mut tok: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    tok["added_tokens"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "id": 502, "content": "<|im_start|>", "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true
-        }));
-    std::fs::write(&path, tok.to_string()).unwrap();
-    let model = VlModel::load(tmp.path(), Device::Cpu, Kind::Float).unwrap();
-    let processor = Processor::load(tmp.path(), &model).unwrap();
-    let err = processor
-        .prompt_text("What is this?", PromptTemplate::Auto, true)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("--template auto") && err.contains("ChatML"),
-        "{err}"
-    );
-    let raw = "<|im_start|>user\n<image>\nWhat is this?<|im_end|><|im_start|>assistant\n";
+    tmp
+}
+
+/// `--template auto` on `dir`: the prompt, the input ids with the image and the ids of the
+/// text-only prompt equal HF's (`LlavaNextProcessor.apply_chat_template` of the published template,
+/// then the processor) from reference/chat_templates.json.
+fn check_auto_against_hf(dir: &Path, case: &serde_json::Value, what: &str) {
+    let model = VlModel::load(dir, Device::Cpu, Kind::Float).unwrap();
+    let processor = Processor::load(dir, &model).unwrap();
+    let q = case["question"].as_str().unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<i64> { serde_json::from_value(v.clone()).unwrap() };
     assert_eq!(
         processor
-            .prompt_text(raw, PromptTemplate::Raw, true)
+            .prompt_text(q, PromptTemplate::Auto, true)
             .unwrap(),
-        raw
+        case["prompt"].as_str().unwrap(),
+        "{what}: prompt"
     );
+    let inputs = processor
+        .prepare(
+            &model,
+            q,
+            &fixtures().join(case["image"].as_str().unwrap()),
+            PromptTemplate::Auto,
+        )
+        .unwrap();
+    let got: Vec<i64> = Vec::try_from(inputs.input_ids.squeeze_dim(0)).unwrap();
+    assert_eq!(got, ids(&case["input_ids"]), "{what}: input ids");
+    assert_eq!(
+        processor
+            .prompt_text(q, PromptTemplate::Auto, false)
+            .unwrap(),
+        case["text_only_prompt"].as_str().unwrap(),
+        "{what}: text-only prompt"
+    );
+    let text = processor
+        .prepare_text(&model, q, PromptTemplate::Auto)
+        .unwrap();
+    let got: Vec<i64> = Vec::try_from(text.input_ids.squeeze_dim(0)).unwrap();
+    assert_eq!(
+        got,
+        ids(&case["text_only_input_ids"]),
+        "{what}: text-only ids"
+    );
+}
+
+/// Each kind of published checkpoint under `--template auto` gets the ids HF gets from the chat
+/// template llava-hf ships with it (Vicuna, Mistral, ChatML): once by the checkpoint's decoder and
+/// tokenizer (no chat template in the directory), once by the template carried in
+/// `chat_template.json`, `chat_template.jinja` and `tokenizer_config.json`.
+#[test]
+fn auto_template_ids_match_hf_applying_the_published_template() {
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("reference/chat_templates.json")).unwrap(),
+    )
+    .unwrap();
+    let cases = doc["cases"].as_array().unwrap();
+    let kinds: Vec<&str> = cases.iter().map(|c| c["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["vicuna", "mistral", "chatml"]);
+    for case in cases {
+        let name = case["model_dir"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("models/")
+            .unwrap();
+        let kind = case["kind"].as_str().unwrap();
+        let template = case["chat_template"].as_str().unwrap();
+        // By decoder and tokenizer alone.
+        let bare = copy_checkpoint(name, &["chat_template.json"]);
+        check_auto_against_hf(bare.path(), case, &format!("{kind}, no chat template"));
+        // By the carried template, in each place a checkpoint keeps it.
+        let json = copy_checkpoint(name, &["chat_template.json"]);
+        std::fs::write(
+            json.path().join("chat_template.json"),
+            serde_json::json!({ "chat_template": template }).to_string(),
+        )
+        .unwrap();
+        check_auto_against_hf(json.path(), case, &format!("{kind}, chat_template.json"));
+        let jinja = copy_checkpoint(name, &["chat_template.json"]);
+        std::fs::write(jinja.path().join("chat_template.jinja"), template).unwrap();
+        check_auto_against_hf(jinja.path(), case, &format!("{kind}, chat_template.jinja"));
+        let tok = copy_checkpoint(name, &["chat_template.json"]);
+        let path = tok.path().join("tokenizer_config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        cfg["chat_template"] = template.into();
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        check_auto_against_hf(tok.path(), case, &format!("{kind}, tokenizer_config.json"));
+    }
+    // The ChatML checkpoint as written, its chat_template.json the published one.
+    let chatml = &cases[2];
+    assert_eq!(chatml["carried_by_checkpoint"], true);
+    check_auto_against_hf(
+        &fixtures().join("models/llava-next-tiny-chatml"),
+        chatml,
+        "chatml, as published",
+    );
+}
+
+/// The template a checkpoint carries decides over its decoder: the Vicuna fixture carrying the
+/// Mistral template gets `[INST]`.
+#[test]
+fn carried_chat_template_decides_over_the_decoder() {
+    let tmp = copy_checkpoint("llava-next-tiny", &[]);
+    std::fs::write(
+        tmp.path().join("chat_template.json"),
+        r#"{"chat_template": "{% for message in messages %}{{ '[INST] ' }}{% endfor %}{{ ' [/INST]' }}"}"#,
+    )
+    .unwrap();
+    let model = VlModel::load(tmp.path(), Device::Cpu, Kind::Float).unwrap();
+    let processor = Processor::load(tmp.path(), &model).unwrap();
+    assert_eq!(
+        processor
+            .prompt_text("Why?", PromptTemplate::Auto, true)
+            .unwrap(),
+        "[INST] <image>\nWhy? [/INST]"
+    );
+}
+
+/// A carried chat template auto cannot tell, or a ChatML one without ChatML's tokens, is a one-line
+/// error naming the file and `--template auto`; `--template raw` and `llava-hf` still run.
+#[test]
+fn unrecognised_chat_template_is_a_clear_error() {
+    let unknown = copy_checkpoint("llava-next-tiny", &[]);
+    std::fs::write(
+        unknown.path().join("chat_template.jinja"),
+        "{% for message in messages %}<start_of_turn>{{ message['role'] }}{% endfor %}",
+    )
+    .unwrap();
+    let both = copy_checkpoint("llava-next-tiny", &[]);
+    std::fs::write(
+        both.path().join("chat_template.json"),
+        r#"{"chat_template": "{{ '[INST]' }}{{ 'ASSISTANT:' }}"}"#,
+    )
+    .unwrap();
+    let no_tokens = copy_checkpoint("llava-next-tiny", &[]);
+    std::fs::copy(
+        fixtures().join("models/llava-next-tiny-chatml/chat_template.json"),
+        no_tokens.path().join("chat_template.json"),
+    )
+    .unwrap();
+    for (dir, file, says) in [
+        (&unknown, "chat_template.jinja", "none of llava-hf's"),
+        (&both, "chat_template.json", "none of llava-hf's"),
+        (&no_tokens, "chat_template.json", "has no <|im_start|>"),
+    ] {
+        let model = VlModel::load(dir.path(), Device::Cpu, Kind::Float).unwrap();
+        let processor = Processor::load(dir.path(), &model).unwrap();
+        let err = processor
+            .prompt_text("What is this?", PromptTemplate::Auto, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--template auto: ")
+                && err.contains(file)
+                && err.contains(says)
+                && !err.contains('\n'),
+            "{err}"
+        );
+        let err = processor
+            .prepare(
+                &model,
+                "What is this?",
+                &fixtures().join("images/square.png"),
+                PromptTemplate::Auto,
+            )
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(file), "{err}");
+        let raw = "<|im_start|>user\n<image>\nWhat is this?<|im_end|>\n<|im_start|>assistant\n";
+        assert_eq!(
+            processor
+                .prompt_text(raw, PromptTemplate::Raw, true)
+                .unwrap(),
+            raw
+        );
+        assert_eq!(
+            processor
+                .prompt_text("Why?", PromptTemplate::LlavaHf, true)
+                .unwrap(),
+            "USER: <image>\nWhy? ASSISTANT:"
+        );
+    }
+    let bad = copy_checkpoint("llava-next-tiny", &[]);
+    std::fs::write(bad.path().join("chat_template.json"), "{not json").unwrap();
+    let model = VlModel::load(bad.path(), Device::Cpu, Kind::Float).unwrap();
+    let err = Processor::load(bad.path(), &model)
+        .unwrap()
+        .prompt_text("Why?", PromptTemplate::Auto, true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("chat_template.json"), "{err}");
 }

@@ -18,4 +18,4 @@ mod prune;
 
 pub use config::LlavaNextConfig;
 pub use model::{LlavaNextForConditionalGeneration, LLAVA_NEXT_LAYOUTS};
-pub use processor::LlavaNextProcessor;
+pub use processor::{ChatTemplate, LlavaNextProcessor};
