@@ -55,7 +55,7 @@ pub struct ModelOptions {
     /// Prompt template: auto (the checkpoint's chat template: llava-hf's for LLaVA-1.5, Qwen2.5-VL chat
     /// with its default system message for Qwen2.5-VL; for LLaVA-NeXT the one the checkpoint carries or,
     /// carrying none, its decoder's: Vicuna `USER: <image>\n{prompt} ASSISTANT:`, Mistral
-    /// `[INST] <image>\n{prompt} [/INST]`, or, for a tokenizer with `<|im_start|>` as llava-v1.6-34b-hf's,
+    /// `[INST] <image>\n{prompt} [/INST]`, or, for a tokenizer with ChatML's tokens as llava-v1.6-34b-hf's,
     /// ChatML `<|im_start|>user\n<image>\n{prompt}<|im_end|>\n<|im_start|>assistant\n`), llava-hf
     /// (`USER: <image>\n{prompt} ASSISTANT:`), vicuna-v1 (original LLaVA with its system text, as the
     /// reference procedure uses), qwen (Qwen2.5-VL chat with its default system message), or raw (the

@@ -431,6 +431,30 @@ fn unrecognised_chat_template_is_a_clear_error() {
             "USER: <image>\nWhy? ASSISTANT:"
         );
     }
+    // No chat template, and a tokenizer with <|im_start|> but no <|im_end|>.
+    let half = copy_checkpoint("llava-next-tiny", &[]);
+    let path = half.path().join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    tok["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "id": 502, "content": "<|im_start|>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true
+        }));
+    std::fs::write(&path, tok.to_string()).unwrap();
+    let model = VlModel::load(half.path(), Device::Cpu, Kind::Float).unwrap();
+    let err = Processor::load(half.path(), &model)
+        .unwrap()
+        .prompt_text("Why?", PromptTemplate::Auto, true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("--template auto: ") && err.contains("tokenizer.json"),
+        "{err}"
+    );
+
     let bad = copy_checkpoint("llava-next-tiny", &[]);
     std::fs::write(bad.path().join("chat_template.json"), "{not json").unwrap();
     let model = VlModel::load(bad.path(), Device::Cpu, Kind::Float).unwrap();

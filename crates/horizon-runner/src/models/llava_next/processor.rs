@@ -94,7 +94,8 @@ impl ChatTemplate {
     ///    `chat_template`) decides, by [`ChatTemplate::of_jinja`]; one it does not recognise is an
     ///    error, as is a ChatML template with a tokenizer that lacks `<|im_start|>`/`<|im_end|>`.
     /// 2. Without one: a `mistral` decoder is Mistral; a `llama` decoder is ChatML when the tokenizer
-    ///    has `<|im_start|>` as a token (Yi-34B's), else Vicuna; another decoder is an error.
+    ///    has `<|im_start|>` and `<|im_end|>` as tokens (Yi-34B's), Vicuna when it has neither, an
+    ///    error with one; another decoder is an error.
     ///
     /// The error is kept until `--template auto` is used, so `--template raw` still runs.
     pub fn detect(
@@ -124,7 +125,11 @@ impl ChatTemplate {
         }
         match text_model_type {
             "mistral" => Ok(Self::Mistral),
-            "llama" if has(IM_START) => Ok(Self::ChatMl),
+            "llama" if has(IM_START) && has(IM_END) => Ok(Self::ChatMl),
+            "llama" if has(IM_START) || has(IM_END) => Err(format!(
+                "--template auto: {}: the tokenizer has one of ChatML's {IM_START} / {IM_END} tokens but not the other, and the checkpoint carries no chat template; pass the whole prompt with --template raw",
+                dir.join("tokenizer.json").display()
+            )),
             "llama" => Ok(Self::Vicuna),
             other => Err(format!(
                 "--template auto: {}: no chat template in the checkpoint and a '{other}' decoder (text_config.model_type), which has no llava-hf LLaVA-NeXT template; pass the whole prompt with --template raw",
