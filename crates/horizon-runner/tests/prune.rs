@@ -245,6 +245,8 @@ fn keeping_everything_is_the_plain_model_exactly() {
             "dart@1:100%",
             // (`sparsevlm`, v1.5, keeps at most all but one, as `attn_postprocess_topk` does.)
             "sparsevlm-v2@1:100%,sparsevlm-v2@2:100%",
+            // One-token windows (LLaVA-NeXT: per grid, every newline kept).
+            "pooling@2:100%",
         ] {
             let spec = PruneSpec::parse(spec).unwrap();
             let run = prefill_pruned(
@@ -1045,9 +1047,10 @@ fn sparsevlm_v1_5_recycles_as_the_released_loop() {
 
 /// LLaVA-NeXT's token count follows each image (anyres): a percentage keeps that share of each
 /// sample's own count, in the run and in the up-front check; window-fastv tiles each grid (base and
-/// high-resolution), its windows holding no newline token; the methods that pool one grid, and
-/// ToDRE's CLS pivot, refuse with one line naming the method, as does VisionZip below one token per
-/// crop.
+/// high-resolution), its windows holding no newline token; Pooling pools each grid into windows of
+/// one side and refuses, at the run and up front naming the sample, a count no side gives; the
+/// average pooling (one grid) and ToDRE's CLS pivot refuse with one line naming the method, as does
+/// VisionZip below one token per crop.
 #[test]
 fn anyres_rules_hold_per_image() {
     let f = family("llava_next");
@@ -1101,7 +1104,10 @@ fn anyres_rules_hold_per_image() {
     let n = f.inputs.visual.positions.len();
     let grids = f.model.window_grid(&f.inputs, 1).unwrap().grids;
     for (spec, needle) in [
-        ("pooling@2:9", "pooling pools one visual grid"),
+        (
+            "pooling@2:9",
+            "9 tokens is no such count; this image offers 134 (s = 1), 37 (s = 2), 19 (s = 3)",
+        ),
         ("avg-pooling@0:9", "avg-pooling pools one visual grid"),
         (
             "visionzip@0:3",
@@ -1130,6 +1136,7 @@ fn anyres_rules_hold_per_image() {
                 .unwrap_err()
                 .to_string();
             assert!(upfront.contains(needle), "{spec}: {upfront}");
+            assert!(upfront.contains(&format!("--prune {spec}: stage 1 `{spec}`: sample `s`")));
         }
     }
 }

@@ -3,7 +3,7 @@
 //! positions in the list of visual tokens left before the stage; results are ascending.
 
 use anyhow::{bail, Result};
-use horizon_data::window::WindowGrid;
+use horizon_data::window::{TokenGrid, WindowGrid};
 
 /// The `k` largest scores (ties: the lower index first), ascending indices.
 pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
@@ -262,6 +262,78 @@ pub fn pooled_grid(rows: usize, cols: usize, k: usize) -> Result<(usize, usize)>
     }
 }
 
+/// Visual tokens the paper's Pooling keeps per grid with windows of side `s` (several grids:
+/// LLaVA-NeXT's base and high-resolution grids): one per `s × s` window of each grid, edge windows
+/// partial as [`WindowGrid::of_grids`] tiles them, and of each band of `s` grid rows the tokens that
+/// close the band's last row (LLaVA-NeXT: its one `image_newline`).
+pub fn per_grid_pool_count(grids: &[TokenGrid], s: usize) -> usize {
+    grids
+        .iter()
+        .map(|g| g.rows.div_ceil(s) * (g.cols.div_ceil(s) + g.stride - g.cols))
+        .sum()
+}
+
+/// The window side `s` whose per-grid Pooling keeps exactly `k` tokens ([`per_grid_pool_count`];
+/// sides that keep the same count: the smallest), or the error listing the counts this image offers.
+pub fn per_grid_pool_side(grids: &[TokenGrid], k: usize) -> Result<usize> {
+    let largest = grids.iter().map(|g| g.rows.max(g.cols)).max().unwrap_or(1);
+    let sides = 1..=largest.max(1);
+    if let Some(s) = sides.clone().find(|&s| per_grid_pool_count(grids, s) == k) {
+        return Ok(s);
+    }
+    let mut offered: Vec<String> = Vec::new();
+    let mut last = None;
+    for s in sides {
+        let c = per_grid_pool_count(grids, s);
+        if last != Some(c) {
+            offered.push(format!("{c} (s = {s})"));
+            last = Some(c);
+        }
+    }
+    let shapes: Vec<String> = grids
+        .iter()
+        .map(|g| {
+            let closers = g.stride - g.cols;
+            if closers > 0 {
+                format!("{}×{} with {closers} newline per row", g.rows, g.cols)
+            } else {
+                format!("{}×{}", g.rows, g.cols)
+            }
+        })
+        .collect();
+    bail!(
+        "pooling pools each grid ({}) into s×s windows and keeps one token per window and one newline per s rows: {k} tokens is no such count; this image offers {}",
+        shapes.join(", "),
+        offered.join(", ")
+    )
+}
+
+/// The paper's Pooling per grid (Algorithm 4 of "Token Pruning in MLLMs: Are We Solving the Right
+/// Problem?" applied to each grid on its own): from each `s × s` window of each grid the token with
+/// the largest score (ties: the first in raster order), and the row closers of
+/// [`per_grid_pool_count`]; ascending indices into the visual token list.
+pub fn window_max_per_grid(scores: &[f32], grids: &[TokenGrid], s: usize) -> Result<Vec<usize>> {
+    let windows = WindowGrid::of_grids(grids.to_vec(), s)?;
+    let mut kept = Vec::with_capacity(per_grid_pool_count(grids, s));
+    for w in 0..windows.num_windows() {
+        let mut best: Option<usize> = None;
+        for t in windows.window_tokens(w) {
+            if best.is_none_or(|b| scores[t] > scores[b]) {
+                best = Some(t);
+            }
+        }
+        kept.extend(best);
+    }
+    for g in grids {
+        for band in 0..g.rows.div_ceil(s) {
+            let last_row = g.start + (((band + 1) * s).min(g.rows) - 1) * g.stride;
+            kept.extend(last_row + g.cols..last_row + g.stride);
+        }
+    }
+    kept.sort_unstable();
+    Ok(kept)
+}
+
 /// ToDRE's cross-modal attention ratios from head-mean probabilities `att` (`s × s`, row-major,
 /// causal). Both measure the text-query × visual-key block, the only cross-modal attention a causal
 /// decoder has when the image precedes the text: `α_{t→v}` as a share of what the text rows attend
@@ -379,6 +451,49 @@ mod tests {
         assert_eq!(pooled_grid(6, 6, 9).unwrap(), (3, 3));
         assert_eq!(pooled_grid(24, 24, 192).unwrap(), (12, 16));
         assert!(pooled_grid(6, 6, 7).is_err());
+    }
+
+    /// LLaVA-NeXT's tall tiny image: a 6×6 base grid, then 14 rows of 6 each closed by a newline.
+    fn tall_grids() -> Vec<TokenGrid> {
+        vec![
+            TokenGrid::whole(6, 6),
+            TokenGrid {
+                start: 36,
+                rows: 14,
+                cols: 6,
+                stride: 7,
+            },
+        ]
+    }
+
+    #[test]
+    fn per_grid_pooling_counts_and_windows() {
+        let grids = tall_grids();
+        // s = 1 keeps everything; s = 2: 9 + 7·3 windows and 7 newlines; s = 3: 4 + 5·2 and 5.
+        assert_eq!(per_grid_pool_count(&grids, 1), 36 + 14 * 7);
+        assert_eq!(per_grid_pool_side(&grids, 37).unwrap(), 2);
+        assert_eq!(per_grid_pool_side(&grids, 19).unwrap(), 3);
+        // s = 7 … 13 all keep 5 tokens: the smallest side is the rule.
+        assert_eq!(per_grid_pool_side(&grids, 5).unwrap(), 7);
+        let e = per_grid_pool_side(&grids, 20).unwrap_err().to_string();
+        assert!(e.contains("134 (s = 1), 37 (s = 2), 19 (s = 3)"), "{e}");
+        // Scores rising with the index: each window keeps its last token.
+        let scores: Vec<f32> = (0..134).map(|i| i as f32).collect();
+        let kept = window_max_per_grid(&scores, &grids, 3).unwrap();
+        let newlines: Vec<usize> = [2, 5, 8, 11, 13].iter().map(|r| 36 + r * 7 + 6).collect();
+        let base = [14, 17, 32, 35];
+        // High-resolution windows: rows 0–2, 3–5, 6–8, 9–11, 12–13 (partial) × columns 0–2, 3–5.
+        let high: Vec<usize> = [2, 5, 8, 11, 13]
+            .iter()
+            .flat_map(|r| [36 + r * 7 + 2, 36 + r * 7 + 5])
+            .collect();
+        let mut want: Vec<usize> = base.iter().copied().chain(high).chain(newlines).collect();
+        want.sort_unstable();
+        assert_eq!(kept, want);
+        // Ties: the first token of the window in raster order.
+        let flat = vec![1.0f32; 134];
+        let kept = window_max_per_grid(&flat, &grids, 3).unwrap();
+        assert!(kept.contains(&0) && kept.contains(&3) && kept.contains(&18));
     }
 
     #[test]

@@ -313,17 +313,25 @@ impl<'a> PruneSelector<'a> {
                 (chosen, String::new())
             }
             Method::Pooling => {
-                let (r, c) = plan.pooled.ok_or_else(|| anyhow!("no pooled grid"))?;
                 // ‖x‖₁ of each visual token's layer-K input.
                 let l1 = to_vec_f32(&rows_f32(hidden, vis_rows).abs().sum_dim_intlist(
                     1,
                     false,
                     Kind::Float,
                 ));
-                (
-                    methods::window_max(&l1, ctx.visual.grid, (r, c)),
-                    format!("grid {r}x{c}"),
-                )
+                match (plan.pooled, plan.pool_side) {
+                    (Some((r, c)), _) => (
+                        methods::window_max(&l1, ctx.visual.grid, (r, c)),
+                        format!("grid {r}x{c}"),
+                    ),
+                    // Several grids (LLaVA-NeXT): each pooled on its own, the stage being first
+                    // so that the visual rows are the prompt's visual tokens in order.
+                    (None, Some(s)) => (
+                        methods::window_max_per_grid(&l1, &self.grids, s)?,
+                        format!("{s}x{s} windows per grid"),
+                    ),
+                    (None, None) => bail!("no pooled grid"),
+                }
             }
             Method::File => {
                 // Ascending indices into the prompt's visual tokens, each one still present.

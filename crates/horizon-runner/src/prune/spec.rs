@@ -187,6 +187,16 @@ pub struct StageInput<'a> {
     pub present: Option<&'a [usize]>,
 }
 
+impl StageInput<'_> {
+    /// `e` prefixed with the sample's key, where the run has one.
+    fn name_sample(&self, e: anyhow::Error) -> anyhow::Error {
+        match self.sample {
+            Some(sample) => anyhow::anyhow!("sample `{sample}`: {e:#}"),
+            None => e,
+        }
+    }
+}
+
 /// What a stage will keep at one sample, once its rules hold ([`Stage::check_at`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StagePlan {
@@ -194,6 +204,8 @@ pub struct StagePlan {
     pub keep: usize,
     /// Pooling's target grid (rows × cols).
     pub pooled: Option<(usize, usize)>,
+    /// Pooling's window side on each of several grids (LLaVA-NeXT's base and high-resolution grids).
+    pub pool_side: Option<usize>,
     /// A file stage's kept tokens: ascending indices into the prompt's visual tokens.
     pub listed: Option<Vec<usize>>,
 }
@@ -218,6 +230,7 @@ impl Stage {
         let mut plan = StagePlan {
             keep: 0,
             pooled: None,
+            pool_side: None,
             listed: None,
         };
         if let Some(file) = &self.file {
@@ -264,11 +277,19 @@ impl Stage {
             (Method::Pooling | Method::AvgPooling, [g]) => {
                 plan.pooled = Some(super::methods::pooled_grid(g.rows, g.cols, k)?);
             }
-            (Method::Pooling | Method::AvgPooling, grids) => bail!(
-                "{} pools one visual grid into a smaller one, and this image's tokens form {} grids (anyres: base image, high-resolution tiles) with newline tokens; no pooling rule across them is defined (window-fastv, fastv, divprune, dart and sparsevlm run per token)",
-                self.method.name(),
-                grids.len()
-            ),
+            // Several grids (LLaVA-NeXT): the refusals name the sample, whose image sets the grids.
+            (Method::Pooling, grids) => {
+                plan.pool_side = Some(
+                    super::methods::per_grid_pool_side(grids, k)
+                        .map_err(|e| at.name_sample(e))?,
+                );
+            }
+            (Method::AvgPooling, grids) => {
+                return Err(at.name_sample(anyhow::anyhow!(
+                    "avg-pooling pools one visual grid into a smaller one, and this image's tokens form {} grids (anyres: base image, high-resolution tiles) with newline tokens; no averaging rule across them is defined (pooling@K, the paper's Pooling, pools each grid)",
+                    grids.len()
+                )))
+            }
             _ => {}
         }
         match self.method {
