@@ -475,6 +475,18 @@ mod tests {
         assert_eq!(per_grid_pool_side(&grids, 19).unwrap(), 3);
         // s = 7 … 13 all keep 5 tokens: the smallest side is the rule.
         assert_eq!(per_grid_pool_side(&grids, 5).unwrap(), 7);
+        // llava-v1.6 on a square 672×672 image: 24×24 base, 48×48 high-resolution and 48 newlines.
+        let square = [
+            TokenGrid::whole(24, 24),
+            TokenGrid {
+                start: 576,
+                rows: 48,
+                cols: 48,
+                stride: 49,
+            },
+        ];
+        assert_eq!(per_grid_pool_count(&square, 1), 2928);
+        assert_eq!(per_grid_pool_count(&square, 2), 144 + 576 + 24);
         let e = per_grid_pool_side(&grids, 20).unwrap_err().to_string();
         assert!(e.contains("134 (s = 1), 37 (s = 2), 19 (s = 3)"), "{e}");
         // Scores rising with the index: each window keeps its last token.
