@@ -1047,10 +1047,10 @@ fn sparsevlm_v1_5_recycles_as_the_released_loop() {
 
 /// LLaVA-NeXT's token count follows each image (anyres): a percentage keeps that share of each
 /// sample's own count, in the run and in the up-front check; window-fastv tiles each grid (base and
-/// high-resolution), its windows holding no newline token; Pooling pools each grid into windows of
-/// one side and refuses, at the run and up front naming the sample, a count no side gives; the
-/// average pooling (one grid) and ToDRE's CLS pivot refuse with one line naming the method, as does
-/// VisionZip below one token per crop.
+/// high-resolution), its windows holding no newline token; both poolings pool each grid into
+/// windows of one side and refuse, at the run and up front naming the sample, a count no side gives;
+/// ToDRE's CLS pivot refuses with one line naming the method, as does VisionZip below one token per
+/// crop.
 #[test]
 fn anyres_rules_hold_per_image() {
     let f = family("llava_next");
@@ -1108,7 +1108,7 @@ fn anyres_rules_hold_per_image() {
             "pooling@2:9",
             "9 tokens is no such count; this image offers 134 (s = 1), 37 (s = 2), 19 (s = 3)",
         ),
-        ("avg-pooling@0:9", "avg-pooling pools one visual grid"),
+        ("avg-pooling@0:20", "20 tokens is no such count"),
         (
             "visionzip@0:3",
             "visionzip keeps tokens of each of the image's 4 crops",

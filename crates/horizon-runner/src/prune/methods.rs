@@ -302,36 +302,63 @@ pub fn per_grid_pool_side(grids: &[TokenGrid], k: usize) -> Result<usize> {
         })
         .collect();
     bail!(
-        "pooling pools each grid ({}) into s×s windows and keeps one token per window and one newline per s rows: {k} tokens is no such count; this image offers {}",
+        "pooling pools each grid ({}) into s×s windows, one token per window and one newline per s rows: {k} tokens is no such count; this image offers {}",
         shapes.join(", "),
         offered.join(", ")
     )
+}
+
+/// The windows of the per-grid pooling with side `s`, in the order the pooled block packs them: of
+/// each grid, band by band (`s` rows), the band's windows left to right (`Window`, the token indices
+/// of the window in raster order), then the tokens closing the band's last row (`Closer`: LLaVA-NeXT's
+/// `image_newline`), as `pack_image_features` closes each row of the grid the LLM sees.
+pub fn per_grid_pool_layout(grids: &[TokenGrid], s: usize) -> Vec<PooledToken> {
+    let mut out = Vec::with_capacity(per_grid_pool_count(grids, s));
+    for g in grids {
+        for band in 0..g.rows.div_ceil(s) {
+            let rows = band * s..((band + 1) * s).min(g.rows);
+            for wc in 0..g.cols.div_ceil(s) {
+                let cols = wc * s..((wc + 1) * s).min(g.cols);
+                let members = rows
+                    .clone()
+                    .flat_map(|r| cols.clone().map(move |c| g.start + r * g.stride + c))
+                    .collect();
+                out.push(PooledToken::Window(members));
+            }
+            let last_row = g.start + (rows.end - 1) * g.stride;
+            out.extend((last_row + g.cols..last_row + g.stride).map(PooledToken::Closer));
+        }
+    }
+    out
+}
+
+/// One token of a per-grid pooled block ([`per_grid_pool_layout`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PooledToken {
+    /// A window's token indices, raster order.
+    Window(Vec<usize>),
+    /// A row closer kept as it is.
+    Closer(usize),
 }
 
 /// The paper's Pooling per grid (Algorithm 4 of "Token Pruning in MLLMs: Are We Solving the Right
 /// Problem?" applied to each grid on its own): from each `s × s` window of each grid the token with
 /// the largest score (ties: the first in raster order), and the row closers of
 /// [`per_grid_pool_count`]; ascending indices into the visual token list.
-pub fn window_max_per_grid(scores: &[f32], grids: &[TokenGrid], s: usize) -> Result<Vec<usize>> {
-    let windows = WindowGrid::of_grids(grids.to_vec(), s)?;
-    let mut kept = Vec::with_capacity(per_grid_pool_count(grids, s));
-    for w in 0..windows.num_windows() {
-        let mut best: Option<usize> = None;
-        for t in windows.window_tokens(w) {
-            if best.is_none_or(|b| scores[t] > scores[b]) {
-                best = Some(t);
+pub fn window_max_per_grid(scores: &[f32], grids: &[TokenGrid], s: usize) -> Vec<usize> {
+    let mut kept: Vec<usize> = per_grid_pool_layout(grids, s)
+        .into_iter()
+        .filter_map(|token| match token {
+            PooledToken::Window(members) => {
+                members
+                    .into_iter()
+                    .reduce(|b, t| if scores[t] > scores[b] { t } else { b })
             }
-        }
-        kept.extend(best);
-    }
-    for g in grids {
-        for band in 0..g.rows.div_ceil(s) {
-            let last_row = g.start + (((band + 1) * s).min(g.rows) - 1) * g.stride;
-            kept.extend(last_row + g.cols..last_row + g.stride);
-        }
-    }
+            PooledToken::Closer(t) => Some(t),
+        })
+        .collect();
     kept.sort_unstable();
-    Ok(kept)
+    kept
 }
 
 /// ToDRE's cross-modal attention ratios from head-mean probabilities `att` (`s × s`, row-major,
@@ -491,7 +518,7 @@ mod tests {
         assert!(e.contains("134 (s = 1), 37 (s = 2), 19 (s = 3)"), "{e}");
         // Scores rising with the index: each window keeps its last token.
         let scores: Vec<f32> = (0..134).map(|i| i as f32).collect();
-        let kept = window_max_per_grid(&scores, &grids, 3).unwrap();
+        let kept = window_max_per_grid(&scores, &grids, 3);
         let newlines: Vec<usize> = [2, 5, 8, 11, 13].iter().map(|r| 36 + r * 7 + 6).collect();
         let base = [14, 17, 32, 35];
         // High-resolution windows: rows 0–2, 3–5, 6–8, 9–11, 12–13 (partial) × columns 0–2, 3–5.
@@ -502,9 +529,44 @@ mod tests {
         let mut want: Vec<usize> = base.iter().copied().chain(high).chain(newlines).collect();
         want.sort_unstable();
         assert_eq!(kept, want);
+        // The block's order: base windows, then each high-resolution band's windows and newline.
+        let layout = per_grid_pool_layout(&grids, 3);
+        assert_eq!(layout.len(), 19);
+        assert_eq!(
+            layout[0],
+            PooledToken::Window(vec![0, 1, 2, 6, 7, 8, 12, 13, 14])
+        );
+        assert_eq!(layout[6], PooledToken::Closer(36 + 2 * 7 + 6));
+        assert_eq!(
+            layout[17],
+            PooledToken::Window(vec![
+                36 + 84 + 3,
+                36 + 84 + 4,
+                36 + 84 + 5,
+                36 + 91 + 3,
+                36 + 91 + 4,
+                36 + 91 + 5
+            ])
+        );
+        assert_eq!(layout[18], PooledToken::Closer(133));
+        // Its windows are those of `VlModel::window_grid` at side 3.
+        let tiled = WindowGrid::of_grids(grids.clone(), 3).unwrap();
+        let mut windows: Vec<Vec<usize>> = layout
+            .iter()
+            .filter_map(|t| match t {
+                PooledToken::Window(m) => Some(m.clone()),
+                PooledToken::Closer(_) => None,
+            })
+            .collect();
+        windows.sort();
+        let mut want: Vec<Vec<usize>> = (0..tiled.num_windows())
+            .map(|w| tiled.window_tokens(w))
+            .collect();
+        want.sort();
+        assert_eq!(windows, want);
         // Ties: the first token of the window in raster order.
         let flat = vec![1.0f32; 134];
-        let kept = window_max_per_grid(&flat, &grids, 3).unwrap();
+        let kept = window_max_per_grid(&flat, &grids, 3);
         assert!(kept.contains(&0) && kept.contains(&3) && kept.contains(&18));
     }
 

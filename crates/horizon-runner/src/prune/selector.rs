@@ -327,7 +327,7 @@ impl<'a> PruneSelector<'a> {
                     // Several grids (LLaVA-NeXT): each pooled on its own, the stage being first
                     // so that the visual rows are the prompt's visual tokens in order.
                     (None, Some(s)) => (
-                        methods::window_max_per_grid(&l1, &self.grids, s)?,
+                        methods::window_max_per_grid(&l1, &self.grids, s),
                         format!("{s}x{s} windows per grid"),
                     ),
                     (None, None) => bail!("no pooled grid"),

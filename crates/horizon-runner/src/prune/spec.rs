@@ -278,17 +278,10 @@ impl Stage {
                 plan.pooled = Some(super::methods::pooled_grid(g.rows, g.cols, k)?);
             }
             // Several grids (LLaVA-NeXT): the refusals name the sample, whose image sets the grids.
-            (Method::Pooling, grids) => {
+            (Method::Pooling | Method::AvgPooling, grids) => {
                 plan.pool_side = Some(
-                    super::methods::per_grid_pool_side(grids, k)
-                        .map_err(|e| at.name_sample(e))?,
+                    super::methods::per_grid_pool_side(grids, k).map_err(|e| at.name_sample(e))?,
                 );
-            }
-            (Method::AvgPooling, grids) => {
-                return Err(at.name_sample(anyhow::anyhow!(
-                    "avg-pooling pools one visual grid into a smaller one, and this image's tokens form {} grids (anyres: base image, high-resolution tiles) with newline tokens; no averaging rule across them is defined (pooling@K, the paper's Pooling, pools each grid)",
-                    grids.len()
-                )))
             }
             _ => {}
         }

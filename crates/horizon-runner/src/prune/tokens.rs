@@ -52,6 +52,31 @@ pub(super) fn build_tokens(
     )?;
     let k = plan.keep;
     match stage.method {
+        Method::AvgPooling if plan.pool_side.is_some() => {
+            // Several grids (LLaVA-NeXT): each window's mean, each band closed by its newline.
+            let s = plan.pool_side.unwrap_or(1);
+            let x = rows_f32(&dec.embeds, &visual.positions).to_kind(dec.embeds.kind());
+            let mut tokens = Vec::with_capacity(k);
+            let mut representatives = Vec::with_capacity(k);
+            for token in methods::per_grid_pool_layout(&grids, s) {
+                let (row, first) = match token {
+                    methods::PooledToken::Window(members) => (
+                        x.index_select(0, &index_tensor(&members, x.device()))
+                            .mean_dim(0, false, x.kind()),
+                        members[0],
+                    ),
+                    methods::PooledToken::Closer(t) => (x.get(t as i64), t),
+                };
+                tokens.push(row);
+                representatives.push(visual.positions[first]);
+            }
+            Ok(BuiltTokens {
+                block: Tensor::stack(&tokens, 0),
+                representatives,
+                grid: (1, k),
+                note: format!("{s}x{s} windows per grid"),
+            })
+        }
         Method::AvgPooling => {
             let (rows, cols) = visual.grid;
             let (r, c) = plan.pooled.ok_or_else(|| anyhow!("no pooled grid"))?;
