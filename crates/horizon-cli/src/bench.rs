@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// rounds in the same process, and check that they agree.
     #[arg(long, default_value_t = 0)]
     shortcut_reps: usize,
+    /// Also print where one sample's time goes: the prefill, each K's batches, the scoring (lm_head
+    /// and the metrics over every variant) and writing the sample's rows as Parquet.
+    #[arg(long)]
+    profile: bool,
     /// Timed repetitions of the plain forward (after one warm-up).
     #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     reps: usize,
@@ -239,6 +243,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Vec::new()
     };
 
+    if args.profile {
+        profile(&model, &inputs, &sweep, &results)?;
+    }
+
     println!("| measure | value |");
     println!("|---|---|");
     println!(
@@ -291,8 +299,116 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Prefill latency and KV-cache bytes of each `--prune` spec against the unpruned prefill, timed
-/// alternately in the same run (one warm-up each, then `--reps` rounds).
+/// One sample's sweep split into its parts, each timed on its own (after the sweep above warmed up):
+/// the prefill keeping every layer's input, keys and values; each K's batches alone (the default
+/// shortcuts, as `horizon info` runs them); the scoring of every variant (lm_head of the last position,
+/// log-softmax, p and KL) on hidden states of the variants' shape; the Parquet part of the rows.
+fn profile(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    sweep: &SweepConfig,
+    results: &[horizon_runner::info::VariantResult],
+) -> Result<()> {
+    let device = model.device();
+    let timed = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        sync(device);
+        let t = Instant::now();
+        f()?;
+        sync(device);
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let mut full = None;
+    let prefill = timed(&mut || {
+        full = Some(full_run(model, inputs)?);
+        Ok(())
+    })?;
+    let full = full.expect("set by the prefill");
+    let mut per_k = Vec::new();
+    for &k in &sweep.layers {
+        let one = SweepConfig {
+            layers: vec![k],
+            ..sweep.clone()
+        };
+        per_k.push((
+            k,
+            timed(&mut || sweep_sample(model, inputs, &full, 0, &one).map(|_| ()))?,
+        ));
+    }
+    let whole = timed(&mut || sweep_sample(model, inputs, &full, 0, sweep).map(|_| ()))?;
+    let rows = results.len() as i64 - 1;
+    let (hidden, _, _) = model.text_dims();
+    let last = Tensor::randn([rows, hidden], (full.log_probs.kind(), device))
+        .to_kind(full.layer_inputs[0].kind());
+    let scoring = timed(&mut || {
+        let _guard = tch::no_grad_guard();
+        let logp = model
+            .lm_head(&last)
+            .to_kind(tch::Kind::Float)
+            .log_softmax(-1, tch::Kind::Float);
+        let kl = (full.log_probs.exp() * (&full.log_probs - &logp)).sum_dim_intlist(
+            -1,
+            false,
+            tch::Kind::Double,
+        );
+        let _: Vec<f64> = Vec::try_from(kl.to_device(Device::Cpu))?;
+        Ok(())
+    })?;
+    let info_rows: Vec<horizon_data::info_rows::InfoRow> = results
+        .iter()
+        .map(|r| horizon_data::info_rows::InfoRow {
+            model: "bench".into(),
+            task: "bench".into(),
+            sample_id: "0".into(),
+            layer: r.layer.map_or(-1, |k| k as i32),
+            variant: match r.variant {
+                horizon_runner::info::Variant::Full => horizon_data::info_rows::RowVariant::Full,
+                horizon_runner::info::Variant::TextOnly => {
+                    horizon_data::info_rows::RowVariant::TextOnly
+                }
+                horizon_runner::info::Variant::Window(_) => {
+                    horizon_data::info_rows::RowVariant::Window
+                }
+            },
+            window: match r.variant {
+                horizon_runner::info::Variant::Window(w) => w as i32,
+                _ => -1,
+            },
+            window_row: -1,
+            window_col: -1,
+            grid: 0,
+            mode: sweep.mode,
+            target: horizon_data::info_rows::Target::Gt,
+            target_token: 0,
+            p: r.p,
+            logp: r.logp,
+            kl: r.kl,
+        })
+        .collect();
+    let path = std::env::temp_dir().join(format!("horizon-bench-{}.parquet", std::process::id()));
+    let parquet = timed(&mut || horizon_data::info_rows::write_info_rows(&path, &info_rows, &[]))?;
+    let _ = std::fs::remove_file(&path);
+    println!("| part of one sample (each timed alone) | seconds |");
+    println!("|---|---|");
+    println!(
+        "| prefill (vision tower, every layer, inputs, keys and values kept) | {prefill:.4} |"
+    );
+    for (k, secs) in &per_k {
+        println!("| variants of K = {k} alone (their batches, scoring included) | {secs:.4} |");
+    }
+    println!(
+        "| all K together (the sweep as `horizon info` runs it) | {whole:.4} (the K alone sum to {:.4}) |",
+        per_k.iter().map(|(_, s)| s).sum::<f64>()
+    );
+    println!(
+        "| scoring of the {rows} variants (lm_head, log-softmax, KL, to host) | {scoring:.4} |"
+    );
+    println!(
+        "| Parquet part of the sample's {} rows | {parquet:.4} |",
+        info_rows.len()
+    );
+    Ok(())
+}
+
 /// The synthetic prompt with `before` of its text tokens (after BOS) placed before the image.
 fn text_before_image(inputs: ModelInputs, before: usize) -> Result<ModelInputs> {
     let ids: Vec<i64> = Vec::try_from(inputs.input_ids.squeeze_dim(0).to_device(Device::Cpu))?;
@@ -425,7 +541,8 @@ fn compare_shortcuts(
                 ..Shortcuts::NONE
             },
         ),
-        ("all", Shortcuts::default()),
+        ("default (prefix, last position)", Shortcuts::default()),
+        ("all", Shortcuts::ALL),
     ];
     let device = model.device();
     let mut results = Vec::new();
@@ -461,6 +578,8 @@ fn compare_shortcuts(
         .collect())
 }
 
+/// Prefill latency and KV-cache bytes of each `--prune` spec against the unpruned prefill, timed
+/// alternately in the same run (one warm-up each, then `--reps` rounds).
 fn bench_pruning(
     args: &BenchArgs,
     model: &VlModel,

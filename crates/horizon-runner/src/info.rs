@@ -162,7 +162,7 @@ fn auto_batch_size(model: &VlModel, seq: usize, budget: usize, elem_bytes: usize
 }
 
 /// The engine's shortcuts, each exact up to f32 rounding (tests/info_engine.rs holds every one
-/// against the naive procedure); [`Shortcuts::default`] takes all of them, [`Shortcuts::NONE`] is
+/// against the naive procedure); [`Shortcuts::ALL`] takes all of them, [`Shortcuts::NONE`] is
 /// the plain resumed run (every kept position through every layer from K, one K per batch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shortcuts {
@@ -185,14 +185,21 @@ impl Shortcuts {
         last_position_only: false,
         stack_layers: false,
     };
+    pub const ALL: Self = Self {
+        prefix_kv: true,
+        last_position_only: true,
+        stack_layers: true,
+    };
 }
 
+/// The shortcuts that measurably help on the CPU (BENCHMARKS.md, "Engine shortcuts"): stacking the K
+/// made the bundled model's sweep slower there, so it is off by default.
 impl Default for Shortcuts {
     fn default() -> Self {
         Self {
             prefix_kv: true,
             last_position_only: true,
-            stack_layers: true,
+            stack_layers: false,
         }
     }
 }
@@ -205,7 +212,7 @@ fn unchanged_prefix(keep: &[usize]) -> usize {
         .count()
 }
 
-/// Runs every variant of one sample with every shortcut ([`sweep_sample_with`]).
+/// Runs every variant of one sample with the default shortcuts ([`sweep_sample_with`]).
 pub fn sweep_sample(
     model: &VlModel,
     inputs: &ModelInputs,

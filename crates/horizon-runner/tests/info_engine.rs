@@ -65,6 +65,7 @@ fn engine_equals_naive(model_dir: &Path, image: &Path, question: &str) {
             ..Shortcuts::NONE
         },
         Shortcuts::default(),
+        Shortcuts::ALL,
     ];
     // The text before the image is the shared prefix of every keep-only variant; a leave-out variant's
     // runs to its window's first token.
@@ -103,7 +104,7 @@ fn engine_equals_naive(model_dir: &Path, image: &Path, question: &str) {
                 assert_eq!(results.len(), 1 + layers.len() * (1 + grid.num_windows()));
                 if shortcuts == Shortcuts::default() {
                     let plain = sweep_sample(&model, &inputs, &full, target, &cfg).unwrap();
-                    assert_eq!(plain, results, "sweep_sample takes every shortcut");
+                    assert_eq!(plain, results, "sweep_sample takes the default shortcuts");
                 }
                 let mut max_diff = 0f64;
                 for (i, r) in results.iter().enumerate() {
@@ -150,4 +151,28 @@ fn window_grid_partial_edges() {
     let r = WindowGrid::new((24, 24), 2).unwrap();
     assert_eq!(r.window_tokens(1), vec![2, 3, 26, 27]);
     assert_eq!(r.window_tokens(143), vec![550, 551, 574, 575]);
+}
+
+/// `horizon bench`'s synthetic prompt on the bundled horizon-large, whose image token (id 4) lies
+/// among its 110 text ids: the random text never adds a placeholder, so the prompt has exactly one
+/// per visual feature and the prefill runs, whatever the seed.
+#[test]
+fn synthetic_prompt_has_one_placeholder_per_visual_token() {
+    let dir = root().join("data/models/horizon-large");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let image_token = config["image_token_index"].as_i64().unwrap();
+    let model = VlModel::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    for seed in 0..20 {
+        tch::manual_seed(seed);
+        let inputs = model.synthetic_inputs(40).unwrap();
+        let ids: Vec<i64> = Vec::try_from(inputs.input_ids.squeeze_dim(0)).unwrap();
+        let placeholders = ids.iter().filter(|&&t| t == image_token).count();
+        assert_eq!(placeholders, inputs.visual.positions.len(), "seed {seed}");
+        assert!(ids[inputs.visual.positions[0]..]
+            .iter()
+            .take(placeholders)
+            .all(|&t| t == image_token));
+        full_run(&model, &inputs).unwrap();
+    }
 }

@@ -287,13 +287,21 @@ pub(crate) fn synthetic_prompt(
 ) -> Result<ModelInputs> {
     let vocab = config.text_config.vocab_size;
     let before = text_tokens.min(4);
+    let (low, high, image) = (3, vocab.min(32000), config.image_token_id);
+    // In a small vocabulary the image token lies among the text ids: draw from one id fewer and
+    // step over it, so the prompt holds exactly `n_img` placeholders (where it lies above the range,
+    // as in the 7B configurations, the draw is unchanged).
+    let skip = (low..high).contains(&image);
     let text = Tensor::randint_low(
-        3,
-        vocab.min(32000),
+        low,
+        high - i64::from(skip),
         [text_tokens as i64],
         (Kind::Int64, Device::Cpu),
     );
-    let text: Vec<i64> = Vec::try_from(&text)?;
+    let text: Vec<i64> = Vec::try_from(&text)?
+        .into_iter()
+        .map(|t| if skip && t >= image { t + 1 } else { t })
+        .collect();
     let mut ids = vec![1i64];
     ids.extend_from_slice(&text[..before]);
     let first_visual = ids.len();
