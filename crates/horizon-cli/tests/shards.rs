@@ -459,3 +459,62 @@ fn weights_edited_in_place_are_seen_on_resume() {
     let (ok, err) = tiny_info(d, &q, &edited, &steps, &["--resume"]);
     one_line_error(ok, &err, "horizon.model_fingerprint");
 }
+
+/// The DART pivot order is part of a DART run's identity (a resume with the other order is refused),
+/// and only of a DART run's: a run without a DART stage resumes whatever `--dart-pivot-order` says.
+#[test]
+fn dart_pivot_order_is_checked_on_resume_of_dart_runs_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let q = five_question_bench(d);
+    let model = root().join("fixtures/llava/models/llava-tiny");
+    let stopped = ["--max-samples-per-run", "2"];
+
+    let dart = d.join("dart");
+    let (ok, err) = eval(
+        d,
+        &q,
+        &model,
+        &dart,
+        &[&["--prune", "dart@1:12"][..], &stopped].concat(),
+    );
+    assert!(ok, "{err}");
+    let (ok, err) = eval(
+        d,
+        &q,
+        &model,
+        &dart,
+        &[
+            "--prune",
+            "dart@1:12",
+            "--resume",
+            "--dart-pivot-order",
+            "sequence",
+        ],
+    );
+    common::assert_one_error(ok, &err, &["prune_options", "dart_pivot_order=set"]);
+
+    let fastv = d.join("fastv");
+    let (ok, err) = eval(
+        d,
+        &q,
+        &model,
+        &fastv,
+        &[&["--prune", "fastv@1:12"][..], &stopped].concat(),
+    );
+    assert!(ok, "{err}");
+    let (ok, err) = eval(
+        d,
+        &q,
+        &model,
+        &fastv,
+        &[
+            "--prune",
+            "fastv@1:12",
+            "--resume",
+            "--dart-pivot-order",
+            "sequence",
+        ],
+    );
+    assert!(ok, "{err}");
+}

@@ -96,16 +96,28 @@ impl Evaluation {
                     .scorer
                     .map_or("from the benchmark".into(), |b| b.name().into()),
                 prune: self.prune.to_string(),
-                prune_options: format!(
-                    "positions={} seed={} window_size={} tau={} info_window={} dart_pivots={} dart_pivot_order={}",
-                    o.positions.map_or("default".into(), |p| format!("{p:?}")),
-                    o.seed,
-                    o.window_size,
-                    o.tau,
-                    o.info_window,
-                    o.dart_pivots,
-                    o.dart_pivot_order.name()
-                ),
+                prune_options: {
+                    let mut options = format!(
+                        "positions={} seed={} window_size={} tau={} info_window={} dart_pivots={}",
+                        o.positions.map_or("default".into(), |p| format!("{p:?}")),
+                        o.seed,
+                        o.window_size,
+                        o.tau,
+                        o.info_window,
+                        o.dart_pivots,
+                    );
+                    // Only DART reads the pivot order; leaving it out of other runs' identity keeps
+                    // their directories, written before the option existed, resumable.
+                    if self
+                        .prune
+                        .stages
+                        .iter()
+                        .any(|s| matches!(s.method, Method::Dart))
+                    {
+                        options += &format!(" dart_pivot_order={}", o.dart_pivot_order.name());
+                    }
+                    options
+                },
                 info_rows: self.info_rows.as_ref().map(|r| r.source.clone()),
             }),
         )
