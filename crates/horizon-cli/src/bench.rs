@@ -14,6 +14,7 @@ use tch::{Device, Tensor};
 use horizon_runner::device::dtype_name;
 
 use crate::options::{at_least_one, prune_spec, RunOptions};
+use horizon_data::window::WindowGrid;
 use horizon_runner::decoder::KvCache;
 use horizon_runner::info::{
     full_run, naive_variant, sweep_sample, sweep_sample_with, variant_keep_sets, InfoMode,
@@ -244,7 +245,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
 
     if args.profile {
-        profile(&model, &inputs, &sweep, &results)?;
+        profile(&model, &inputs, &sweep, &grid, &results)?;
     }
 
     println!("| measure | value |");
@@ -307,6 +308,7 @@ fn profile(
     model: &VlModel,
     inputs: &ModelInputs,
     sweep: &SweepConfig,
+    grid: &WindowGrid,
     results: &[horizon_runner::info::VariantResult],
 ) -> Result<()> {
     let device = model.device();
@@ -353,37 +355,15 @@ fn profile(
         let _: Vec<f64> = Vec::try_from(kl.to_device(Device::Cpu))?;
         Ok(())
     })?;
-    let info_rows: Vec<horizon_data::info_rows::InfoRow> = results
-        .iter()
-        .map(|r| horizon_data::info_rows::InfoRow {
-            model: "bench".into(),
-            task: "bench".into(),
-            sample_id: "0".into(),
-            layer: r.layer.map_or(-1, |k| k as i32),
-            variant: match r.variant {
-                horizon_runner::info::Variant::Full => horizon_data::info_rows::RowVariant::Full,
-                horizon_runner::info::Variant::TextOnly => {
-                    horizon_data::info_rows::RowVariant::TextOnly
-                }
-                horizon_runner::info::Variant::Window(_) => {
-                    horizon_data::info_rows::RowVariant::Window
-                }
-            },
-            window: match r.variant {
-                horizon_runner::info::Variant::Window(w) => w as i32,
-                _ => -1,
-            },
-            window_row: -1,
-            window_col: -1,
-            grid: 0,
-            mode: sweep.mode,
-            target: horizon_data::info_rows::Target::Gt,
-            target_token: 0,
-            p: r.p,
-            logp: r.logp,
-            kl: r.kl,
-        })
-        .collect();
+    let keys = horizon_runner::sweep::SampleRowKeys {
+        model: "bench",
+        task: "bench",
+        sample_id: "0",
+        mode: sweep.mode,
+        target: horizon_data::info_rows::Target::Gt,
+        target_token: 0,
+    };
+    let info_rows = horizon_runner::sweep::variant_rows(results, grid, &keys);
     let path = std::env::temp_dir().join(format!("horizon-bench-{}.parquet", std::process::id()));
     let parquet = timed(&mut || horizon_data::info_rows::write_info_rows(&path, &info_rows, &[]))?;
     let _ = std::fs::remove_file(&path);

@@ -16,9 +16,10 @@ use horizon_data::bench::Sample;
 use horizon_data::imageproc::to_rgb_like_pil;
 use horizon_data::info_rows::{write_info_rows, Estimate, InfoMode, InfoRow, RowVariant, Target};
 use horizon_data::run_meta::{InfoSettings, RunKind, RunMetadata};
+use horizon_data::window::WindowGrid;
 
 use crate::gradient::estimate_sample;
-use crate::info::{full_run, sweep_sample, SweepConfig, Variant};
+use crate::info::{full_run, sweep_sample, SweepConfig, Variant, VariantResult};
 use crate::model::VlModel;
 use crate::parts::{PartRun, RunIdentity, RunPlan};
 use crate::processor::{Processor, PromptTemplate};
@@ -165,40 +166,67 @@ impl InfoSweep {
             Estimate::Exact => sweep_sample(model, &inputs, &full, target, cfg),
             Estimate::Gradient => estimate_sample(model, &inputs, &full, target, cfg),
         };
-        let rows = results
-            .with_context(context)?
-            .into_iter()
-            .map(|r| {
-                let (variant, window) = match r.variant {
-                    Variant::Full => (RowVariant::Full, None),
-                    Variant::TextOnly => (RowVariant::TextOnly, None),
-                    Variant::Window(w) => (RowVariant::Window, Some(w)),
-                };
-                let (wr, wc, wg) = window.map_or((-1, -1, -1), |w| {
-                    let (r, c) = grid.window_position(w);
-                    (r as i32, c as i32, grid.window_grid(w) as i32)
-                });
-                InfoRow {
-                    model: self.model_name.clone(),
-                    task: sample.category.clone(),
-                    sample_id: sample.key.clone(),
-                    layer: r.layer.map_or(-1, |k| k as i32),
-                    variant,
-                    window: window.map_or(-1, |w| w as i32),
-                    window_row: wr,
-                    window_col: wc,
-                    grid: wg,
-                    mode: self.mode,
-                    target: self.target,
-                    target_token: target,
-                    p: r.p,
-                    logp: r.logp,
-                    kl: r.kl,
-                }
-            })
-            .collect();
-        Ok(rows)
+        let results = results.with_context(context)?;
+        let keys = SampleRowKeys {
+            model: &self.model_name,
+            task: &sample.category,
+            sample_id: &sample.key,
+            mode: self.mode,
+            target: self.target,
+            target_token: target,
+        };
+        Ok(variant_rows(&results, &grid, &keys))
     }
+}
+
+/// The columns every info row of one sample shares.
+pub struct SampleRowKeys<'a> {
+    pub model: &'a str,
+    pub task: &'a str,
+    pub sample_id: &'a str,
+    pub mode: InfoMode,
+    pub target: Target,
+    pub target_token: i64,
+}
+
+/// One sample's variant results as info rows, each window placed on `grid` (its row, column and
+/// grid; -1 for the full run and the text-only baseline).
+pub fn variant_rows(
+    results: &[VariantResult],
+    grid: &WindowGrid,
+    keys: &SampleRowKeys,
+) -> Vec<InfoRow> {
+    results
+        .iter()
+        .map(|r| {
+            let (variant, window) = match r.variant {
+                Variant::Full => (RowVariant::Full, None),
+                Variant::TextOnly => (RowVariant::TextOnly, None),
+                Variant::Window(w) => (RowVariant::Window, Some(w)),
+            };
+            let (wr, wc, wg) = window.map_or((-1, -1, -1), |w| {
+                let (r, c) = grid.window_position(w);
+                (r as i32, c as i32, grid.window_grid(w) as i32)
+            });
+            InfoRow {
+                model: keys.model.to_string(),
+                task: keys.task.to_string(),
+                sample_id: keys.sample_id.to_string(),
+                layer: r.layer.map_or(-1, |k| k as i32),
+                variant,
+                window: window.map_or(-1, |w| w as i32),
+                window_row: wr,
+                window_col: wc,
+                grid: wg,
+                mode: keys.mode,
+                target: keys.target,
+                target_token: keys.target_token,
+                p: r.p,
+                logp: r.logp,
+                kl: r.kl,
+            }
+        })
+        .collect()
 }
 
 /// A checked sweep: the samples still to do and where their rows go.
