@@ -313,19 +313,19 @@ pub fn per_grid_pool_side(grids: &[TokenGrid], k: usize) -> Result<usize> {
 /// of the window in raster order), then the tokens closing the band's last row (`Closer`: LLaVA-NeXT's
 /// `image_newline`), as `pack_image_features` closes each row of the grid the LLM sees.
 pub fn per_grid_pool_layout(grids: &[TokenGrid], s: usize) -> Vec<PooledToken> {
+    // The windows are `horizon info`'s and window FastV's (row-major on each grid, so a band's
+    // windows are consecutive); only the row closers are added here.
+    let windows = WindowGrid {
+        grids: grids.to_vec(),
+        size: s,
+    };
     let mut out = Vec::with_capacity(per_grid_pool_count(grids, s));
-    for g in grids {
-        for band in 0..g.rows.div_ceil(s) {
-            let rows = band * s..((band + 1) * s).min(g.rows);
-            for wc in 0..g.cols.div_ceil(s) {
-                let cols = wc * s..((wc + 1) * s).min(g.cols);
-                let members = rows
-                    .clone()
-                    .flat_map(|r| cols.clone().map(move |c| g.start + r * g.stride + c))
-                    .collect();
-                out.push(PooledToken::Window(members));
-            }
-            let last_row = g.start + (rows.end - 1) * g.stride;
+    for w in 0..windows.num_windows() {
+        out.push(PooledToken::Window(windows.window_tokens(w)));
+        let g = windows.grids[windows.window_grid(w)];
+        let (band, col) = windows.window_position(w);
+        if col + 1 == g.cols.div_ceil(s) {
+            let last_row = g.start + (((band + 1) * s).min(g.rows) - 1) * g.stride;
             out.extend((last_row + g.cols..last_row + g.stride).map(PooledToken::Closer));
         }
     }
