@@ -468,53 +468,33 @@ fn dart_pivot_order_is_checked_on_resume_of_dart_runs_only() {
     let d = tmp.path();
     let q = five_question_bench(d);
     let model = root().join("fixtures/llava/models/llava-tiny");
-    let stopped = ["--max-samples-per-run", "2"];
-
-    let dart = d.join("dart");
-    let (ok, err) = eval(
-        d,
-        &q,
-        &model,
-        &dart,
-        &[&["--prune", "dart@1:12"][..], &stopped].concat(),
-    );
-    assert!(ok, "{err}");
-    let (ok, err) = eval(
-        d,
-        &q,
-        &model,
-        &dart,
-        &[
-            "--prune",
-            "dart@1:12",
-            "--resume",
-            "--dart-pivot-order",
-            "sequence",
-        ],
-    );
+    // Stops a run of `spec` after two samples, then resumes it with the other pivot order.
+    let stop_then_resume_in_sequence_order = |name: &str, spec: &str| {
+        let out = d.join(name);
+        let (ok, err) = eval(
+            d,
+            &q,
+            &model,
+            &out,
+            &["--prune", spec, "--max-samples-per-run", "2"],
+        );
+        assert!(ok, "{err}");
+        eval(
+            d,
+            &q,
+            &model,
+            &out,
+            &[
+                "--prune",
+                spec,
+                "--resume",
+                "--dart-pivot-order",
+                "sequence",
+            ],
+        )
+    };
+    let (ok, err) = stop_then_resume_in_sequence_order("dart", "dart@1:12");
     common::assert_one_error(ok, &err, &["prune_options", "dart_pivot_order=set"]);
-
-    let fastv = d.join("fastv");
-    let (ok, err) = eval(
-        d,
-        &q,
-        &model,
-        &fastv,
-        &[&["--prune", "fastv@1:12"][..], &stopped].concat(),
-    );
-    assert!(ok, "{err}");
-    let (ok, err) = eval(
-        d,
-        &q,
-        &model,
-        &fastv,
-        &[
-            "--prune",
-            "fastv@1:12",
-            "--resume",
-            "--dart-pivot-order",
-            "sequence",
-        ],
-    );
+    let (ok, err) = stop_then_resume_in_sequence_order("fastv", "fastv@1:12");
     assert!(ok, "{err}");
 }
