@@ -915,7 +915,11 @@ impl Decoder {
         for (i, layer) in self.layers[from..].iter().enumerate() {
             h = match key_weights {
                 None => layer.forward(&h, &cos, &sin, None),
-                Some(m) => layer.forward_key_weighted(&h, &cos, &sin, &m.get(i as i64)),
+                Some(m) => {
+                    layer
+                        .forward_key_weighted(&h, &cos, &sin, &m.get(i as i64), None)
+                        .0
+                }
             };
         }
         self.norm.forward(&h)
@@ -987,6 +991,10 @@ fn rows_of(
     Ok(rows)
 }
 
+/// Keys and values `[1, heads, C, head_dim]` each (kv heads repeated) of C positions that come
+/// before a call's own queries: a context computed earlier, seen by every query.
+pub type KeyValues = (Tensor, Tensor);
+
 /// A forward with a soft mask on the keys (attribution patching, the `--estimate gradient` path):
 /// each layer weighs every key's attention by `m ∈ [0, 1]` and renormalises,
 /// `a_ij = m_j·exp(s_ij) / Σ_k m_k·exp(s_ik)`. `m_j = 1` is the plain model and `m_j = 0` removes key
@@ -994,37 +1002,79 @@ fn rows_of(
 /// longer reaches them), so the gradient with respect to `m` linearises a cut. Written with explicit
 /// softmax and matmuls (not SDPA) so that autograd reaches `m`.
 impl Attention {
-    fn forward_key_weighted(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, m: &Tensor) -> Tensor {
-        let s = x.size()[1];
-        let (q, k) = self.rotated_qk(x, cos, sin);
+    /// Post-rotary keys and the values of `x`, kv heads repeated to the query heads.
+    fn key_values(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> KeyValues {
         let groups = self.num_heads / self.num_kv_heads;
-        let k = k.repeat_interleave_self_int(groups, 1, None);
-        let v = self
-            .split_heads(&self.v_proj, x, self.num_kv_heads)
-            .repeat_interleave_self_int(groups, 1, None);
-        let future = Tensor::ones([s, s], (Kind::Bool, x.device())).triu(1);
+        let k = self.split_heads(&self.k_proj, x, self.num_kv_heads);
+        let (c, s) = (cos.unsqueeze(1), sin.unsqueeze(1));
+        let k = &k * &c + rotate_half(&k) * &s;
+        (
+            k.repeat_interleave_self_int(groups, 1, None),
+            self.values(x),
+        )
+    }
+
+    /// The key-weighted attention of the queries of `x` `[1, S, D]`, which follow `context`'s C
+    /// positions: query i sees every context key and its own keys `<= i`, key j weighed by `m[j]`
+    /// (`m` `[C + S]`). Also returns `x`'s own keys and values, for a later call's context.
+    fn forward_key_weighted(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        m: &Tensor,
+        context: Option<&KeyValues>,
+    ) -> (Tensor, KeyValues) {
+        let s = x.size()[1];
+        let q = self.split_heads(&self.q_proj, x, self.num_heads);
+        let q = &q * &cos.unsqueeze(1) + rotate_half(&q) * &sin.unsqueeze(1);
+        let own = self.key_values(x, cos, sin);
+        let (k, v, c) = match context {
+            Some((ck, cv)) => (
+                Tensor::cat(&[ck, &own.0], 2),
+                Tensor::cat(&[cv, &own.1], 2),
+                ck.size()[2],
+            ),
+            None => (own.0.shallow_clone(), own.1.shallow_clone(), 0),
+        };
+        let t = c + s;
+        // Query i sits at key index c + i: keys j > c + i are its future.
+        let future = Tensor::ones([s, t], (Kind::Bool, x.device())).triu(c + 1);
         let scores =
             (q.matmul(&k.transpose(-1, -2)) * self.scaling).masked_fill(&future, f64::NEG_INFINITY);
         // Shift by the largest score among the keys still present (a constant per row, so no
         // gradient): every row's normaliser is then ≥ 1 (position 0, never visual, is present),
         // and the bound keeps removed keys of huge score from overflowing into 0 · ∞.
-        let dead = m.le(0.0).view([1, 1, 1, s]);
+        let dead = m.le(0.0).view([1, 1, 1, t]);
         let top = scores
             .masked_fill(&dead, f64::NEG_INFINITY)
             .amax(-1, true)
             .detach();
-        let weighted = (scores - top).clamp_max(50.0).exp() * m.view([1, 1, 1, s]);
+        let weighted = (scores - top).clamp_max(50.0).exp() * m.view([1, 1, 1, t]);
         let probs = &weighted / weighted.sum_dim_intlist(-1, true, x.kind());
-        self.project_out(&probs.matmul(&v))
+        (self.project_out(&probs.matmul(&v)), own)
     }
 }
 
 impl DecoderLayer {
-    fn forward_key_weighted(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, m: &Tensor) -> Tensor {
+    fn forward_key_weighted(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        m: &Tensor,
+        context: Option<&KeyValues>,
+    ) -> (Tensor, KeyValues) {
         self.around_attention(x, |normed| {
-            (self.self_attn.forward_key_weighted(normed, cos, sin, m), ())
+            self.self_attn
+                .forward_key_weighted(normed, cos, sin, m, context)
         })
-        .0
+    }
+
+    /// This layer's keys and values of its input `x` (input norm applied), heads repeated.
+    fn key_values(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> KeyValues {
+        self.self_attn
+            .key_values(&self.input_layernorm.forward(x), cos, sin)
     }
 }
 
@@ -1040,5 +1090,55 @@ impl Decoder {
         key_weights: &Tensor,
     ) -> Tensor {
         self.layers_from(from, hidden, position_ids, Some(key_weights))
+    }
+
+    /// [`Self::forward_key_weighted`] with its first `context` positions run without autograd:
+    /// their keys and values are computed once per layer (the last layer needs nothing more) and
+    /// the other positions attend to them. Returns the final-norm hidden states of the last
+    /// `S − context` positions. The gradient with respect to a key weight is the whole forward's
+    /// when none of its paths to the output passes through a context position's hidden state. At
+    /// keep-only's linearisation point that holds for every visual key: text before the image sees
+    /// no visual key (causal attention), and a visual position reaches the output only through its
+    /// own keys and values, which are weighed 0.
+    pub fn forward_key_weighted_after_context(
+        &self,
+        from: usize,
+        hidden: &Tensor,
+        position_ids: &Tensor,
+        key_weights: &Tensor,
+        context: i64,
+    ) -> Tensor {
+        let s = hidden.size()[1];
+        let (cos, sin) = self.rotary_emb.cos_sin(position_ids, hidden.kind());
+        let part = |t: &Tensor, start: i64, len: i64| t.narrow(1, start, len);
+        let layers = &self.layers[from..];
+        let context_kv: Vec<KeyValues> = tch::no_grad(|| {
+            let (cos, sin) = (part(&cos, 0, context), part(&sin, 0, context));
+            let mut h = part(hidden, 0, context);
+            let mut kv = Vec::with_capacity(layers.len());
+            for (i, layer) in layers.iter().enumerate() {
+                if i + 1 == layers.len() {
+                    kv.push(layer.key_values(&h, &cos, &sin));
+                } else {
+                    let m = key_weights.get(i as i64).narrow(0, 0, context).detach();
+                    let (next, own) = layer.forward_key_weighted(&h, &cos, &sin, &m, None);
+                    kv.push(own);
+                    h = next;
+                }
+            }
+            kv
+        });
+        let (cos, sin) = (
+            part(&cos, context, s - context),
+            part(&sin, context, s - context),
+        );
+        let mut h = part(hidden, context, s - context);
+        for (i, layer) in layers.iter().enumerate() {
+            let m = key_weights.get(i as i64);
+            h = layer
+                .forward_key_weighted(&h, &cos, &sin, &m, Some(&context_kv[i]))
+                .0;
+        }
+        self.norm.forward(&h)
     }
 }

@@ -15,7 +15,10 @@
 //!   `½ Σ_y p(y) Δlog p(y)²`.
 //! - **keep-only**, at each K's text-only run (`m_{l,j} = 0` for `l ≥ K`, j visual): layers `K..`
 //!   resumed from the stored input of layer K, one backward for log p(y) and one for
-//!   `Σ_y p_unpruned(y) log q(y)`, whose change is minus the change of the KL.
+//!   `Σ_y p_unpruned(y) log q(y)`, whose change is minus the change of the KL. At that point a
+//!   visual token reaches the output only through its keys, weighed 0, so the tokens up to the
+//!   image's end run forward without autograd and only the text after the image is differentiated
+//!   ([`keep_only_log_probs`]).
 //!
 //! The linearisation point's own row (the unpruned `full` row; keep-only's `text_only` rows) is its
 //! exact value; leave-out's `text_only` (every visual token dropped) is linearised like a window.
@@ -42,10 +45,16 @@ pub fn soft_log_probs(
     hidden: &Tensor,
     m: &Tensor,
 ) -> Tensor {
-    let s = hidden.size()[1];
     let out = model
         .decoder()
         .forward_key_weighted(from, hidden, &inputs.position_ids, m);
+    last_log_probs(model, &out)
+}
+
+/// Next-token log-probabilities `[V]` of the last of the final-norm hidden states `out` `[1, S, D]`,
+/// in f64 for an f64 model and f32 otherwise.
+fn last_log_probs(model: &VlModel, out: &Tensor) -> Tensor {
+    let s = out.size()[1];
     let logits = model
         .lm_head_differentiable(&out.select(1, s - 1))
         .squeeze_dim(0);
@@ -55,6 +64,38 @@ pub fn soft_log_probs(
         Kind::Float
     };
     logits.to_kind(kind).log_softmax(-1, kind)
+}
+
+/// [`soft_log_probs`] with the positions before the first text token after the first visual token
+/// run without autograd ([`crate::decoder::Decoder::forward_key_weighted_after_context`]): the
+/// same value for any `m`, and at keep-only's linearisation point (`m` 0 on every visual key of
+/// layers `from..`) the same gradient on every visual key, while the visual tokens' forward is no
+/// longer differentiated. Gradients on text keys are not the whole forward's.
+pub fn keep_only_log_probs(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    from: usize,
+    hidden: &Tensor,
+    m: &Tensor,
+) -> Tensor {
+    let s = hidden.size()[1];
+    let is_visual = inputs.visual.mask(s as usize);
+    let context = is_visual
+        .iter()
+        .position(|&v| v)
+        .and_then(|first| (first..s as usize).find(|&j| !is_visual[j]))
+        .unwrap_or(0) as i64;
+    if context == 0 {
+        return soft_log_probs(model, inputs, from, hidden, m);
+    }
+    let out = model.decoder().forward_key_weighted_after_context(
+        from,
+        hidden,
+        &inputs.position_ids,
+        m,
+        context,
+    );
+    last_log_probs(model, &out)
 }
 
 /// ∂`scalar`/∂`m` (the graph is kept for the next direction), as f64 rows `[rows][S]`.
@@ -181,7 +222,7 @@ pub fn estimate_sample(
                     .unsqueeze(0)
                     .repeat([(num_layers - k) as i64, 1])
                     .set_requires_grad(true);
-                let logq = soft_log_probs(model, inputs, k, &full.layer_inputs[k], &m);
+                let logq = keep_only_log_probs(model, inputs, k, &full.layer_inputs[k], &m);
                 check_finite(
                     &logq,
                     &format!("the next-token distribution after a cut at layer {k}"),

@@ -1,13 +1,14 @@
 //! `--estimate gradient` (horizon_runner::gradient): the soft key mask is the cut it linearises
 //! (m = 1 the unpruned model, m = 0 the naive procedure's cut), its autograd gradient equals
 //! central finite differences in f64, and the estimate writes exactly the rows the exact sweep
-//! writes, with the linearisation point's rows exact.
+//! writes, with the linearisation point's rows exact. Keep-only's forward that leaves the tokens up
+//! to the image's end out of autograd gives the whole soft-masked forward's value and gradient.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-use horizon_runner::gradient::{estimate_sample, soft_log_probs};
+use horizon_runner::gradient::{estimate_sample, keep_only_log_probs, soft_log_probs};
 use horizon_runner::info::{
     full_run, naive_variant, sweep_sample, variant_keep_sets, InfoMode, SweepConfig, WindowGrid,
 };
@@ -100,6 +101,106 @@ fn soft_mask_gradient_equals_central_finite_differences_f64() {
             largest > 1e-4,
             "the gradients checked are not all zero ({largest})"
         );
+    }
+}
+
+/// Value and gradient rows `[L − from][S]` of log p(`token`) under key weights `m`.
+fn value_and_gradient(
+    forward: impl Fn(&Tensor) -> Tensor,
+    m: &[f64],
+    layers: usize,
+    s: usize,
+    token: i64,
+) -> (f64, Vec<Vec<f64>>) {
+    let m = tensor(m, layers, s).set_requires_grad(true);
+    let logp = forward(&m).get(token);
+    let g = Tensor::run_backward(&[&logp], &[&m], false, false).remove(0);
+    let rows = (0..layers)
+        .map(|l| Vec::<f64>::try_from(&g.get(l as i64)).unwrap())
+        .collect();
+    (logp.double_value(&[]), rows)
+}
+
+#[test]
+fn keep_only_forward_without_autograd_up_to_the_image_end_equals_the_whole_soft_forward() {
+    let cases = [
+        ("llava/models/llava-tiny", "llava/images/square.png", false),
+        (
+            "qwen2_5_vl/models/qwen-tiny",
+            "qwen2_5_vl/images/nonsquare.png",
+            false,
+        ),
+        (
+            "llava_next/models/llava-next-tiny",
+            "llava_next/images/wide.png",
+            false,
+        ),
+        // One visual token in the middle of the image treated as text: the context then ends
+        // there and the visual tokens after it are differentiated with the text.
+        ("llava/models/llava-tiny", "llava/images/square.png", true),
+    ];
+    for (model_dir, image, split_image) in cases {
+        let dir = root().join("fixtures");
+        let model = VlModel::load(&dir.join(model_dir), Device::Cpu, Kind::Double).unwrap();
+        let processor = Processor::load(&dir.join(model_dir), &model).unwrap();
+        let mut inputs = processor
+            .prepare(
+                &model,
+                "What is in the image?",
+                &dir.join(image),
+                PromptTemplate::Auto,
+            )
+            .unwrap();
+        let full = full_run(&model, &inputs).unwrap();
+        if split_image {
+            let middle = inputs.visual.positions.len() / 2;
+            inputs.visual.positions.remove(middle);
+        }
+        let (s, n) = (inputs.seq_len(), model.num_layers());
+        let visual = inputs.visual.positions.clone();
+        let token = full
+            .log_probs
+            .squeeze_dim(0)
+            .argmax(0, false)
+            .int64_value(&[]);
+        for from in 1..n {
+            let layers = n - from;
+            let base = weights(layers, s, &visual);
+            let hidden = &full.layer_inputs[from];
+            let (whole, g_whole) = value_and_gradient(
+                |m| soft_log_probs(&model, &inputs, from, hidden, m),
+                &base,
+                layers,
+                s,
+                token,
+            );
+            let (split, g_split) = value_and_gradient(
+                |m| keep_only_log_probs(&model, &inputs, from, hidden, m),
+                &base,
+                layers,
+                s,
+                token,
+            );
+            assert!(
+                (whole - split).abs() < 1e-12,
+                "{model_dir} from {from}: log p {whole} vs {split}"
+            );
+            let mut largest = 0f64;
+            for l in 0..layers {
+                for &j in &visual {
+                    let (a, b) = (g_whole[l][j], g_split[l][j]);
+                    largest = largest.max(a.abs());
+                    assert!(
+                        (a - b).abs() <= 1e-10 * (1.0 + a.abs()),
+                        "{model_dir} from {from}, layer {l}, key {j}: {a} vs {b}"
+                    );
+                }
+            }
+            assert!(
+                largest > 1e-6,
+                "{model_dir} from {from}: zero gradients ({largest})"
+            );
+        }
     }
 }
 
