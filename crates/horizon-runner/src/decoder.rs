@@ -917,7 +917,7 @@ impl Decoder {
                 None => layer.forward(&h, &cos, &sin, None),
                 Some(m) => {
                     layer
-                        .forward_key_weighted(&h, &cos, &sin, &m.get(i as i64), None)
+                        .forward_key_weighted(&h, &cos, &sin, &m.get(i as i64), None, false)
                         .0
                 }
             };
@@ -1016,7 +1016,8 @@ impl Attention {
 
     /// The key-weighted attention of the queries of `x` `[1, S, D]`, which follow `context`'s C
     /// positions: query i sees every context key and its own keys `<= i`, key j weighed by `m[j]`
-    /// (`m` `[C + S]`). Also returns `x`'s own keys and values, for a later call's context.
+    /// (`m` `[C + S]`). Also returns `x`'s own keys and values, for a later call's context, and
+    /// with `probe` the attention's [`AttentionProbe`].
     fn forward_key_weighted(
         &self,
         x: &Tensor,
@@ -1024,7 +1025,8 @@ impl Attention {
         sin: &Tensor,
         m: &Tensor,
         context: Option<&KeyValues>,
-    ) -> (Tensor, KeyValues) {
+        probe: bool,
+    ) -> (Tensor, KeyValues, Option<AttentionProbe>) {
         let s = x.size()[1];
         let q = self.split_heads(&self.q_proj, x, self.num_heads);
         let q = &q * &cos.unsqueeze(1) + rotate_half(&q) * &sin.unsqueeze(1);
@@ -1050,10 +1052,27 @@ impl Attention {
             .masked_fill(&dead, f64::NEG_INFINITY)
             .amax(-1, true)
             .detach();
-        let weighted = (scores - top).clamp_max(50.0).exp() * m.view([1, 1, 1, t]);
-        let probs = &weighted / weighted.sum_dim_intlist(-1, true, x.kind());
-        (self.project_out(&probs.matmul(&v)), own)
+        let unweighted = (scores - top).clamp_max(50.0).exp();
+        let weighted = &unweighted * m.view([1, 1, 1, t]);
+        let normaliser = weighted.sum_dim_intlist(-1, true, x.kind());
+        let probs = &weighted / &normaliser;
+        let probe = probe.then(|| AttentionProbe {
+            probs: probs.shallow_clone(),
+            ratios: (&unweighted / &normaliser).detach(),
+        });
+        (self.project_out(&probs.matmul(&v)), own, probe)
     }
+}
+
+/// What a probed key-weighted attention exposes, `[1, heads, queries, keys]` each: `probs`, its
+/// attention probabilities as a tensor of the graph (for gradients with respect to them), and
+/// `ratios`, each key's unnormalised attention at weight 1 over the normaliser of the keys as
+/// weighed (`exp(s_ij) / Σ_k m_k·exp(s_ik)`). Keys of weight 0 whose ratios sum to R over a query
+/// would take the share `R / (1 + R)` of its attention at weight 1, the other keys keeping theirs
+/// in proportion.
+pub struct AttentionProbe {
+    pub probs: Tensor,
+    pub ratios: Tensor,
 }
 
 impl DecoderLayer {
@@ -1064,10 +1083,13 @@ impl DecoderLayer {
         sin: &Tensor,
         m: &Tensor,
         context: Option<&KeyValues>,
-    ) -> (Tensor, KeyValues) {
+        probe: bool,
+    ) -> (Tensor, (KeyValues, Option<AttentionProbe>)) {
         self.around_attention(x, |normed| {
-            self.self_attn
-                .forward_key_weighted(normed, cos, sin, m, context)
+            let (out, own, probe) = self
+                .self_attn
+                .forward_key_weighted(normed, cos, sin, m, context, probe);
+            (out, (own, probe))
         })
     }
 
@@ -1099,7 +1121,8 @@ impl Decoder {
     /// when none of its paths to the output passes through a context position's hidden state. At
     /// keep-only's linearisation point that holds for every visual key: text before the image sees
     /// no visual key (causal attention), and a visual position reaches the output only through its
-    /// own keys and values, which are weighed 0.
+    /// own keys and values, which are weighed 0. Also returns each layer's [`AttentionProbe`] of
+    /// the differentiated positions' queries.
     pub fn forward_key_weighted_after_context(
         &self,
         from: usize,
@@ -1107,7 +1130,7 @@ impl Decoder {
         position_ids: &Tensor,
         key_weights: &Tensor,
         context: i64,
-    ) -> Tensor {
+    ) -> (Tensor, Vec<AttentionProbe>) {
         let s = hidden.size()[1];
         let (cos, sin) = self.rotary_emb.cos_sin(position_ids, hidden.kind());
         let part = |t: &Tensor, start: i64, len: i64| t.narrow(1, start, len);
@@ -1121,7 +1144,8 @@ impl Decoder {
                     kv.push(layer.key_values(&h, &cos, &sin));
                 } else {
                     let m = key_weights.get(i as i64).narrow(0, 0, context).detach();
-                    let (next, own) = layer.forward_key_weighted(&h, &cos, &sin, &m, None);
+                    let (next, (own, _)) =
+                        layer.forward_key_weighted(&h, &cos, &sin, &m, None, false);
                     kv.push(own);
                     h = next;
                 }
@@ -1133,12 +1157,14 @@ impl Decoder {
             part(&sin, context, s - context),
         );
         let mut h = part(hidden, context, s - context);
+        let mut probes = Vec::with_capacity(layers.len());
         for (i, layer) in layers.iter().enumerate() {
             let m = key_weights.get(i as i64);
-            h = layer
-                .forward_key_weighted(&h, &cos, &sin, &m, Some(&context_kv[i]))
-                .0;
+            let (next, (_, probe)) =
+                layer.forward_key_weighted(&h, &cos, &sin, &m, Some(&context_kv[i]), true);
+            probes.extend(probe);
+            h = next;
         }
-        self.norm.forward(&h)
+        (self.norm.forward(&h), probes)
     }
 }

@@ -15,9 +15,13 @@
 //!   `½ Σ_y p(y) Δlog p(y)²`.
 //! - **keep-only**, at each K's text-only run (`m_{l,j} = 0` for `l ≥ K`, j visual): layers `K..`
 //!   resumed from the stored input of layer K, one backward for log p(y) and one for
-//!   `Σ_y p_unpruned(y) log q(y)`, whose change is minus the change of the KL. At that point a
-//!   visual token reaches the output only through its keys, weighed 0, so the tokens up to the
-//!   image's end run forward without autograd and only the text after the image is differentiated
+//!   `Σ_y p_unpruned(y) log q(y)`, whose change is minus the change of the KL. A key of weight 0
+//!   whose score is far above those present has an unbounded derivative in its weight (up to e^50
+//!   here), so the linearisation is taken in the attention probabilities instead, with AtP*'s QK
+//!   fix ([`qk_fixed_sums`]): each layer's attention moves exactly to what it would be with the
+//!   window's keys present, and log p(y) follows linearly. At that point a visual token reaches
+//!   the output only through its keys, weighed 0, so the tokens up to the image's end run forward
+//!   without autograd and only the text after the image is differentiated
 //!   ([`keep_only_log_probs`]).
 //!
 //! The linearisation point's own row (the unpruned `full` row; keep-only's `text_only` rows) is its
@@ -27,6 +31,7 @@
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
+use crate::decoder::AttentionProbe;
 use crate::info::{FullRun, InfoMode, SweepConfig, Variant, VariantResult};
 use crate::model::{ModelInputs, VlModel};
 use crate::nn::check_finite;
@@ -70,14 +75,15 @@ fn last_log_probs(model: &VlModel, out: &Tensor) -> Tensor {
 /// run without autograd ([`crate::decoder::Decoder::forward_key_weighted_after_context`]): the
 /// same value for any `m`, and at keep-only's linearisation point (`m` 0 on every visual key of
 /// layers `from..`) the same gradient on every visual key, while the visual tokens' forward is no
-/// longer differentiated. Gradients on text keys are not the whole forward's.
+/// longer differentiated. Gradients on text keys are not the whole forward's. Also returns each
+/// layer's attention probe of the differentiated positions' queries (none without visual tokens).
 pub fn keep_only_log_probs(
     model: &VlModel,
     inputs: &ModelInputs,
     from: usize,
     hidden: &Tensor,
     m: &Tensor,
-) -> Tensor {
+) -> (Tensor, Vec<AttentionProbe>) {
     let s = hidden.size()[1];
     let is_visual = inputs.visual.mask(s as usize);
     let context = is_visual
@@ -86,16 +92,51 @@ pub fn keep_only_log_probs(
         .and_then(|first| (first..s as usize).find(|&j| !is_visual[j]))
         .unwrap_or(0) as i64;
     if context == 0 {
-        return soft_log_probs(model, inputs, from, hidden, m);
+        return (soft_log_probs(model, inputs, from, hidden, m), Vec::new());
     }
-    let out = model.decoder().forward_key_weighted_after_context(
+    let (out, probes) = model.decoder().forward_key_weighted_after_context(
         from,
         hidden,
         &inputs.position_ids,
         m,
         context,
     );
-    last_log_probs(model, &out)
+    (last_log_probs(model, &out), probes)
+}
+
+/// Per group of keys weighed 0 (the columns of `groups` `[S, W]`, 1 where a position belongs to the
+/// group), the change of `scalar` when the group's keys join the attention of every probed layer,
+/// with AtP*'s QK fix (Kramár et al. 2024, arXiv 2403.00745): each (layer, head, query)'s attention
+/// moves exactly to what it would be with the group present, `ΔA = (r ⊙ 1_w − R·A) / (1 + R)` (`r`
+/// the probe's ratios, `R` their sum over the group), and `scalar` follows it linearly,
+/// `Σ ∂scalar/∂A · ΔA`. Without the `1 / (1 + R)` this is the first-order change in the key
+/// weights, which overshoots without bound for keys whose scores exceed those present.
+pub fn qk_fixed_sums(
+    scalar: &Tensor,
+    probes: &[AttentionProbe],
+    groups: &Tensor,
+) -> Result<Vec<f64>> {
+    let probs: Vec<&Tensor> = probes.iter().map(|p| &p.probs).collect();
+    let grads = Tensor::run_backward(&[scalar], &probs, true, false);
+    let mut total: Option<Tensor> = None;
+    for (g, probe) in grads.iter().zip(probes) {
+        check_finite(g, "the gradient of the attention probabilities")?;
+        let kind = g.kind();
+        let along_group = (&probe.ratios * g).matmul(groups);
+        let share = probe.ratios.matmul(groups);
+        let along_present = (&probe.probs.detach() * g).sum_dim_intlist(-1, true, kind);
+        let change = (along_group - &share * along_present) / (share + 1.0);
+        let layer = change.sum_dim_intlist([0i64, 1, 2].as_slice(), false, kind);
+        total = Some(match total {
+            Some(t) => t + layer,
+            None => layer,
+        });
+    }
+    let total = total
+        .unwrap_or_else(|| Tensor::zeros([groups.size()[1]], (groups.kind(), groups.device())))
+        .to_kind(Kind::Double)
+        .to_device(Device::Cpu);
+    Ok(Vec::<f64>::try_from(&total)?)
 }
 
 /// ∂`scalar`/∂`m` (the graph is kept for the next direction), as f64 rows `[rows][S]`.
@@ -217,12 +258,25 @@ pub fn estimate_sample(
             let text_keys = Tensor::from_slice(&text_keys)
                 .to_kind(kind)
                 .to_device(device);
+            // Column w: 1 on window w's positions.
+            let mut membership = vec![0.0f64; s as usize * windows.len()];
+            for (w, positions) in windows.iter().enumerate() {
+                for &j in positions {
+                    membership[j * windows.len() + w] = 1.0;
+                }
+            }
+            let groups = Tensor::from_slice(&membership)
+                .view([s, windows.len() as i64])
+                .to_kind(kind)
+                .to_device(device);
             for &k in &cfg.layers {
+                // Requires grad so that the attention probabilities are part of a graph.
                 let m = text_keys
                     .unsqueeze(0)
                     .repeat([(num_layers - k) as i64, 1])
                     .set_requires_grad(true);
-                let logq = keep_only_log_probs(model, inputs, k, &full.layer_inputs[k], &m);
+                let (logq, probes) =
+                    keep_only_log_probs(model, inputs, k, &full.layer_inputs[k], &m);
                 check_finite(
                     &logq,
                     &format!("the next-token distribution after a cut at layer {k}"),
@@ -233,20 +287,14 @@ pub fn estimate_sample(
                     &(&full_p * (&full_logp - logq.to_kind(Kind::Double))).sum(Kind::Double),
                 )
                 .max(0.0);
-                let g_target = gradient_rows(&logq.get(target), &m)?;
-                let g_cross = gradient_rows(&cross, &m)?;
-                let mut rows = variants(
-                    &mut |positions: &[usize]| {
-                        (
-                            lp_text + suffix_sums(&g_target, positions)[0],
-                            kl_text - suffix_sums(&g_cross, positions)[0],
-                        )
-                    },
-                    k,
-                );
+                let d_target = qk_fixed_sums(&logq.get(target), &probes, &groups)?;
+                let d_cross = qk_fixed_sums(&cross, &probes, &groups)?;
                 // The text-only run is the linearisation point: exact.
-                rows[0] = row(k, Variant::TextOnly, lp_text, kl_text);
-                results.extend(rows);
+                results.push(row(k, Variant::TextOnly, lp_text, kl_text));
+                for w in 0..windows.len() {
+                    let (lp, kl) = (lp_text + d_target[w], kl_text - d_cross[w]);
+                    results.push(row(k, Variant::Window(w), lp, kl));
+                }
             }
         }
     }

@@ -2,13 +2,17 @@
 //! (m = 1 the unpruned model, m = 0 the naive procedure's cut), its autograd gradient equals
 //! central finite differences in f64, and the estimate writes exactly the rows the exact sweep
 //! writes, with the linearisation point's rows exact. Keep-only's forward that leaves the tokens up
-//! to the image's end out of autograd gives the whole soft-masked forward's value and gradient.
+//! to the image's end out of autograd gives the whole soft-masked forward's value and gradient, and
+//! its QK fix equals the gradient with respect to each layer's attention times that attention's
+//! change when a window's keys are really added.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-use horizon_runner::gradient::{estimate_sample, keep_only_log_probs, soft_log_probs};
+use horizon_runner::gradient::{
+    estimate_sample, keep_only_log_probs, qk_fixed_sums, soft_log_probs,
+};
 use horizon_runner::info::{
     full_run, naive_variant, sweep_sample, variant_keep_sets, InfoMode, SweepConfig, WindowGrid,
 };
@@ -175,7 +179,7 @@ fn keep_only_forward_without_autograd_up_to_the_image_end_equals_the_whole_soft_
                 token,
             );
             let (split, g_split) = value_and_gradient(
-                |m| keep_only_log_probs(&model, &inputs, from, hidden, m),
+                |m| keep_only_log_probs(&model, &inputs, from, hidden, m).0,
                 &base,
                 layers,
                 s,
@@ -200,6 +204,95 @@ fn keep_only_forward_without_autograd_up_to_the_image_end_equals_the_whole_soft_
                 largest > 1e-6,
                 "{model_dir} from {from}: zero gradients ({largest})"
             );
+        }
+    }
+}
+
+#[test]
+fn keep_only_qk_fix_is_the_attention_gradient_times_the_attention_change_of_adding_the_window() {
+    let cases = [
+        ("llava/models/llava-tiny", "llava/images/square.png"),
+        (
+            "qwen2_5_vl/models/qwen-tiny",
+            "qwen2_5_vl/images/nonsquare.png",
+        ),
+    ];
+    for (model_dir, image) in cases {
+        let dir = root().join("fixtures");
+        let model = VlModel::load(&dir.join(model_dir), Device::Cpu, Kind::Double).unwrap();
+        let processor = Processor::load(&dir.join(model_dir), &model).unwrap();
+        let inputs = processor
+            .prepare(
+                &model,
+                "What is in the image?",
+                &dir.join(image),
+                PromptTemplate::Auto,
+            )
+            .unwrap();
+        let full = full_run(&model, &inputs).unwrap();
+        let (s, n) = (inputs.seq_len(), model.num_layers());
+        let visual = inputs.visual.positions.clone();
+        let token = full
+            .log_probs
+            .squeeze_dim(0)
+            .argmax(0, false)
+            .int64_value(&[]);
+        // Three groups of visual keys: the first 2x2-ish block, a middle run, the last token.
+        let nv = visual.len();
+        let groups_of: Vec<Vec<usize>> = vec![
+            visual[..4].to_vec(),
+            visual[nv / 2..nv / 2 + 3].to_vec(),
+            vec![visual[nv - 1]],
+        ];
+        let mut membership = vec![0.0; s * groups_of.len()];
+        for (w, g) in groups_of.iter().enumerate() {
+            for &j in g {
+                membership[j * groups_of.len() + w] = 1.0;
+            }
+        }
+        let groups = Tensor::from_slice(&membership)
+            .view([s as i64, groups_of.len() as i64])
+            .to_kind(Kind::Double);
+        for from in [1, n - 1] {
+            let layers = n - from;
+            let hidden = &full.layer_inputs[from];
+            let base = weights(layers, s, &visual);
+            let m = tensor(&base, layers, s).set_requires_grad(true);
+            let (logq, probes) = keep_only_log_probs(&model, &inputs, from, hidden, &m);
+            assert_eq!(probes.len(), layers);
+            let fixed = qk_fixed_sums(&logq.get(token), &probes, &groups).unwrap();
+            // The oracle: ∂log p/∂A of each layer, dotted with the change of that layer's attention
+            // when the group's keys are weighed 1 in that layer alone (its input is unchanged).
+            let probs: Vec<&Tensor> = probes.iter().map(|p| &p.probs).collect();
+            let grads = Tensor::run_backward(&[logq.get(token)], &probs, false, false);
+            for (w, g) in groups_of.iter().enumerate() {
+                let mut oracle = 0.0;
+                for l in 0..layers {
+                    let mut added = base.clone();
+                    for &j in g {
+                        added[l * s + j] = 1.0;
+                    }
+                    let _guard = tch::no_grad_guard();
+                    let (_, with_group) = keep_only_log_probs(
+                        &model,
+                        &inputs,
+                        from,
+                        hidden,
+                        &tensor(&added, layers, s),
+                    );
+                    let change = &with_group[l].probs - probes[l].probs.detach();
+                    oracle += (&grads[l] * change).sum(Kind::Double).double_value(&[]);
+                }
+                assert!(
+                    (fixed[w] - oracle).abs() <= 1e-9 * (1.0 + oracle.abs()),
+                    "{model_dir} from {from}, group {w}: QK fix {} vs oracle {oracle}",
+                    fixed[w]
+                );
+                assert!(
+                    oracle.abs() > 1e-8,
+                    "{model_dir} from {from}, group {w}: {oracle}"
+                );
+            }
         }
     }
 }
