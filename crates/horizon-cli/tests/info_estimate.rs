@@ -18,11 +18,14 @@ fn info(dir: &Path, q: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
     )
 }
 
-fn estimate_of(dir: &Path) -> String {
+fn footer(dir: &Path) -> std::collections::BTreeMap<String, String> {
     let part = dir.join("part-000000.parquet");
     let meta = horizon_data::run_meta::RunMetadata::read_part(&part).unwrap();
-    let pairs: std::collections::BTreeMap<_, _> = meta.to_pairs().into_iter().collect();
-    pairs["horizon.estimate"].clone()
+    meta.to_pairs().into_iter().collect()
+}
+
+fn estimate_of(dir: &Path) -> String {
+    footer(dir)["horizon.estimate"].clone()
 }
 
 #[test]
@@ -50,6 +53,14 @@ fn gradient_rows_have_the_exact_schema_resume_and_never_mix() {
     // 5 samples × (full + 2 layers × (text-only + 9 windows)).
     assert_eq!(whole_rows.len(), 5 * 21);
     assert_eq!(whole_rows.len(), exact_rows.len());
+    assert!(!footer(&whole).contains_key("horizon.estimator"));
+
+    // Keep-only estimates record their method too, with the same schema.
+    let keep_only = d.join("keep-only");
+    let (ok, err) = info(d, &q, &keep_only, &["--estimate", "gradient"]);
+    assert!(ok, "{err}");
+    assert_eq!(footer(&keep_only)["horizon.estimator"], "attention-qk-fix");
+    assert_eq!(part_schemas_and_rows(&keep_only).0, exact_schema);
 
     // Stopped and resumed: the rows of the uninterrupted run.
     let steps = d.join("steps");

@@ -85,8 +85,9 @@ pub enum Estimate {
     #[default]
     #[serde(rename = "exact")]
     Exact,
-    /// First-order estimates from forward and backward passes with a soft mask on the visual keys
-    /// (attribution patching); the linearisation point's own row is exact.
+    /// One-pass estimates from forward and backward passes with a soft mask on the visual keys
+    /// (attribution patching; keep-only with AtP*'s QK fix); the linearisation point's own row is
+    /// exact.
     #[serde(rename = "gradient")]
     Gradient,
 }

@@ -89,9 +89,26 @@ pub struct InfoSettings {
     pub window_size: usize,
     pub mode: InfoMode,
     pub target: Target,
-    /// Exact cuts or first-order estimates; parts written before the field existed are exact.
+    /// Exact cuts or one-pass estimates; parts written before the field existed are exact.
     #[serde(default)]
     pub estimate: Estimate,
+    /// The estimator's method where `estimate` alone does not name it:
+    /// [`KEEP_ONLY_ESTIMATOR`] for keep-only gradient estimates. Earlier keep-only estimates
+    /// (linearised in the key weights) have none, so a run of them is never continued with these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimator: Option<String>,
+}
+
+/// `horizon.estimator` of keep-only `--estimate gradient` runs: linearised in each layer's attention
+/// with AtP*'s QK fix.
+pub const KEEP_ONLY_ESTIMATOR: &str = "attention-qk-fix";
+
+impl InfoSettings {
+    /// The `estimator` field that `estimate` in `mode` records.
+    pub fn estimator_of(estimate: Estimate, mode: InfoMode) -> Option<String> {
+        (estimate == Estimate::Gradient && mode == InfoMode::KeepOnly)
+            .then(|| KEEP_ONLY_ESTIMATOR.to_string())
+    }
 }
 
 /// What decides `horizon eval` predictions besides the model and the samples.
@@ -362,6 +379,7 @@ mod tests {
                 mode: InfoMode::KeepOnly,
                 target: Target::Gt,
                 estimate: Estimate::Exact,
+                estimator: None,
             }),
         }
     }
@@ -435,5 +453,34 @@ mod tests {
             .filter(|(k, _)| k != "horizon.estimate")
             .collect();
         assert_eq!(RunMetadata::from_pairs(Path::new("p"), old).unwrap(), exact);
+        assert!(!pairs.contains_key("horizon.estimator"));
+        // Keep-only estimates name their method; earlier keep-only estimates, without it, are
+        // not continued.
+        let mut keep_only = gradient.clone();
+        if let RunKind::Info(s) = &mut keep_only.run {
+            s.estimator = InfoSettings::estimator_of(s.estimate, s.mode);
+        }
+        let pairs: BTreeMap<_, _> = keep_only.to_pairs().into_iter().collect();
+        assert_eq!(pairs["horizon.estimator"], KEEP_ONLY_ESTIMATOR);
+        let e = keep_only
+            .check_same_run(&gradient, Path::new("part-000000.parquet"), "the run")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "part-000000.parquet: horizon.estimator is unset, the run has attention-qk-fix"
+        );
+        assert_eq!(
+            RunMetadata::from_pairs(Path::new("p"), keep_only.to_pairs()).unwrap(),
+            keep_only
+        );
+        assert_eq!(
+            InfoSettings::estimator_of(Estimate::Gradient, InfoMode::LeaveOut),
+            None
+        );
+        assert_eq!(
+            InfoSettings::estimator_of(Estimate::Exact, InfoMode::KeepOnly),
+            None
+        );
     }
 }

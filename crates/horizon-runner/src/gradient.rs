@@ -1,11 +1,11 @@
-//! `horizon info --estimate gradient`: first-order estimates of every (layer, window) information
+//! `horizon info --estimate gradient`: one-pass estimates of every (layer, window) information
 //! from forward and backward passes (attribution patching, Nanda 2023; Syed et al. 2023,
 //! arXiv 2310.10348), instead of one run per variant.
 //!
 //! Each decoder layer weighs its keys by a soft mask `m` ([`crate::decoder::Decoder::forward_key_weighted`]):
 //! `m = 1` is the plain model, and setting `m_{l,j} = 0` for every layer `l ≥ K` and every visual
-//! token j outside the keep-set is exactly the cut at K. A variant's log p(y) is then linearised in
-//! `m` around one point:
+//! token j outside the keep-set is exactly the cut at K. A variant's log p(y) is then estimated from
+//! one point:
 //!
 //! - **leave-out**, at the unpruned run (`m = 1`): one forward over all layers and one backward per
 //!   scored direction give ∂/∂m_{l,j} for every layer and visual token at once; dropping window w
@@ -176,7 +176,7 @@ fn row(layer: usize, variant: Variant, logp: f64, kl: f64) -> VariantResult {
     }
 }
 
-/// Every row [`crate::info::sweep_sample`] writes for one sample, estimated to first order: the
+/// Every row [`crate::info::sweep_sample`] writes for one sample, estimated in one pass: the
 /// `full` row, then for each K the text-only baseline and every window, in window order.
 pub fn estimate_sample(
     model: &VlModel,

@@ -44,7 +44,7 @@ pub struct InfoSweep {
     pub window: usize,
     pub mode: InfoMode,
     pub target: Target,
-    /// Exact cuts, or first-order estimates ([`crate::gradient`]).
+    /// Exact cuts, or one-pass estimates ([`crate::gradient`]).
     pub estimate: Estimate,
     pub template: PromptTemplate,
     /// Which harness's benchmark prompt to build (LLaVA's evaluation scripts or lmms-eval's).
@@ -101,6 +101,7 @@ impl InfoSweep {
                 mode: self.mode,
                 target: self.target,
                 estimate: self.estimate,
+                estimator: InfoSettings::estimator_of(self.estimate, self.mode),
             }),
         )
     }
