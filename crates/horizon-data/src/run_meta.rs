@@ -92,22 +92,21 @@ pub struct InfoSettings {
     /// Exact cuts or one-pass estimates; parts written before the field existed are exact.
     #[serde(default)]
     pub estimate: Estimate,
-    /// The estimator's method where `estimate` alone does not name it:
-    /// [`KEEP_ONLY_ESTIMATOR`] for keep-only gradient estimates. Earlier keep-only estimates
-    /// (linearised in the key weights) have none, so a run of them is never continued with these.
+    /// The estimator's method where `estimate` alone does not name it: [`GRADIENT_ESTIMATOR`] for
+    /// gradient estimates. Earlier gradient estimates (linearised in the key weights) have none,
+    /// so a run of them is never continued with these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimator: Option<String>,
 }
 
-/// `horizon.estimator` of keep-only `--estimate gradient` runs: linearised in each layer's attention
-/// with AtP*'s QK fix.
-pub const KEEP_ONLY_ESTIMATOR: &str = "attention-qk-fix";
+/// `horizon.estimator` of `--estimate gradient` runs: linearised in each layer's attention with
+/// AtP*'s QK fix.
+pub const GRADIENT_ESTIMATOR: &str = "attention-qk-fix";
 
 impl InfoSettings {
-    /// The `estimator` field that `estimate` in `mode` records.
-    pub fn estimator_of(estimate: Estimate, mode: InfoMode) -> Option<String> {
-        (estimate == Estimate::Gradient && mode == InfoMode::KeepOnly)
-            .then(|| KEEP_ONLY_ESTIMATOR.to_string())
+    /// The `estimator` field that `estimate` records.
+    pub fn estimator_of(estimate: Estimate) -> Option<String> {
+        (estimate == Estimate::Gradient).then(|| GRADIENT_ESTIMATOR.to_string())
     }
 }
 
@@ -454,15 +453,14 @@ mod tests {
             .collect();
         assert_eq!(RunMetadata::from_pairs(Path::new("p"), old).unwrap(), exact);
         assert!(!pairs.contains_key("horizon.estimator"));
-        // Keep-only estimates name their method; earlier keep-only estimates, without it, are
-        // not continued.
-        let mut keep_only = gradient.clone();
-        if let RunKind::Info(s) = &mut keep_only.run {
-            s.estimator = InfoSettings::estimator_of(s.estimate, s.mode);
+        // Gradient estimates name their method; earlier ones, without it, are not continued.
+        let mut named = gradient.clone();
+        if let RunKind::Info(s) = &mut named.run {
+            s.estimator = InfoSettings::estimator_of(s.estimate);
         }
-        let pairs: BTreeMap<_, _> = keep_only.to_pairs().into_iter().collect();
-        assert_eq!(pairs["horizon.estimator"], KEEP_ONLY_ESTIMATOR);
-        let e = keep_only
+        let pairs: BTreeMap<_, _> = named.to_pairs().into_iter().collect();
+        assert_eq!(pairs["horizon.estimator"], GRADIENT_ESTIMATOR);
+        let e = named
             .check_same_run(&gradient, Path::new("part-000000.parquet"), "the run")
             .unwrap_err()
             .to_string();
@@ -471,16 +469,9 @@ mod tests {
             "part-000000.parquet: horizon.estimator is unset, the run has attention-qk-fix"
         );
         assert_eq!(
-            RunMetadata::from_pairs(Path::new("p"), keep_only.to_pairs()).unwrap(),
-            keep_only
+            RunMetadata::from_pairs(Path::new("p"), named.to_pairs()).unwrap(),
+            named
         );
-        assert_eq!(
-            InfoSettings::estimator_of(Estimate::Gradient, InfoMode::LeaveOut),
-            None
-        );
-        assert_eq!(
-            InfoSettings::estimator_of(Estimate::Exact, InfoMode::KeepOnly),
-            None
-        );
+        assert_eq!(InfoSettings::estimator_of(Estimate::Exact), None);
     }
 }

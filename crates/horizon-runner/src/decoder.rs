@@ -898,31 +898,35 @@ impl Decoder {
         hidden: &Tensor,
         position_ids: &Tensor,
     ) -> Tensor {
-        self.layers_from(from, hidden, position_ids, None)
+        self.layers_from(from, hidden, position_ids, None, false).0
     }
 
     /// Layers `from..` (no cache, causal) and the final norm; with `key_weights` (`[L − from, S]`)
-    /// layer `from + i` weighs its keys by row i (the soft mask of [`Self::forward_key_weighted`]).
+    /// layer `from + i` weighs its keys by row i (the soft mask of [`Self::forward_key_weighted`]),
+    /// and with `probe` also each layer's [`AttentionProbe`].
     fn layers_from(
         &self,
         from: usize,
         hidden: &Tensor,
         position_ids: &Tensor,
         key_weights: Option<&Tensor>,
-    ) -> Tensor {
+        probe: bool,
+    ) -> (Tensor, Vec<AttentionProbe>) {
         let (cos, sin) = self.rotary_emb.cos_sin(position_ids, hidden.kind());
         let mut h = hidden.shallow_clone();
+        let mut probes = Vec::new();
         for (i, layer) in self.layers[from..].iter().enumerate() {
             h = match key_weights {
                 None => layer.forward(&h, &cos, &sin, None),
                 Some(m) => {
-                    layer
-                        .forward_key_weighted(&h, &cos, &sin, &m.get(i as i64), None, false)
-                        .0
+                    let (next, (_, p)) =
+                        layer.forward_key_weighted(&h, &cos, &sin, &m.get(i as i64), None, probe);
+                    probes.extend(p);
+                    next
                 }
             };
         }
-        self.norm.forward(&h)
+        (self.norm.forward(&h), probes)
     }
 
     /// One decoding step: `embeds` `[1, 1, D]` of the token at cache position `cache_position` (the
@@ -1111,7 +1115,20 @@ impl Decoder {
         position_ids: &Tensor,
         key_weights: &Tensor,
     ) -> Tensor {
-        self.layers_from(from, hidden, position_ids, Some(key_weights))
+        self.layers_from(from, hidden, position_ids, Some(key_weights), false)
+            .0
+    }
+
+    /// [`Self::forward_key_weighted`] that also returns each layer's [`AttentionProbe`] (every
+    /// query's attention over every key).
+    pub fn forward_key_weighted_probed(
+        &self,
+        from: usize,
+        hidden: &Tensor,
+        position_ids: &Tensor,
+        key_weights: &Tensor,
+    ) -> (Tensor, Vec<AttentionProbe>) {
+        self.layers_from(from, hidden, position_ids, Some(key_weights), true)
     }
 
     /// [`Self::forward_key_weighted`] with its first `context` positions run without autograd:

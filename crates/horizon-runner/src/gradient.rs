@@ -8,18 +8,19 @@
 //! one point:
 //!
 //! - **leave-out**, at the unpruned run (`m = 1`): one forward over all layers and one backward per
-//!   scored direction give ∂/∂m_{l,j} for every layer and visual token at once; dropping window w
-//!   from K on changes log p(y) by `−Σ_{l≥K} Σ_{j∈w} ∂log p(y)/∂m_{l,j}`. KL(unpruned ‖ variant) has
-//!   zero gradient there (its minimum), so it is estimated to second order with the Fisher
-//!   information restricted to the unpruned run's [`KL_TOKENS`] most likely tokens:
-//!   `½ Σ_y p(y) Δlog p(y)²`.
+//!   scored token give, for every layer and key group at once, the change of log p(y) when the
+//!   group's keys leave that layer, with AtP*'s QK fix ([`qk_fixed_removal`]: the layer's attention
+//!   renormalised exactly without the group, log p(y) following linearly); dropping window w from K
+//!   on sums the layers `K..`. KL(unpruned ‖ variant) has zero gradient there (its minimum), so it
+//!   is estimated to second order with the Fisher information restricted to the unpruned run's
+//!   [`KL_TOKENS`] most likely tokens: `½ Σ_y p(y) Δlog p(y)²`.
 //! - **keep-only**, at each K's text-only run (`m_{l,j} = 0` for `l ≥ K`, j visual): layers `K..`
 //!   resumed from the stored input of layer K, one backward for log p(y) and one for
-//!   `Σ_y p_unpruned(y) log q(y)`, whose change is minus the change of the KL. A key of weight 0
-//!   whose score is far above those present has an unbounded derivative in its weight (up to e^50
-//!   here), so the linearisation is taken in the attention probabilities instead, with AtP*'s QK
-//!   fix ([`qk_fixed_sums`]): each layer's attention moves exactly to what it would be with the
-//!   window's keys present, and log p(y) follows linearly. At that point a visual token reaches
+//!   `Σ_y p_unpruned(y) log q(y)`, whose change is minus the change of the KL, with the QK fix
+//!   ([`qk_fixed_addition`]): each layer's attention moves exactly to what it would be with the
+//!   window's keys present, and log p(y) follows linearly. (A key of weight 0 whose score is far
+//!   above those present has an unbounded derivative in its own weight, up to e^50 here: linearised
+//!   in the key weights, keep-only's estimates ran to log p ≈ −1e23.) At that point a visual token reaches
 //!   the output only through its keys, weighed 0, so the tokens up to the image's end run forward
 //!   without autograd and only the text after the image is differentiated
 //!   ([`keep_only_log_probs`]).
@@ -111,7 +112,7 @@ pub fn keep_only_log_probs(
 /// the probe's ratios, `R` their sum over the group), and `scalar` follows it linearly,
 /// `Σ ∂scalar/∂A · ΔA`. Without the `1 / (1 + R)` this is the first-order change in the key
 /// weights, which overshoots without bound for keys whose scores exceed those present.
-pub fn qk_fixed_sums(
+pub fn qk_fixed_addition(
     scalar: &Tensor,
     probes: &[AttentionProbe],
     groups: &Tensor,
@@ -139,26 +140,57 @@ pub fn qk_fixed_sums(
     Ok(Vec::<f64>::try_from(&total)?)
 }
 
-/// ∂`scalar`/∂`m` (the graph is kept for the next direction), as f64 rows `[rows][S]`.
-fn gradient_rows(scalar: &Tensor, m: &Tensor) -> Result<Vec<Vec<f64>>> {
-    let g = Tensor::run_backward(&[scalar], &[m], true, false)
-        .pop()
-        .expect("one input");
-    check_finite(&g, "the gradient of the soft mask")?;
-    let rows = g.size()[0];
-    let g = g.to_kind(Kind::Double).to_device(Device::Cpu);
-    (0..rows)
-        .map(|r| Ok(Vec::<f64>::try_from(&g.get(r))?))
-        .collect()
+/// `[S, G]`: column g is 1 on the positions of the g-th group.
+fn group_columns<'a>(
+    s: usize,
+    groups: impl Iterator<Item = &'a [usize]>,
+    kind: Kind,
+    device: Device,
+) -> Tensor {
+    let groups: Vec<&[usize]> = groups.collect();
+    let mut membership = vec![0.0f64; s * groups.len()];
+    for (g, positions) in groups.iter().enumerate() {
+        for &j in positions.iter() {
+            membership[j * groups.len() + g] = 1.0;
+        }
+    }
+    Tensor::from_slice(&membership)
+        .view([s as i64, groups.len() as i64])
+        .to_kind(kind)
+        .to_device(device)
 }
 
-/// `Σ_{l ≥ first} Σ_{j ∈ positions} g[l][j]` for each row offset `first` (suffix sums over layers).
-fn suffix_sums(g: &[Vec<f64>], positions: &[usize]) -> Vec<f64> {
-    let mut out = vec![0.0; g.len() + 1];
-    for l in (0..g.len()).rev() {
-        out[l] = out[l + 1] + positions.iter().map(|&j| g[l][j]).sum::<f64>();
+/// Per probed layer and key group (the columns of `groups`), the change of `scalar` when the
+/// group's keys leave that layer's attention, with AtP*'s QK fix: each (head, query)'s attention
+/// moves exactly to its renormalisation without the group (the group's keys lose their
+/// attention `A_w`, the others gain `A_{¬w}·a / (1 − a)`, `a` the group's share), and `scalar`
+/// follows linearly, `Σ ∂scalar/∂A · ΔA`.
+pub fn qk_fixed_removal(
+    scalar: &Tensor,
+    probes: &[AttentionProbe],
+    groups: &Tensor,
+) -> Result<Vec<Vec<f64>>> {
+    let probs: Vec<&Tensor> = probes.iter().map(|p| &p.probs).collect();
+    let grads = Tensor::run_backward(&[scalar], &probs, true, false);
+    let mut out = Vec::with_capacity(probes.len());
+    for (g, probe) in grads.iter().zip(probes) {
+        check_finite(g, "the gradient of the attention probabilities")?;
+        let kind = g.kind();
+        let a = probe.probs.detach();
+        let along = &a * g;
+        // The keys outside each group summed directly, not as 1 − share: a query that gives a
+        // group nearly all its attention keeps its few other keys' mass without cancellation.
+        let others = -groups + 1.0;
+        let share = a.matmul(groups);
+        let rest = a.matmul(&others).clamp_min(f64::from(f32::MIN_POSITIVE));
+        let change = &share * along.matmul(&others) / rest - along.matmul(groups);
+        let layer = change
+            .sum_dim_intlist([0i64, 1, 2].as_slice(), false, kind)
+            .to_kind(Kind::Double)
+            .to_device(Device::Cpu);
+        out.push(Vec::<f64>::try_from(&layer)?);
     }
-    out
+    Ok(out)
 }
 
 fn scalar(t: &Tensor) -> f64 {
@@ -206,47 +238,55 @@ pub fn estimate_sample(
         logp: lp0,
         kl: 0.0,
     }];
-    let variants = |f: &mut dyn FnMut(&[usize]) -> (f64, f64), k: usize| {
-        let mut rows = Vec::with_capacity(windows.len() + 1);
-        let (lp, kl) = f(visual);
-        rows.push(row(k, Variant::TextOnly, lp, kl));
-        for (w, positions) in windows.iter().enumerate() {
-            let (lp, kl) = f(positions);
-            rows.push(row(k, Variant::Window(w), lp, kl));
-        }
-        rows
-    };
     match cfg.mode {
         InfoMode::LeaveOut => {
+            // Column 0 every visual token (the text-only row), then each window.
+            let groups = group_columns(
+                s as usize,
+                std::iter::once(visual.as_slice()).chain(windows.iter().map(|w| w.as_slice())),
+                kind,
+                device,
+            );
             let m = Tensor::ones([num_layers as i64, s], (kind, device)).set_requires_grad(true);
-            let logp = soft_log_probs(model, inputs, 0, &full.layer_inputs[0], &m);
+            let (out, probes) = model.decoder().forward_key_weighted_probed(
+                0,
+                &full.layer_inputs[0],
+                &inputs.position_ids,
+                &m,
+            );
+            let logp = last_log_probs(model, &out);
             check_finite(&logp, "the soft-masked next-token distribution")?;
-            let g_target = gradient_rows(&logp.get(target), &m)?;
+            // Per layer and group, the change of log p(y) when the group's keys leave that layer.
+            let d_target = qk_fixed_removal(&logp.get(target), &probes, &groups)?;
             let top: Vec<i64> = Vec::try_from(&full_logp.topk(KL_TOKENS as i64, 0, true, true).1)?;
             let mut fisher = Vec::with_capacity(top.len());
             for &y in &top {
                 let p = scalar(&full_p.get(y));
-                let g = if y == target {
-                    g_target.clone()
+                let d = if y == target {
+                    d_target.clone()
                 } else {
-                    gradient_rows(&logp.get(y), &m)?
+                    qk_fixed_removal(&logp.get(y), &probes, &groups)?
                 };
-                fisher.push((p, g));
+                fisher.push((p, d));
             }
+            // From layer K on: the sum over layers K.. of each layer's change.
+            let from_layer = |d: &[Vec<f64>], k: usize, g: usize| -> f64 {
+                d[k..].iter().map(|layer| layer[g]).sum()
+            };
             for &k in &cfg.layers {
-                let rows = variants(
-                    &mut |positions: &[usize]| {
-                        let d_target = -suffix_sums(&g_target, positions)[k];
-                        let kl = 0.5
-                            * fisher
-                                .iter()
-                                .map(|(p, g)| p * suffix_sums(g, positions)[k].powi(2))
-                                .sum::<f64>();
-                        (lp0 + d_target, kl)
-                    },
-                    k,
-                );
-                results.extend(rows);
+                for g in 0..=windows.len() {
+                    let variant = if g == 0 {
+                        Variant::TextOnly
+                    } else {
+                        Variant::Window(g - 1)
+                    };
+                    let kl = 0.5
+                        * fisher
+                            .iter()
+                            .map(|(p, d)| p * from_layer(d, k, g).powi(2))
+                            .sum::<f64>();
+                    results.push(row(k, variant, lp0 + from_layer(&d_target, k, g), kl));
+                }
             }
         }
         InfoMode::KeepOnly => {
@@ -258,17 +298,12 @@ pub fn estimate_sample(
             let text_keys = Tensor::from_slice(&text_keys)
                 .to_kind(kind)
                 .to_device(device);
-            // Column w: 1 on window w's positions.
-            let mut membership = vec![0.0f64; s as usize * windows.len()];
-            for (w, positions) in windows.iter().enumerate() {
-                for &j in positions {
-                    membership[j * windows.len() + w] = 1.0;
-                }
-            }
-            let groups = Tensor::from_slice(&membership)
-                .view([s, windows.len() as i64])
-                .to_kind(kind)
-                .to_device(device);
+            let groups = group_columns(
+                s as usize,
+                windows.iter().map(|w| w.as_slice()),
+                kind,
+                device,
+            );
             for &k in &cfg.layers {
                 // Requires grad so that the attention probabilities are part of a graph.
                 let m = text_keys
@@ -287,8 +322,8 @@ pub fn estimate_sample(
                     &(&full_p * (&full_logp - logq.to_kind(Kind::Double))).sum(Kind::Double),
                 )
                 .max(0.0);
-                let d_target = qk_fixed_sums(&logq.get(target), &probes, &groups)?;
-                let d_cross = qk_fixed_sums(&cross, &probes, &groups)?;
+                let d_target = qk_fixed_addition(&logq.get(target), &probes, &groups)?;
+                let d_cross = qk_fixed_addition(&cross, &probes, &groups)?;
                 // The text-only run is the linearisation point: exact.
                 results.push(row(k, Variant::TextOnly, lp_text, kl_text));
                 for w in 0..windows.len() {

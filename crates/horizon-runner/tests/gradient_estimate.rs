@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 use horizon_runner::gradient::{
-    estimate_sample, keep_only_log_probs, qk_fixed_sums, soft_log_probs,
+    estimate_sample, keep_only_log_probs, qk_fixed_addition, qk_fixed_removal, soft_log_probs,
 };
 use horizon_runner::info::{
     full_run, naive_variant, sweep_sample, variant_keep_sets, InfoMode, SweepConfig, WindowGrid,
@@ -260,7 +260,7 @@ fn keep_only_qk_fix_is_the_attention_gradient_times_the_attention_change_of_addi
             let m = tensor(&base, layers, s).set_requires_grad(true);
             let (logq, probes) = keep_only_log_probs(&model, &inputs, from, hidden, &m);
             assert_eq!(probes.len(), layers);
-            let fixed = qk_fixed_sums(&logq.get(token), &probes, &groups).unwrap();
+            let fixed = qk_fixed_addition(&logq.get(token), &probes, &groups).unwrap();
             // The oracle: ∂log p/∂A of each layer, dotted with the change of that layer's attention
             // when the group's keys are weighed 1 in that layer alone (its input is unchanged).
             let probs: Vec<&Tensor> = probes.iter().map(|p| &p.probs).collect();
@@ -291,6 +291,91 @@ fn keep_only_qk_fix_is_the_attention_gradient_times_the_attention_change_of_addi
                 assert!(
                     oracle.abs() > 1e-8,
                     "{model_dir} from {from}, group {w}: {oracle}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn leave_out_qk_fix_is_the_attention_gradient_times_the_attention_change_of_removing_the_group() {
+    let cases = [
+        ("llava/models/llava-tiny", "llava/images/square.png"),
+        (
+            "qwen2_5_vl/models/qwen-tiny",
+            "qwen2_5_vl/images/nonsquare.png",
+        ),
+    ];
+    for (model_dir, image) in cases {
+        let dir = root().join("fixtures");
+        let model = VlModel::load(&dir.join(model_dir), Device::Cpu, Kind::Double).unwrap();
+        let processor = Processor::load(&dir.join(model_dir), &model).unwrap();
+        let inputs = processor
+            .prepare(
+                &model,
+                "What is in the image?",
+                &dir.join(image),
+                PromptTemplate::Auto,
+            )
+            .unwrap();
+        let full = full_run(&model, &inputs).unwrap();
+        let (s, n) = (inputs.seq_len(), model.num_layers());
+        let visual = inputs.visual.positions.clone();
+        let token = full
+            .log_probs
+            .squeeze_dim(0)
+            .argmax(0, false)
+            .int64_value(&[]);
+        let nv = visual.len();
+        let groups_of: Vec<Vec<usize>> = vec![
+            visual.clone(),
+            visual[..4].to_vec(),
+            visual[nv / 2..nv / 2 + 3].to_vec(),
+        ];
+        let mut membership = vec![0.0; s * groups_of.len()];
+        for (w, g) in groups_of.iter().enumerate() {
+            for &j in g {
+                membership[j * groups_of.len() + w] = 1.0;
+            }
+        }
+        let groups = Tensor::from_slice(&membership)
+            .view([s as i64, groups_of.len() as i64])
+            .to_kind(Kind::Double);
+        let hidden = &full.layer_inputs[0];
+        let base = weights(n, s, &[]);
+        let m = tensor(&base, n, s).set_requires_grad(true);
+        let forward = |m: &Tensor| {
+            model
+                .decoder()
+                .forward_key_weighted_probed(0, hidden, &inputs.position_ids, m)
+        };
+        let (out, probes) = forward(&m);
+        assert_eq!(probes.len(), n);
+        let logp = model
+            .lm_head_differentiable(&out.select(1, s as i64 - 1))
+            .squeeze_dim(0)
+            .log_softmax(-1, Kind::Double);
+        let fixed = qk_fixed_removal(&logp.get(token), &probes, &groups).unwrap();
+        let probs: Vec<&Tensor> = probes.iter().map(|p| &p.probs).collect();
+        let grads = Tensor::run_backward(&[logp.get(token)], &probs, false, false);
+        for l in 0..n {
+            for (w, g) in groups_of.iter().enumerate() {
+                let mut removed = base.clone();
+                for &j in g {
+                    removed[l * s + j] = 0.0;
+                }
+                let _guard = tch::no_grad_guard();
+                let (_, without) = forward(&tensor(&removed, n, s));
+                let change = &without[l].probs - probes[l].probs.detach();
+                let oracle = (&grads[l] * change).sum(Kind::Double).double_value(&[]);
+                assert!(
+                    (fixed[l][w] - oracle).abs() <= 1e-9 * (1.0 + oracle.abs()),
+                    "{model_dir} layer {l}, group {w}: QK fix {} vs oracle {oracle}",
+                    fixed[l][w]
+                );
+                assert!(
+                    oracle.abs() > 1e-9,
+                    "{model_dir} layer {l}, group {w}: {oracle}"
                 );
             }
         }
