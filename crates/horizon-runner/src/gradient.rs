@@ -18,12 +18,12 @@
 //!   resumed from the stored input of layer K, one backward for log p(y) and one for
 //!   `Σ_y p_unpruned(y) log q(y)`, whose change is minus the change of the KL, with the QK fix
 //!   ([`qk_fixed_addition`]): each layer's attention moves exactly to what it would be with the
-//!   window's keys present, and log p(y) follows linearly. (A key of weight 0 whose score is far
-//!   above those present has an unbounded derivative in its own weight, up to e^50 here: linearised
-//!   in the key weights, keep-only's estimates ran to log p ≈ −1e23.) At that point a visual token reaches
-//!   the output only through its keys, weighed 0, so the tokens up to the image's end run forward
-//!   without autograd and only the text after the image is differentiated
-//!   ([`keep_only_log_probs`]).
+//!   window's keys present, and log p(y) follows linearly. A key of weight 0 whose score is far
+//!   above those present has an unbounded derivative in its own weight (up to e^50 here), so an
+//!   estimate linear in the key weights can run to log p ≈ −1e23; one linear in the attention
+//!   cannot. At that point a visual token reaches the output only through its keys, weighed 0, so
+//!   the tokens up to the image's end run forward without autograd and only the text after the
+//!   image is differentiated ([`keep_only_log_probs`]).
 //!
 //! The linearisation point's own row (the unpruned `full` row; keep-only's `text_only` rows) is its
 //! exact value; leave-out's `text_only` (every visual token dropped) is linearised like a window.
