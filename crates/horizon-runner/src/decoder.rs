@@ -298,6 +298,13 @@ impl KvCache {
     }
 }
 
+/// HF `apply_rotary_pos_emb` on one of q, k: `t` `[B, heads, S, head_dim]` with `cos`/`sin`
+/// `[B, S, head_dim]`.
+fn apply_rotary(t: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let (cos, sin) = (cos.unsqueeze(1), sin.unsqueeze(1));
+    t * &cos + rotate_half(t) * &sin
+}
+
 /// `LlamaAttention` / `Qwen2Attention`: GQA with rotary q/k and per-projection biases.
 pub struct Attention {
     q_proj: Linear,
@@ -343,10 +350,7 @@ impl Attention {
     fn rotated_qk(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor) {
         let q = self.split_heads(&self.q_proj, x, self.num_heads);
         let k = self.split_heads(&self.k_proj, x, self.num_kv_heads);
-        let (cos, sin) = (cos.unsqueeze(1), sin.unsqueeze(1));
-        let q = &q * &cos + rotate_half(&q) * &sin;
-        let k = &k * &cos + rotate_half(&k) * &sin;
-        (q, k)
+        (apply_rotary(&q, cos, sin), apply_rotary(&k, cos, sin))
     }
 
     /// The attention output; with `probs_rows` `[B, R]` (row indices into this call's queries, no
@@ -485,19 +489,15 @@ impl Attention {
         last_only: bool,
     ) -> Tensor {
         let (b, s, _) = x.size3().expect("[B, S, D] hidden states");
-        let rotate = |t: Tensor, cos: &Tensor, sin: &Tensor| {
-            let (cos, sin) = (cos.unsqueeze(1), sin.unsqueeze(1));
-            &t * &cos + rotate_half(&t) * &sin
-        };
         let q = if last_only {
             let at = |t: &Tensor| t.narrow(1, s - 1, 1);
             let q = self.split_heads(&self.q_proj, &at(x), self.num_heads);
-            rotate(q, &at(cos), &at(sin))
+            apply_rotary(&q, &at(cos), &at(sin))
         } else {
-            rotate(self.split_heads(&self.q_proj, x, self.num_heads), cos, sin)
+            apply_rotary(&self.split_heads(&self.q_proj, x, self.num_heads), cos, sin)
         };
-        let mut k = rotate(
-            self.split_heads(&self.k_proj, x, self.num_kv_heads),
+        let mut k = apply_rotary(
+            &self.split_heads(&self.k_proj, x, self.num_kv_heads),
             cos,
             sin,
         );
@@ -1009,9 +1009,11 @@ impl Attention {
     /// Post-rotary keys and the values of `x`, kv heads repeated to the query heads.
     fn key_values(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> KeyValues {
         let groups = self.num_heads / self.num_kv_heads;
-        let k = self.split_heads(&self.k_proj, x, self.num_kv_heads);
-        let (c, s) = (cos.unsqueeze(1), sin.unsqueeze(1));
-        let k = &k * &c + rotate_half(&k) * &s;
+        let k = apply_rotary(
+            &self.split_heads(&self.k_proj, x, self.num_kv_heads),
+            cos,
+            sin,
+        );
         (
             k.repeat_interleave_self_int(groups, 1, None),
             self.values(x),
@@ -1032,8 +1034,7 @@ impl Attention {
         probe: bool,
     ) -> (Tensor, KeyValues, Option<AttentionProbe>) {
         let s = x.size()[1];
-        let q = self.split_heads(&self.q_proj, x, self.num_heads);
-        let q = &q * &cos.unsqueeze(1) + rotate_half(&q) * &sin.unsqueeze(1);
+        let q = apply_rotary(&self.split_heads(&self.q_proj, x, self.num_heads), cos, sin);
         let own = self.key_values(x, cos, sin);
         let (k, v, c) = match context {
             Some((ck, cv)) => (

@@ -140,8 +140,9 @@ pub fn qk_fixed_addition(
     Ok(Vec::<f64>::try_from(&total)?)
 }
 
-/// `[S, G]`: column g is 1 on the positions of the g-th group.
-fn group_columns<'a>(
+/// `[S, G]`: column g is 1 on the positions of the g-th group (the `groups` of
+/// [`qk_fixed_addition`] and [`qk_fixed_removal`]).
+pub fn group_columns<'a>(
     s: usize,
     groups: impl Iterator<Item = &'a [usize]>,
     kind: Kind,
@@ -172,15 +173,15 @@ pub fn qk_fixed_removal(
 ) -> Result<Vec<Vec<f64>>> {
     let probs: Vec<&Tensor> = probes.iter().map(|p| &p.probs).collect();
     let grads = Tensor::run_backward(&[scalar], &probs, true, false);
+    // The keys outside each group summed directly, not as 1 − share: a query that gives a group
+    // nearly all its attention keeps its few other keys' mass without cancellation.
+    let others = -groups + 1.0;
     let mut out = Vec::with_capacity(probes.len());
     for (g, probe) in grads.iter().zip(probes) {
         check_finite(g, "the gradient of the attention probabilities")?;
         let kind = g.kind();
         let a = probe.probs.detach();
         let along = &a * g;
-        // The keys outside each group summed directly, not as 1 − share: a query that gives a
-        // group nearly all its attention keeps its few other keys' mass without cancellation.
-        let others = -groups + 1.0;
         let share = a.matmul(groups);
         let rest = a.matmul(&others).clamp_min(f64::from(f32::MIN_POSITIVE));
         let change = &share * along.matmul(&others) / rest - along.matmul(groups);
