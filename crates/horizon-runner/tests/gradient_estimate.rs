@@ -3,18 +3,20 @@
 //! central finite differences in f64, and the estimate writes exactly the rows the exact sweep
 //! writes, with the linearisation point's rows exact. Keep-only's forward that leaves the tokens up
 //! to the image's end out of autograd gives the whole soft-masked forward's value and gradient, and
-//! its QK fix equals the gradient with respect to each layer's attention times that attention's
-//! change when a window's keys are really added.
+//! each QK fix equals the gradient with respect to each layer's attention times that attention's
+//! change when a group of keys is really added (keep-only) or removed (leave-out).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 use horizon_runner::gradient::{
-    estimate_sample, keep_only_log_probs, qk_fixed_addition, qk_fixed_removal, soft_log_probs,
+    estimate_sample, group_columns, keep_only_log_probs, qk_fixed_addition, qk_fixed_removal,
+    soft_log_probs,
 };
 use horizon_runner::info::{
-    full_run, naive_variant, sweep_sample, variant_keep_sets, InfoMode, SweepConfig, WindowGrid,
+    full_run, naive_variant, sweep_sample, variant_keep_sets, FullRun, InfoMode, SweepConfig,
+    WindowGrid,
 };
 use horizon_runner::processor::{Processor, PromptTemplate};
 use horizon_runner::{ModelInputs, VlModel};
@@ -108,6 +110,29 @@ fn soft_mask_gradient_equals_central_finite_differences_f64() {
     }
 }
 
+/// A fixture model in f64 with its prompt "What is in the image?" over `image` (both under
+/// fixtures/), the unpruned run, and the unpruned model's most likely next token.
+fn f64_case(model_dir: &str, image: &str) -> (VlModel, ModelInputs, FullRun, i64) {
+    let dir = root().join("fixtures");
+    let model = VlModel::load(&dir.join(model_dir), Device::Cpu, Kind::Double).unwrap();
+    let processor = Processor::load(&dir.join(model_dir), &model).unwrap();
+    let inputs = processor
+        .prepare(
+            &model,
+            "What is in the image?",
+            &dir.join(image),
+            PromptTemplate::Auto,
+        )
+        .unwrap();
+    let full = full_run(&model, &inputs).unwrap();
+    let token = full
+        .log_probs
+        .squeeze_dim(0)
+        .argmax(0, false)
+        .int64_value(&[]);
+    (model, inputs, full, token)
+}
+
 /// Value and gradient rows `[L − from][S]` of log p(`token`) under key weights `m`.
 fn value_and_gradient(
     forward: impl Fn(&Tensor) -> Tensor,
@@ -144,29 +169,13 @@ fn keep_only_forward_without_autograd_up_to_the_image_end_equals_the_whole_soft_
         ("llava/models/llava-tiny", "llava/images/square.png", true),
     ];
     for (model_dir, image, split_image) in cases {
-        let dir = root().join("fixtures");
-        let model = VlModel::load(&dir.join(model_dir), Device::Cpu, Kind::Double).unwrap();
-        let processor = Processor::load(&dir.join(model_dir), &model).unwrap();
-        let mut inputs = processor
-            .prepare(
-                &model,
-                "What is in the image?",
-                &dir.join(image),
-                PromptTemplate::Auto,
-            )
-            .unwrap();
-        let full = full_run(&model, &inputs).unwrap();
+        let (model, mut inputs, full, token) = f64_case(model_dir, image);
         if split_image {
             let middle = inputs.visual.positions.len() / 2;
             inputs.visual.positions.remove(middle);
         }
         let (s, n) = (inputs.seq_len(), model.num_layers());
         let visual = inputs.visual.positions.clone();
-        let token = full
-            .log_probs
-            .squeeze_dim(0)
-            .argmax(0, false)
-            .int64_value(&[]);
         for from in 1..n {
             let layers = n - from;
             let base = weights(layers, s, &visual);
@@ -218,25 +227,9 @@ fn keep_only_qk_fix_is_the_attention_gradient_times_the_attention_change_of_addi
         ),
     ];
     for (model_dir, image) in cases {
-        let dir = root().join("fixtures");
-        let model = VlModel::load(&dir.join(model_dir), Device::Cpu, Kind::Double).unwrap();
-        let processor = Processor::load(&dir.join(model_dir), &model).unwrap();
-        let inputs = processor
-            .prepare(
-                &model,
-                "What is in the image?",
-                &dir.join(image),
-                PromptTemplate::Auto,
-            )
-            .unwrap();
-        let full = full_run(&model, &inputs).unwrap();
+        let (model, inputs, full, token) = f64_case(model_dir, image);
         let (s, n) = (inputs.seq_len(), model.num_layers());
         let visual = inputs.visual.positions.clone();
-        let token = full
-            .log_probs
-            .squeeze_dim(0)
-            .argmax(0, false)
-            .int64_value(&[]);
         // Three groups of visual keys: the first 2x2-ish block, a middle run, the last token.
         let nv = visual.len();
         let groups_of: Vec<Vec<usize>> = vec![
@@ -244,15 +237,12 @@ fn keep_only_qk_fix_is_the_attention_gradient_times_the_attention_change_of_addi
             visual[nv / 2..nv / 2 + 3].to_vec(),
             vec![visual[nv - 1]],
         ];
-        let mut membership = vec![0.0; s * groups_of.len()];
-        for (w, g) in groups_of.iter().enumerate() {
-            for &j in g {
-                membership[j * groups_of.len() + w] = 1.0;
-            }
-        }
-        let groups = Tensor::from_slice(&membership)
-            .view([s as i64, groups_of.len() as i64])
-            .to_kind(Kind::Double);
+        let groups = group_columns(
+            s,
+            groups_of.iter().map(|g| g.as_slice()),
+            Kind::Double,
+            Device::Cpu,
+        );
         for from in [1, n - 1] {
             let layers = n - from;
             let hidden = &full.layer_inputs[from];
@@ -307,40 +297,21 @@ fn leave_out_qk_fix_is_the_attention_gradient_times_the_attention_change_of_remo
         ),
     ];
     for (model_dir, image) in cases {
-        let dir = root().join("fixtures");
-        let model = VlModel::load(&dir.join(model_dir), Device::Cpu, Kind::Double).unwrap();
-        let processor = Processor::load(&dir.join(model_dir), &model).unwrap();
-        let inputs = processor
-            .prepare(
-                &model,
-                "What is in the image?",
-                &dir.join(image),
-                PromptTemplate::Auto,
-            )
-            .unwrap();
-        let full = full_run(&model, &inputs).unwrap();
+        let (model, inputs, full, token) = f64_case(model_dir, image);
         let (s, n) = (inputs.seq_len(), model.num_layers());
         let visual = inputs.visual.positions.clone();
-        let token = full
-            .log_probs
-            .squeeze_dim(0)
-            .argmax(0, false)
-            .int64_value(&[]);
         let nv = visual.len();
         let groups_of: Vec<Vec<usize>> = vec![
             visual.clone(),
             visual[..4].to_vec(),
             visual[nv / 2..nv / 2 + 3].to_vec(),
         ];
-        let mut membership = vec![0.0; s * groups_of.len()];
-        for (w, g) in groups_of.iter().enumerate() {
-            for &j in g {
-                membership[j * groups_of.len() + w] = 1.0;
-            }
-        }
-        let groups = Tensor::from_slice(&membership)
-            .view([s as i64, groups_of.len() as i64])
-            .to_kind(Kind::Double);
+        let groups = group_columns(
+            s,
+            groups_of.iter().map(|g| g.as_slice()),
+            Kind::Double,
+            Device::Cpu,
+        );
         let hidden = &full.layer_inputs[0];
         let base = weights(n, s, &[]);
         let m = tensor(&base, n, s).set_requires_grad(true);
