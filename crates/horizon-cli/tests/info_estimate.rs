@@ -53,10 +53,13 @@ fn gradient_rows_have_the_exact_schema_resume_and_never_mix() {
     // 5 samples × (full + 2 layers × (text-only + 9 windows)).
     assert_eq!(whole_rows.len(), 5 * 21);
     assert_eq!(whole_rows.len(), exact_rows.len());
-    assert_eq!(footer(&whole)["horizon.estimator"], "attention-qk-fix");
+    assert_eq!(
+        footer(&whole)["horizon.estimator"],
+        "attention-qk-fix-log-odds"
+    );
     assert!(!footer(&exact).contains_key("horizon.estimator"));
 
-    // Keep-only estimates record the same method, with the same schema.
+    // Keep-only estimates record theirs (log p(y) linear, no log-odds), with the same schema.
     let keep_only = d.join("keep-only");
     let (ok, err) = info(d, &q, &keep_only, &["--estimate", "gradient"]);
     assert!(ok, "{err}");

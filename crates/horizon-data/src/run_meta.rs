@@ -92,21 +92,32 @@ pub struct InfoSettings {
     /// Exact cuts or one-pass estimates; parts written before the field existed are exact.
     #[serde(default)]
     pub estimate: Estimate,
-    /// The estimator's method where `estimate` alone does not name it: [`GRADIENT_ESTIMATOR`] for
-    /// gradient estimates. Earlier gradient estimates (linearised in the key weights) have none,
-    /// so a run of them is never continued with these.
+    /// The estimator's method where `estimate` alone does not name it
+    /// ([`InfoSettings::estimator_of`]). Earlier gradient estimates (linearised in the key weights)
+    /// have none, so a run of them is never continued with these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimator: Option<String>,
 }
 
-/// `horizon.estimator` of `--estimate gradient` runs: linearised in each layer's attention with
-/// AtP*'s QK fix.
-pub const GRADIENT_ESTIMATOR: &str = "attention-qk-fix";
+/// `horizon.estimator` of keep-only `--estimate gradient` runs: linearised in each layer's
+/// attention with AtP*'s QK fix, log p(y) following linearly.
+pub const KEEP_ONLY_ESTIMATOR: &str = "attention-qk-fix";
+
+/// `horizon.estimator` of leave-out `--estimate gradient` runs: the same linearisation, the change
+/// extrapolated along the target's log-odds. Leave-out runs of the estimate linear in log p(y)
+/// recorded [`KEEP_ONLY_ESTIMATOR`]'s name, so they are not continued with these.
+pub const LEAVE_OUT_ESTIMATOR: &str = "attention-qk-fix-log-odds";
 
 impl InfoSettings {
-    /// The `estimator` field that `estimate` records.
-    pub fn estimator_of(estimate: Estimate) -> Option<String> {
-        (estimate == Estimate::Gradient).then(|| GRADIENT_ESTIMATOR.to_string())
+    /// The `estimator` field that `estimate` records in `mode`.
+    pub fn estimator_of(estimate: Estimate, mode: InfoMode) -> Option<String> {
+        (estimate == Estimate::Gradient).then(|| {
+            match mode {
+                InfoMode::KeepOnly => KEEP_ONLY_ESTIMATOR,
+                InfoMode::LeaveOut => LEAVE_OUT_ESTIMATOR,
+            }
+            .to_string()
+        })
     }
 }
 
@@ -456,10 +467,10 @@ mod tests {
         // Gradient estimates name their method; earlier ones, without it, are not continued.
         let mut named = gradient.clone();
         if let RunKind::Info(s) = &mut named.run {
-            s.estimator = InfoSettings::estimator_of(s.estimate);
+            s.estimator = InfoSettings::estimator_of(s.estimate, s.mode);
         }
         let pairs: BTreeMap<_, _> = named.to_pairs().into_iter().collect();
-        assert_eq!(pairs["horizon.estimator"], GRADIENT_ESTIMATOR);
+        assert_eq!(pairs["horizon.estimator"], KEEP_ONLY_ESTIMATOR);
         let e = named
             .check_same_run(&gradient, Path::new("part-000000.parquet"), "the run")
             .unwrap_err()
@@ -472,6 +483,30 @@ mod tests {
             RunMetadata::from_pairs(Path::new("p"), named.to_pairs()).unwrap(),
             named
         );
-        assert_eq!(InfoSettings::estimator_of(Estimate::Exact), None);
+        // Leave-out estimates linear in log p(y) recorded the keep-only name: not continued with
+        // the log-odds ones.
+        let mut leave_out = named.clone();
+        if let RunKind::Info(s) = &mut leave_out.run {
+            s.mode = InfoMode::LeaveOut;
+        }
+        let mut log_odds = leave_out.clone();
+        if let RunKind::Info(s) = &mut log_odds.run {
+            s.estimator = InfoSettings::estimator_of(s.estimate, s.mode);
+        }
+        assert_eq!(
+            log_odds.to_pairs().into_iter().collect::<BTreeMap<_, _>>()["horizon.estimator"],
+            LEAVE_OUT_ESTIMATOR
+        );
+        let e = log_odds
+            .check_same_run(&leave_out, Path::new("part-000003.parquet"), "the run")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "part-000003.parquet: horizon.estimator is attention-qk-fix, the run has attention-qk-fix-log-odds"
+        );
+        for mode in [InfoMode::KeepOnly, InfoMode::LeaveOut] {
+            assert_eq!(InfoSettings::estimator_of(Estimate::Exact, mode), None);
+        }
     }
 }

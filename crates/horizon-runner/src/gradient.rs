@@ -11,7 +11,8 @@
 //!   scored token give, for every layer and key group at once, the change of log p(y) when the
 //!   group's keys leave that layer, with AtP*'s QK fix ([`qk_fixed_removal`]: the layer's attention
 //!   renormalised exactly without the group, log p(y) following linearly); dropping window w from K
-//!   on sums the layers `K..`. KL(unpruned ‖ variant) has zero gradient there (its minimum), so it
+//!   on sums the layers `K..`. The summed change moves the target's log-odds, not its log p(y)
+//!   ([`TargetLogOdds`]): at a confident unpruned run log p(y) hardly moves with the logits. KL(unpruned ‖ variant) has zero gradient there (its minimum), so it
 //!   is estimated to second order with the Fisher information restricted to the unpruned run's
 //!   [`KL_TOKENS`] most likely tokens: `½ Σ_y p(y) Δlog p(y)²`.
 //! - **keep-only**, at each K's text-only run (`m_{l,j} = 0` for `l ≥ K`, j visual): layers `K..`
@@ -194,6 +195,50 @@ pub fn qk_fixed_removal(
     Ok(out)
 }
 
+/// The unpruned run's log-odds of the target, `log p(y) − log(1 − p(y))`, in which leave-out's
+/// estimate is linear. The unpruned model is usually confident, and at p(y) ≈ 1 log p(y) is flat in
+/// the logits (its derivative in the target's margin is 1 − p(y)), so an estimate linear in log p(y)
+/// says that dropping a window changes nothing even where the exact cut flips the answer; the
+/// log-odds moves with the margin at any p(y). To first order both give the same change of p(y)
+/// (`Δlog-odds = Δlog p / (1 − p)`); they differ in how a large change extrapolates.
+struct TargetLogOdds {
+    log_odds: f64,
+    /// `1 / (1 − p(y))`: `d log-odds / d log p(y)` at the unpruned run.
+    per_log_p: f64,
+}
+
+/// Bound on the estimated log-odds: only a model with 1 − p(y) below ~1e-308 at the unpruned run
+/// reaches it, where `1 / (1 − p(y))` overflows; the rows stay finite.
+const LOG_ODDS_LIMIT: f64 = 1e300;
+
+impl TargetLogOdds {
+    /// From the unpruned next-token log-probabilities `[V]` (f64): `log(1 − p(y))` is the
+    /// log-sum-exp of the other tokens, exact where `1 − p(y)` would round to 0.
+    fn at(log_probs: &Tensor, target: i64) -> Self {
+        let others = log_probs.copy();
+        let _ = others.get(target).fill_(f64::NEG_INFINITY);
+        let log_rest = scalar(&others.logsumexp([0i64].as_slice(), false));
+        let log_p = scalar(&log_probs.get(target));
+        Self {
+            log_odds: log_p - log_rest,
+            per_log_p: (-log_rest).exp(),
+        }
+    }
+
+    /// log p(y) when log p(y) changes by `change` to first order, extrapolated along the log-odds:
+    /// `log σ(log-odds + change / (1 − p(y)))`.
+    fn log_p_after(&self, change: f64) -> f64 {
+        let moved = if change == 0.0 {
+            0.0
+        } else {
+            change * self.per_log_p
+        };
+        let x = (self.log_odds + moved).clamp(-LOG_ODDS_LIMIT, LOG_ODDS_LIMIT);
+        // log σ(x) = −softplus(−x), without overflow for |x| large.
+        -((-x).max(0.0) + (-x.abs()).exp().ln_1p())
+    }
+}
+
 fn scalar(t: &Tensor) -> f64 {
     t.to_kind(Kind::Double).double_value(&[])
 }
@@ -274,6 +319,7 @@ pub fn estimate_sample(
             let from_layer = |d: &[Vec<f64>], k: usize, g: usize| -> f64 {
                 d[k..].iter().map(|layer| layer[g]).sum()
             };
+            let odds = TargetLogOdds::at(&full_logp, target);
             for &k in &cfg.layers {
                 for g in 0..=windows.len() {
                     let variant = if g == 0 {
@@ -286,7 +332,8 @@ pub fn estimate_sample(
                             .iter()
                             .map(|(p, d)| p * from_layer(d, k, g).powi(2))
                             .sum::<f64>();
-                    results.push(row(k, variant, lp0 + from_layer(&d_target, k, g), kl));
+                    let logp = odds.log_p_after(from_layer(&d_target, k, g));
+                    results.push(row(k, variant, logp, kl));
                 }
             }
         }

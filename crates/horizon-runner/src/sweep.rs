@@ -101,7 +101,7 @@ impl InfoSweep {
                 mode: self.mode,
                 target: self.target,
                 estimate: self.estimate,
-                estimator: InfoSettings::estimator_of(self.estimate),
+                estimator: InfoSettings::estimator_of(self.estimate, self.mode),
             }),
         )
     }

@@ -4,7 +4,8 @@
 //! writes, with the linearisation point's rows exact. Keep-only's forward that leaves the tokens up
 //! to the image's end out of autograd gives the whole soft-masked forward's value and gradient, and
 //! each QK fix equals the gradient with respect to each layer's attention times that attention's
-//! change when a group of keys is really added (keep-only) or removed (leave-out).
+//! change when a group of keys is really added (keep-only) or removed (leave-out). Leave-out rows
+//! move the target's log-odds by the QK fix of the log-odds, differentiated through autograd.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use horizon_runner::gradient::{
 };
 use horizon_runner::info::{
     full_run, naive_variant, sweep_sample, variant_keep_sets, FullRun, InfoMode, SweepConfig,
-    WindowGrid,
+    Variant, WindowGrid,
 };
 use horizon_runner::processor::{Processor, PromptTemplate};
 use horizon_runner::{ModelInputs, VlModel};
@@ -350,6 +351,94 @@ fn leave_out_qk_fix_is_the_attention_gradient_times_the_attention_change_of_remo
                 );
             }
         }
+    }
+}
+
+#[test]
+fn leave_out_rows_move_the_target_log_odds_by_the_qk_fix_of_the_log_odds() {
+    let cases = [
+        ("llava/models/llava-tiny", "llava/images/square.png"),
+        (
+            "qwen2_5_vl/models/qwen-tiny",
+            "qwen2_5_vl/images/nonsquare.png",
+        ),
+    ];
+    for (model_dir, image) in cases {
+        let (model, inputs, full, token) = f64_case(model_dir, image);
+        let (s, n) = (inputs.seq_len(), model.num_layers());
+        let cfg = SweepConfig {
+            layers: (0..n).collect(),
+            window_size: 2,
+            mode: InfoMode::LeaveOut,
+            batch_size: None,
+            memory_budget_bytes: 1 << 30,
+        };
+        let rows = estimate_sample(&model, &inputs, &full, token, &cfg).unwrap();
+        // The oracle differentiates the log-odds itself, log p(y) − log Σ_{i≠y} p(i), through
+        // autograd, where the estimate scales the change of log p(y) by 1 / (1 − p(y)).
+        let grid = model.window_grid(&inputs, 2).unwrap();
+        let visual = &inputs.visual.positions;
+        let groups_of: Vec<Vec<usize>> = std::iter::once(visual.clone())
+            .chain(
+                (0..grid.num_windows())
+                    .map(|w| grid.window_tokens(w).iter().map(|&t| visual[t]).collect()),
+            )
+            .collect();
+        let groups = group_columns(
+            s,
+            groups_of.iter().map(|g| g.as_slice()),
+            Kind::Double,
+            Device::Cpu,
+        );
+        let m = tensor(&weights(n, s, &[]), n, s).set_requires_grad(true);
+        let (out, probes) = model.decoder().forward_key_weighted_probed(
+            0,
+            &full.layer_inputs[0],
+            &inputs.position_ids,
+            &m,
+        );
+        let logp = model
+            .lm_head_differentiable(&out.select(1, s as i64 - 1))
+            .squeeze_dim(0)
+            .log_softmax(-1, Kind::Double);
+        let vocab = logp.size()[0];
+        let others = Tensor::cat(
+            &[
+                logp.narrow(0, 0, token),
+                logp.narrow(0, token + 1, vocab - token - 1),
+            ],
+            0,
+        );
+        let log_odds = logp.get(token) - others.logsumexp([0i64].as_slice(), false);
+        let fixed = qk_fixed_removal(&log_odds, &probes, &groups).unwrap();
+        // The starting point is the unpruned row's, which the engine scores in f32.
+        let scored = full.log_probs.squeeze_dim(0).to_kind(Kind::Double);
+        let p0 = scored.get(token).exp().double_value(&[]);
+        let lo0 = (p0 / (1.0 - p0)).ln();
+        // Linear in log p(y) would differ from the log-odds by a factor 1 − p(y) in the change.
+        assert!(
+            p0 > 0.05,
+            "{model_dir}: p(y) = {p0} too small to tell them apart"
+        );
+        let mut largest = 0.0f64;
+        for r in rows.iter().filter(|r| r.layer.is_some()) {
+            let k = r.layer.unwrap();
+            let g = match r.variant {
+                Variant::TextOnly => 0,
+                Variant::Window(w) => w + 1,
+                Variant::Full => unreachable!(),
+            };
+            let change: f64 = fixed[k..].iter().map(|layer| layer[g]).sum();
+            let expected = lo0 + change;
+            let got = r.logp - (-r.logp.exp_m1()).ln();
+            assert!(
+                (got - expected).abs() <= 1e-6 * (1.0 + expected.abs()),
+                "{model_dir} K={k} {:?}: row log-odds {got} vs oracle {expected}",
+                r.variant
+            );
+            largest = largest.max(change.abs());
+        }
+        assert!(largest > 1e-3, "{model_dir}: every change ≈ 0 ({largest})");
     }
 }
 
