@@ -71,11 +71,32 @@ impl AnalysisArgs {
             },
             require_ci_covers_zero: !self.no_ci_check,
         };
-        analyze(
-            &read_info_rows_many(&self.info, &ReadOptions::default())?,
-            &params,
-        )
+        let rows = read_info_rows_many(&self.info, &ReadOptions::default())?;
+        if let Some(note) = estimate_note(&rows.metadata, self.no_ci_check) {
+            eprintln!("{note}");
+        }
+        analyze(&rows, &params)
     }
+}
+
+/// A note for rows of `horizon info --estimate gradient` analysed with the interval check: the
+/// bootstrap interval is the estimate's sampling spread, and a small bias of the estimate at the
+/// deep layers falls outside it once samples are many (BENCHMARKS.md, one-pass estimate).
+fn estimate_note(
+    metadata: &std::collections::BTreeMap<String, String>,
+    no_ci_check: bool,
+) -> Option<String> {
+    if no_ci_check || metadata.get("horizon.estimate").map(String::as_str) != Some("gradient") {
+        return None;
+    }
+    let estimator = metadata
+        .get("horizon.estimator")
+        .map_or(String::new(), |e| format!(" ({e})"));
+    Some(format!(
+        "note: these rows are one-pass gradient estimates{estimator}; the bootstrap intervals cover \
+         their sampling, not their error, so the interval check can refuse a layer where the \
+         estimate is only slightly biased (--no-ci-check drops the check)"
+    ))
 }
 
 #[derive(Args)]

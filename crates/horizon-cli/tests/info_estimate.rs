@@ -112,4 +112,32 @@ fn gradient_rows_have_the_exact_schema_resume_and_never_mix() {
     ]);
     assert!(ok, "{err}");
     assert!(analysis.join("horizon.json").exists());
+    // ... and says that its intervals do not cover the estimate's error, unless the check is off.
+    assert!(
+        err.contains("one-pass gradient estimates (attention-qk-fix-log-odds)"),
+        "{err}"
+    );
+    let checked = |rows: &Path, extra: &[&str]| {
+        let (ok, _, err) = horizon(
+            &[
+                &[
+                    "horizon",
+                    "--info",
+                    rows.to_str().unwrap(),
+                    "--out",
+                    analysis.to_str().unwrap(),
+                    "--bootstrap",
+                    "50",
+                    "--mode",
+                    "leave-out",
+                ][..],
+                extra,
+            ]
+            .concat(),
+        );
+        assert!(ok, "{err}");
+        err
+    };
+    assert!(!checked(&whole, &["--no-ci-check"]).contains("note:"));
+    assert!(!checked(&exact, &[]).contains("note:"));
 }
