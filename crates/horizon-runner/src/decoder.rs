@@ -909,7 +909,7 @@ impl Decoder {
         from: usize,
         hidden: &Tensor,
         position_ids: &Tensor,
-        key_weights: Option<&Tensor>,
+        key_weights: Option<(&Tensor, Option<&FixedQueries>)>,
         probe: bool,
     ) -> (Tensor, Vec<AttentionProbe>) {
         let (cos, sin) = self.rotary_emb.cos_sin(position_ids, hidden.kind());
@@ -918,9 +918,10 @@ impl Decoder {
         for (i, layer) in self.layers[from..].iter().enumerate() {
             h = match key_weights {
                 None => layer.forward(&h, &cos, &sin, None),
-                Some(m) => {
+                Some((m, fixed)) => {
+                    let w = FixedQueries::layer_weights(fixed, &m.get(i as i64));
                     let (next, (_, p)) =
-                        layer.forward_key_weighted(&h, &cos, &sin, &m.get(i as i64), None, probe);
+                        layer.forward_key_weighted(&h, &cos, &sin, &w, None, probe);
                     probes.extend(p);
                     next
                 }
@@ -1022,8 +1023,9 @@ impl Attention {
 
     /// The key-weighted attention of the queries of `x` `[1, S, D]`, which follow `context`'s C
     /// positions: query i sees every context key and its own keys `<= i`, key j weighed by `m[j]`
-    /// (`m` `[C + S]`). Also returns `x`'s own keys and values, for a later call's context, and
-    /// with `probe` the attention's [`AttentionProbe`].
+    /// (`m` `[C + S]`), or by `m[i][j]` (`m` `[S, C + S]`, one row per query). Also returns `x`'s
+    /// own keys and values, for a later call's context, and with `probe` the attention's
+    /// [`AttentionProbe`].
     fn forward_key_weighted(
         &self,
         x: &Tensor,
@@ -1052,13 +1054,13 @@ impl Attention {
         // Shift by the largest score among the keys still present (a constant per row, so no
         // gradient): every row's normaliser is then ≥ 1 (position 0, never visual, is present),
         // and the bound keeps removed keys of huge score from overflowing into 0 · ∞.
-        let dead = m.le(0.0).view([1, 1, 1, t]);
+        let dead = m.le(0.0).view([1, 1, -1, t]);
         let top = scores
             .masked_fill(&dead, f64::NEG_INFINITY)
             .amax(-1, true)
             .detach();
         let unweighted = (scores - top).clamp_max(50.0).exp();
-        let weighted = &unweighted * m.view([1, 1, 1, t]);
+        let weighted = &unweighted * m.view([1, 1, -1, t]);
         let normaliser = weighted.sum_dim_intlist(-1, true, x.kind());
         let probs = &weighted / &normaliser;
         let probe = probe.then(|| AttentionProbe {
@@ -1066,6 +1068,27 @@ impl Attention {
             ratios: (&unweighted / &normaliser).detach(),
         });
         (self.project_out(&probs.matmul(&v)), own, probe)
+    }
+}
+
+/// Queries whose attention a key-weighted forward fixes instead of weighing it by the key weights:
+/// query i with `rows[i]` weighs key j by `weights[i][j]` in every layer (`rows` `[S]` bool,
+/// `weights` `[S, S]`, both on the model's device and `weights` in its kind). Keep-only's
+/// linearisation point fixes the visual queries to their own window, so that the visual tokens'
+/// states do not depend on the key weights (`gradient::own_window_queries`).
+pub struct FixedQueries {
+    pub rows: Tensor,
+    pub weights: Tensor,
+}
+
+impl FixedQueries {
+    /// One layer's key weights `[S, S]` (queries × keys): the fixed rows' own, every other row the
+    /// layer's key weights `m` `[S]`; `m` itself without fixed queries. Differentiable in `m`.
+    fn layer_weights(fixed: Option<&Self>, m: &Tensor) -> Tensor {
+        match fixed {
+            None => m.shallow_clone(),
+            Some(f) => f.weights.where_self(&f.rows.unsqueeze(1), &m.unsqueeze(0)),
+        }
     }
 }
 
@@ -1108,16 +1131,24 @@ impl DecoderLayer {
 impl Decoder {
     /// Decoder layers `from..` over one sequence `hidden` `[1, S, D]` at `position_ids` (`[1, S]` or
     /// `[3, 1, S]`), layer `from + i` weighing its keys by `key_weights` row i (`[L − from, S]`, see
-    /// the soft mask above), then the final norm. Differentiable in `key_weights`.
+    /// the soft mask above) for every query but the `fixed` ones, then the final norm.
+    /// Differentiable in `key_weights`.
     pub fn forward_key_weighted(
         &self,
         from: usize,
         hidden: &Tensor,
         position_ids: &Tensor,
         key_weights: &Tensor,
+        fixed: Option<&FixedQueries>,
     ) -> Tensor {
-        self.layers_from(from, hidden, position_ids, Some(key_weights), false)
-            .0
+        self.layers_from(
+            from,
+            hidden,
+            position_ids,
+            Some((key_weights, fixed)),
+            false,
+        )
+        .0
     }
 
     /// [`Self::forward_key_weighted`] that also returns each layer's [`AttentionProbe`] (every
@@ -1129,7 +1160,7 @@ impl Decoder {
         position_ids: &Tensor,
         key_weights: &Tensor,
     ) -> (Tensor, Vec<AttentionProbe>) {
-        self.layers_from(from, hidden, position_ids, Some(key_weights), true)
+        self.layers_from(from, hidden, position_ids, Some((key_weights, None)), true)
     }
 
     /// [`Self::forward_key_weighted`] with its first `context` positions run without autograd:
@@ -1138,15 +1169,16 @@ impl Decoder {
     /// `S − context` positions. The gradient with respect to a key weight is the whole forward's
     /// when none of its paths to the output passes through a context position's hidden state. At
     /// keep-only's linearisation point that holds for every visual key: text before the image sees
-    /// no visual key (causal attention), and a visual position reaches the output only through its
-    /// own keys and values, which are weighed 0. Also returns each layer's [`AttentionProbe`] of
-    /// the differentiated positions' queries.
+    /// no visual key (causal attention), and a visual position's state does not depend on the key
+    /// weights (its query is `fixed`) and reaches the output only through its own keys and values.
+    /// Also returns each layer's [`AttentionProbe`] of the differentiated positions' queries.
     pub fn forward_key_weighted_after_context(
         &self,
         from: usize,
         hidden: &Tensor,
         position_ids: &Tensor,
         key_weights: &Tensor,
+        fixed: Option<&FixedQueries>,
         context: i64,
     ) -> (Tensor, Vec<AttentionProbe>) {
         let s = hidden.size()[1];
@@ -1161,9 +1193,14 @@ impl Decoder {
                 if i + 1 == layers.len() {
                     kv.push(layer.key_values(&h, &cos, &sin));
                 } else {
-                    let m = key_weights.get(i as i64).narrow(0, 0, context).detach();
+                    let w = FixedQueries::layer_weights(fixed, &key_weights.get(i as i64).detach());
+                    let w = if fixed.is_some() {
+                        w.narrow(0, 0, context).narrow(1, 0, context)
+                    } else {
+                        w.narrow(0, 0, context)
+                    };
                     let (next, (own, _)) =
-                        layer.forward_key_weighted(&h, &cos, &sin, &m, None, false);
+                        layer.forward_key_weighted(&h, &cos, &sin, &w, None, false);
                     kv.push(own);
                     h = next;
                 }
@@ -1177,9 +1214,14 @@ impl Decoder {
         let mut h = part(hidden, context, s - context);
         let mut probes = Vec::with_capacity(layers.len());
         for (i, layer) in layers.iter().enumerate() {
-            let m = key_weights.get(i as i64);
+            let w = FixedQueries::layer_weights(fixed, &key_weights.get(i as i64));
+            let w = if fixed.is_some() {
+                w.narrow(0, context, s - context)
+            } else {
+                w
+            };
             let (next, (_, probe)) =
-                layer.forward_key_weighted(&h, &cos, &sin, &m, Some(&context_kv[i]), true);
+                layer.forward_key_weighted(&h, &cos, &sin, &w, Some(&context_kv[i]), true);
             probes.extend(probe);
             h = next;
         }

@@ -22,9 +22,13 @@
 //!   window's keys present, and log p(y) follows linearly. A key of weight 0 whose score is far
 //!   above those present has an unbounded derivative in its own weight (up to e^50 here), so an
 //!   estimate linear in the key weights can run to log p ≈ −1e23; one linear in the attention
-//!   cannot. At that point a visual token reaches the output only through its keys, weighed 0, so
-//!   the tokens up to the image's end run forward without autograd and only the text after the
-//!   image is differentiated ([`keep_only_log_probs`]).
+//!   cannot. The visual queries attend to the text and their own window's keys whatever the key
+//!   weights ([`own_window_queries`]): the visual tokens then hold, at the linearisation point
+//!   already, the states they have in their own window's variant, and only the text's attention
+//!   moves between the text-only run and the cut keeping a window. A visual token reaches the
+//!   output only through its keys, weighed 0, so the tokens up to the image's end run forward
+//!   without autograd and only the text after the image is differentiated
+//!   ([`keep_only_log_probs`]).
 //!
 //! The linearisation point's own row (the unpruned `full` row; keep-only's `text_only` rows) is its
 //! exact value; leave-out's `text_only` (every visual token dropped) is linearised like a window.
@@ -33,7 +37,7 @@
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
-use crate::decoder::AttentionProbe;
+use crate::decoder::{AttentionProbe, FixedQueries};
 use crate::info::{FullRun, InfoMode, SweepConfig, Variant, VariantResult};
 use crate::model::{ModelInputs, VlModel};
 use crate::nn::check_finite;
@@ -43,19 +47,60 @@ use crate::nn::check_finite;
 pub const KL_TOKENS: usize = 4;
 
 /// The soft-masked forward from layer `from`'s input `hidden` `[1, S, D]` with key weights `m`
-/// `[L − from, S]`: next-token log-probabilities `[V]` of the last position, differentiable in `m`
-/// (f64 in an f64 model, f32 otherwise).
+/// `[L − from, S]` for every query but the `fixed` ones: next-token log-probabilities `[V]` of the
+/// last position, differentiable in `m` (f64 in an f64 model, f32 otherwise).
 pub fn soft_log_probs(
     model: &VlModel,
     inputs: &ModelInputs,
     from: usize,
     hidden: &Tensor,
     m: &Tensor,
+    fixed: Option<&FixedQueries>,
 ) -> Tensor {
     let out = model
         .decoder()
-        .forward_key_weighted(from, hidden, &inputs.position_ids, m);
+        .forward_key_weighted(from, hidden, &inputs.position_ids, m, fixed);
     last_log_probs(model, &out)
+}
+
+/// Keep-only's visual queries, each fixed to the keys of the text and of its own window
+/// (`windows`: the prompt positions of each window's visual tokens; a visual token in no window,
+/// such as LLaVA-NeXT's `image_newline`, sees the text only). No query sees a visual key in a
+/// keep-only variant but the kept window's own tokens, so the visual tokens' states are then those
+/// of their own window's variant at every key weight: with key weights 1 on window w's keys (0 on
+/// the other visual keys) the forward is exactly the cut keeping w, with 0 on every visual key it
+/// is the text-only run, and between the two only the text's attention moves.
+pub fn own_window_queries(
+    inputs: &ModelInputs,
+    windows: &[Vec<usize>],
+    kind: Kind,
+    device: Device,
+) -> FixedQueries {
+    let s = inputs.seq_len();
+    let is_visual = inputs.visual.mask(s);
+    let mut window_of = vec![usize::MAX; s];
+    for (w, positions) in windows.iter().enumerate() {
+        for &p in positions {
+            window_of[p] = w;
+        }
+    }
+    let mut weights = vec![0.0f64; s * s];
+    for (i, row) in weights.chunks_mut(s).enumerate() {
+        for (j, weight) in row.iter_mut().enumerate() {
+            let own_window = window_of[i] != usize::MAX && window_of[i] == window_of[j];
+            if !is_visual[j] || own_window {
+                *weight = 1.0;
+            }
+        }
+    }
+    let rows: Vec<bool> = is_visual.clone();
+    FixedQueries {
+        rows: Tensor::from_slice(&rows).to_device(device),
+        weights: Tensor::from_slice(&weights)
+            .view([s as i64, s as i64])
+            .to_kind(kind)
+            .to_device(device),
+    }
 }
 
 /// Next-token log-probabilities `[V]` of the last of the final-norm hidden states `out` `[1, S, D]`,
@@ -73,18 +118,20 @@ fn last_log_probs(model: &VlModel, out: &Tensor) -> Tensor {
     logits.to_kind(kind).log_softmax(-1, kind)
 }
 
-/// [`soft_log_probs`] with the positions before the first text token after the first visual token
-/// run without autograd ([`crate::decoder::Decoder::forward_key_weighted_after_context`]): the
-/// same value for any `m`, and at keep-only's linearisation point (`m` 0 on every visual key of
-/// layers `from..`) the same gradient on every visual key, while the visual tokens' forward is no
-/// longer differentiated. Gradients on text keys are not the whole forward's. Also returns each
-/// layer's attention probe of the differentiated positions' queries (none without visual tokens).
+/// [`soft_log_probs`] with the visual queries fixed to their own windows ([`own_window_queries`])
+/// and the positions before the first text token after the first visual token run without
+/// autograd ([`crate::decoder::Decoder::forward_key_weighted_after_context`]): the same value for
+/// any `m`, and at keep-only's linearisation point (`m` 0 on every visual key of layers `from..`)
+/// the same gradient on every visual key, while the visual tokens' forward is no longer
+/// differentiated. Gradients on text keys are not the whole forward's. Also returns each layer's
+/// attention probe of the differentiated positions' queries (none without visual tokens).
 pub fn keep_only_log_probs(
     model: &VlModel,
     inputs: &ModelInputs,
     from: usize,
     hidden: &Tensor,
     m: &Tensor,
+    visual_queries: &FixedQueries,
 ) -> (Tensor, Vec<AttentionProbe>) {
     let s = hidden.size()[1];
     let is_visual = inputs.visual.mask(s as usize);
@@ -94,13 +141,15 @@ pub fn keep_only_log_probs(
         .and_then(|first| (first..s as usize).find(|&j| !is_visual[j]))
         .unwrap_or(0) as i64;
     if context == 0 {
-        return (soft_log_probs(model, inputs, from, hidden, m), Vec::new());
+        let log_probs = soft_log_probs(model, inputs, from, hidden, m, Some(visual_queries));
+        return (log_probs, Vec::new());
     }
     let (out, probes) = model.decoder().forward_key_weighted_after_context(
         from,
         hidden,
         &inputs.position_ids,
         m,
+        Some(visual_queries),
         context,
     );
     (last_log_probs(model, &out), probes)
@@ -352,14 +401,21 @@ pub fn estimate_sample(
                 kind,
                 device,
             );
+            let visual_queries = own_window_queries(inputs, &windows, kind, device);
             for &k in &cfg.layers {
                 // Requires grad so that the attention probabilities are part of a graph.
                 let m = text_keys
                     .unsqueeze(0)
                     .repeat([(num_layers - k) as i64, 1])
                     .set_requires_grad(true);
-                let (logq, probes) =
-                    keep_only_log_probs(model, inputs, k, &full.layer_inputs[k], &m);
+                let (logq, probes) = keep_only_log_probs(
+                    model,
+                    inputs,
+                    k,
+                    &full.layer_inputs[k],
+                    &m,
+                    &visual_queries,
+                );
                 check_finite(
                     &logq,
                     &format!("the next-token distribution after a cut at layer {k}"),

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 use horizon_runner::gradient::{
-    estimate_sample, group_columns, keep_only_log_probs, qk_fixed_addition, qk_fixed_removal,
-    soft_log_probs,
+    estimate_sample, group_columns, keep_only_log_probs, own_window_queries, qk_fixed_addition,
+    qk_fixed_removal, soft_log_probs,
 };
 use horizon_runner::info::{
     full_run, naive_variant, sweep_sample, variant_keep_sets, FullRun, InfoMode, SweepConfig,
@@ -73,7 +73,7 @@ fn soft_mask_gradient_equals_central_finite_differences_f64() {
         let base = weights(layers, s, &dropped);
         let hidden = &full.layer_inputs[from];
         let m = tensor(&base, layers, s).set_requires_grad(true);
-        let logp = soft_log_probs(&model, &inputs, from, hidden, &m);
+        let logp = soft_log_probs(&model, &inputs, from, hidden, &m, None);
         let g = Tensor::run_backward(&[logp.get(gt)], &[&m], false, false).remove(0);
         // Small steps: at keep-only's point (m = 0) a key of large score makes log p strongly
         // curved in its weight.
@@ -89,7 +89,7 @@ fn soft_mask_gradient_equals_central_finite_differences_f64() {
                     let mut m = base.clone();
                     m[l * s + j] += delta;
                     let _guard = tch::no_grad_guard();
-                    soft_log_probs(&model, &inputs, from, hidden, &tensor(&m, layers, s))
+                    soft_log_probs(&model, &inputs, from, hidden, &tensor(&m, layers, s), None)
                         .get(gt)
                         .double_value(&[])
                 };
@@ -134,6 +134,15 @@ fn f64_case(model_dir: &str, image: &str) -> (VlModel, ModelInputs, FullRun, i64
     (model, inputs, full, token)
 }
 
+/// The prompt positions of each 2×2 window's visual tokens.
+fn window_positions(model: &VlModel, inputs: &ModelInputs) -> Vec<Vec<usize>> {
+    let grid = model.window_grid(inputs, 2).unwrap();
+    let visual = &inputs.visual.positions;
+    (0..grid.num_windows())
+        .map(|w| grid.window_tokens(w).iter().map(|&t| visual[t]).collect())
+        .collect()
+}
+
 /// Value and gradient rows `[L − from][S]` of log p(`token`) under key weights `m`.
 fn value_and_gradient(
     forward: impl Fn(&Tensor) -> Tensor,
@@ -171,25 +180,32 @@ fn keep_only_forward_without_autograd_up_to_the_image_end_equals_the_whole_soft_
     ];
     for (model_dir, image, split_image) in cases {
         let (model, mut inputs, full, token) = f64_case(model_dir, image);
+        let mut windows = window_positions(&model, &inputs);
         if split_image {
-            let middle = inputs.visual.positions.len() / 2;
-            inputs.visual.positions.remove(middle);
+            let middle = inputs
+                .visual
+                .positions
+                .remove(inputs.visual.positions.len() / 2);
+            for w in &mut windows {
+                w.retain(|&p| p != middle);
+            }
         }
         let (s, n) = (inputs.seq_len(), model.num_layers());
         let visual = inputs.visual.positions.clone();
+        let queries = own_window_queries(&inputs, &windows, Kind::Double, Device::Cpu);
         for from in 1..n {
             let layers = n - from;
             let base = weights(layers, s, &visual);
             let hidden = &full.layer_inputs[from];
             let (whole, g_whole) = value_and_gradient(
-                |m| soft_log_probs(&model, &inputs, from, hidden, m),
+                |m| soft_log_probs(&model, &inputs, from, hidden, m, Some(&queries)),
                 &base,
                 layers,
                 s,
                 token,
             );
             let (split, g_split) = value_and_gradient(
-                |m| keep_only_log_probs(&model, &inputs, from, hidden, m).0,
+                |m| keep_only_log_probs(&model, &inputs, from, hidden, m, &queries).0,
                 &base,
                 layers,
                 s,
@@ -231,6 +247,12 @@ fn keep_only_qk_fix_is_the_attention_gradient_times_the_attention_change_of_addi
         let (model, inputs, full, token) = f64_case(model_dir, image);
         let (s, n) = (inputs.seq_len(), model.num_layers());
         let visual = inputs.visual.positions.clone();
+        let queries = own_window_queries(
+            &inputs,
+            &window_positions(&model, &inputs),
+            Kind::Double,
+            Device::Cpu,
+        );
         // Three groups of visual keys: the first 2x2-ish block, a middle run, the last token.
         let nv = visual.len();
         let groups_of: Vec<Vec<usize>> = vec![
@@ -249,7 +271,7 @@ fn keep_only_qk_fix_is_the_attention_gradient_times_the_attention_change_of_addi
             let hidden = &full.layer_inputs[from];
             let base = weights(layers, s, &visual);
             let m = tensor(&base, layers, s).set_requires_grad(true);
-            let (logq, probes) = keep_only_log_probs(&model, &inputs, from, hidden, &m);
+            let (logq, probes) = keep_only_log_probs(&model, &inputs, from, hidden, &m, &queries);
             assert_eq!(probes.len(), layers);
             let fixed = qk_fixed_addition(&logq.get(token), &probes, &groups).unwrap();
             // The oracle: ∂log p/∂A of each layer, dotted with the change of that layer's attention
@@ -270,6 +292,7 @@ fn keep_only_qk_fix_is_the_attention_gradient_times_the_attention_change_of_addi
                         from,
                         hidden,
                         &tensor(&added, layers, s),
+                        &queries,
                     );
                     let change = &with_group[l].probs - probes[l].probs.detach();
                     oracle += (&grads[l] * change).sum(Kind::Double).double_value(&[]);
@@ -376,13 +399,8 @@ fn leave_out_rows_move_the_target_log_odds_by_the_qk_fix_of_the_log_odds() {
         let rows = estimate_sample(&model, &inputs, &full, token, &cfg).unwrap();
         // The oracle differentiates the log-odds itself, log p(y) − log Σ_{i≠y} p(i), through
         // autograd, where the estimate scales the change of log p(y) by 1 / (1 − p(y)).
-        let grid = model.window_grid(&inputs, 2).unwrap();
-        let visual = &inputs.visual.positions;
-        let groups_of: Vec<Vec<usize>> = std::iter::once(visual.clone())
-            .chain(
-                (0..grid.num_windows())
-                    .map(|w| grid.window_tokens(w).iter().map(|&t| visual[t]).collect()),
-            )
+        let groups_of: Vec<Vec<usize>> = std::iter::once(inputs.visual.positions.clone())
+            .chain(window_positions(&model, &inputs))
             .collect();
         let groups = group_columns(
             s,
@@ -454,6 +472,7 @@ fn soft_mask_at_one_and_zero_is_the_plain_model_and_the_cut() {
         0,
         &full.layer_inputs[0],
         &tensor(&weights(n, s, &[]), n, s),
+        None,
     );
     let diff = (&plain - full.log_probs.squeeze_dim(0))
         .abs()
@@ -473,6 +492,7 @@ fn soft_mask_at_one_and_zero_is_the_plain_model_and_the_cut() {
                 k,
                 &full.layer_inputs[k],
                 &tensor(&weights(n - k, s, &dropped), n - k, s),
+                None,
             )
             .get(gt)
             .double_value(&[]);
@@ -482,6 +502,66 @@ fn soft_mask_at_one_and_zero_is_the_plain_model_and_the_cut() {
                 "{mode:?} K={k} window {w}: soft mask {soft} vs cut {cut}"
             );
         }
+    }
+}
+
+#[test]
+fn keep_only_with_visual_queries_fixed_to_their_window_is_the_cut_at_weight_one_on_the_window() {
+    let cases = [
+        ("llava/models/llava-tiny", "llava/images/square.png"),
+        (
+            "qwen2_5_vl/models/qwen-tiny",
+            "qwen2_5_vl/images/nonsquare.png",
+        ),
+        (
+            "llava_next/models/llava-next-tiny",
+            "llava_next/images/wide.png",
+        ),
+    ];
+    for (model_dir, image) in cases {
+        let (model, inputs, full, token) = f64_case(model_dir, image);
+        let (s, n) = (inputs.seq_len(), model.num_layers());
+        let windows = window_positions(&model, &inputs);
+        let queries = own_window_queries(&inputs, &windows, Kind::Double, Device::Cpu);
+        // The fault this guards against: visual queries that see the text only, so that a kept
+        // window's tokens no longer attend to each other.
+        let text_only_queries = own_window_queries(&inputs, &[], Kind::Double, Device::Cpu);
+        let grid = model.window_grid(&inputs, 2).unwrap();
+        let (_, keep_sets) = variant_keep_sets(&inputs, &grid, InfoMode::KeepOnly);
+        let visual = inputs.visual.positions.clone();
+        let mut largest_fault = 0f64;
+        for k in [1, n / 2, n - 1] {
+            let layers = n - k;
+            let hidden = &full.layer_inputs[k];
+            for w in [0, windows.len() / 2, windows.len() - 1] {
+                let others: Vec<usize> = visual
+                    .iter()
+                    .copied()
+                    .filter(|p| !windows[w].contains(p))
+                    .collect();
+                let m = tensor(&weights(layers, s, &others), layers, s);
+                let _guard = tch::no_grad_guard();
+                let value = |q| {
+                    keep_only_log_probs(&model, &inputs, k, hidden, &m, q)
+                        .0
+                        .get(token)
+                        .double_value(&[])
+                };
+                let (_, cut, _) =
+                    naive_variant(&model, &inputs, &full, token, k, &keep_sets[w]).unwrap();
+                let soft = value(&queries);
+                // The engine scores in f32 (`next_token_log_probs`).
+                assert!(
+                    (soft - cut).abs() < 1e-5,
+                    "{model_dir} K={k} window {w}: key weights 1 on the window {soft} vs cut {cut}"
+                );
+                largest_fault = largest_fault.max((value(&text_only_queries) - cut).abs());
+            }
+        }
+        assert!(
+            largest_fault > 1e-4,
+            "{model_dir}: visual queries on the text only change nothing ({largest_fault})"
+        );
     }
 }
 
