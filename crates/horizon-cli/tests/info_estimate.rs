@@ -59,11 +59,14 @@ fn gradient_rows_have_the_exact_schema_resume_and_never_mix() {
     );
     assert!(!footer(&exact).contains_key("horizon.estimator"));
 
-    // Keep-only estimates record theirs (log p(y) linear, no log-odds), with the same schema.
+    // Keep-only estimates record theirs, with the same schema.
     let keep_only = d.join("keep-only");
     let (ok, err) = info(d, &q, &keep_only, &["--estimate", "gradient"]);
     assert!(ok, "{err}");
-    assert_eq!(footer(&keep_only)["horizon.estimator"], "attention-qk-fix");
+    assert_eq!(
+        footer(&keep_only)["horizon.estimator"],
+        "attention-qk-fix-own-window"
+    );
     assert_eq!(part_schemas_and_rows(&keep_only).0, exact_schema);
 
     // Stopped and resumed: the rows of the uninterrupted run.

@@ -100,13 +100,18 @@ pub struct InfoSettings {
 }
 
 /// `horizon.estimator` of keep-only `--estimate gradient` runs: linearised in each layer's
-/// attention with AtP*'s QK fix, log p(y) following linearly.
-pub const KEEP_ONLY_ESTIMATOR: &str = "attention-qk-fix";
+/// attention with AtP*'s QK fix, log p(y) following linearly, the visual queries on their own
+/// window's keys.
+pub const KEEP_ONLY_ESTIMATOR: &str = "attention-qk-fix-own-window";
 
 /// `horizon.estimator` of leave-out `--estimate gradient` runs: the same linearisation, the change
-/// extrapolated along the target's log-odds. Leave-out runs of the estimate linear in log p(y)
-/// recorded [`KEEP_ONLY_ESTIMATOR`]'s name, so they are not continued with these.
+/// extrapolated along the target's log-odds.
 pub const LEAVE_OUT_ESTIMATOR: &str = "attention-qk-fix-log-odds";
+
+/// What both modes' gradient runs recorded before [`KEEP_ONLY_ESTIMATOR`] and
+/// [`LEAVE_OUT_ESTIMATOR`] (keep-only's visual queries on the text, leave-out linear in log p(y)):
+/// parts of it are not continued with either.
+pub const EARLIER_GRADIENT_ESTIMATOR: &str = "attention-qk-fix";
 
 impl InfoSettings {
     /// The `estimator` field that `estimate` records in `mode`.
@@ -477,34 +482,41 @@ mod tests {
             .to_string();
         assert_eq!(
             e,
-            "part-000000.parquet: horizon.estimator is unset, the run has attention-qk-fix"
+            "part-000000.parquet: horizon.estimator is unset, the run has attention-qk-fix-own-window"
         );
         assert_eq!(
             RunMetadata::from_pairs(Path::new("p"), named.to_pairs()).unwrap(),
             named
         );
-        // Leave-out estimates linear in log p(y) recorded the keep-only name: not continued with
-        // the log-odds ones.
-        let mut leave_out = named.clone();
-        if let RunKind::Info(s) = &mut leave_out.run {
-            s.mode = InfoMode::LeaveOut;
+        // Parts of the earlier estimators, in either mode, are not continued with the current ones.
+        for (mode, current) in [
+            (InfoMode::KeepOnly, KEEP_ONLY_ESTIMATOR),
+            (InfoMode::LeaveOut, LEAVE_OUT_ESTIMATOR),
+        ] {
+            let mut earlier = named.clone();
+            if let RunKind::Info(s) = &mut earlier.run {
+                s.mode = mode;
+                s.estimator = Some(EARLIER_GRADIENT_ESTIMATOR.to_string());
+            }
+            let mut now = earlier.clone();
+            if let RunKind::Info(s) = &mut now.run {
+                s.estimator = InfoSettings::estimator_of(s.estimate, s.mode);
+            }
+            assert_eq!(
+                now.to_pairs().into_iter().collect::<BTreeMap<_, _>>()["horizon.estimator"],
+                current
+            );
+            let e = now
+                .check_same_run(&earlier, Path::new("part-000003.parquet"), "the run")
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "part-000003.parquet: horizon.estimator is attention-qk-fix, the run has {current}"
+                )
+            );
         }
-        let mut log_odds = leave_out.clone();
-        if let RunKind::Info(s) = &mut log_odds.run {
-            s.estimator = InfoSettings::estimator_of(s.estimate, s.mode);
-        }
-        assert_eq!(
-            log_odds.to_pairs().into_iter().collect::<BTreeMap<_, _>>()["horizon.estimator"],
-            LEAVE_OUT_ESTIMATOR
-        );
-        let e = log_odds
-            .check_same_run(&leave_out, Path::new("part-000003.parquet"), "the run")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            "part-000003.parquet: horizon.estimator is attention-qk-fix, the run has attention-qk-fix-log-odds"
-        );
         for mode in [InfoMode::KeepOnly, InfoMode::LeaveOut] {
             assert_eq!(InfoSettings::estimator_of(Estimate::Exact, mode), None);
         }
