@@ -67,13 +67,24 @@ fn soft_mask_gradient_equals_central_finite_differences_f64() {
     let (s, n) = (inputs.seq_len(), model.num_layers());
     let visual = inputs.visual.positions.clone();
     // Leave-out's point (all keys present, from layer 0) and keep-only's (visual keys removed
-    // from layer 2 on, resumed from layer 2's stored input).
-    for (from, dropped) in [(0usize, vec![]), (2, visual.clone())] {
+    // from layer 2 on, resumed from layer 2's stored input), there also with the visual queries
+    // fixed to their own windows as the estimate runs it.
+    let queries = own_window_queries(
+        &inputs,
+        &window_positions(&model, &inputs),
+        Kind::Double,
+        Device::Cpu,
+    );
+    for (from, dropped, fixed) in [
+        (0usize, vec![], None),
+        (2, visual.clone(), None),
+        (2, visual.clone(), Some(&queries)),
+    ] {
         let layers = n - from;
         let base = weights(layers, s, &dropped);
         let hidden = &full.layer_inputs[from];
         let m = tensor(&base, layers, s).set_requires_grad(true);
-        let logp = soft_log_probs(&model, &inputs, from, hidden, &m, None);
+        let logp = soft_log_probs(&model, &inputs, from, hidden, &m, fixed);
         let g = Tensor::run_backward(&[logp.get(gt)], &[&m], false, false).remove(0);
         // Small steps: at keep-only's point (m = 0) a key of large score makes log p strongly
         // curved in its weight.
@@ -89,7 +100,7 @@ fn soft_mask_gradient_equals_central_finite_differences_f64() {
                     let mut m = base.clone();
                     m[l * s + j] += delta;
                     let _guard = tch::no_grad_guard();
-                    soft_log_probs(&model, &inputs, from, hidden, &tensor(&m, layers, s), None)
+                    soft_log_probs(&model, &inputs, from, hidden, &tensor(&m, layers, s), fixed)
                         .get(gt)
                         .double_value(&[])
                 };
