@@ -122,6 +122,15 @@ fn soft_mask_gradient_equals_central_finite_differences_f64() {
     }
 }
 
+/// The LLaVA and Qwen2.5-VL fixture models (under fixtures/) with an image each.
+const LLAVA_AND_QWEN: [(&str, &str); 2] = [
+    ("llava/models/llava-tiny", "llava/images/square.png"),
+    (
+        "qwen2_5_vl/models/qwen-tiny",
+        "qwen2_5_vl/images/nonsquare.png",
+    ),
+];
+
 /// A fixture model in f64 with its prompt "What is in the image?" over `image` (both under
 /// fixtures/), the unpruned run, and the unpruned model's most likely next token.
 fn f64_case(model_dir: &str, image: &str) -> (VlModel, ModelInputs, FullRun, i64) {
@@ -247,14 +256,7 @@ fn keep_only_forward_without_autograd_up_to_the_image_end_equals_the_whole_soft_
 
 #[test]
 fn keep_only_qk_fix_is_the_attention_gradient_times_the_attention_change_of_adding_the_window() {
-    let cases = [
-        ("llava/models/llava-tiny", "llava/images/square.png"),
-        (
-            "qwen2_5_vl/models/qwen-tiny",
-            "qwen2_5_vl/images/nonsquare.png",
-        ),
-    ];
-    for (model_dir, image) in cases {
+    for (model_dir, image) in LLAVA_AND_QWEN {
         let (model, inputs, full, token) = f64_case(model_dir, image);
         let (s, n) = (inputs.seq_len(), model.num_layers());
         let visual = inputs.visual.positions.clone();
@@ -324,14 +326,7 @@ fn keep_only_qk_fix_is_the_attention_gradient_times_the_attention_change_of_addi
 
 #[test]
 fn leave_out_qk_fix_is_the_attention_gradient_times_the_attention_change_of_removing_the_group() {
-    let cases = [
-        ("llava/models/llava-tiny", "llava/images/square.png"),
-        (
-            "qwen2_5_vl/models/qwen-tiny",
-            "qwen2_5_vl/images/nonsquare.png",
-        ),
-    ];
-    for (model_dir, image) in cases {
+    for (model_dir, image) in LLAVA_AND_QWEN {
         let (model, inputs, full, token) = f64_case(model_dir, image);
         let (s, n) = (inputs.seq_len(), model.num_layers());
         let visual = inputs.visual.positions.clone();
@@ -390,14 +385,7 @@ fn leave_out_qk_fix_is_the_attention_gradient_times_the_attention_change_of_remo
 
 #[test]
 fn leave_out_rows_move_the_target_log_odds_by_the_qk_fix_of_the_log_odds() {
-    let cases = [
-        ("llava/models/llava-tiny", "llava/images/square.png"),
-        (
-            "qwen2_5_vl/models/qwen-tiny",
-            "qwen2_5_vl/images/nonsquare.png",
-        ),
-    ];
-    for (model_dir, image) in cases {
+    for (model_dir, image) in LLAVA_AND_QWEN {
         let (model, inputs, full, token) = f64_case(model_dir, image);
         let (s, n) = (inputs.seq_len(), model.num_layers());
         let cfg = SweepConfig {
