@@ -66,10 +66,11 @@ pub fn soft_log_probs(
 /// Keep-only's visual queries, each fixed to the keys of the text and of its own window
 /// (`windows`: the prompt positions of each window's visual tokens; a visual token in no window,
 /// such as LLaVA-NeXT's `image_newline`, sees the text only). No query sees a visual key in a
-/// keep-only variant but the kept window's own tokens, so the visual tokens' states are then those
-/// of their own window's variant at every key weight: with key weights 1 on window w's keys (0 on
-/// the other visual keys) the forward is exactly the cut keeping w, with 0 on every visual key it
-/// is the text-only run, and between the two only the text's attention moves.
+/// keep-only variant but the kept window's own tokens, so with key weights 1 on window w's keys (0
+/// on the other visual keys) the forward is exactly the cut keeping w, and with 0 on every visual
+/// key the text-only run. Where no text token stands inside the image (in every family here) the
+/// visual tokens' states are their own window's variant's at every key weight, and between the
+/// two points only the text's attention moves.
 pub fn own_window_queries(
     inputs: &ModelInputs,
     windows: &[Vec<usize>],
