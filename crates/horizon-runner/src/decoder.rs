@@ -549,7 +549,7 @@ impl Attention {
 
 impl DecoderLayer {
     /// The layer over a variant suffix `x` `[B, S, D]` after a shared `prefix` (see
-    /// [`Attention::forward_after_prefix`]); with `last_only`, the last position's output `[B, 1, D]`.
+    /// `Attention::forward_after_prefix`); with `last_only`, the last position's output `[B, 1, D]`.
     pub fn forward_after_prefix(
         &self,
         x: &Tensor,

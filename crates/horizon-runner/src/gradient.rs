@@ -12,7 +12,7 @@
 //!   group's keys leave that layer, with AtP*'s QK fix ([`qk_fixed_removal`]: the layer's attention
 //!   renormalised exactly without the group, log p(y) following linearly); dropping window w from K
 //!   on sums the layers `K..`. The summed change moves the target's log-odds, not its log p(y)
-//!   ([`TargetLogOdds`]): at a confident unpruned run log p(y) hardly moves with the logits. KL(unpruned ‖ variant) has zero gradient there (its minimum), so it
+//!   (`TargetLogOdds`): at a confident unpruned run log p(y) hardly moves with the logits. KL(unpruned ‖ variant) has zero gradient there (its minimum), so it
 //!   is estimated to second order with the Fisher information restricted to the unpruned run's
 //!   [`KL_TOKENS`] most likely tokens: `½ Σ_y p(y) Δlog p(y)²`.
 //! - **keep-only**, at each K's text-only run (`m_{l,j} = 0` for `l ≥ K`, j visual): layers `K..`

@@ -1,6 +1,6 @@
 //! Visual-token pruning: any method at any layer, in stages, through the one decoder loop.
 //!
-//! A [`PruneSpec`] (`divprune@0:284,random@20:38`) becomes a [`TokenSelector`] that, before each
+//! A [`PruneSpec`] (`divprune@0:284,random@20:38`) becomes a [`TokenSelector`](crate::intervention::TokenSelector) that, before each
 //! decoder layer holding a stage, scores the visual tokens left from what the previous layer produced
 //! (its attention rows, keys or outputs, which the decoder computes for that layer only) and keeps the
 //! chosen ones. Methods that build new tokens before the decoder (pooling, VisionZip) rebuild the
