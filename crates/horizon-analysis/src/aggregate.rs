@@ -153,7 +153,7 @@ pub struct GroupResult {
     pub n_samples: usize,
     /// Measured layers, ascending.
     pub layers: Vec<LayerStats>,
-    /// Ī[K,w]: one row per entry of `layers`, one column per window (NaN = no sample).
+    /// `Ī[K,w]`: one row per entry of `layers`, one column per window (NaN = no sample).
     pub window_means: Array2<f64>,
     pub horizon: HorizonResult,
     /// The per-sample levels the horizon's bootstrap resamples.

@@ -309,7 +309,7 @@ pub fn window_table_schema() -> Arc<Schema> {
     ]))
 }
 
-/// Writes the per-window table: one row per (model, task, layer, window) with Ī[K,w] (null when no
+/// Writes the per-window table: one row per (model, task, layer, window) with `Ī[K,w]` (null when no
 /// sample has the window).
 pub fn write_window_table(a: &Analysis, path: &Path) -> Result<()> {
     let nw = a.grid.n_windows;

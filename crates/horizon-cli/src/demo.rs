@@ -74,7 +74,7 @@ pub struct DemoArgs {
     /// Bootstrap resamples.
     #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
     bootstrap: usize,
-    /// Output directory: info/<model>/ (Parquet rows), analysis/ (horizon.json, layers.parquet,
+    /// Output directory: `info/<model>/` (Parquet rows), analysis/ (horizon.json, layers.parquet,
     /// windows.parquet), figures/ (PNG and SVG). A rerun continues the info runs where they stopped.
     #[arg(long, default_value = "out/demo")]
     out: PathBuf,

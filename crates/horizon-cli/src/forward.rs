@@ -17,8 +17,8 @@ pub struct ForwardArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Output safetensors file: `logits` (f32, [kept, vocab]: one row per prompt position the last layer
-    /// processed, all of them without pruning), `input_ids` (i64, [seq_len]), `kept` (i64, [kept]:
-    /// their indices in the sequence the decoder saw) and `visual_per_layer` (i64, [layers]).
+    /// processed, all of them without pruning), `input_ids` (i64, `[seq_len]`), `kept` (i64, `[kept]`:
+    /// their indices in the sequence the decoder saw) and `visual_per_layer` (i64, `[layers]`).
     #[arg(long)]
     save_logits: PathBuf,
     /// Prune the visual tokens: `method@K:keep[,…]` (README, "Pruning"); `none` is the plain model.

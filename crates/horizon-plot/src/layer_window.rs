@@ -160,7 +160,7 @@ impl LayerWindow<'_> {
     }
 }
 
-/// Ī[K,w] of (`model`, `task`) as a layer × window image with a colour bar and the horizon marked.
+/// `Ī[K,w]` of (`model`, `task`) as a layer × window image with a colour bar and the horizon marked.
 pub fn plot_layer_window_heatmap(a: &Analysis, model: &str, task: &str, path: &Path) -> Result<()> {
     let g = group(a, model, task)?;
     if g.layers.is_empty() {

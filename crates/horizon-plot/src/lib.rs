@@ -6,7 +6,7 @@
 //!   colour scale and colour bar;
 //! * [`plot_information_vs_layer`]: m_K against K, one curve per (model, task), bootstrap
 //!   confidence bands, horizons marked;
-//! * [`plot_layer_window_heatmap`]: Ī[K,w] as a layer × window image, the horizon marked;
+//! * [`plot_layer_window_heatmap`]: `Ī[K,w]` as a layer × window image, the horizon marked;
 //! * [`plot_prune_sweep`]: relative score of pruning methods against the pruning layer K, the
 //!   random baseline's spread over seeds shaded, the horizon marked.
 //!
