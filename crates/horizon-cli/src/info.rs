@@ -39,8 +39,9 @@ pub struct InfoArgs {
     /// exact (every variant run as its cut) or gradient (estimates of every layer and window from
     /// forward and backward passes with a soft mask on the visual keys, linearised in each layer's
     /// attention with AtP*'s QK fix: leave-out at the unpruned run, extrapolated along the answer's
-    /// log-odds, keep-only at each cut's text-only run; a fast preview, see BENCHMARKS.md for how
-    /// far it agrees; recorded in the run metadata, and a run is never resumed with the other).
+    /// log-odds, keep-only at each cut's text-only run; a fast preview, to be read in p (its log p
+    /// and KL agree far less), see BENCHMARKS.md for how far it agrees; recorded in the run
+    /// metadata, and a run is never resumed with the other).
     #[arg(long, default_value = "exact", value_parser = Estimate::from_str)]
     pub estimate: Estimate,
     /// Variants per batch through the resumed layers (default: chosen from --memory-budget-mb).
