@@ -1075,7 +1075,8 @@ impl Attention {
 /// query i with `rows[i]` weighs key j by `weights[i][j]` in every layer (`rows` `[S]` bool,
 /// `weights` `[S, S]`, both on the model's device and `weights` in its kind). Keep-only's
 /// linearisation point fixes the visual queries to their own window, so that the visual tokens'
-/// states do not depend on the key weights (`gradient::own_window_queries`).
+/// states do not depend on the key weights where no text token stands inside the image
+/// (`gradient::own_window_queries`).
 pub struct FixedQueries {
     pub rows: Tensor,
     pub weights: Tensor,

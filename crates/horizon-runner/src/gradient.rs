@@ -12,9 +12,10 @@
 //!   group's keys leave that layer, with AtP*'s QK fix ([`qk_fixed_removal`]: the layer's attention
 //!   renormalised exactly without the group, log p(y) following linearly); dropping window w from K
 //!   on sums the layers `K..`. The summed change moves the target's log-odds, not its log p(y)
-//!   (`TargetLogOdds`): at a confident unpruned run log p(y) hardly moves with the logits. KL(unpruned ‖ variant) has zero gradient there (its minimum), so it
-//!   is estimated to second order with the Fisher information restricted to the unpruned run's
-//!   [`KL_TOKENS`] most likely tokens: `½ Σ_y p(y) Δlog p(y)²`.
+//!   (`TargetLogOdds`): at a confident unpruned run log p(y) hardly moves with the logits.
+//!   KL(unpruned ‖ variant) has zero gradient there (its minimum), so it is estimated to second
+//!   order with the Fisher information restricted to the unpruned run's [`KL_TOKENS`] most likely
+//!   tokens: `½ Σ_y p(y) Δlog p(y)²`.
 //! - **keep-only**, at each K's text-only run (`m_{l,j} = 0` for `l ≥ K`, j visual): layers `K..`
 //!   resumed from the stored input of layer K, one backward for log p(y) and one for
 //!   `Σ_y p_unpruned(y) log q(y)`, whose change is minus the change of the KL, with the QK fix
