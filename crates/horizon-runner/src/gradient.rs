@@ -95,9 +95,8 @@ pub fn own_window_queries(
             }
         }
     }
-    let rows: Vec<bool> = is_visual.clone();
     FixedQueries {
-        rows: Tensor::from_slice(&rows).to_device(device),
+        rows: Tensor::from_slice(&is_visual).to_device(device),
         weights: Tensor::from_slice(&weights)
             .view([s as i64, s as i64])
             .to_kind(kind)
