@@ -106,7 +106,7 @@ pub fn own_window_queries(
 
 /// Next-token log-probabilities `[V]` of the last of the final-norm hidden states `out` `[1, S, D]`,
 /// in f64 for an f64 model and f32 otherwise.
-fn last_log_probs(model: &VlModel, out: &Tensor) -> Tensor {
+pub fn last_log_probs(model: &VlModel, out: &Tensor) -> Tensor {
     let s = out.size()[1];
     let logits = model
         .lm_head_differentiable(&out.select(1, s - 1))

@@ -11,9 +11,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
+use horizon_runner::decoder::AttentionProbe;
 use horizon_runner::gradient::{
-    estimate_sample, group_columns, keep_only_log_probs, own_window_queries, qk_fixed_addition,
-    qk_fixed_removal, soft_log_probs,
+    estimate_sample, group_columns, keep_only_log_probs, last_log_probs, own_window_queries,
+    qk_fixed_addition, qk_fixed_removal, soft_log_probs,
 };
 use horizon_runner::info::{
     full_run, naive_variant, sweep_sample, variant_keep_sets, FullRun, InfoMode, SweepConfig,
@@ -163,6 +164,33 @@ fn window_positions(model: &VlModel, inputs: &ModelInputs) -> Vec<Vec<usize>> {
         .collect()
 }
 
+/// `[S, G]` f64 membership columns of `groups` (`gradient::group_columns`).
+fn f64_groups(s: usize, groups: &[Vec<usize>]) -> Tensor {
+    group_columns(
+        s,
+        groups.iter().map(|g| g.as_slice()),
+        Kind::Double,
+        Device::Cpu,
+    )
+}
+
+/// Leave-out's soft-masked forward of every layer from the unpruned layer-0 input with key
+/// weights `m` `[L, S]`: the next-token log-probabilities and each layer's attention probe.
+fn probed_from_layer_0(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    full: &FullRun,
+    m: &Tensor,
+) -> (Tensor, Vec<AttentionProbe>) {
+    let (out, probes) = model.decoder().forward_key_weighted_probed(
+        0,
+        &full.layer_inputs[0],
+        &inputs.position_ids,
+        m,
+    );
+    (last_log_probs(model, &out), probes)
+}
+
 /// Value and gradient rows `[L − from][S]` of log p(`token`) under key weights `m`.
 fn value_and_gradient(
     forward: impl Fn(&Tensor) -> Tensor,
@@ -273,12 +301,7 @@ fn keep_only_qk_fix_is_the_attention_gradient_times_the_attention_change_of_addi
             visual[nv / 2..nv / 2 + 3].to_vec(),
             vec![visual[nv - 1]],
         ];
-        let groups = group_columns(
-            s,
-            groups_of.iter().map(|g| g.as_slice()),
-            Kind::Double,
-            Device::Cpu,
-        );
+        let groups = f64_groups(s, &groups_of);
         for from in [1, n - 1] {
             let layers = n - from;
             let hidden = &full.layer_inputs[from];
@@ -336,26 +359,11 @@ fn leave_out_qk_fix_is_the_attention_gradient_times_the_attention_change_of_remo
             visual[..4].to_vec(),
             visual[nv / 2..nv / 2 + 3].to_vec(),
         ];
-        let groups = group_columns(
-            s,
-            groups_of.iter().map(|g| g.as_slice()),
-            Kind::Double,
-            Device::Cpu,
-        );
-        let hidden = &full.layer_inputs[0];
+        let groups = f64_groups(s, &groups_of);
         let base = weights(n, s, &[]);
-        let m = tensor(&base, n, s).set_requires_grad(true);
-        let forward = |m: &Tensor| {
-            model
-                .decoder()
-                .forward_key_weighted_probed(0, hidden, &inputs.position_ids, m)
-        };
-        let (out, probes) = forward(&m);
+        let forward = |m: &Tensor| probed_from_layer_0(&model, &inputs, &full, m);
+        let (logp, probes) = forward(&tensor(&base, n, s).set_requires_grad(true));
         assert_eq!(probes.len(), n);
-        let logp = model
-            .lm_head_differentiable(&out.select(1, s as i64 - 1))
-            .squeeze_dim(0)
-            .log_softmax(-1, Kind::Double);
         let fixed = qk_fixed_removal(&logp.get(token), &probes, &groups).unwrap();
         let probs: Vec<&Tensor> = probes.iter().map(|p| &p.probs).collect();
         let grads = Tensor::run_backward(&[logp.get(token)], &probs, false, false);
@@ -401,23 +409,9 @@ fn leave_out_rows_move_the_target_log_odds_by_the_qk_fix_of_the_log_odds() {
         let groups_of: Vec<Vec<usize>> = std::iter::once(inputs.visual.positions.clone())
             .chain(window_positions(&model, &inputs))
             .collect();
-        let groups = group_columns(
-            s,
-            groups_of.iter().map(|g| g.as_slice()),
-            Kind::Double,
-            Device::Cpu,
-        );
+        let groups = f64_groups(s, &groups_of);
         let m = tensor(&weights(n, s, &[]), n, s).set_requires_grad(true);
-        let (out, probes) = model.decoder().forward_key_weighted_probed(
-            0,
-            &full.layer_inputs[0],
-            &inputs.position_ids,
-            &m,
-        );
-        let logp = model
-            .lm_head_differentiable(&out.select(1, s as i64 - 1))
-            .squeeze_dim(0)
-            .log_softmax(-1, Kind::Double);
+        let (logp, probes) = probed_from_layer_0(&model, &inputs, &full, &m);
         let vocab = logp.size()[0];
         let others = Tensor::cat(
             &[
