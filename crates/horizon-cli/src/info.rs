@@ -6,8 +6,8 @@ use clap::Args;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use horizon_data::info_rows::{Estimate, InfoMode, Target};
-use horizon_runner::sweep::{parse_layers, InfoSweep};
+use horizon_data::info_rows::{Estimate, InfoMode, KlEstimate, Target};
+use horizon_runner::sweep::{check_kl_estimate, parse_layers, InfoSweep};
 
 use crate::options::{BenchOptions, ModelOptions, ScaleOptions};
 use crate::progress::bar;
@@ -44,6 +44,14 @@ pub struct InfoArgs {
     /// metadata, and a run is never resumed with the other).
     #[arg(long, default_value = "exact", value_parser = Estimate::from_str)]
     pub estimate: Estimate,
+    /// How leave-out's gradient estimate scores KL(unpruned ‖ variant): fisher (½ Σ p(y) Δlog p(y)²
+    /// over the unpruned run's 4 most likely tokens, one backward pass per token) or answer (the KL
+    /// between the answer-versus-rest splits of the unpruned and the estimated p(y), a lower
+    /// bound, from p's own backward pass: faster, the same p and log p, its KL agreeing less
+    /// with the exact one per layer, see BENCHMARKS.md). Only with --mode leave-out --estimate
+    /// gradient.
+    #[arg(long, default_value = "fisher", value_parser = KlEstimate::from_str)]
+    pub estimate_kl: KlEstimate,
     /// Variants per batch through the resumed layers (default: chosen from --memory-budget-mb).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: Option<u32>,
@@ -58,7 +66,8 @@ pub struct InfoArgs {
 }
 
 pub fn run(args: &InfoArgs) -> Result<()> {
-    // Everything that can fail on the data fails before the model loads.
+    // Everything that can fail on the options or the data fails before the model loads.
+    check_kl_estimate(args.estimate, args.mode, args.estimate_kl)?;
     let mut samples = args.bench.samples()?;
     let text_only = samples.iter().filter(|s| !s.has_image()).count();
     if text_only > 0 {
@@ -86,6 +95,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         mode: args.mode,
         target: args.target,
         estimate: args.estimate,
+        kl_estimate: args.estimate_kl,
         template: args.model.template,
         prompt_style: args.bench.prompt_style,
         processor_settings: args.model.processor_settings(),
@@ -114,7 +124,10 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         sweep.window,
         sweep.mode,
         sweep.target,
-        sweep.estimate
+        match (sweep.estimate, sweep.kl_estimate) {
+            (Estimate::Gradient, KlEstimate::Answer) => "gradient (KL answer)".to_string(),
+            (estimate, _) => estimate.to_string(),
+        }
     );
     if plan.excluded() > 0 {
         eprintln!(

@@ -37,12 +37,8 @@ fn gradient_rows_have_the_exact_schema_resume_and_never_mix() {
     let (ok, err) = info(d, &q, &exact, &["--mode", "leave-out"]);
     assert!(ok, "{err}");
     let whole = d.join("whole");
-    let (ok, err) = info(
-        d,
-        &q,
-        &whole,
-        &["--mode", "leave-out", "--estimate", "gradient"],
-    );
+    let gradient_args = ["--mode", "leave-out", "--estimate", "gradient"];
+    let (ok, err) = info(d, &q, &whole, &gradient_args);
     assert!(ok, "{err}");
     assert!(err.contains("estimate gradient"), "{err}");
     assert_eq!(estimate_of(&exact), "exact");
@@ -58,6 +54,38 @@ fn gradient_rows_have_the_exact_schema_resume_and_never_mix() {
         "attention-qk-fix-log-odds"
     );
     assert!(!footer(&exact).contains_key("horizon.estimator"));
+
+    // Leave-out's answer-versus-rest KL is its own estimator, with the same schema; it is not
+    // continued with the default KL, and nothing else takes it.
+    let answer = d.join("answer");
+    let answer_kl = [&gradient_args[..], &["--estimate-kl", "answer"]].concat();
+    let (ok, err) = info(d, &q, &answer, &answer_kl);
+    assert!(ok, "{err}");
+    assert!(err.contains("estimate gradient (KL answer)"), "{err}");
+    assert_eq!(
+        footer(&answer)["horizon.estimator"],
+        "attention-qk-fix-log-odds-answer-kl"
+    );
+    let (schema, answer_rows) = part_schemas_and_rows(&answer);
+    assert_eq!(
+        (schema, answer_rows.len()),
+        (exact_schema.clone(), whole_rows.len())
+    );
+    let (ok, err) = info(d, &q, &whole, &[&answer_kl[..], &["--resume"]].concat());
+    one_line_error(ok, &err, "horizon.estimator");
+    for other in [
+        &["--estimate", "gradient"][..],
+        &["--mode", "leave-out"][..],
+    ] {
+        let (ok, err) = info(
+            d,
+            &q,
+            &d.join("refused"),
+            &[other, &["--estimate-kl", "answer"]].concat(),
+        );
+        one_line_error(ok, &err, "--estimate-kl answer");
+        assert!(!d.join("refused").exists());
+    }
 
     // Keep-only estimates record theirs, with the same schema.
     let keep_only = d.join("keep-only");

@@ -119,6 +119,46 @@ impl std::fmt::Display for Estimate {
     }
 }
 
+/// How leave-out's gradient estimate scores KL(unpruned ‖ variant) (`--estimate-kl`), recorded in
+/// the run's `horizon.estimator`. The p and log p columns are the same either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum KlEstimate {
+    /// Second order in the change of log p, with the Fisher information restricted to the
+    /// unpruned run's most likely tokens: `½ Σ_y p(y) Δlog p(y)²`, one backward pass per token.
+    #[default]
+    Fisher,
+    /// The KL between the answer-versus-rest splits `(p(y), 1 − p(y))` of the unpruned run and of
+    /// the estimated variant: a lower bound of the KL, from p's own backward pass alone.
+    Answer,
+}
+
+impl KlEstimate {
+    /// The value of `--estimate-kl`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fisher => "fisher",
+            Self::Answer => "answer",
+        }
+    }
+}
+
+impl std::str::FromStr for KlEstimate {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fisher" => Ok(Self::Fisher),
+            "answer" => Ok(Self::Answer),
+            _ => anyhow::bail!("unknown KL estimate '{s}' (expected fisher or answer)"),
+        }
+    }
+}
+
+impl std::fmt::Display for KlEstimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which token y is scored: the `target` column.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 
-use crate::info_rows::{Estimate, InfoMode, Target};
+use crate::info_rows::{Estimate, InfoMode, KlEstimate, Target};
 
 /// The layout version of run metadata this horizon writes and reads.
 pub const RUN_FORMAT: u32 = 2;
@@ -108,18 +108,24 @@ pub const KEEP_ONLY_ESTIMATOR: &str = "attention-qk-fix-own-window";
 /// extrapolated along the target's log-odds.
 pub const LEAVE_OUT_ESTIMATOR: &str = "attention-qk-fix-log-odds";
 
+/// `horizon.estimator` of leave-out `--estimate gradient --estimate-kl answer` runs: p and log p
+/// as [`LEAVE_OUT_ESTIMATOR`]'s, the KL that of the answer-versus-rest split.
+pub const LEAVE_OUT_ANSWER_KL_ESTIMATOR: &str = "attention-qk-fix-log-odds-answer-kl";
+
 /// What both modes' gradient runs recorded before [`KEEP_ONLY_ESTIMATOR`] and
 /// [`LEAVE_OUT_ESTIMATOR`] (keep-only's visual queries on the text, leave-out linear in log p(y)):
 /// parts of it are not continued with either.
 pub const EARLIER_GRADIENT_ESTIMATOR: &str = "attention-qk-fix";
 
 impl InfoSettings {
-    /// The `estimator` field that `estimate` records in `mode`.
-    pub fn estimator_of(estimate: Estimate, mode: InfoMode) -> Option<String> {
+    /// The `estimator` field that `estimate` records in `mode` with leave-out's KL scored by
+    /// `kl` (keep-only has one KL estimate).
+    pub fn estimator_of(estimate: Estimate, mode: InfoMode, kl: KlEstimate) -> Option<String> {
         (estimate == Estimate::Gradient).then(|| {
-            match mode {
-                InfoMode::KeepOnly => KEEP_ONLY_ESTIMATOR,
-                InfoMode::LeaveOut => LEAVE_OUT_ESTIMATOR,
+            match (mode, kl) {
+                (InfoMode::KeepOnly, _) => KEEP_ONLY_ESTIMATOR,
+                (InfoMode::LeaveOut, KlEstimate::Fisher) => LEAVE_OUT_ESTIMATOR,
+                (InfoMode::LeaveOut, KlEstimate::Answer) => LEAVE_OUT_ANSWER_KL_ESTIMATOR,
             }
             .to_string()
         })
@@ -472,7 +478,7 @@ mod tests {
         // Gradient estimates name their method; earlier ones, without it, are not continued.
         let mut named = gradient.clone();
         if let RunKind::Info(s) = &mut named.run {
-            s.estimator = InfoSettings::estimator_of(s.estimate, s.mode);
+            s.estimator = InfoSettings::estimator_of(s.estimate, s.mode, KlEstimate::Fisher);
         }
         let pairs: BTreeMap<_, _> = named.to_pairs().into_iter().collect();
         assert_eq!(pairs["horizon.estimator"], KEEP_ONLY_ESTIMATOR);
@@ -500,7 +506,7 @@ mod tests {
             }
             let mut now = earlier.clone();
             if let RunKind::Info(s) = &mut now.run {
-                s.estimator = InfoSettings::estimator_of(s.estimate, s.mode);
+                s.estimator = InfoSettings::estimator_of(s.estimate, s.mode, KlEstimate::Fisher);
             }
             assert_eq!(
                 now.to_pairs().into_iter().collect::<BTreeMap<_, _>>()["horizon.estimator"],
@@ -517,8 +523,33 @@ mod tests {
                 )
             );
         }
+        // Leave-out's answer-versus-rest KL is another estimator; keep-only has one KL estimate.
+        let mut answer_kl = named.clone();
+        if let RunKind::Info(s) = &mut answer_kl.run {
+            s.mode = InfoMode::LeaveOut;
+            s.estimator =
+                InfoSettings::estimator_of(s.estimate, InfoMode::LeaveOut, KlEstimate::Answer);
+        }
+        let mut fisher = answer_kl.clone();
+        if let RunKind::Info(s) = &mut fisher.run {
+            s.estimator = InfoSettings::estimator_of(s.estimate, s.mode, KlEstimate::Fisher);
+        }
+        let e = fisher
+            .check_same_run(&answer_kl, Path::new("part-000002.parquet"), "the run")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "part-000002.parquet: horizon.estimator is attention-qk-fix-log-odds-answer-kl, the run has attention-qk-fix-log-odds"
+        );
+        assert_eq!(
+            InfoSettings::estimator_of(Estimate::Gradient, InfoMode::KeepOnly, KlEstimate::Answer),
+            Some(KEEP_ONLY_ESTIMATOR.to_string())
+        );
         for mode in [InfoMode::KeepOnly, InfoMode::LeaveOut] {
-            assert_eq!(InfoSettings::estimator_of(Estimate::Exact, mode), None);
+            for kl in [KlEstimate::Fisher, KlEstimate::Answer] {
+                assert_eq!(InfoSettings::estimator_of(Estimate::Exact, mode, kl), None);
+            }
         }
     }
 }

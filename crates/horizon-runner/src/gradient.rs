@@ -15,7 +15,9 @@
 //!   (`TargetLogOdds`): at a confident unpruned run log p(y) hardly moves with the logits.
 //!   KL(unpruned ‖ variant) has zero gradient there (its minimum), so it is estimated to second
 //!   order with the Fisher information restricted to the unpruned run's [`KL_TOKENS`] most likely
-//!   tokens: `½ Σ_y p(y) Δlog p(y)²`.
+//!   tokens: `½ Σ_y p(y) Δlog p(y)²` (one backward pass per token); or ([`KlEstimate::Answer`])
+//!   as the KL between the answer-versus-rest splits `(p(y), 1 − p(y))` of the unpruned run and
+//!   of the estimate, a lower bound of the KL that needs no pass beyond p's.
 //! - **keep-only**, at each K's text-only run (`m_{l,j} = 0` for `l ≥ K`, j visual): layers `K..`
 //!   resumed from the stored input of layer K, one backward for log p(y) and one for
 //!   `Σ_y p_unpruned(y) log q(y)`, whose change is minus the change of the KL, with the QK fix
@@ -37,6 +39,8 @@
 
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
+
+use horizon_data::info_rows::KlEstimate;
 
 use crate::decoder::{AttentionProbe, FixedQueries};
 use crate::info::{FullRun, InfoMode, SweepConfig, Variant, VariantResult};
@@ -278,15 +282,32 @@ impl TargetLogOdds {
     /// log p(y) when log p(y) changes by `change` to first order, extrapolated along the log-odds:
     /// `log σ(log-odds + change / (1 − p(y)))`.
     fn log_p_after(&self, change: f64) -> f64 {
+        log_sigmoid(self.log_odds_after(change))
+    }
+
+    /// `log-odds + change / (1 − p(y))`, bounded.
+    fn log_odds_after(&self, change: f64) -> f64 {
         let moved = if change == 0.0 {
             0.0
         } else {
             change * self.per_log_p
         };
-        let x = (self.log_odds + moved).clamp(-LOG_ODDS_LIMIT, LOG_ODDS_LIMIT);
-        // log σ(x) = −softplus(−x), without overflow for |x| large.
-        -((-x).max(0.0) + (-x.abs()).exp().ln_1p())
+        (self.log_odds + moved).clamp(-LOG_ODDS_LIMIT, LOG_ODDS_LIMIT)
     }
+
+    /// KL(unpruned ‖ variant) of the answer-versus-rest split after the same move:
+    /// `p ln(p / p') + (1 − p) ln((1 − p) / (1 − p'))`, each term from log-sigmoids of the
+    /// log-odds (`1 − p = σ(−log-odds)`), so neither side rounds to 0.
+    fn answer_kl_after(&self, change: f64) -> f64 {
+        let (x0, x) = (self.log_odds, self.log_odds_after(change));
+        let (log_p0, log_rest0) = (log_sigmoid(x0), log_sigmoid(-x0));
+        log_p0.exp() * (log_p0 - log_sigmoid(x)) + log_rest0.exp() * (log_rest0 - log_sigmoid(-x))
+    }
+}
+
+/// log σ(x) = −softplus(−x), without overflow for |x| large.
+fn log_sigmoid(x: f64) -> f64 {
+    -((-x).max(0.0) + (-x.abs()).exp().ln_1p())
 }
 
 fn scalar(t: &Tensor) -> f64 {
@@ -312,6 +333,7 @@ pub fn estimate_sample(
     full: &FullRun,
     target: i64,
     cfg: &SweepConfig,
+    kl: KlEstimate,
 ) -> Result<Vec<VariantResult>> {
     let num_layers = model.num_layers();
     if let Some(&k) = cfg.layers.iter().find(|&&k| k >= num_layers) {
@@ -354,16 +376,20 @@ pub fn estimate_sample(
             check_finite(&logp, "the soft-masked next-token distribution")?;
             // Per layer and group, the change of log p(y) when the group's keys leave that layer.
             let d_target = qk_fixed_removal(&logp.get(target), &probes, &groups)?;
-            let top: Vec<i64> = Vec::try_from(&full_logp.topk(KL_TOKENS as i64, 0, true, true).1)?;
-            let mut fisher = Vec::with_capacity(top.len());
-            for &y in &top {
-                let p = scalar(&full_p.get(y));
-                let d = if y == target {
-                    d_target.clone()
-                } else {
-                    qk_fixed_removal(&logp.get(y), &probes, &groups)?
-                };
-                fisher.push((p, d));
+            // The answer-versus-rest KL needs nothing beyond p's own backward pass.
+            let mut fisher = Vec::new();
+            if kl == KlEstimate::Fisher {
+                let top: Vec<i64> =
+                    Vec::try_from(&full_logp.topk(KL_TOKENS as i64, 0, true, true).1)?;
+                for &y in &top {
+                    let p = scalar(&full_p.get(y));
+                    let d = if y == target {
+                        d_target.clone()
+                    } else {
+                        qk_fixed_removal(&logp.get(y), &probes, &groups)?
+                    };
+                    fisher.push((p, d));
+                }
             }
             // From layer K on: the sum over layers K.. of each layer's change.
             let from_layer = |d: &[Vec<f64>], k: usize, g: usize| -> f64 {
@@ -377,13 +403,17 @@ pub fn estimate_sample(
                     } else {
                         Variant::Window(g - 1)
                     };
-                    let kl = 0.5
-                        * fisher
-                            .iter()
-                            .map(|(p, d)| p * from_layer(d, k, g).powi(2))
-                            .sum::<f64>();
-                    let logp = odds.log_p_after(from_layer(&d_target, k, g));
-                    results.push(row(k, variant, logp, kl));
+                    let change = from_layer(&d_target, k, g);
+                    let kl = match kl {
+                        KlEstimate::Fisher => {
+                            0.5 * fisher
+                                .iter()
+                                .map(|(p, d)| p * from_layer(d, k, g).powi(2))
+                                .sum::<f64>()
+                        }
+                        KlEstimate::Answer => odds.answer_kl_after(change),
+                    };
+                    results.push(row(k, variant, odds.log_p_after(change), kl));
                 }
             }
         }

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use horizon_data::bench::prompts::{question_prompt, PromptStyle};
 use horizon_data::bench::Sample;
 use horizon_data::imageproc::to_rgb_like_pil;
-use horizon_data::info_rows::{write_info_rows, Estimate, InfoMode, InfoRow, RowVariant, Target};
+use horizon_data::info_rows::{
+    write_info_rows, Estimate, InfoMode, InfoRow, KlEstimate, RowVariant, Target,
+};
 use horizon_data::run_meta::{InfoSettings, RunKind, RunMetadata};
 use horizon_data::window::WindowGrid;
 
@@ -46,6 +48,9 @@ pub struct InfoSweep {
     pub target: Target,
     /// Exact cuts, or one-pass estimates ([`crate::gradient`]).
     pub estimate: Estimate,
+    /// How leave-out's gradient estimate scores the KL; any other sweep takes the default
+    /// ([`check_kl_estimate`]).
+    pub kl_estimate: KlEstimate,
     pub template: PromptTemplate,
     /// Which harness's benchmark prompt to build (LLaVA's evaluation scripts or lmms-eval's).
     pub prompt_style: PromptStyle,
@@ -58,6 +63,18 @@ pub struct InfoSweep {
     pub samples_per_part: usize,
     /// This run's share of the selection.
     pub shard: Shard,
+}
+
+/// Only leave-out's gradient estimate has a choice of KL estimate ([`KlEstimate`]): any other
+/// sweep given one that is not the default is refused, not silently run without it.
+pub fn check_kl_estimate(estimate: Estimate, mode: InfoMode, kl: KlEstimate) -> Result<()> {
+    if kl != KlEstimate::default() && (estimate, mode) != (Estimate::Gradient, InfoMode::LeaveOut) {
+        bail!(
+            "--estimate-kl {kl}: only leave-out's gradient estimate has a choice of KL \
+             (--mode leave-out --estimate gradient)"
+        );
+    }
+    Ok(())
 }
 
 /// What a finished sweep did.
@@ -101,7 +118,7 @@ impl InfoSweep {
                 mode: self.mode,
                 target: self.target,
                 estimate: self.estimate,
-                estimator: InfoSettings::estimator_of(self.estimate, self.mode),
+                estimator: InfoSettings::estimator_of(self.estimate, self.mode, self.kl_estimate),
             }),
         )
     }
@@ -118,6 +135,7 @@ impl InfoSweep {
         resume: bool,
     ) -> Result<SweepPlan<'a>> {
         check_selection(samples)?;
+        check_kl_estimate(self.estimate, self.mode, self.kl_estimate)?;
         let run = PartRun {
             settings: self.metadata(model, samples)?,
             shard: self.shard,
@@ -165,7 +183,9 @@ impl InfoSweep {
         let grid = model.window_grid(&inputs, cfg.window_size)?;
         let results = match self.estimate {
             Estimate::Exact => sweep_sample(model, &inputs, &full, target, cfg),
-            Estimate::Gradient => estimate_sample(model, &inputs, &full, target, cfg),
+            Estimate::Gradient => {
+                estimate_sample(model, &inputs, &full, target, cfg, self.kl_estimate)
+            }
         };
         let results = results.with_context(context)?;
         let keys = SampleRowKeys {

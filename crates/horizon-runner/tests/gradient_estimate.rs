@@ -5,16 +5,19 @@
 //! to the image's end out of autograd gives the whole soft-masked forward's value and gradient, and
 //! each QK fix equals the gradient with respect to each layer's attention times that attention's
 //! change when a group of keys is really added (keep-only) or removed (leave-out). Leave-out rows
-//! move the target's log-odds by the QK fix of the log-odds, differentiated through autograd.
+//! move the target's log-odds by the QK fix of the log-odds, differentiated through autograd, and
+//! their KL is the Fisher sum over the unpruned run's most likely tokens of each token's own QK
+//! fix, or the answer-versus-rest KL of the rows' own p.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
+use horizon_data::info_rows::KlEstimate;
 use horizon_runner::decoder::AttentionProbe;
 use horizon_runner::gradient::{
     estimate_sample, group_columns, keep_only_log_probs, last_log_probs, own_window_queries,
-    qk_fixed_addition, qk_fixed_removal, soft_log_probs,
+    qk_fixed_addition, qk_fixed_removal, soft_log_probs, KL_TOKENS,
 };
 use horizon_runner::info::{
     full_run, naive_variant, sweep_sample, variant_keep_sets, FullRun, InfoMode, SweepConfig,
@@ -403,7 +406,8 @@ fn leave_out_rows_move_the_target_log_odds_by_the_qk_fix_of_the_log_odds() {
             batch_size: None,
             memory_budget_bytes: 1 << 30,
         };
-        let rows = estimate_sample(&model, &inputs, &full, token, &cfg).unwrap();
+        let rows =
+            estimate_sample(&model, &inputs, &full, token, &cfg, KlEstimate::Fisher).unwrap();
         // The oracle differentiates the log-odds itself, log p(y) − log Σ_{i≠y} p(i), through
         // autograd, where the estimate scales the change of log p(y) by 1 / (1 − p(y)).
         let groups_of: Vec<Vec<usize>> = std::iter::once(inputs.visual.positions.clone())
@@ -450,6 +454,85 @@ fn leave_out_rows_move_the_target_log_odds_by_the_qk_fix_of_the_log_odds() {
             largest = largest.max(change.abs());
         }
         assert!(largest > 1e-3, "{model_dir}: every change ≈ 0 ({largest})");
+    }
+}
+
+#[test]
+fn leave_out_kl_is_the_fisher_sum_of_each_tokens_qk_fix_or_the_answer_split_of_the_rows_p() {
+    for (model_dir, image) in LLAVA_AND_QWEN {
+        let (model, inputs, full, token) = f64_case(model_dir, image);
+        let (s, n) = (inputs.seq_len(), model.num_layers());
+        let cfg = SweepConfig {
+            layers: (0..n).collect(),
+            window_size: 2,
+            mode: InfoMode::LeaveOut,
+            batch_size: None,
+            memory_budget_bytes: 1 << 30,
+        };
+        let fisher_rows = estimate_sample(&model, &inputs, &full, token, &cfg, KlEstimate::Fisher);
+        let answer_rows = estimate_sample(&model, &inputs, &full, token, &cfg, KlEstimate::Answer);
+        let (fisher_rows, answer_rows) = (fisher_rows.unwrap(), answer_rows.unwrap());
+        assert_eq!(fisher_rows.len(), answer_rows.len());
+        // The oracle: each of the unpruned run's most likely tokens differentiated on its own.
+        let groups_of: Vec<Vec<usize>> = std::iter::once(inputs.visual.positions.clone())
+            .chain(window_positions(&model, &inputs))
+            .collect();
+        let groups = f64_groups(s, &groups_of);
+        let unpruned = full.log_probs.squeeze_dim(0).to_kind(Kind::Double);
+        let top: Vec<i64> =
+            Vec::try_from(&unpruned.topk(KL_TOKENS as i64, 0, true, true).1).unwrap();
+        let per_token: Vec<(f64, Vec<Vec<f64>>)> = top
+            .iter()
+            .map(|&y| {
+                let m = tensor(&weights(n, s, &[]), n, s).set_requires_grad(true);
+                let (logp, probes) = probed_from_layer_0(&model, &inputs, &full, &m);
+                let p = unpruned.get(y).exp().double_value(&[]);
+                (p, qk_fixed_removal(&logp.get(y), &probes, &groups).unwrap())
+            })
+            .collect();
+        let lp0 = unpruned.get(token).double_value(&[]);
+        let (p0, rest0) = (lp0.exp(), -lp0.exp_m1());
+        let (mut largest_fisher, mut largest_answer) = (0.0f64, 0.0f64);
+        for (f, a) in fisher_rows.iter().zip(&answer_rows) {
+            assert_eq!((f.layer, f.variant), (a.layer, a.variant));
+            // The same p and log p either way.
+            assert_eq!((f.p, f.logp), (a.p, a.logp), "{model_dir} {f:?} vs {a:?}");
+            let Some(k) = f.layer else {
+                assert_eq!((f.kl, a.kl), (0.0, 0.0));
+                continue;
+            };
+            let g = match f.variant {
+                Variant::TextOnly => 0,
+                Variant::Window(w) => w + 1,
+                Variant::Full => unreachable!(),
+            };
+            let fisher: f64 = 0.5
+                * per_token
+                    .iter()
+                    .map(|(p, d)| p * d[k..].iter().map(|layer| layer[g]).sum::<f64>().powi(2))
+                    .sum::<f64>();
+            assert!(
+                (f.kl - fisher).abs() <= 1e-9 * (1.0 + fisher),
+                "{model_dir} K={k} {:?}: row KL {} vs Fisher sum {fisher}",
+                f.variant,
+                f.kl
+            );
+            // p ln(p / p') + (1 − p) ln((1 − p) / (1 − p')) of the row's own p'.
+            let rest = -a.logp.exp_m1();
+            let answer = p0 * (lp0 - a.logp) + rest0 * (rest0.ln() - rest.ln());
+            assert!(
+                (a.kl - answer).abs() <= 1e-6 * (1.0 + answer),
+                "{model_dir} K={k} {:?}: row KL {} vs answer split {answer}",
+                a.variant,
+                a.kl
+            );
+            largest_fisher = largest_fisher.max(fisher);
+            largest_answer = largest_answer.max(answer);
+        }
+        assert!(
+            largest_fisher > 1e-6 && largest_answer > 1e-6,
+            "{model_dir}: every KL ≈ 0 ({largest_fisher}, {largest_answer})"
+        );
     }
 }
 
@@ -572,7 +655,8 @@ fn the_estimate_writes_the_exact_sweeps_rows_and_its_linearisation_points_exactl
             memory_budget_bytes: 1 << 30,
         };
         let exact = sweep_sample(&model, &inputs, &full, gt, &cfg).unwrap();
-        let estimate = estimate_sample(&model, &inputs, &full, gt, &cfg).unwrap();
+        let estimate =
+            estimate_sample(&model, &inputs, &full, gt, &cfg, KlEstimate::Fisher).unwrap();
         let keys = |rows: &[horizon_runner::info::VariantResult]| {
             rows.iter()
                 .map(|r| format!("{:?} {:?}", r.layer, r.variant))
