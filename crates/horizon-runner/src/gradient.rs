@@ -325,8 +325,43 @@ fn row(layer: usize, variant: Variant, logp: f64, kl: f64) -> VariantResult {
     }
 }
 
+/// Leave-out's linearisation point: the unpruned run as the soft-masked forward of every layer at
+/// key weights 1, each layer's attention probed inside autograd. It is the unpruned model (up to
+/// rounding: the attention is an explicit softmax, not the fused kernel of the plain prefill), so
+/// a leave-out estimate needs no other unpruned forward: its `full` row, its greedy target and the
+/// distribution its KL starts from are this run's.
+pub struct LeaveOutPoint {
+    /// Next-token log-probabilities `[V]` inside autograd (f64 in an f64 model, f32 otherwise).
+    log_probs: Tensor,
+    probes: Vec<AttentionProbe>,
+}
+
+impl LeaveOutPoint {
+    /// The forward from the prompt's input embeddings `[1, S, D]` ([`VlModel::input_embeds`],
+    /// the input of layer 0).
+    pub fn from_embeds(model: &VlModel, inputs: &ModelInputs, embeds: &Tensor) -> Result<Self> {
+        let (s, kind) = (inputs.seq_len() as i64, embeds.kind());
+        // Requires grad so that the attention probabilities are part of a graph.
+        let m = Tensor::ones([model.num_layers() as i64, s], (kind, model.device()))
+            .set_requires_grad(true);
+        let (out, probes) =
+            model
+                .decoder()
+                .forward_key_weighted_probed(0, embeds, &inputs.position_ids, &m);
+        let log_probs = last_log_probs(model, &out);
+        check_finite(&log_probs, "the unpruned model's next-token distribution")?;
+        Ok(Self { log_probs, probes })
+    }
+
+    /// The unpruned model's most likely next token (the `greedy` target).
+    pub fn greedy_token(&self) -> i64 {
+        self.log_probs.argmax(0, false).int64_value(&[])
+    }
+}
+
 /// Every row [`crate::info::sweep_sample`] writes for one sample, estimated in one pass: the
 /// `full` row, then for each K the text-only baseline and every window, in window order.
+/// Leave-out starts from `full`'s layer-0 input ([`estimate_leave_out`]); `kl` is leave-out's.
 pub fn estimate_sample(
     model: &VlModel,
     inputs: &ModelInputs,
@@ -335,137 +370,167 @@ pub fn estimate_sample(
     cfg: &SweepConfig,
     kl: KlEstimate,
 ) -> Result<Vec<VariantResult>> {
+    match cfg.mode {
+        InfoMode::LeaveOut => {
+            let point = LeaveOutPoint::from_embeds(model, inputs, &full.layer_inputs[0])?;
+            estimate_leave_out(model, inputs, &point, target, cfg, kl)
+        }
+        InfoMode::KeepOnly => estimate_keep_only(model, inputs, full, target, cfg),
+    }
+}
+
+/// The prompt positions of each window's visual tokens, after checking the cut layers.
+fn window_positions(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    cfg: &SweepConfig,
+) -> Result<Vec<Vec<usize>>> {
     let num_layers = model.num_layers();
     if let Some(&k) = cfg.layers.iter().find(|&&k| k >= num_layers) {
         bail!("--layers: layer {k} does not exist (the decoder has {num_layers} layers, 0-based)");
     }
     let grid = model.window_grid(inputs, cfg.window_size)?;
     let visual = &inputs.visual.positions;
-    let windows: Vec<Vec<usize>> = (0..grid.num_windows())
+    Ok((0..grid.num_windows())
         .map(|w| grid.window_tokens(w).iter().map(|&t| visual[t]).collect())
-        .collect();
+        .collect())
+}
+
+/// The unpruned row, exact, from the unpruned log-probabilities `[V]` (f64).
+fn full_row(unpruned: &Tensor, target: i64) -> VariantResult {
+    let logp = scalar(&unpruned.get(target));
+    VariantResult {
+        layer: None,
+        variant: Variant::Full,
+        p: logp.exp(),
+        logp,
+        kl: 0.0,
+    }
+}
+
+/// Leave-out's rows ([`estimate_sample`]) at the linearisation point `point`.
+pub fn estimate_leave_out(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    point: &LeaveOutPoint,
+    target: i64,
+    cfg: &SweepConfig,
+    kl: KlEstimate,
+) -> Result<Vec<VariantResult>> {
+    if cfg.mode != InfoMode::LeaveOut {
+        bail!("estimate_leave_out: a {} sweep", cfg.mode);
+    }
+    let windows = window_positions(model, inputs, cfg)?;
+    let visual = &inputs.visual.positions;
+    let logp = &point.log_probs;
+    let unpruned = logp.detach().to_kind(Kind::Double);
+    let unpruned_p = unpruned.exp();
+    let mut results = vec![full_row(&unpruned, target)];
+    // Column 0 every visual token (the text-only row), then each window.
+    let groups = group_columns(
+        inputs.seq_len(),
+        std::iter::once(visual.as_slice()).chain(windows.iter().map(|w| w.as_slice())),
+        logp.kind(),
+        model.device(),
+    );
+    let probes = &point.probes;
+    // Per layer and group, the change of log p(y) when the group's keys leave that layer.
+    let d_target = qk_fixed_removal(&logp.get(target), probes, &groups)?;
+    // The answer-versus-rest KL needs nothing beyond p's own backward pass.
+    let mut fisher = Vec::new();
+    if kl == KlEstimate::Fisher {
+        let top: Vec<i64> = Vec::try_from(&unpruned.topk(KL_TOKENS as i64, 0, true, true).1)?;
+        for &y in &top {
+            let p = scalar(&unpruned_p.get(y));
+            let d = if y == target {
+                d_target.clone()
+            } else {
+                qk_fixed_removal(&logp.get(y), probes, &groups)?
+            };
+            fisher.push((p, d));
+        }
+    }
+    // From layer K on: the sum over layers K.. of each layer's change.
+    let from_layer =
+        |d: &[Vec<f64>], k: usize, g: usize| -> f64 { d[k..].iter().map(|layer| layer[g]).sum() };
+    let odds = TargetLogOdds::at(&unpruned, target);
+    for &k in &cfg.layers {
+        for g in 0..=windows.len() {
+            let variant = if g == 0 {
+                Variant::TextOnly
+            } else {
+                Variant::Window(g - 1)
+            };
+            let change = from_layer(&d_target, k, g);
+            let kl = match kl {
+                KlEstimate::Fisher => {
+                    0.5 * fisher
+                        .iter()
+                        .map(|(p, d)| p * from_layer(d, k, g).powi(2))
+                        .sum::<f64>()
+                }
+                KlEstimate::Answer => odds.answer_kl_after(change),
+            };
+            results.push(row(k, variant, odds.log_p_after(change), kl));
+        }
+    }
+    Ok(results)
+}
+
+/// Keep-only's rows ([`estimate_sample`]), each K linearised at its text-only run.
+fn estimate_keep_only(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    full: &FullRun,
+    target: i64,
+    cfg: &SweepConfig,
+) -> Result<Vec<VariantResult>> {
+    let windows = window_positions(model, inputs, cfg)?;
+    let num_layers = model.num_layers();
     let s = inputs.seq_len() as i64;
     let (device, kind) = (model.device(), full.layer_inputs[0].kind());
     let full_logp = full.log_probs.squeeze_dim(0).to_kind(Kind::Double);
     let full_p = full_logp.exp();
-    let lp0 = scalar(&full_logp.get(target));
-    let mut results = vec![VariantResult {
-        layer: None,
-        variant: Variant::Full,
-        p: lp0.exp(),
-        logp: lp0,
-        kl: 0.0,
-    }];
-    match cfg.mode {
-        InfoMode::LeaveOut => {
-            // Column 0 every visual token (the text-only row), then each window.
-            let groups = group_columns(
-                s as usize,
-                std::iter::once(visual.as_slice()).chain(windows.iter().map(|w| w.as_slice())),
-                kind,
-                device,
-            );
-            let m = Tensor::ones([num_layers as i64, s], (kind, device)).set_requires_grad(true);
-            let (out, probes) = model.decoder().forward_key_weighted_probed(
-                0,
-                &full.layer_inputs[0],
-                &inputs.position_ids,
-                &m,
-            );
-            let logp = last_log_probs(model, &out);
-            check_finite(&logp, "the soft-masked next-token distribution")?;
-            // Per layer and group, the change of log p(y) when the group's keys leave that layer.
-            let d_target = qk_fixed_removal(&logp.get(target), &probes, &groups)?;
-            // The answer-versus-rest KL needs nothing beyond p's own backward pass.
-            let mut fisher = Vec::new();
-            if kl == KlEstimate::Fisher {
-                let top: Vec<i64> =
-                    Vec::try_from(&full_logp.topk(KL_TOKENS as i64, 0, true, true).1)?;
-                for &y in &top {
-                    let p = scalar(&full_p.get(y));
-                    let d = if y == target {
-                        d_target.clone()
-                    } else {
-                        qk_fixed_removal(&logp.get(y), &probes, &groups)?
-                    };
-                    fisher.push((p, d));
-                }
-            }
-            // From layer K on: the sum over layers K.. of each layer's change.
-            let from_layer = |d: &[Vec<f64>], k: usize, g: usize| -> f64 {
-                d[k..].iter().map(|layer| layer[g]).sum()
-            };
-            let odds = TargetLogOdds::at(&full_logp, target);
-            for &k in &cfg.layers {
-                for g in 0..=windows.len() {
-                    let variant = if g == 0 {
-                        Variant::TextOnly
-                    } else {
-                        Variant::Window(g - 1)
-                    };
-                    let change = from_layer(&d_target, k, g);
-                    let kl = match kl {
-                        KlEstimate::Fisher => {
-                            0.5 * fisher
-                                .iter()
-                                .map(|(p, d)| p * from_layer(d, k, g).powi(2))
-                                .sum::<f64>()
-                        }
-                        KlEstimate::Answer => odds.answer_kl_after(change),
-                    };
-                    results.push(row(k, variant, odds.log_p_after(change), kl));
-                }
-            }
-        }
-        InfoMode::KeepOnly => {
-            let is_visual = inputs.visual.mask(s as usize);
-            let text_keys: Vec<f64> = is_visual
-                .iter()
-                .map(|&v| if v { 0.0 } else { 1.0 })
-                .collect();
-            let text_keys = Tensor::from_slice(&text_keys)
-                .to_kind(kind)
-                .to_device(device);
-            let groups = group_columns(
-                s as usize,
-                windows.iter().map(|w| w.as_slice()),
-                kind,
-                device,
-            );
-            let visual_queries = own_window_queries(inputs, &windows, kind, device);
-            for &k in &cfg.layers {
-                // Requires grad so that the attention probabilities are part of a graph.
-                let m = text_keys
-                    .unsqueeze(0)
-                    .repeat([(num_layers - k) as i64, 1])
-                    .set_requires_grad(true);
-                let (logq, probes) = keep_only_log_probs(
-                    model,
-                    inputs,
-                    k,
-                    &full.layer_inputs[k],
-                    &m,
-                    &visual_queries,
-                );
-                check_finite(
-                    &logq,
-                    &format!("the next-token distribution after a cut at layer {k}"),
-                )?;
-                let cross = (&full_p.to_kind(logq.kind()) * &logq).sum(logq.kind());
-                let lp_text = scalar(&logq.get(target));
-                let kl_text = scalar(
-                    &(&full_p * (&full_logp - logq.to_kind(Kind::Double))).sum(Kind::Double),
-                )
+    let mut results = vec![full_row(&full_logp, target)];
+    let is_visual = inputs.visual.mask(s as usize);
+    let text_keys: Vec<f64> = is_visual
+        .iter()
+        .map(|&v| if v { 0.0 } else { 1.0 })
+        .collect();
+    let text_keys = Tensor::from_slice(&text_keys)
+        .to_kind(kind)
+        .to_device(device);
+    let groups = group_columns(
+        s as usize,
+        windows.iter().map(|w| w.as_slice()),
+        kind,
+        device,
+    );
+    let visual_queries = own_window_queries(inputs, &windows, kind, device);
+    for &k in &cfg.layers {
+        // Requires grad so that the attention probabilities are part of a graph.
+        let m = text_keys
+            .unsqueeze(0)
+            .repeat([(num_layers - k) as i64, 1])
+            .set_requires_grad(true);
+        let (logq, probes) =
+            keep_only_log_probs(model, inputs, k, &full.layer_inputs[k], &m, &visual_queries);
+        check_finite(
+            &logq,
+            &format!("the next-token distribution after a cut at layer {k}"),
+        )?;
+        let cross = (&full_p.to_kind(logq.kind()) * &logq).sum(logq.kind());
+        let lp_text = scalar(&logq.get(target));
+        let kl_text =
+            scalar(&(&full_p * (&full_logp - logq.to_kind(Kind::Double))).sum(Kind::Double))
                 .max(0.0);
-                let d_target = qk_fixed_addition(&logq.get(target), &probes, &groups)?;
-                let d_cross = qk_fixed_addition(&cross, &probes, &groups)?;
-                // The text-only run is the linearisation point: exact.
-                results.push(row(k, Variant::TextOnly, lp_text, kl_text));
-                for w in 0..windows.len() {
-                    let (lp, kl) = (lp_text + d_target[w], kl_text - d_cross[w]);
-                    results.push(row(k, Variant::Window(w), lp, kl));
-                }
-            }
+        let d_target = qk_fixed_addition(&logq.get(target), &probes, &groups)?;
+        let d_cross = qk_fixed_addition(&cross, &probes, &groups)?;
+        // The text-only run is the linearisation point: exact.
+        results.push(row(k, Variant::TextOnly, lp_text, kl_text));
+        for w in 0..windows.len() {
+            let (lp, kl) = (lp_text + d_target[w], kl_text - d_cross[w]);
+            results.push(row(k, Variant::Window(w), lp, kl));
         }
     }
     Ok(results)

@@ -20,7 +20,7 @@ use horizon_data::info_rows::{
 use horizon_data::run_meta::{InfoSettings, RunKind, RunMetadata};
 use horizon_data::window::WindowGrid;
 
-use crate::gradient::estimate_sample;
+use crate::gradient::{estimate_leave_out, estimate_sample, LeaveOutPoint};
 use crate::info::{full_run, sweep_sample, SweepConfig, Variant, VariantResult};
 use crate::model::VlModel;
 use crate::parts::{PartRun, RunIdentity, RunPlan};
@@ -151,6 +151,30 @@ impl InfoSweep {
         })
     }
 
+    /// The token a sample's rows score: the unpruned model's own (`greedy`, from `greedy`) or the
+    /// first token of the ground-truth answer.
+    fn target_token(
+        &self,
+        processor: &Processor,
+        sample: &Sample,
+        greedy: impl FnOnce() -> i64,
+    ) -> Result<i64> {
+        match self.target {
+            Target::Greedy => Ok(greedy()),
+            Target::Gt => {
+                // Samples without an answer are excluded by the plan; an answer that tokenizes to
+                // nothing has no first token to score.
+                let answer = sample.answer().unwrap_or_default();
+                processor
+                    .first_answer_token(&answer)
+                    .with_context(|| format!("sample {}", sample.key))?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("sample {}: the answer {answer:?} has no token", sample.key)
+                    })
+            }
+        }
+    }
+
     /// One sample's rows.
     fn sample_rows(
         &self,
@@ -165,26 +189,28 @@ impl InfoSweep {
         let inputs = processor
             .prepare_image(model, &prompt, &image, self.template)
             .with_context(context)?;
-        let full = full_run(model, &inputs).with_context(context)?;
-        let target = match self.target {
-            Target::Greedy => full.greedy_token(),
-            Target::Gt => {
-                // Samples without an answer are excluded by the plan; an answer that tokenizes to
-                // nothing has no first token to score.
-                let answer = sample.answer().unwrap_or_default();
-                processor
-                    .first_answer_token(&answer)
-                    .with_context(context)?
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("sample {}: the answer {answer:?} has no token", sample.key)
-                    })?
-            }
-        };
         let grid = model.window_grid(&inputs, cfg.window_size)?;
-        let results = match self.estimate {
-            Estimate::Exact => sweep_sample(model, &inputs, &full, target, cfg),
-            Estimate::Gradient => {
-                estimate_sample(model, &inputs, &full, target, cfg, self.kl_estimate)
+        let (target, results) = match (self.estimate, self.mode) {
+            // Leave-out's estimate is linearised at the unpruned run itself: no other prefill.
+            (Estimate::Gradient, InfoMode::LeaveOut) => {
+                let embeds = model.input_embeds(&inputs).with_context(context)?;
+                let point =
+                    LeaveOutPoint::from_embeds(model, &inputs, &embeds).with_context(context)?;
+                let target = self.target_token(processor, sample, || point.greedy_token())?;
+                let results =
+                    estimate_leave_out(model, &inputs, &point, target, cfg, self.kl_estimate);
+                (target, results)
+            }
+            (estimate, _) => {
+                let full = full_run(model, &inputs).with_context(context)?;
+                let target = self.target_token(processor, sample, || full.greedy_token())?;
+                let results = match estimate {
+                    Estimate::Exact => sweep_sample(model, &inputs, &full, target, cfg),
+                    Estimate::Gradient => {
+                        estimate_sample(model, &inputs, &full, target, cfg, self.kl_estimate)
+                    }
+                };
+                (target, results)
             }
         };
         let results = results.with_context(context)?;

@@ -16,8 +16,9 @@ use tch::{Device, Kind, Tensor};
 use horizon_data::info_rows::KlEstimate;
 use horizon_runner::decoder::AttentionProbe;
 use horizon_runner::gradient::{
-    estimate_sample, group_columns, keep_only_log_probs, last_log_probs, own_window_queries,
-    qk_fixed_addition, qk_fixed_removal, soft_log_probs, KL_TOKENS,
+    estimate_leave_out, estimate_sample, group_columns, keep_only_log_probs, last_log_probs,
+    own_window_queries, qk_fixed_addition, qk_fixed_removal, soft_log_probs, LeaveOutPoint,
+    KL_TOKENS,
 };
 use horizon_runner::info::{
     full_run, naive_variant, sweep_sample, variant_keep_sets, FullRun, InfoMode, SweepConfig,
@@ -473,12 +474,23 @@ fn leave_out_kl_is_the_fisher_sum_of_each_tokens_qk_fix_or_the_answer_split_of_t
         let answer_rows = estimate_sample(&model, &inputs, &full, token, &cfg, KlEstimate::Answer);
         let (fisher_rows, answer_rows) = (fisher_rows.unwrap(), answer_rows.unwrap());
         assert_eq!(fisher_rows.len(), answer_rows.len());
+        // `horizon info` starts from the input embeddings, with no unpruned prefill: the same rows.
+        let embeds = model.input_embeds(&inputs).unwrap();
+        let point = LeaveOutPoint::from_embeds(&model, &inputs, &embeds).unwrap();
+        let from_embeds =
+            estimate_leave_out(&model, &inputs, &point, token, &cfg, KlEstimate::Fisher).unwrap();
+        assert_eq!(from_embeds, fisher_rows, "{model_dir}");
         // The oracle: each of the unpruned run's most likely tokens differentiated on its own.
         let groups_of: Vec<Vec<usize>> = std::iter::once(inputs.visual.positions.clone())
             .chain(window_positions(&model, &inputs))
             .collect();
         let groups = f64_groups(s, &groups_of);
-        let unpruned = full.log_probs.squeeze_dim(0).to_kind(Kind::Double);
+        // The unpruned distribution in f64, as the estimate's own unpruned forward has it (the
+        // engine's full run scores in f32).
+        let unpruned = tch::no_grad(|| {
+            let m = tensor(&weights(n, s, &[]), n, s);
+            probed_from_layer_0(&model, &inputs, &full, &m).0
+        });
         let top: Vec<i64> =
             Vec::try_from(&unpruned.topk(KL_TOKENS as i64, 0, true, true).1).unwrap();
         let per_token: Vec<(f64, Vec<Vec<f64>>)> = top
@@ -491,6 +503,11 @@ fn leave_out_kl_is_the_fisher_sum_of_each_tokens_qk_fix_or_the_answer_split_of_t
             })
             .collect();
         let lp0 = unpruned.get(token).double_value(&[]);
+        assert!(
+            (fisher_rows[0].logp - lp0).abs() <= 1e-12,
+            "{model_dir}: full row {:?} vs the unpruned {lp0}",
+            fisher_rows[0]
+        );
         let (p0, rest0) = (lp0.exp(), -lp0.exp_m1());
         let (mut largest_fisher, mut largest_answer) = (0.0f64, 0.0f64);
         for (f, a) in fisher_rows.iter().zip(&answer_rows) {
