@@ -395,18 +395,23 @@ fn leave_out_qk_fix_is_the_attention_gradient_times_the_attention_change_of_remo
     }
 }
 
+/// A leave-out sweep of 2×2 windows cut at every one of `n` layers.
+fn leave_out_at_every_layer(n: usize) -> SweepConfig {
+    SweepConfig {
+        layers: (0..n).collect(),
+        window_size: 2,
+        mode: InfoMode::LeaveOut,
+        batch_size: None,
+        memory_budget_bytes: 1 << 30,
+    }
+}
+
 #[test]
 fn leave_out_rows_move_the_target_log_odds_by_the_qk_fix_of_the_log_odds() {
     for (model_dir, image) in LLAVA_AND_QWEN {
         let (model, inputs, full, token) = f64_case(model_dir, image);
         let (s, n) = (inputs.seq_len(), model.num_layers());
-        let cfg = SweepConfig {
-            layers: (0..n).collect(),
-            window_size: 2,
-            mode: InfoMode::LeaveOut,
-            batch_size: None,
-            memory_budget_bytes: 1 << 30,
-        };
+        let cfg = leave_out_at_every_layer(n);
         let rows =
             estimate_sample(&model, &inputs, &full, token, &cfg, KlEstimate::Fisher).unwrap();
         // The oracle differentiates the log-odds itself, log p(y) − log Σ_{i≠y} p(i), through
@@ -463,13 +468,7 @@ fn leave_out_kl_is_the_fisher_sum_of_each_tokens_qk_fix_or_the_answer_split_of_t
     for (model_dir, image) in LLAVA_AND_QWEN {
         let (model, inputs, full, token) = f64_case(model_dir, image);
         let (s, n) = (inputs.seq_len(), model.num_layers());
-        let cfg = SweepConfig {
-            layers: (0..n).collect(),
-            window_size: 2,
-            mode: InfoMode::LeaveOut,
-            batch_size: None,
-            memory_budget_bytes: 1 << 30,
-        };
+        let cfg = leave_out_at_every_layer(n);
         let fisher_rows = estimate_sample(&model, &inputs, &full, token, &cfg, KlEstimate::Fisher);
         let answer_rows = estimate_sample(&model, &inputs, &full, token, &cfg, KlEstimate::Answer);
         let (fisher_rows, answer_rows) = (fisher_rows.unwrap(), answer_rows.unwrap());
