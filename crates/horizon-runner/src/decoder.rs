@@ -1228,4 +1228,92 @@ impl Decoder {
         }
         (self.norm.forward(&h), probes)
     }
+
+    /// [`Self::forward_key_weighted_after_context`] of several cut layers in one batch: row b
+    /// starts at layer `starts[b].0` from its input `starts[b].1` `[1, S, D]` (`starts` sorted by
+    /// layer), and each layer from the first start runs once, over the rows started by then, every
+    /// row weighing layer l's keys by row `l − starts[0].0` of `key_weights` for every query but the
+    /// `fixed` ones. The rows are independent sequences, so each row's value and gradients are
+    /// those of its own call; only the number of passes through each layer falls. Returns the
+    /// final-norm hidden states of the last `S − context` positions `[B, S − context, D]` and, per
+    /// layer from the first start, the [`AttentionProbe`] of the rows started by then (the first
+    /// rows of the batch).
+    pub fn forward_key_weighted_after_context_stacked(
+        &self,
+        starts: &[(usize, &Tensor)],
+        position_ids: &Tensor,
+        key_weights: &Tensor,
+        fixed: Option<&FixedQueries>,
+        context: i64,
+    ) -> (Tensor, Vec<AttentionProbe>) {
+        assert!(
+            !starts.is_empty() && starts.windows(2).all(|w| w[0].0 <= w[1].0),
+            "stacked starts: at least one, sorted by layer"
+        );
+        let first = starts[0].0;
+        let s = starts[0].1.size()[1];
+        let (cos, sin) = self.rotary_emb.cos_sin(position_ids, starts[0].1.kind());
+        let part = |t: &Tensor, start: i64, len: i64| t.narrow(1, start, len);
+        let (context_cos, context_sin) = (part(&cos, 0, context), part(&sin, 0, context));
+        let (cos, sin) = (
+            part(&cos, context, s - context),
+            part(&sin, context, s - context),
+        );
+        let last = self.layers.len() - 1;
+        let mut joined = 0;
+        let (mut context_h, mut h): (Option<Tensor>, Option<Tensor>) = (None, None);
+        let mut probes = Vec::with_capacity(self.layers.len() - first);
+        for (l, layer) in self.layers.iter().enumerate().skip(first) {
+            let joining: Vec<&Tensor> = starts[joined..]
+                .iter()
+                .take_while(|(k, _)| *k == l)
+                .map(|(_, x)| *x)
+                .collect();
+            if !joining.is_empty() {
+                joined += joining.len();
+                let join = |old: Option<Tensor>, start: i64, len: i64| {
+                    let new: Vec<Tensor> = joining.iter().map(|x| part(x, start, len)).collect();
+                    let new = Tensor::cat(&new, 0);
+                    Some(match old {
+                        Some(old) => Tensor::cat(&[old, new], 0),
+                        None => new,
+                    })
+                };
+                context_h = join(context_h.take(), 0, context);
+                h = join(h.take(), context, s - context);
+            }
+            let i = (l - first) as i64;
+            // The positions up to the image's end, without autograd: their keys and values are
+            // the differentiated positions' context.
+            let (context_kv, next_context) = tch::no_grad(|| {
+                let x = context_h.as_ref().expect("a row has started");
+                if l == last {
+                    (layer.key_values(x, &context_cos, &context_sin), None)
+                } else {
+                    let w = FixedQueries::layer_weights(fixed, &key_weights.get(i).detach());
+                    let w = if fixed.is_some() {
+                        w.narrow(0, 0, context).narrow(1, 0, context)
+                    } else {
+                        w.narrow(0, 0, context)
+                    };
+                    let (next, (own, _)) =
+                        layer.forward_key_weighted(x, &context_cos, &context_sin, &w, None, false);
+                    (own, Some(next))
+                }
+            });
+            context_h = next_context;
+            let w = FixedQueries::layer_weights(fixed, &key_weights.get(i));
+            let w = if fixed.is_some() {
+                w.narrow(0, context, s - context)
+            } else {
+                w
+            };
+            let x = h.take().expect("a row has started");
+            let (next, (_, probe)) =
+                layer.forward_key_weighted(&x, &cos, &sin, &w, Some(&context_kv), true);
+            probes.extend(probe);
+            h = Some(next);
+        }
+        (self.norm.forward(&h.expect("a layer ran")), probes)
+    }
 }

@@ -31,7 +31,8 @@
 //!   moves between the text-only run and the cut keeping a window. A visual token reaches the
 //!   output only through its keys, weighed 0, so the tokens up to the image's end run forward
 //!   without autograd and only the text after the image is differentiated
-//!   ([`keep_only_log_probs`]).
+//!   ([`keep_only_log_probs`]). Several K run as one batch, each layer once per batch and one
+//!   backward pass per scalar for all of them ([`stacked_batches`]).
 //!
 //! The linearisation point's own row (the unpruned `full` row; keep-only's `text_only` rows) is its
 //! exact value; leave-out's `text_only` (every visual token dropped) is linearised like a window.
@@ -111,10 +112,13 @@ pub fn own_window_queries(
 /// Next-token log-probabilities `[V]` of the last of the final-norm hidden states `out` `[1, S, D]`,
 /// in f64 for an f64 model and f32 otherwise.
 pub fn last_log_probs(model: &VlModel, out: &Tensor) -> Tensor {
+    last_log_probs_per_sequence(model, out).squeeze_dim(0)
+}
+
+/// [`last_log_probs`] of each sequence of `out` `[B, S, D]`: `[B, V]`.
+pub fn last_log_probs_per_sequence(model: &VlModel, out: &Tensor) -> Tensor {
     let s = out.size()[1];
-    let logits = model
-        .lm_head_differentiable(&out.select(1, s - 1))
-        .squeeze_dim(0);
+    let logits = model.lm_head_differentiable(&out.select(1, s - 1));
     let kind = if logits.kind() == Kind::Double {
         Kind::Double
     } else {
@@ -138,13 +142,7 @@ pub fn keep_only_log_probs(
     m: &Tensor,
     visual_queries: &FixedQueries,
 ) -> (Tensor, Vec<AttentionProbe>) {
-    let s = hidden.size()[1];
-    let is_visual = inputs.visual.mask(s as usize);
-    let context = is_visual
-        .iter()
-        .position(|&v| v)
-        .and_then(|first| (first..s as usize).find(|&j| !is_visual[j]))
-        .unwrap_or(0) as i64;
+    let context = text_after_image(inputs);
     if context == 0 {
         let log_probs = soft_log_probs(model, inputs, from, hidden, m, Some(visual_queries));
         return (log_probs, Vec::new());
@@ -172,9 +170,24 @@ pub fn qk_fixed_addition(
     probes: &[AttentionProbe],
     groups: &Tensor,
 ) -> Result<Vec<f64>> {
+    Ok(qk_fixed_addition_per_sequence(scalar, probes, groups, 1)?.swap_remove(0))
+}
+
+/// [`qk_fixed_addition`] over probes of a batch of `rows` independent sequences, where `scalar`
+/// is the sum of one scalar per sequence and a layer's probe may hold only the first rows (the
+/// sequences that run through that layer, as in
+/// [`crate::decoder::Decoder::forward_key_weighted_after_context_stacked`]): each sequence's own
+/// change summed over the layers it runs through, indexed `[sequence][group]`.
+pub fn qk_fixed_addition_per_sequence(
+    scalar: &Tensor,
+    probes: &[AttentionProbe],
+    groups: &Tensor,
+    rows: i64,
+) -> Result<Vec<Vec<f64>>> {
     let probs: Vec<&Tensor> = probes.iter().map(|p| &p.probs).collect();
     let grads = Tensor::run_backward(&[scalar], &probs, true, false);
-    let mut total: Option<Tensor> = None;
+    let width = groups.size()[1];
+    let mut total = Tensor::zeros([rows, width], (groups.kind(), groups.device()));
     for (g, probe) in grads.iter().zip(probes) {
         check_finite(g, "the gradient of the attention probabilities")?;
         let kind = g.kind();
@@ -182,17 +195,20 @@ pub fn qk_fixed_addition(
         let share = probe.ratios.matmul(groups);
         let along_present = (&probe.probs.detach() * g).sum_dim_intlist(-1, true, kind);
         let change = (along_group - &share * along_present) / (share + 1.0);
-        let layer = change.sum_dim_intlist([0i64, 1, 2].as_slice(), false, kind);
-        total = Some(match total {
-            Some(t) => t + layer,
-            None => layer,
-        });
+        let layer = change.sum_dim_intlist([1i64, 2].as_slice(), false, kind);
+        let present = layer.size()[0];
+        total = total.index_add(
+            0,
+            &Tensor::arange(present, (Kind::Int64, groups.device())),
+            &layer,
+        );
     }
-    let total = total
-        .unwrap_or_else(|| Tensor::zeros([groups.size()[1]], (groups.kind(), groups.device())))
-        .to_kind(Kind::Double)
-        .to_device(Device::Cpu);
-    Ok(Vec::<f64>::try_from(&total)?)
+    if width == 0 {
+        return Ok(vec![Vec::new(); rows as usize]);
+    }
+    let total = total.to_kind(Kind::Double).to_device(Device::Cpu);
+    let flat = Vec::<f64>::try_from(&total.reshape([-1]))?;
+    Ok(flat.chunks(width as usize).map(<[f64]>::to_vec).collect())
 }
 
 /// `[S, G]`: column g is 1 on the positions of the g-th group (the `groups` of
@@ -477,8 +493,148 @@ pub fn estimate_leave_out(
     Ok(results)
 }
 
-/// Keep-only's rows ([`estimate_sample`]), each K linearised at its text-only run.
+/// Keep-only's rows ([`estimate_sample`]), each K linearised at its text-only run, several K in
+/// one batch ([`crate::decoder::Decoder::forward_key_weighted_after_context_stacked`]): each layer
+/// runs once per batch instead of once per K, and one backward pass per batch gives every K's
+/// gradients. The batches hold as many K as `cfg.memory_budget_bytes` allows (at least one,
+/// [`stacked_batches`]). The same rows as [`estimate_keep_only_per_cut`], up to rounding.
 fn estimate_keep_only(
+    model: &VlModel,
+    inputs: &ModelInputs,
+    full: &FullRun,
+    target: i64,
+    cfg: &SweepConfig,
+) -> Result<Vec<VariantResult>> {
+    let windows = window_positions(model, inputs, cfg)?;
+    let s = inputs.seq_len();
+    let context = text_after_image(inputs);
+    if context == 0 || cfg.layers.is_empty() {
+        return estimate_keep_only_per_cut(model, inputs, full, target, cfg);
+    }
+    let num_layers = model.num_layers();
+    let (device, kind) = (model.device(), full.layer_inputs[0].kind());
+    let full_logp = full.log_probs.squeeze_dim(0).to_kind(Kind::Double);
+    let full_p = full_logp.exp();
+    let is_visual = inputs.visual.mask(s);
+    let text_keys: Vec<f64> = is_visual
+        .iter()
+        .map(|&v| if v { 0.0 } else { 1.0 })
+        .collect();
+    let text_keys = Tensor::from_slice(&text_keys)
+        .to_kind(kind)
+        .to_device(device);
+    let groups = group_columns(s, windows.iter().map(|w| w.as_slice()), kind, device);
+    let visual_queries = own_window_queries(inputs, &windows, kind, device);
+    let mut layers = cfg.layers.clone();
+    layers.sort_unstable();
+    let mut by_layer = std::collections::BTreeMap::new();
+    for batch in stacked_batches(model, s, context as usize, &layers, cfg.memory_budget_bytes) {
+        let first = batch[0];
+        let starts: Vec<(usize, &Tensor)> =
+            batch.iter().map(|&k| (k, &full.layer_inputs[k])).collect();
+        // Requires grad so that the attention probabilities are part of a graph.
+        let m = text_keys
+            .unsqueeze(0)
+            .repeat([(num_layers - first) as i64, 1])
+            .set_requires_grad(true);
+        let (out, probes) = model.decoder().forward_key_weighted_after_context_stacked(
+            &starts,
+            &inputs.position_ids,
+            &m,
+            Some(&visual_queries),
+            context,
+        );
+        let logq = last_log_probs_per_sequence(model, &out);
+        for (b, &k) in batch.iter().enumerate() {
+            check_finite(
+                &logq.get(b as i64),
+                &format!("the next-token distribution after a cut at layer {k}"),
+            )?;
+        }
+        let rows = batch.len() as i64;
+        let cross = (&full_p.to_kind(logq.kind()).unsqueeze(0) * &logq).sum(logq.kind());
+        let lp_text: Vec<f64> = Vec::try_from(logq.select(1, target).to_kind(Kind::Double))?;
+        let kl_text: Vec<f64> = Vec::try_from(
+            (&full_p * (&full_logp - logq.to_kind(Kind::Double))).sum_dim_intlist(
+                [1i64].as_slice(),
+                false,
+                Kind::Double,
+            ),
+        )?;
+        let target_sum = logq.select(1, target).sum(logq.kind());
+        let d_target = qk_fixed_addition_per_sequence(&target_sum, &probes, &groups, rows)?;
+        let d_cross = qk_fixed_addition_per_sequence(&cross, &probes, &groups, rows)?;
+        for (b, &k) in batch.iter().enumerate() {
+            // The text-only run is the linearisation point: exact.
+            let (lp, kl) = (lp_text[b], kl_text[b].max(0.0));
+            let mut rows = vec![row(k, Variant::TextOnly, lp, kl)];
+            for w in 0..windows.len() {
+                rows.push(row(
+                    k,
+                    Variant::Window(w),
+                    lp + d_target[b][w],
+                    kl - d_cross[b][w],
+                ));
+            }
+            by_layer.insert(k, rows);
+        }
+    }
+    let mut results = vec![full_row(&full_logp, target)];
+    for k in &cfg.layers {
+        results.extend(by_layer[k].iter().cloned());
+    }
+    Ok(results)
+}
+
+/// The first text position after the first visual token (0 without one): keep-only's
+/// differentiated positions start there.
+fn text_after_image(inputs: &ModelInputs) -> i64 {
+    let s = inputs.seq_len();
+    let is_visual = inputs.visual.mask(s);
+    is_visual
+        .iter()
+        .position(|&v| v)
+        .and_then(|first| (first..s).find(|&j| !is_visual[j]))
+        .unwrap_or(0) as i64
+}
+
+/// The cut layers (sorted) in consecutive batches for keep-only's estimate, each within `budget` bytes of autograd memory: per K, its layers
+/// `K..` keep roughly the context's keys and values (`2 · context · hidden`) and the
+/// differentiated rows' activations (`rows · (8 · hidden + 4 · intermediate + 3 · heads · S)`).
+pub fn stacked_batches(
+    model: &VlModel,
+    s: usize,
+    context: usize,
+    layers: &[usize],
+    budget: usize,
+) -> Vec<Vec<usize>> {
+    let (hidden, intermediate, heads) = model.text_dims();
+    let (hidden, intermediate, heads) = (hidden as usize, intermediate as usize, heads as usize);
+    let elem = model.kind().elt_size_in_bytes();
+    let differentiated = s - context;
+    let per_layer =
+        2 * context * hidden + differentiated * (8 * hidden + 4 * intermediate + 3 * heads * s);
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut used = 0usize;
+    for &k in layers {
+        let cost = (model.num_layers() - k) * per_layer * elem;
+        match batches.last_mut() {
+            Some(batch) if used + cost <= budget => {
+                batch.push(k);
+                used += cost;
+            }
+            _ => {
+                batches.push(vec![k]);
+                used = cost;
+            }
+        }
+    }
+    batches
+}
+
+/// Keep-only's rows ([`estimate_sample`]), each K linearised at its text-only run, one K at a
+/// time: the reference that the batched [`estimate_keep_only`] equals.
+pub fn estimate_keep_only_per_cut(
     model: &VlModel,
     inputs: &ModelInputs,
     full: &FullRun,

@@ -16,9 +16,9 @@ use tch::{Device, Kind, Tensor};
 use horizon_data::info_rows::KlEstimate;
 use horizon_runner::decoder::AttentionProbe;
 use horizon_runner::gradient::{
-    estimate_leave_out, estimate_sample, group_columns, keep_only_log_probs, last_log_probs,
-    own_window_queries, qk_fixed_addition, qk_fixed_removal, soft_log_probs, LeaveOutPoint,
-    KL_TOKENS,
+    estimate_keep_only_per_cut, estimate_leave_out, estimate_sample, group_columns,
+    keep_only_log_probs, last_log_probs, own_window_queries, qk_fixed_addition, qk_fixed_removal,
+    soft_log_probs, stacked_batches, LeaveOutPoint, KL_TOKENS,
 };
 use horizon_runner::info::{
     full_run, naive_variant, sweep_sample, variant_keep_sets, FullRun, InfoMode, SweepConfig,
@@ -654,6 +654,64 @@ fn keep_only_with_visual_queries_fixed_to_their_window_is_the_cut_at_weight_one_
             largest_fault > 1e-4,
             "{model_dir}: visual queries on the text only change nothing ({largest_fault})"
         );
+    }
+}
+
+#[test]
+fn keep_only_estimate_of_several_cut_layers_in_one_batch_equals_one_cut_at_a_time() {
+    let cases = [
+        ("llava/models/llava-tiny", "llava/images/square.png"),
+        (
+            "qwen2_5_vl/models/qwen-tiny",
+            "qwen2_5_vl/images/nonsquare.png",
+        ),
+        (
+            "llava_next/models/llava-next-tiny",
+            "llava_next/images/wide.png",
+        ),
+    ];
+    for (model_dir, image) in cases {
+        let (model, inputs, full, token) = f64_case(model_dir, image);
+        let (s, n) = (inputs.seq_len(), model.num_layers());
+        // Every layer, and a gap between two cut layers; a budget for all of them at once, and one
+        // that puts each cut layer in a batch of its own.
+        for layers in [(0..n).collect::<Vec<_>>(), vec![1, n - 1]] {
+            for budget in [1usize << 30, 1] {
+                let cfg = SweepConfig {
+                    layers: layers.clone(),
+                    window_size: 2,
+                    mode: InfoMode::KeepOnly,
+                    batch_size: None,
+                    memory_budget_bytes: budget,
+                };
+                let context = inputs.visual.positions.last().unwrap() + 1;
+                let batches = stacked_batches(&model, s, context, &layers, budget).len();
+                assert_eq!(batches, if budget == 1 { layers.len() } else { 1 });
+                let stacked =
+                    estimate_sample(&model, &inputs, &full, token, &cfg, KlEstimate::Fisher)
+                        .unwrap();
+                let one_at_a_time =
+                    estimate_keep_only_per_cut(&model, &inputs, &full, token, &cfg).unwrap();
+                assert_eq!(stacked.len(), one_at_a_time.len());
+                let mut largest = 0f64;
+                for (a, b) in stacked.iter().zip(&one_at_a_time) {
+                    assert_eq!((a.layer, a.variant), (b.layer, b.variant));
+                    for (x, y) in [(a.logp, b.logp), (a.kl, b.kl), (a.p, b.p)] {
+                        assert!(
+                            (x - y).abs() <= 1e-9 * (1.0 + y.abs()),
+                            "{model_dir} {layers:?} budget {budget}: {a:?} vs {b:?}"
+                        );
+                    }
+                    if matches!(a.variant, Variant::Window(_)) {
+                        largest = largest.max((a.logp - one_at_a_time[1].logp).abs());
+                    }
+                }
+                assert!(
+                    largest > 1e-6,
+                    "{model_dir}: windows change nothing ({largest})"
+                );
+            }
+        }
     }
 }
 
