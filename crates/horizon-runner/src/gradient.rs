@@ -187,13 +187,16 @@ pub fn qk_fixed_addition_per_sequence(
     let probs: Vec<&Tensor> = probes.iter().map(|p| &p.probs).collect();
     let grads = Tensor::run_backward(&[scalar], &probs, true, false);
     let width = groups.size()[1];
-    let mut total = Tensor::zeros([rows, width], (groups.kind(), groups.device()));
+    let kind = accumulation_kind(groups.kind());
+    let groups = groups.to_kind(kind);
+    let mut total = Tensor::zeros([rows, width], (kind, groups.device()));
     for (g, probe) in grads.iter().zip(probes) {
         check_finite(g, "the gradient of the attention probabilities")?;
-        let kind = g.kind();
-        let along_group = (&probe.ratios * g).matmul(groups);
-        let share = probe.ratios.matmul(groups);
-        let along_present = (&probe.probs.detach() * g).sum_dim_intlist(-1, true, kind);
+        let (g, ratios) = (g.to_kind(kind), probe.ratios.to_kind(kind));
+        let along_group = (&ratios * &g).matmul(&groups);
+        let share = ratios.matmul(&groups);
+        let along_present =
+            (probe.probs.detach().to_kind(kind) * &g).sum_dim_intlist(-1, true, kind);
         let change = (along_group - &share * along_present) / (share + 1.0);
         let layer = change.sum_dim_intlist([1i64, 2].as_slice(), false, kind);
         let present = layer.size()[0];
@@ -209,6 +212,17 @@ pub fn qk_fixed_addition_per_sequence(
     let total = total.to_kind(Kind::Double).to_device(Device::Cpu);
     let flat = Vec::<f64>::try_from(&total.reshape([-1]))?;
     Ok(flat.chunks(width as usize).map(<[f64]>::to_vec).collect())
+}
+
+/// The kind the QK fixes compute in: f64 in an f64 model, f32 otherwise. A bf16 model's
+/// attention gradients and ratios are upcast before they are multiplied and summed over keys,
+/// heads, queries and layers, where bf16's 8-bit mantissa would lose the small terms.
+fn accumulation_kind(kind: Kind) -> Kind {
+    if kind == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
 }
 
 /// `[S, G]`: column g is 1 on the positions of the g-th group (the `groups` of
@@ -244,18 +258,19 @@ pub fn qk_fixed_removal(
 ) -> Result<Vec<Vec<f64>>> {
     let probs: Vec<&Tensor> = probes.iter().map(|p| &p.probs).collect();
     let grads = Tensor::run_backward(&[scalar], &probs, true, false);
+    let kind = accumulation_kind(groups.kind());
+    let groups = groups.to_kind(kind);
     // The keys outside each group summed directly, not as 1 − share: a query that gives a group
     // nearly all its attention keeps its few other keys' mass without cancellation.
-    let others = -groups + 1.0;
+    let others = -&groups + 1.0;
     let mut out = Vec::with_capacity(probes.len());
     for (g, probe) in grads.iter().zip(probes) {
         check_finite(g, "the gradient of the attention probabilities")?;
-        let kind = g.kind();
-        let a = probe.probs.detach();
-        let along = &a * g;
-        let share = a.matmul(groups);
+        let a = probe.probs.detach().to_kind(kind);
+        let along = &a * g.to_kind(kind);
+        let share = a.matmul(&groups);
         let rest = a.matmul(&others).clamp_min(f64::from(f32::MIN_POSITIVE));
-        let change = &share * along.matmul(&others) / rest - along.matmul(groups);
+        let change = &share * along.matmul(&others) / rest - along.matmul(&groups);
         let layer = change
             .sum_dim_intlist([0i64, 1, 2].as_slice(), false, kind)
             .to_kind(Kind::Double)

@@ -716,6 +716,52 @@ fn keep_only_estimate_of_several_cut_layers_in_one_batch_equals_one_cut_at_a_tim
 }
 
 #[test]
+fn a_bf16_model_is_estimated_in_both_modes_with_its_linearisation_points_near_f32() {
+    let (bf16, inputs, gt) = fixture(Kind::BFloat16);
+    let (f32_model, f32_inputs, _) = fixture(Kind::Float);
+    let (full, f32_full) = (
+        full_run(&bf16, &inputs).unwrap(),
+        full_run(&f32_model, &f32_inputs).unwrap(),
+    );
+    for mode in [InfoMode::KeepOnly, InfoMode::LeaveOut] {
+        let cfg = SweepConfig {
+            layers: (1..bf16.num_layers()).collect(),
+            window_size: 2,
+            mode,
+            batch_size: None,
+            memory_budget_bytes: 1 << 30,
+        };
+        for kl in [KlEstimate::Fisher, KlEstimate::Answer] {
+            if mode == InfoMode::KeepOnly && kl == KlEstimate::Answer {
+                continue;
+            }
+            let rows = estimate_sample(&bf16, &inputs, &full, gt, &cfg, kl).unwrap();
+            let reference = estimate_sample(&f32_model, &f32_inputs, &f32_full, gt, &cfg, kl);
+            let reference = reference.unwrap();
+            assert_eq!(rows.len(), reference.len());
+            for (r, x) in rows.iter().zip(&reference) {
+                assert!(
+                    r.p.is_finite()
+                        && (0.0..=1.0).contains(&r.p)
+                        && r.kl.is_finite()
+                        && r.kl >= 0.0,
+                    "{mode:?} {kl:?}: {r:?}"
+                );
+                // The rows computed, not linearised, stay within bf16's rounding of f32's.
+                let point = r.layer.is_none()
+                    || (mode == InfoMode::KeepOnly && matches!(r.variant, Variant::TextOnly));
+                if point {
+                    assert!(
+                        (r.p - x.p).abs() < 0.05,
+                        "{mode:?} {kl:?}: {r:?} vs f32 {x:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn the_estimate_writes_the_exact_sweeps_rows_and_its_linearisation_points_exactly() {
     let (model, inputs, gt) = fixture(Kind::Float);
     let full = full_run(&model, &inputs).unwrap();
