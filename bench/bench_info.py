@@ -10,9 +10,10 @@ Peers, both on the HF `LlavaForConditionalGeneration` of the same checkpoint, f3
 
 Variants per K: the text-only baseline and every s x s window, keep-only (keep only the window's visual
 tokens) or leave-out (drop only the window), as `horizon info --mode` says. `horizon info` runs first and
-last (its wall time with model load, the mean of both runs is reported); its rows give the samples, the
-target token and the values the peers must reproduce within --tol (p, log p, KL of every row;
-|a - b| <= tol * max(1, |b|)).
+last (its wall time with model load, the mean of both runs is reported), then on the first sample alone,
+which gives its cost per further sample without model load, like the peers' times; its rows give the
+samples, the target token and the values the peers must reproduce within --tol (p, log p, KL of every
+row; |a - b| <= tol * max(1, |b|)).
 
 Run from the repository root with the pinned stack of fixtures/requirements.txt (`make bench`).
 """
@@ -54,11 +55,12 @@ def parse() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def run_horizon(args, out: Path) -> float:
+def run_horizon(args, out: Path, extra: tuple[str, ...] = ()) -> float:
     if out.exists():
         shutil.rmtree(out)
     cmd = [args.horizon, "info", "--model", args.model, "--bench", args.bench, "--out", str(out),
-           "--per-category", str(args.per_category), "--mode", args.mode, "--window", str(args.window)]
+           "--per-category", str(args.per_category), "--mode", args.mode, "--window", str(args.window),
+           *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
@@ -184,6 +186,9 @@ def main() -> None:
     t_h2 = run_horizon(args, out / "horizon-2")
     t_h = (t_h1 + t_h2) / 2
     n = len(samples)
+    # The first sample alone: start-up, model load and one sample. The peers' times exclude their
+    # model load, so horizon's cost per further sample is the like-for-like figure.
+    t_one = run_horizon(args, out / "horizon-one", ("--limit", "1")) if n > 1 else None
     nvar = sum(len(s[2]) * len(s[3]) for s in samples)
     print(f"\n{n} samples, {nvar} variants, mode {args.mode}, window {args.window}, {args.threads} threads; "
           f"load average {os.getloadavg()[0]:.2f}")
@@ -194,6 +199,13 @@ def main() -> None:
     if t_ref is not None:
         print(f"PyTorch one forward per variant (model load excluded): {t_ref:.2f} s = {t_ref / n:.3f} s/sample "
               f"-> horizon {t_ref / t_h:.1f}x")
+    if t_one is not None:
+        per = (t_h - t_one) / (n - 1)
+        line = (f"horizon info per sample after the first ((mean run - one-sample run {t_one:.2f} s) / {n - 1},"
+                f" no model load): {per:.3f} s/sample -> {t_stored / n / per:.1f}x the stored-inputs loop")
+        if t_ref is not None:
+            line += f", {t_ref / n / per:.1f}x one forward per variant"
+        print(line)
     print(f"values equal within {args.tol:g} (stored: {d_stored:.1e})")
 
 
