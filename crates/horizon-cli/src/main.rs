@@ -16,7 +16,6 @@ mod synth;
 mod train;
 
 use clap::{Parser, Subcommand};
-use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
@@ -66,7 +65,7 @@ enum Command {
 
 /// clap's errors in one line (its usage and "For more information" lines dropped), exit status 2;
 /// help and version print as clap prints them.
-fn usage_error(e: clap::Error) -> ExitCode {
+fn usage_error(e: clap::Error) -> i32 {
     use clap::error::ErrorKind;
     if matches!(
         e.kind(),
@@ -74,7 +73,8 @@ fn usage_error(e: clap::Error) -> ExitCode {
             | ErrorKind::DisplayVersion
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     ) {
-        e.exit();
+        let _ = e.print();
+        return e.exit_code();
     }
     let text = e.render().to_string();
     let line: Vec<&str> = text
@@ -84,10 +84,22 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .filter(|l| !l.is_empty())
         .collect();
     eprintln!("{}", line.join(" "));
-    ExitCode::from(2)
+    2
 }
 
-fn main() -> ExitCode {
+/// Ends the process with `code` without running libtorch's static destructors, which take about
+/// 0.1 s (its operator registry is torn down entry by entry) and which nothing of horizon's needs:
+/// every command has written, renamed and closed its files, and dropped its state, by the time it
+/// returns. Standard output and error are flushed first.
+fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` ends the process at once; nothing runs after it.
+    unsafe { libc::_exit(code) }
+}
+
+fn main() {
     // libtorch reports some failures by panicking inside tch; keep them to one line with a non-zero exit.
     std::panic::set_hook(Box::new(|info| {
         let msg = info
@@ -101,7 +113,7 @@ fn main() -> ExitCode {
     }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return usage_error(e),
+        Err(e) => exit_now(usage_error(e)),
     };
     let result = match &cli.command {
         Command::Demo(a) => demo::run(a),
@@ -118,11 +130,12 @@ fn main() -> ExitCode {
         Command::Score(a) => score::run(a),
         Command::PruneSweep(a) => prune_sweep::run(a),
     };
+    drop(cli);
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => exit_now(0),
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
+            exit_now(1)
         }
     }
 }
