@@ -55,7 +55,8 @@ pub struct InfoArgs {
     /// Variants per batch through the resumed layers (default: chosen from --memory-budget-mb).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: Option<u32>,
-    /// Activation memory one batch may use when --batch-size is not given.
+    /// Activation memory one batch may use when --batch-size is not given (and, with --estimate
+    /// gradient, the memory by which keep-only's estimate groups its cut layers into one batch).
     #[arg(long, default_value_t = 2048)]
     pub memory_budget_mb: usize,
     /// Samples per Parquet part file (each part is written atomically).
