@@ -508,6 +508,48 @@ pub fn estimate_leave_out(
     Ok(results)
 }
 
+/// What keep-only's linearisation at every K shares: the windows' prompt positions, the unpruned
+/// distribution (f64), the key weights of the text-only runs (1 on text keys, 0 on visual ones), the
+/// windows as key groups and the visual queries fixed to their own windows.
+struct KeepOnlyPoint {
+    windows: Vec<Vec<usize>>,
+    full_logp: Tensor,
+    full_p: Tensor,
+    text_keys: Tensor,
+    groups: Tensor,
+    visual_queries: FixedQueries,
+}
+
+impl KeepOnlyPoint {
+    fn new(
+        model: &VlModel,
+        inputs: &ModelInputs,
+        full: &FullRun,
+        cfg: &SweepConfig,
+    ) -> Result<Self> {
+        let windows = window_positions(model, inputs, cfg)?;
+        let s = inputs.seq_len();
+        let (device, kind) = (model.device(), full.layer_inputs[0].kind());
+        let full_logp = full.log_probs.squeeze_dim(0).to_kind(Kind::Double);
+        let text_keys: Vec<f64> = inputs
+            .visual
+            .mask(s)
+            .iter()
+            .map(|&v| if v { 0.0 } else { 1.0 })
+            .collect();
+        Ok(Self {
+            full_p: full_logp.exp(),
+            full_logp,
+            text_keys: Tensor::from_slice(&text_keys)
+                .to_kind(kind)
+                .to_device(device),
+            groups: group_columns(s, windows.iter().map(|w| w.as_slice()), kind, device),
+            visual_queries: own_window_queries(inputs, &windows, kind, device),
+            windows,
+        })
+    }
+}
+
 /// Keep-only's rows ([`estimate_sample`]), each K linearised at its text-only run, several K in
 /// one batch ([`crate::decoder::Decoder::forward_key_weighted_after_context_stacked`]): each layer
 /// runs once per batch instead of once per K, and one backward pass per batch gives every K's
@@ -520,26 +562,20 @@ fn estimate_keep_only(
     target: i64,
     cfg: &SweepConfig,
 ) -> Result<Vec<VariantResult>> {
-    let windows = window_positions(model, inputs, cfg)?;
-    let s = inputs.seq_len();
     let context = text_after_image(inputs);
     if context == 0 || cfg.layers.is_empty() {
         return estimate_keep_only_per_cut(model, inputs, full, target, cfg);
     }
-    let num_layers = model.num_layers();
-    let (device, kind) = (model.device(), full.layer_inputs[0].kind());
-    let full_logp = full.log_probs.squeeze_dim(0).to_kind(Kind::Double);
-    let full_p = full_logp.exp();
-    let is_visual = inputs.visual.mask(s);
-    let text_keys: Vec<f64> = is_visual
-        .iter()
-        .map(|&v| if v { 0.0 } else { 1.0 })
-        .collect();
-    let text_keys = Tensor::from_slice(&text_keys)
-        .to_kind(kind)
-        .to_device(device);
-    let groups = group_columns(s, windows.iter().map(|w| w.as_slice()), kind, device);
-    let visual_queries = own_window_queries(inputs, &windows, kind, device);
+    let point = KeepOnlyPoint::new(model, inputs, full, cfg)?;
+    let KeepOnlyPoint {
+        windows,
+        full_logp,
+        full_p,
+        text_keys,
+        groups,
+        visual_queries,
+    } = &point;
+    let (s, num_layers) = (inputs.seq_len(), model.num_layers());
     let mut layers = cfg.layers.clone();
     layers.sort_unstable();
     let mut by_layer = std::collections::BTreeMap::new();
@@ -556,7 +592,7 @@ fn estimate_keep_only(
             &starts,
             &inputs.position_ids,
             &m,
-            Some(&visual_queries),
+            Some(visual_queries),
             context,
         );
         let logq = last_log_probs_per_sequence(model, &out);
@@ -570,15 +606,15 @@ fn estimate_keep_only(
         let cross = (&full_p.to_kind(logq.kind()).unsqueeze(0) * &logq).sum(logq.kind());
         let lp_text: Vec<f64> = Vec::try_from(logq.select(1, target).to_kind(Kind::Double))?;
         let kl_text: Vec<f64> = Vec::try_from(
-            (&full_p * (&full_logp - logq.to_kind(Kind::Double))).sum_dim_intlist(
+            (full_p * (full_logp - logq.to_kind(Kind::Double))).sum_dim_intlist(
                 [1i64].as_slice(),
                 false,
                 Kind::Double,
             ),
         )?;
         let target_sum = logq.select(1, target).sum(logq.kind());
-        let d_target = qk_fixed_addition_per_sequence(&target_sum, &probes, &groups, rows)?;
-        let d_cross = qk_fixed_addition_per_sequence(&cross, &probes, &groups, rows)?;
+        let d_target = qk_fixed_addition_per_sequence(&target_sum, &probes, groups, rows)?;
+        let d_cross = qk_fixed_addition_per_sequence(&cross, &probes, groups, rows)?;
         for (b, &k) in batch.iter().enumerate() {
             // The text-only run is the linearisation point: exact.
             let (lp, kl) = (lp_text[b], kl_text[b].max(0.0));
@@ -594,7 +630,7 @@ fn estimate_keep_only(
             by_layer.insert(k, rows);
         }
     }
-    let mut results = vec![full_row(&full_logp, target)];
+    let mut results = vec![full_row(full_logp, target)];
     for k in &cfg.layers {
         results.extend(by_layer[k].iter().cloned());
     }
@@ -656,28 +692,17 @@ pub fn estimate_keep_only_per_cut(
     target: i64,
     cfg: &SweepConfig,
 ) -> Result<Vec<VariantResult>> {
-    let windows = window_positions(model, inputs, cfg)?;
+    let point = KeepOnlyPoint::new(model, inputs, full, cfg)?;
+    let KeepOnlyPoint {
+        windows,
+        full_logp,
+        full_p,
+        text_keys,
+        groups,
+        visual_queries,
+    } = &point;
     let num_layers = model.num_layers();
-    let s = inputs.seq_len() as i64;
-    let (device, kind) = (model.device(), full.layer_inputs[0].kind());
-    let full_logp = full.log_probs.squeeze_dim(0).to_kind(Kind::Double);
-    let full_p = full_logp.exp();
-    let mut results = vec![full_row(&full_logp, target)];
-    let is_visual = inputs.visual.mask(s as usize);
-    let text_keys: Vec<f64> = is_visual
-        .iter()
-        .map(|&v| if v { 0.0 } else { 1.0 })
-        .collect();
-    let text_keys = Tensor::from_slice(&text_keys)
-        .to_kind(kind)
-        .to_device(device);
-    let groups = group_columns(
-        s as usize,
-        windows.iter().map(|w| w.as_slice()),
-        kind,
-        device,
-    );
-    let visual_queries = own_window_queries(inputs, &windows, kind, device);
+    let mut results = vec![full_row(full_logp, target)];
     for &k in &cfg.layers {
         // Requires grad so that the attention probabilities are part of a graph.
         let m = text_keys
@@ -685,7 +710,7 @@ pub fn estimate_keep_only_per_cut(
             .repeat([(num_layers - k) as i64, 1])
             .set_requires_grad(true);
         let (logq, probes) =
-            keep_only_log_probs(model, inputs, k, &full.layer_inputs[k], &m, &visual_queries);
+            keep_only_log_probs(model, inputs, k, &full.layer_inputs[k], &m, visual_queries);
         check_finite(
             &logq,
             &format!("the next-token distribution after a cut at layer {k}"),
@@ -693,10 +718,9 @@ pub fn estimate_keep_only_per_cut(
         let cross = (&full_p.to_kind(logq.kind()) * &logq).sum(logq.kind());
         let lp_text = scalar(&logq.get(target));
         let kl_text =
-            scalar(&(&full_p * (&full_logp - logq.to_kind(Kind::Double))).sum(Kind::Double))
-                .max(0.0);
-        let d_target = qk_fixed_addition(&logq.get(target), &probes, &groups)?;
-        let d_cross = qk_fixed_addition(&cross, &probes, &groups)?;
+            scalar(&(full_p * (full_logp - logq.to_kind(Kind::Double))).sum(Kind::Double)).max(0.0);
+        let d_target = qk_fixed_addition(&logq.get(target), &probes, groups)?;
+        let d_cross = qk_fixed_addition(&cross, &probes, groups)?;
         // The text-only run is the linearisation point: exact.
         results.push(row(k, Variant::TextOnly, lp_text, kl_text));
         for w in 0..windows.len() {
