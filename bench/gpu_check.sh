@@ -4,7 +4,8 @@
 #   1. the full keep-only map of a random-weight llava-1.5-7b (31 cut layers x 144 windows of 2x2) in
 #      bf16, the prompt laid out as the original LLaVA template (34 text tokens after BOS before the
 #      image): seconds per sample, against the naive procedure (one cut forward per variant) in the
-#      same process, and the engine's FLOP rate against the measured matmul rate (`horizon bench`);
+#      same process, the engine's FLOP rate against the measured matmul rate, and the one-pass
+#      gradient estimate of the same rows (`horizon bench --gradient`);
 #   2. bf16 (and f32) logits on the device against f32 logits on the CPU, on the LLaVA and Qwen2.5-VL
 #      fixture checkpoints (`horizon forward --save-logits`);
 #   3. pruned prefill latencies of the llava-1.5-7b config against the unpruned prefill
@@ -77,7 +78,7 @@ step "environment"
 step "1. keep-only map: $MAP_CONFIG, layers $MAP_LAYERS, bf16 on $DEVICE, $NAIVE naive variants"
 timeout "$LIMIT_S" "$HORIZON" bench --config "$MAP_CONFIG" --device "$DEVICE" --dtype bf16 \
   --layers "$MAP_LAYERS" --window 2 --text-tokens 48 --text-before 34 --reps 3 \
-  --naive-variants "$NAIVE" --json "$OUT/map.json" \
+  --naive-variants "$NAIVE" --gradient --json "$OUT/map.json" \
   2>&1 | tee "$OUT/map.log"
 
 step "2. logits on $DEVICE against f32 on the CPU"

@@ -99,6 +99,13 @@ def summary(out: Path) -> str:
             f"{m['naive_s_per_variant']:.4f} s/variant, {m['naive_total_s']:.1f} s for all |",
             f"| engine speed-up over naive | **{m['speedup']:.1f}x** |",
         ]
+    if m.get("gradient_s") is not None:
+        lines.append(
+            f"| one-pass gradient estimate of the same rows (`--estimate gradient`) | {m['gradient_s']:.3f} s "
+            f"(the engine {m['engine_s'] / m['gradient_s']:.1f}x as long) |"
+        )
+    elif m.get("gradient_error"):
+        lines.append(f"| one-pass gradient estimate | failed: {m['gradient_error']} |")
     if m.get("useful_flops") and m.get("matmul_flops_per_s"):
         rate = m["useful_flops"] / m["engine_s"]
         lines.append(

@@ -23,6 +23,8 @@ use horizon_runner::info::{
 use horizon_runner::prune::{prefill_pruned, PruneOptions, PruneSpec};
 use horizon_runner::{ModelInputs, VlModel};
 
+use horizon_data::info_rows::KlEstimate;
+use horizon_runner::gradient::estimate_sample;
 use horizon_runner::sweep::parse_layers;
 
 /// config.json of llava-hf/llava-1.5-7b-hf as published (sparse; HF defaults fill the rest).
@@ -106,6 +108,11 @@ pub struct BenchArgs {
     json: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: i64,
+    /// Also time the one-pass gradient estimate of the same rows (`horizon info --estimate
+    /// gradient`, in --mode, leave-out with the default KL) after the other figures; if it cannot
+    /// run (out of device memory, say), its row says why and the other figures stand.
+    #[arg(long)]
+    gradient: bool,
     /// Time the prefill pruned by this spec against the unpruned prefill in the same run (repeatable;
     /// README, "Pruning"); the information sweep is then skipped.
     #[arg(long = "prune", value_parser = prune_spec)]
@@ -282,8 +289,29 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             shortcut_rows[0].1 / secs
         );
     }
+    // Last, so that a failure (device memory) leaves the other figures measured.
+    let gradient = args.gradient.then(|| {
+        let t = Instant::now();
+        let rows = estimate_sample(&model, &inputs, &full, 0, &sweep, KlEstimate::Fisher);
+        sync(device);
+        rows.map(|rows| (t.elapsed().as_secs_f64(), rows.len() - 1))
+    });
+    match &gradient {
+        Some(Ok((secs, rows))) => println!(
+            "| one-pass gradient estimate of the same {rows} rows | {secs:.4} s: the engine takes {:.1}x as long |",
+            engine_s / secs
+        ),
+        Some(Err(e)) => println!("| one-pass gradient estimate | failed: {} |", format!("{e:#}").replace('\n', " ")),
+        None => {}
+    }
     if let Some(path) = &args.json {
+        let (gradient_s, gradient_error) = match &gradient {
+            Some(Ok((secs, _))) => (Some(*secs), None),
+            Some(Err(e)) => (None, Some(format!("{e:#}"))),
+            None => (None, None),
+        };
         let out = json!({
+            "gradient_s": gradient_s, "gradient_error": gradient_error,
             "config": origin.display().to_string(), "num_layers": num_layers,
             "useful_flops": flops, "matmul_flops_per_s": matmul, "text_before": args.text_before,
             "mode": args.mode.as_str(),

@@ -161,3 +161,38 @@ fn gradient_rows_have_the_exact_schema_resume_and_never_mix() {
     assert!(!analyse(&whole, &["--no-ci-check"]).contains("note:"));
     assert!(!analyse(&exact, &[]).contains("note:"));
 }
+
+#[test]
+fn bench_times_the_gradient_estimate_of_the_same_rows_in_both_modes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = root().join("fixtures/llava/models/llava-tiny");
+    for mode in ["keep-only", "leave-out"] {
+        let json = tmp.path().join(format!("{mode}.json"));
+        let (ok, out, err) = horizon(&[
+            "bench",
+            "--config",
+            model.to_str().unwrap(),
+            "--layers",
+            "all",
+            "--naive-variants",
+            "0",
+            "--reps",
+            "1",
+            "--mode",
+            mode,
+            "--gradient",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        assert!(
+            out.contains("| one-pass gradient estimate of the same 40 rows |"),
+            "{out}"
+        );
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert!(j["gradient_s"].as_f64().unwrap() > 0.0, "{j}");
+        assert!(j["gradient_error"].is_null(), "{j}");
+        assert!(j["engine_s"].as_f64().unwrap() > 0.0, "{j}");
+    }
+}
