@@ -289,12 +289,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             shortcut_rows[0].1 / secs
         );
     }
-    // Last, so that a failure (device memory) leaves the other figures measured.
+    // Last, so that a failure leaves the other figures measured; libtorch reports running out of
+    // device memory by a panic inside tch, caught here as that failure.
     let gradient = args.gradient.then(|| {
         let t = Instant::now();
-        let rows = estimate_sample(&model, &inputs, &full, 0, &sweep, KlEstimate::Fisher);
-        sync(device);
-        rows.map(|rows| (t.elapsed().as_secs_f64(), rows.len() - 1))
+        let run = std::panic::AssertUnwindSafe(|| {
+            let rows = estimate_sample(&model, &inputs, &full, 0, &sweep, KlEstimate::Fisher)?;
+            sync(device);
+            Ok::<_, anyhow::Error>((t.elapsed().as_secs_f64(), rows.len() - 1))
+        });
+        std::panic::catch_unwind(run).unwrap_or_else(|panic| {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(anyhow!("{}", text.lines().next().unwrap_or_default()))
+        })
     });
     match &gradient {
         Some(Ok((secs, rows))) => println!(
