@@ -1182,51 +1182,14 @@ impl Decoder {
         fixed: Option<&FixedQueries>,
         context: i64,
     ) -> (Tensor, Vec<AttentionProbe>) {
-        let s = hidden.size()[1];
-        let (cos, sin) = self.rotary_emb.cos_sin(position_ids, hidden.kind());
-        let part = |t: &Tensor, start: i64, len: i64| t.narrow(1, start, len);
-        let layers = &self.layers[from..];
-        let context_kv: Vec<KeyValues> = tch::no_grad(|| {
-            let (cos, sin) = (part(&cos, 0, context), part(&sin, 0, context));
-            let mut h = part(hidden, 0, context);
-            let mut kv = Vec::with_capacity(layers.len());
-            for (i, layer) in layers.iter().enumerate() {
-                if i + 1 == layers.len() {
-                    kv.push(layer.key_values(&h, &cos, &sin));
-                } else {
-                    let w = FixedQueries::layer_weights(fixed, &key_weights.get(i as i64).detach());
-                    let w = if fixed.is_some() {
-                        w.narrow(0, 0, context).narrow(1, 0, context)
-                    } else {
-                        w.narrow(0, 0, context)
-                    };
-                    let (next, (own, _)) =
-                        layer.forward_key_weighted(&h, &cos, &sin, &w, None, false);
-                    kv.push(own);
-                    h = next;
-                }
-            }
-            kv
-        });
-        let (cos, sin) = (
-            part(&cos, context, s - context),
-            part(&sin, context, s - context),
-        );
-        let mut h = part(hidden, context, s - context);
-        let mut probes = Vec::with_capacity(layers.len());
-        for (i, layer) in layers.iter().enumerate() {
-            let w = FixedQueries::layer_weights(fixed, &key_weights.get(i as i64));
-            let w = if fixed.is_some() {
-                w.narrow(0, context, s - context)
-            } else {
-                w
-            };
-            let (next, (_, probe)) =
-                layer.forward_key_weighted(&h, &cos, &sin, &w, Some(&context_kv[i]), true);
-            probes.extend(probe);
-            h = next;
-        }
-        (self.norm.forward(&h), probes)
+        // A batch of one sequence.
+        self.forward_key_weighted_after_context_stacked(
+            &[(from, hidden)],
+            position_ids,
+            key_weights,
+            fixed,
+            context,
+        )
     }
 
     /// [`Self::forward_key_weighted_after_context`] of several cut layers in one batch: row b

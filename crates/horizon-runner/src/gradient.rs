@@ -548,6 +548,35 @@ impl KeepOnlyPoint {
             windows,
         })
     }
+
+    /// Key weights `[L − from, S]` of the text-only run from layer `from` on, requiring grad so
+    /// that the attention probabilities are part of a graph.
+    fn key_weights(&self, from: usize, num_layers: usize) -> Tensor {
+        self.text_keys
+            .unsqueeze(0)
+            .repeat([(num_layers - from) as i64, 1])
+            .set_requires_grad(true)
+    }
+
+    /// The rows of cut layer `k`: the text-only run, its linearisation point, exact (log p `lp`,
+    /// KL `kl`), then each window moved by its QK-fixed changes of log p(y) (`d_target`) and of
+    /// the cross-entropy with the unpruned distribution (`d_cross`, minus the KL's change).
+    fn rows(
+        &self,
+        k: usize,
+        lp: f64,
+        kl: f64,
+        d_target: &[f64],
+        d_cross: &[f64],
+    ) -> Vec<VariantResult> {
+        let kl = kl.max(0.0);
+        std::iter::once(row(k, Variant::TextOnly, lp, kl))
+            .chain(
+                (0..self.windows.len())
+                    .map(|w| row(k, Variant::Window(w), lp + d_target[w], kl - d_cross[w])),
+            )
+            .collect()
+    }
 }
 
 /// Keep-only's rows ([`estimate_sample`]), each K linearised at its text-only run, several K in
@@ -567,14 +596,6 @@ fn estimate_keep_only(
         return estimate_keep_only_per_cut(model, inputs, full, target, cfg);
     }
     let point = KeepOnlyPoint::new(model, inputs, full, cfg)?;
-    let KeepOnlyPoint {
-        windows,
-        full_logp,
-        full_p,
-        text_keys,
-        groups,
-        visual_queries,
-    } = &point;
     let (s, num_layers) = (inputs.seq_len(), model.num_layers());
     let mut layers = cfg.layers.clone();
     layers.sort_unstable();
@@ -583,16 +604,11 @@ fn estimate_keep_only(
         let first = batch[0];
         let starts: Vec<(usize, &Tensor)> =
             batch.iter().map(|&k| (k, &full.layer_inputs[k])).collect();
-        // Requires grad so that the attention probabilities are part of a graph.
-        let m = text_keys
-            .unsqueeze(0)
-            .repeat([(num_layers - first) as i64, 1])
-            .set_requires_grad(true);
         let (out, probes) = model.decoder().forward_key_weighted_after_context_stacked(
             &starts,
             &inputs.position_ids,
-            &m,
-            Some(visual_queries),
+            &point.key_weights(first, num_layers),
+            Some(&point.visual_queries),
             context,
         );
         let logq = last_log_probs_per_sequence(model, &out);
@@ -603,8 +619,10 @@ fn estimate_keep_only(
             )?;
         }
         let rows = batch.len() as i64;
+        let (full_logp, full_p) = (&point.full_logp, &point.full_p);
         let cross = (&full_p.to_kind(logq.kind()).unsqueeze(0) * &logq).sum(logq.kind());
-        let lp_text: Vec<f64> = Vec::try_from(logq.select(1, target).to_kind(Kind::Double))?;
+        let target_logq = logq.select(1, target);
+        let lp_text: Vec<f64> = Vec::try_from(target_logq.to_kind(Kind::Double))?;
         let kl_text: Vec<f64> = Vec::try_from(
             (full_p * (full_logp - logq.to_kind(Kind::Double))).sum_dim_intlist(
                 [1i64].as_slice(),
@@ -612,25 +630,15 @@ fn estimate_keep_only(
                 Kind::Double,
             ),
         )?;
-        let target_sum = logq.select(1, target).sum(logq.kind());
-        let d_target = qk_fixed_addition_per_sequence(&target_sum, &probes, groups, rows)?;
-        let d_cross = qk_fixed_addition_per_sequence(&cross, &probes, groups, rows)?;
+        let target_sum = target_logq.sum(logq.kind());
+        let d_target = qk_fixed_addition_per_sequence(&target_sum, &probes, &point.groups, rows)?;
+        let d_cross = qk_fixed_addition_per_sequence(&cross, &probes, &point.groups, rows)?;
         for (b, &k) in batch.iter().enumerate() {
-            // The text-only run is the linearisation point: exact.
-            let (lp, kl) = (lp_text[b], kl_text[b].max(0.0));
-            let mut rows = vec![row(k, Variant::TextOnly, lp, kl)];
-            for w in 0..windows.len() {
-                rows.push(row(
-                    k,
-                    Variant::Window(w),
-                    lp + d_target[b][w],
-                    kl - d_cross[b][w],
-                ));
-            }
+            let rows = point.rows(k, lp_text[b], kl_text[b], &d_target[b], &d_cross[b]);
             by_layer.insert(k, rows);
         }
     }
-    let mut results = vec![full_row(full_logp, target)];
+    let mut results = vec![full_row(&point.full_logp, target)];
     for k in &cfg.layers {
         results.extend(by_layer[k].iter().cloned());
     }
@@ -649,9 +657,10 @@ fn text_after_image(inputs: &ModelInputs) -> i64 {
         .unwrap_or(0) as i64
 }
 
-/// The cut layers (sorted) in consecutive batches for keep-only's estimate, each within `budget` bytes of autograd memory: per K, its layers
-/// `K..` keep roughly the context's keys and values (`2 · context · hidden`) and the
-/// differentiated rows' activations (`rows · (8 · hidden + 4 · intermediate + 3 · heads · S)`).
+/// The cut layers (sorted) in consecutive batches for keep-only's estimate, each within `budget`
+/// bytes of autograd memory: per K, its layers `K..` keep roughly the context's keys and values
+/// (`2 · context · hidden`) and the differentiated rows' activations
+/// (`rows · (8 · hidden + 4 · intermediate + 3 · heads · S)`).
 pub fn stacked_batches(
     model: &VlModel,
     s: usize,
@@ -693,24 +702,19 @@ pub fn estimate_keep_only_per_cut(
     cfg: &SweepConfig,
 ) -> Result<Vec<VariantResult>> {
     let point = KeepOnlyPoint::new(model, inputs, full, cfg)?;
-    let KeepOnlyPoint {
-        windows,
-        full_logp,
-        full_p,
-        text_keys,
-        groups,
-        visual_queries,
-    } = &point;
+    let (full_logp, full_p, groups) = (&point.full_logp, &point.full_p, &point.groups);
     let num_layers = model.num_layers();
     let mut results = vec![full_row(full_logp, target)];
     for &k in &cfg.layers {
-        // Requires grad so that the attention probabilities are part of a graph.
-        let m = text_keys
-            .unsqueeze(0)
-            .repeat([(num_layers - k) as i64, 1])
-            .set_requires_grad(true);
-        let (logq, probes) =
-            keep_only_log_probs(model, inputs, k, &full.layer_inputs[k], &m, visual_queries);
+        let m = point.key_weights(k, num_layers);
+        let (logq, probes) = keep_only_log_probs(
+            model,
+            inputs,
+            k,
+            &full.layer_inputs[k],
+            &m,
+            &point.visual_queries,
+        );
         check_finite(
             &logq,
             &format!("the next-token distribution after a cut at layer {k}"),
@@ -718,15 +722,10 @@ pub fn estimate_keep_only_per_cut(
         let cross = (&full_p.to_kind(logq.kind()) * &logq).sum(logq.kind());
         let lp_text = scalar(&logq.get(target));
         let kl_text =
-            scalar(&(full_p * (full_logp - logq.to_kind(Kind::Double))).sum(Kind::Double)).max(0.0);
+            scalar(&(full_p * (full_logp - logq.to_kind(Kind::Double))).sum(Kind::Double));
         let d_target = qk_fixed_addition(&logq.get(target), &probes, groups)?;
         let d_cross = qk_fixed_addition(&cross, &probes, groups)?;
-        // The text-only run is the linearisation point: exact.
-        results.push(row(k, Variant::TextOnly, lp_text, kl_text));
-        for w in 0..windows.len() {
-            let (lp, kl) = (lp_text + d_target[w], kl_text - d_cross[w]);
-            results.push(row(k, Variant::Window(w), lp, kl));
-        }
+        results.extend(point.rows(k, lp_text, kl_text, &d_target, &d_cross));
     }
     Ok(results)
 }

@@ -136,6 +136,16 @@ const LLAVA_AND_QWEN: [(&str, &str); 2] = [
     ),
 ];
 
+/// [`LLAVA_AND_QWEN`] and the LLaVA-NeXT fixture.
+const EVERY_FAMILY: [(&str, &str); 3] = [
+    LLAVA_AND_QWEN[0],
+    LLAVA_AND_QWEN[1],
+    (
+        "llava_next/models/llava-next-tiny",
+        "llava_next/images/wide.png",
+    ),
+];
+
 /// A fixture model in f64 with its prompt "What is in the image?" over `image` (both under
 /// fixtures/), the unpruned run, and the unpruned model's most likely next token.
 fn f64_case(model_dir: &str, image: &str) -> (VlModel, ModelInputs, FullRun, i64) {
@@ -599,18 +609,7 @@ fn soft_mask_at_one_and_zero_is_the_plain_model_and_the_cut() {
 
 #[test]
 fn keep_only_with_visual_queries_fixed_to_their_window_is_the_cut_at_weight_one_on_the_window() {
-    let cases = [
-        ("llava/models/llava-tiny", "llava/images/square.png"),
-        (
-            "qwen2_5_vl/models/qwen-tiny",
-            "qwen2_5_vl/images/nonsquare.png",
-        ),
-        (
-            "llava_next/models/llava-next-tiny",
-            "llava_next/images/wide.png",
-        ),
-    ];
-    for (model_dir, image) in cases {
+    for (model_dir, image) in EVERY_FAMILY {
         let (model, inputs, full, token) = f64_case(model_dir, image);
         let (s, n) = (inputs.seq_len(), model.num_layers());
         let windows = window_positions(&model, &inputs);
@@ -659,18 +658,7 @@ fn keep_only_with_visual_queries_fixed_to_their_window_is_the_cut_at_weight_one_
 
 #[test]
 fn keep_only_estimate_of_several_cut_layers_in_one_batch_equals_one_cut_at_a_time() {
-    let cases = [
-        ("llava/models/llava-tiny", "llava/images/square.png"),
-        (
-            "qwen2_5_vl/models/qwen-tiny",
-            "qwen2_5_vl/images/nonsquare.png",
-        ),
-        (
-            "llava_next/models/llava-next-tiny",
-            "llava_next/images/wide.png",
-        ),
-    ];
-    for (model_dir, image) in cases {
+    for (model_dir, image) in EVERY_FAMILY {
         let (model, inputs, full, token) = f64_case(model_dir, image);
         let (s, n) = (inputs.seq_len(), model.num_layers());
         // Every layer, and a gap between two cut layers; a budget for all of them at once, and one
