@@ -59,6 +59,12 @@ pub struct InfoArgs {
     /// gradient, the memory by which keep-only's estimate groups its cut layers into one batch).
     #[arg(long, default_value_t = 2048)]
     pub memory_budget_mb: usize,
+    /// Samples computed at once, each on its own thread with one libtorch thread (for a CPU, where a
+    /// small model's operators keep the cores only partly busy), or auto: on a CPU as many as
+    /// libtorch's threads, on a GPU 1. Each worker's batches get their share of
+    /// --memory-budget-mb. The rows are those of one sample at a time, up to float rounding
+    #[arg(long, default_value = "auto")]
+    pub workers: Workers,
     /// Samples per Parquet part file (each part is written atomically).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub samples_per_part: u32,
@@ -104,6 +110,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         memory_budget_bytes: args.memory_budget_mb << 20,
         samples_per_part: args.samples_per_part as usize,
         shard: args.scale.shard(),
+        workers: args.workers.count(args.model.run.device),
     };
     let plan = sweep.plan(&model, &samples, &args.out, args.scale.resume)?;
     let full_prompt = samples
@@ -153,4 +160,35 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--workers`: a count, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    Auto,
+    Count(usize),
+}
+
+impl std::str::FromStr for Workers {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            n => match n.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(Self::Count(n)),
+                _ => Err(format!("'{s}' is not a worker count (1 or more) or auto")),
+            },
+        }
+    }
+}
+
+impl Workers {
+    /// The number of sample workers on `device`.
+    pub fn count(self, device: tch::Device) -> usize {
+        match self {
+            Self::Count(n) => n,
+            Self::Auto if device == tch::Device::Cpu => tch::get_num_threads().max(1) as usize,
+            Self::Auto => 1,
+        }
+    }
 }

@@ -1,11 +1,14 @@
 //! Scale and resumption of `horizon info`: three shards merged equal the unsharded run row for row;
 //! `horizon merge` refuses shards that do not make one run; a run stopped by `--max-samples-per-run`
 //! and resumed equals an uninterrupted one; `--resume` refuses another checkpoint, other samples or
-//! another batch rule, and clears what a killed writer left.
+//! another batch rule, and clears what a killed writer left; `--workers` writes the parts that one
+//! sample at a time writes.
 
 mod common;
 
-use common::{five_question_bench, horizon, one_line_error, part_rows, root, tiny_info};
+use common::{
+    five_question_bench, horizon, one_line_error, part_rows, root, tiny_info, tiny_info_one_thread,
+};
 use std::path::{Path, PathBuf};
 
 #[test]
@@ -129,6 +132,67 @@ fn stopped_and_resumed_runs_equal_one_run_and_resume_checks_the_data() {
     assert!(std::fs::read_dir(&empty)
         .map(|mut r| r.next().is_none())
         .unwrap_or(true));
+}
+
+/// The part files of `dir`, by name, and its `DONE.json`.
+fn parts_and_marker(dir: &Path) -> (Vec<String>, String) {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("part-"))
+        .collect();
+    names.sort();
+    (
+        names,
+        std::fs::read_to_string(dir.join("DONE.json")).unwrap(),
+    )
+}
+
+#[test]
+fn sample_workers_write_the_rows_and_parts_of_one_sample_at_a_time_and_resume_across_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let q = five_question_bench(d);
+    let model = root().join("fixtures/llava/models/llava-tiny");
+    // One libtorch thread in every run and a fixed batch: the bits are then the same whichever
+    // worker computes a sample.
+    for (name, extra) in [
+        ("exact", &["--mode", "keep-only", "--batch-size", "4"][..]),
+        (
+            "gradient",
+            &["--mode", "leave-out", "--estimate", "gradient"][..],
+        ),
+    ] {
+        let one = d.join(format!("{name}-1"));
+        let (ok, err) =
+            tiny_info_one_thread(d, &q, &model, &one, &[extra, &["--workers", "1"]].concat());
+        assert!(ok, "{err}");
+        // Five samples, two per part: three workers, more than a part holds.
+        let three = d.join(format!("{name}-3"));
+        let (ok, err) = tiny_info_one_thread(
+            d,
+            &q,
+            &model,
+            &three,
+            &[extra, &["--workers", "3"]].concat(),
+        );
+        assert!(ok, "{err}");
+        assert_eq!(part_rows(&three).len(), 5 * 21, "{name}");
+        assert_eq!(part_rows(&three), part_rows(&one), "{name}");
+        assert_eq!(parts_and_marker(&three), parts_and_marker(&one), "{name}");
+        // A run stopped with one worker continues with two.
+        let steps = d.join(format!("{name}-steps"));
+        let first = [extra, &["--workers", "1", "--max-samples-per-run", "3"]].concat();
+        let (ok, err) = tiny_info_one_thread(d, &q, &model, &steps, &first);
+        assert!(ok, "{err}");
+        let rest = [extra, &["--workers", "2", "--resume"]].concat();
+        let (ok, err) = tiny_info_one_thread(d, &q, &model, &steps, &rest);
+        assert!(ok, "{err}");
+        assert!(err.contains("3 already done"), "{err}");
+        assert_eq!(part_rows(&steps), part_rows(&one), "{name}");
+    }
+    let (ok, err) = tiny_info(d, &q, &model, &d.join("none"), &["--workers", "0"]);
+    one_line_error(ok, &err, "--workers");
 }
 
 /// A copy of llava-tiny at `dir/llava-tiny` (same model name) with another generation config.

@@ -664,8 +664,23 @@ impl DecoderLayer {
         x: &Tensor,
         attention: impl FnOnce(&Tensor) -> (Tensor, T),
     ) -> (Tensor, T) {
+        self.around_attention_from(x, 0, attention)
+    }
+
+    /// [`Self::around_attention`] where `attention` returns the rows of `x` from `first` on only
+    /// (its queries from there; their keys are all of `x`'s): the layer's output of those rows.
+    fn around_attention_from<T>(
+        &self,
+        x: &Tensor,
+        first: i64,
+        attention: impl FnOnce(&Tensor) -> (Tensor, T),
+    ) -> (Tensor, T) {
         let (h, read) = attention(&self.input_layernorm.forward(x));
-        let x = x + h;
+        let x = if first == 0 {
+            x + h
+        } else {
+            x.narrow(1, first, x.size()[1] - first) + h
+        };
         let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
         (x + h, read)
     }
@@ -1071,6 +1086,38 @@ impl Attention {
     }
 }
 
+impl Attention {
+    /// Causal attention of `x` `[1, S, D]` (no cache) as an explicit softmax, for the queries
+    /// from position `first_query` on (`future` `[S − first_query, S]` marking each one's future
+    /// keys): the output `[1, S − first_query, D]` and the attention probabilities
+    /// `[1, heads, S − first_query, S]` as tensors of the graph. It is the key-weighted attention
+    /// at weight 1 on every key without the weights' own operations (their shift by the largest
+    /// score present is softmax's, and their bound on the shifted scores cannot bind at weight 1),
+    /// so a gradient with respect to these probabilities is the one that linearises a removal at
+    /// the unpruned run ([`Decoder::forward_probed`]).
+    fn forward_probed(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        first_query: i64,
+        future: &Tensor,
+    ) -> (Tensor, Tensor) {
+        let s = x.size()[1];
+        let from = |t: &Tensor| t.narrow(1, first_query, s - first_query);
+        let q = apply_rotary(
+            &self.split_heads(&self.q_proj, &from(x), self.num_heads),
+            &from(cos),
+            &from(sin),
+        );
+        let (k, v) = self.key_values(x, cos, sin);
+        let scores =
+            (q.matmul(&k.transpose(-1, -2)) * self.scaling).masked_fill(future, f64::NEG_INFINITY);
+        let probs = scores.softmax(-1, x.kind());
+        (self.project_out(&probs.matmul(&v)), probs)
+    }
+}
+
 /// Queries whose attention a key-weighted forward fixes instead of weighing it by the key weights:
 /// query i with `rows[i]` weighs key j by `weights[i][j]` in every layer (`rows` `[S]` bool,
 /// `weights` `[S, S]`, both on the model's device and `weights` in its kind). Keep-only's
@@ -1162,6 +1209,39 @@ impl Decoder {
         key_weights: &Tensor,
     ) -> (Tensor, Vec<AttentionProbe>) {
         self.layers_from(from, hidden, position_ids, Some((key_weights, None)), true)
+    }
+
+    /// Every decoder layer over one sequence `hidden` `[1, S, D]` (the layer-0 input), causal and
+    /// without cache, each layer's attention an explicit softmax (`Attention::forward_probed`), then
+    /// the final norm of the last position (`[1, 1, D]`); also returns each layer's attention
+    /// probabilities as tensors of the graph (`hidden` must require grad for them to be),
+    /// `[1, heads, S, S]`, and for the last layer only the last query's `[1, heads, 1, S]`: no other
+    /// row of the last layer reaches the next-token distribution. This is the key-weighted forward
+    /// ([`Self::forward_key_weighted_probed`]) at weight 1 on every key, the point where leave-out's
+    /// estimate is linearised, with fewer operations forward and backward.
+    pub fn forward_probed(&self, hidden: &Tensor, position_ids: &Tensor) -> (Tensor, Vec<Tensor>) {
+        let (cos, sin) = self.rotary_emb.cos_sin(position_ids, hidden.kind());
+        let s = hidden.size()[1];
+        let device = hidden.device();
+        let future = Tensor::ones([s, s], (Kind::Bool, device)).triu(1);
+        let last = self.layers.len() - 1;
+        let mut h = hidden.shallow_clone();
+        let mut probs = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (first_query, future) = if i == last {
+                (s - 1, Tensor::zeros([1, s], (Kind::Bool, device)))
+            } else {
+                (0, future.shallow_clone())
+            };
+            let (next, p) = layer.around_attention_from(&h, first_query, |normed| {
+                layer
+                    .self_attn
+                    .forward_probed(normed, &cos, &sin, first_query, &future)
+            });
+            h = next;
+            probs.push(p);
+        }
+        (self.norm.forward(&h), probs)
     }
 
     /// [`Self::forward_key_weighted`] with its first `context` positions run without autograd:

@@ -253,20 +253,19 @@ pub fn group_columns<'a>(
 /// follows linearly, `Σ ∂scalar/∂A · ΔA`.
 pub fn qk_fixed_removal(
     scalar: &Tensor,
-    probes: &[AttentionProbe],
+    probs: &[Tensor],
     groups: &Tensor,
 ) -> Result<Vec<Vec<f64>>> {
-    let probs: Vec<&Tensor> = probes.iter().map(|p| &p.probs).collect();
-    let grads = Tensor::run_backward(&[scalar], &probs, true, false);
+    let grads = Tensor::run_backward(&[scalar], probs, true, false);
     let kind = accumulation_kind(groups.kind());
     let groups = groups.to_kind(kind);
     // The keys outside each group summed directly, not as 1 − share: a query that gives a group
     // nearly all its attention keeps its few other keys' mass without cancellation.
     let others = -&groups + 1.0;
-    let mut out = Vec::with_capacity(probes.len());
-    for (g, probe) in grads.iter().zip(probes) {
+    let mut out = Vec::with_capacity(probs.len());
+    for (g, probs) in grads.iter().zip(probs) {
         check_finite(g, "the gradient of the attention probabilities")?;
-        let a = probe.probs.detach().to_kind(kind);
+        let a = probs.detach().to_kind(kind);
         let along = &a * g.to_kind(kind);
         let share = a.matmul(&groups);
         let rest = a.matmul(&others).clamp_min(f64::from(f32::MIN_POSITIVE));
@@ -356,32 +355,32 @@ fn row(layer: usize, variant: Variant, logp: f64, kl: f64) -> VariantResult {
     }
 }
 
-/// Leave-out's linearisation point: the unpruned run as the soft-masked forward of every layer at
-/// key weights 1, each layer's attention probed inside autograd. It is the unpruned model (up to
-/// rounding: the attention is an explicit softmax, not the fused kernel of the plain prefill), so
-/// a leave-out estimate needs no other unpruned forward: its `full` row, its greedy target and the
-/// distribution its KL starts from are this run's.
+/// Leave-out's linearisation point: the unpruned run, each layer's attention an explicit softmax
+/// whose probabilities are part of the autograd graph ([`crate::decoder::Decoder::forward_probed`],
+/// the soft-masked forward at key weight 1 on every key). It is the unpruned model (up to rounding:
+/// the attention is an explicit softmax, not the fused kernel of the plain prefill), so a leave-out
+/// estimate needs no other unpruned forward: its `full` row, its greedy target and the distribution
+/// its KL starts from are this run's.
 pub struct LeaveOutPoint {
     /// Next-token log-probabilities `[V]` inside autograd (f64 in an f64 model, f32 otherwise).
     log_probs: Tensor,
-    probes: Vec<AttentionProbe>,
+    /// Each layer's attention probabilities `[1, heads, S, S]`, tensors of the graph.
+    probs: Vec<Tensor>,
 }
 
 impl LeaveOutPoint {
     /// The forward from the prompt's input embeddings `[1, S, D]` ([`VlModel::input_embeds`],
     /// the input of layer 0).
     pub fn from_embeds(model: &VlModel, inputs: &ModelInputs, embeds: &Tensor) -> Result<Self> {
-        let (s, kind) = (inputs.seq_len() as i64, embeds.kind());
-        // Requires grad so that the attention probabilities are part of a graph.
-        let m = Tensor::ones([model.num_layers() as i64, s], (kind, model.device()))
-            .set_requires_grad(true);
-        let (out, probes) =
-            model
-                .decoder()
-                .forward_key_weighted_probed(0, embeds, &inputs.position_ids, &m);
+        // Requires grad so that the attention probabilities are part of a graph; no gradient
+        // reaches it (the backward passes stop at the probabilities).
+        let embeds = embeds.detach().set_requires_grad(true);
+        let (out, probs) = model
+            .decoder()
+            .forward_probed(&embeds, &inputs.position_ids);
         let log_probs = last_log_probs(model, &out);
         check_finite(&log_probs, "the unpruned model's next-token distribution")?;
-        Ok(Self { log_probs, probes })
+        Ok(Self { log_probs, probs })
     }
 
     /// The unpruned model's most likely next token (the `greedy` target).
@@ -464,9 +463,9 @@ pub fn estimate_leave_out(
         logp.kind(),
         model.device(),
     );
-    let probes = &point.probes;
+    let probs = &point.probs;
     // Per layer and group, the change of log p(y) when the group's keys leave that layer.
-    let d_target = qk_fixed_removal(&logp.get(target), probes, &groups)?;
+    let d_target = qk_fixed_removal(&logp.get(target), probs, &groups)?;
     // The answer-versus-rest KL needs nothing beyond p's own backward pass.
     let mut fisher = Vec::new();
     if kl == KlEstimate::Fisher {
@@ -476,7 +475,7 @@ pub fn estimate_leave_out(
             let d = if y == target {
                 d_target.clone()
             } else {
-                qk_fixed_removal(&logp.get(y), probes, &groups)?
+                qk_fixed_removal(&logp.get(y), probs, &groups)?
             };
             fisher.push((p, d));
         }

@@ -294,6 +294,87 @@ impl<'a> RunPlan<'a> {
         mut rows_of: impl FnMut(&Sample) -> Result<Vec<R>>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<bool> {
+        self.run_parts(write_part, stop, progress, |chunk, done| {
+            let mut rows = Vec::new();
+            for (_, sample) in chunk {
+                rows.extend(rows_of(sample)?);
+                done();
+            }
+            Ok(rows)
+        })
+    }
+
+    /// [`Self::run`] with up to `workers` samples of each part computed at once, each on its own
+    /// thread (`workers` ≤ 1 is [`Self::run`]). The part files are those [`Self::run`] writes:
+    /// each part's rows in sample order, written once all its samples are done. After a sample's
+    /// error no worker starts another sample; the parts written before stay, and the error
+    /// returned is that of the first failing sample in selection order.
+    pub fn run_concurrent<R: Send>(
+        &mut self,
+        write_part: impl Fn(&Path, &[R], &[(String, String)]) -> Result<()>,
+        stop: StopRule,
+        workers: usize,
+        rows_of: impl Fn(&Sample) -> Result<Vec<R>> + Sync,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<bool> {
+        if workers <= 1 {
+            return self.run(write_part, stop, rows_of, progress);
+        }
+        self.run_parts(write_part, stop, progress, |chunk, done| {
+            use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+            let next = AtomicUsize::new(0);
+            let failed = AtomicBool::new(false);
+            let mut results: Vec<Option<Result<Vec<R>>>> = chunk.iter().map(|_| None).collect();
+            std::thread::scope(|scope| {
+                let (send, receive) = std::sync::mpsc::channel();
+                for _ in 0..workers.min(chunk.len()) {
+                    let send = send.clone();
+                    let (next, failed, rows_of) = (&next, &failed, &rows_of);
+                    scope.spawn(move || loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        if i >= chunk.len() || failed.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let rows = rows_of(chunk[i].1);
+                        if rows.is_err() {
+                            failed.store(true, Ordering::SeqCst);
+                        }
+                        if send.send((i, rows)).is_err() {
+                            break;
+                        }
+                    });
+                }
+                drop(send);
+                // Progress is reported here, on the caller's thread, as samples finish.
+                for (i, rows) in receive {
+                    if rows.is_ok() {
+                        done();
+                    }
+                    results[i] = Some(rows);
+                }
+            });
+            let mut rows = Vec::new();
+            for result in results {
+                match result {
+                    Some(r) => rows.extend(r?),
+                    // Not started after another sample's error, which a sample before it
+                    // reported or one after it will.
+                    None => continue,
+                }
+            }
+            Ok(rows)
+        })
+    }
+
+    /// The part loop of [`Self::run`]: `compute(chunk, done)` computes one part's samples (calling
+    /// `done` after each) into its rows.
+    fn run_parts<R>(
+        &mut self,
+        write_part: impl Fn(&Path, &[R], &[(String, String)]) -> Result<()>,
+        stop: StopRule,
+        progress: &mut dyn FnMut(usize, usize),
+        mut compute: impl FnMut(&[(usize, &'a Sample)], &mut dyn FnMut()) -> Result<Vec<R>>,
+    ) -> Result<bool> {
         let started = std::time::Instant::now();
         let metadata = self.settings.to_pairs();
         // At most `max_samples` this run; the parts stay whole-sample files either way.
@@ -312,12 +393,10 @@ impl<'a> RunPlan<'a> {
                 self.todo.splice(0..0, rest);
                 break;
             }
-            let mut rows = Vec::new();
-            for (_, sample) in chunk {
-                rows.extend(rows_of(sample)?);
+            let rows = compute(chunk, &mut || {
                 finished += 1;
                 progress(finished, now.len());
-            }
+            })?;
             let name = format!("part-{:06}.parquet", chunk[0].0);
             let part = self.out.join(&name);
             if part.exists() {
@@ -613,6 +692,166 @@ pub fn check_writable_dir(dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use horizon_data::bench::{BenchmarkKind, ImageSource};
+    use horizon_data::run_meta::EvalSettings;
+
+    fn keyed_samples(n: usize) -> Vec<Sample> {
+        (0..n)
+            .map(|i| {
+                Sample::new(
+                    BenchmarkKind::Generic,
+                    format!("s{i}"),
+                    "Which one?",
+                    vec!["A".into()],
+                    "c",
+                    ImageSource::Bytes(vec![i as u8]),
+                )
+            })
+            .collect()
+    }
+
+    fn test_run(samples: &[Sample]) -> PartRun {
+        PartRun {
+            settings: RunMetadata {
+                run_format: RUN_FORMAT,
+                model_fingerprint: "m".into(),
+                selection_fingerprint: selection_fingerprint(samples).unwrap(),
+                selected: samples.len(),
+                shard: Shard::whole().to_string(),
+                model: "m".into(),
+                model_path: "m".into(),
+                model_type: "llava".into(),
+                dtype: "f32".into(),
+                template: "Auto".into(),
+                prompt_style: "llava".into(),
+                bench: "b".into(),
+                min_pixels: None,
+                max_pixels: None,
+                run: RunKind::Eval(EvalSettings {
+                    max_new_tokens: 1,
+                    scorer: "s".into(),
+                    prune: "none".into(),
+                    prune_options: String::new(),
+                    info_rows: None,
+                }),
+            },
+            shard: Shard::whole(),
+            samples_per_part: 2,
+            needs_answer: false,
+        }
+    }
+
+    /// Each part written as its rows, one per line.
+    fn write_lines(path: &Path, rows: &[String], _: &[(String, String)]) -> Result<()> {
+        Ok(std::fs::write(path, rows.join("\n"))?)
+    }
+
+    /// Every file of `dir` with its text.
+    fn files(dir: &Path) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (file_name(&p), std::fs::read_to_string(&p).unwrap())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn concurrent_workers_write_the_parts_one_at_a_time_writes() {
+        let samples = keyed_samples(6);
+        let run = test_run(&samples);
+        let rows_of = |s: &Sample| Ok(vec![format!("{} a", s.key), format!("{} b", s.key)]);
+        let tmp = tempfile::tempdir().unwrap();
+        let (one, many) = (tmp.path().join("one"), tmp.path().join("many"));
+        let mut plan = run.plan(&samples, &one, false).unwrap();
+        let mut done_one = Vec::new();
+        let complete = plan
+            .run(write_lines, StopRule::default(), rows_of, &mut |d, n| {
+                done_one.push((d, n))
+            })
+            .unwrap();
+        assert!(complete);
+        // Both samples of a part wait (up to 10 s) for each other: one worker alone would wait in
+        // vain for the other sample, so `met` stays true only with two samples in flight at once.
+        let arrived = (std::sync::Mutex::new(0usize), std::sync::Condvar::new());
+        let met = std::sync::atomic::AtomicBool::new(true);
+        let meet = || {
+            let (count, cv) = &arrived;
+            let mut n = count.lock().unwrap();
+            *n += 1;
+            let pair_complete = n.div_ceil(2) * 2;
+            cv.notify_all();
+            let (_count, waited) = cv
+                .wait_timeout_while(n, std::time::Duration::from_secs(10), |n| {
+                    *n < pair_complete
+                })
+                .unwrap();
+            if waited.timed_out() {
+                met.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+        };
+        let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+        let mut plan = run.plan(&samples, &many, false).unwrap();
+        let mut done_many = Vec::new();
+        let complete = plan
+            .run_concurrent(
+                write_lines,
+                StopRule::default(),
+                3,
+                |s| {
+                    meet();
+                    threads.lock().unwrap().insert(std::thread::current().id());
+                    rows_of(s)
+                },
+                &mut |d, n| done_many.push((d, n)),
+            )
+            .unwrap();
+        assert!(complete);
+        assert!(met.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!threads
+            .lock()
+            .unwrap()
+            .contains(&std::thread::current().id()));
+        assert!(threads.lock().unwrap().len() >= 2);
+        assert_eq!(files(&one), files(&many));
+        assert_eq!(files(&one).len(), 3);
+        assert_eq!(done_one, done_many);
+        assert_eq!(done_many.last(), Some(&(6, 6)));
+    }
+
+    #[test]
+    fn concurrent_workers_stop_at_an_error_and_keep_the_parts_before_it() {
+        let samples = keyed_samples(8);
+        let run = test_run(&samples);
+        let tmp = tempfile::tempdir().unwrap();
+        for workers in [1, 2, 4] {
+            let out = tmp.path().join(format!("w{workers}"));
+            let mut plan = run.plan(&samples, &out, false).unwrap();
+            // Samples 2, 3 (part 1) and 4 fail: the error is the first in selection order,
+            // sample 2's, whichever worker reports first, and only part 0 (samples 0 and 1) is
+            // written.
+            let result = plan.run_concurrent(
+                write_lines,
+                StopRule::default(),
+                workers,
+                |s: &Sample| match s.key.as_str() {
+                    "s2" | "s3" | "s4" => bail!("sample {}: bad", s.key),
+                    key => Ok(vec![key.to_string()]),
+                },
+                &mut |_, _| {},
+            );
+            let err = result.unwrap_err().to_string();
+            assert_eq!(err, "sample s2: bad", "{workers} workers");
+            let written = files(&out);
+            assert_eq!(
+                written,
+                vec![("part-000000.parquet".to_string(), "s0\ns1".to_string())],
+                "{workers} workers"
+            );
+        }
+    }
 
     /// Each field that shapes a prompt, a target or a score changes the selection fingerprint.
     #[test]

@@ -63,6 +63,9 @@ pub struct InfoSweep {
     pub samples_per_part: usize,
     /// This run's share of the selection.
     pub shard: Shard,
+    /// Samples computed at once, each on its own thread with one libtorch thread
+    /// ([`SweepPlan::run`]); 1 computes one sample at a time with libtorch's own thread count.
+    pub workers: usize,
 }
 
 /// Only leave-out's gradient estimate has a choice of KL estimate ([`KlEstimate`]): any other
@@ -306,19 +309,36 @@ impl SweepPlan<'_> {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<SweepReport> {
         let sweep = self.sweep;
+        let workers = sweep.workers.max(1);
         let cfg = SweepConfig {
             layers: sweep.layers.clone(),
             window_size: sweep.window,
             mode: sweep.mode,
             batch_size: sweep.batch_size,
-            memory_budget_bytes: sweep.memory_budget_bytes,
+            // The budget is the whole run's: each worker's batches get their share.
+            memory_budget_bytes: sweep.memory_budget_bytes / workers,
         };
-        let complete = self.plan.run(
-            write_info_rows,
-            stop,
-            |sample| sweep.sample_rows(model, processor, sample, &cfg),
-            progress,
-        )?;
+        let complete = if workers == 1 {
+            self.plan.run(
+                write_info_rows,
+                stop,
+                |sample| sweep.sample_rows(model, processor, sample, &cfg),
+                progress,
+            )?
+        } else {
+            let shared = SharedAcrossWorkers { model, processor };
+            let _threads = OneLibtorchThreadEach::new();
+            self.plan.run_concurrent(
+                write_info_rows,
+                stop,
+                workers,
+                |sample| {
+                    let SharedAcrossWorkers { model, processor } = &shared;
+                    sweep.sample_rows(model, processor, sample, &cfg)
+                },
+                progress,
+            )?
+        };
         if complete {
             self.plan.write_done()?;
         }
@@ -329,6 +349,43 @@ impl SweepPlan<'_> {
             part_files: self.plan.part_count(),
             stopped_early: !complete,
         })
+    }
+}
+
+/// The model and processor that a sweep's sample workers share ([`InfoSweep::workers`]).
+///
+/// `tch::Tensor` is `Send` but not `Sync`, as any handle to a C++ object whose methods might
+/// mutate it, so neither is shareable by type. Sharing them is sound here: after loading, no
+/// method of the model or the processor changes a tensor, a flag or any other state they hold
+/// (no interior mutability; the weights do not require grad, so no backward pass accumulates into
+/// them), and libtorch's operators only read their inputs, its reference counts are atomic, and
+/// autograd's grad mode and the backward passes of independent graphs are per thread (how
+/// PyTorch serves one module from several threads).
+struct SharedAcrossWorkers<'a> {
+    model: &'a VlModel,
+    processor: &'a Processor,
+}
+
+// SAFETY: see the type's documentation: the workers only read the shared model and processor.
+unsafe impl Sync for SharedAcrossWorkers<'_> {}
+
+/// libtorch's intra-op thread count set to 1 while sample workers run (each worker then uses
+/// one core, instead of every worker's operators splitting across all of them), restored after.
+struct OneLibtorchThreadEach {
+    before: i32,
+}
+
+impl OneLibtorchThreadEach {
+    fn new() -> Self {
+        let before = tch::get_num_threads();
+        tch::set_num_threads(1);
+        Self { before }
+    }
+}
+
+impl Drop for OneLibtorchThreadEach {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.before);
     }
 }
 

@@ -205,6 +205,11 @@ fn probed_from_layer_0(
     (last_log_probs(model, &out), probes)
 }
 
+/// The attention probabilities of `probes`, the same tensors of the graph.
+fn graph_probs(probes: &[AttentionProbe]) -> Vec<Tensor> {
+    probes.iter().map(|p| p.probs.shallow_clone()).collect()
+}
+
 /// Value and gradient rows `[L − from][S]` of log p(`token`) under key weights `m`.
 fn value_and_gradient(
     forward: impl Fn(&Tensor) -> Tensor,
@@ -378,7 +383,7 @@ fn leave_out_qk_fix_is_the_attention_gradient_times_the_attention_change_of_remo
         let forward = |m: &Tensor| probed_from_layer_0(&model, &inputs, &full, m);
         let (logp, probes) = forward(&tensor(&base, n, s).set_requires_grad(true));
         assert_eq!(probes.len(), n);
-        let fixed = qk_fixed_removal(&logp.get(token), &probes, &groups).unwrap();
+        let fixed = qk_fixed_removal(&logp.get(token), &graph_probs(&probes), &groups).unwrap();
         let probs: Vec<&Tensor> = probes.iter().map(|p| &p.probs).collect();
         let grads = Tensor::run_backward(&[logp.get(token)], &probs, false, false);
         for l in 0..n {
@@ -402,6 +407,57 @@ fn leave_out_qk_fix_is_the_attention_gradient_times_the_attention_change_of_remo
                 );
             }
         }
+    }
+}
+
+#[test]
+fn leave_out_point_forward_equals_the_soft_forward_at_weight_one_in_value_and_attention_gradient() {
+    // `Decoder::forward_probed` (the point leave-out is linearised at: plain softmax, the last
+    // layer's last query only) against the key-weighted forward at m = 1 on every key.
+    for (model_dir, image) in EVERY_FAMILY {
+        let (model, inputs, full, token) = f64_case(model_dir, image);
+        let (s, n) = (inputs.seq_len(), model.num_layers());
+        let m = tensor(&weights(n, s, &[]), n, s).set_requires_grad(true);
+        let (soft_logp, probes) = probed_from_layer_0(&model, &inputs, &full, &m);
+        let soft = graph_probs(&probes);
+        let soft_grads = Tensor::run_backward(&[soft_logp.get(token)], &soft, false, false);
+        let embeds = full.layer_inputs[0].detach().set_requires_grad(true);
+        let (out, probs) = model
+            .decoder()
+            .forward_probed(&embeds, &inputs.position_ids);
+        assert_eq!(out.size()[1], 1, "{model_dir}: the last position only");
+        let logp = last_log_probs(&model, &out);
+        let grads = Tensor::run_backward(&[logp.get(token)], &probs, false, false);
+        let largest = |t: &Tensor| t.abs().max().double_value(&[]);
+        let logp_gap = largest(&(&logp - &soft_logp.detach()));
+        assert!(logp_gap <= 1e-12, "{model_dir}: log-probs {logp_gap}");
+        assert_eq!(probs.len(), n);
+        for l in 0..n {
+            // The last layer's last query, the other layers' every query.
+            let rows = |t: &Tensor| {
+                if l == n - 1 {
+                    t.narrow(2, s as i64 - 1, 1)
+                } else {
+                    t.shallow_clone()
+                }
+            };
+            assert_eq!(
+                probs[l].size(),
+                rows(&soft[l]).size(),
+                "{model_dir} layer {l}"
+            );
+            let gap = largest(&(&probs[l].detach() - rows(&soft[l].detach())));
+            assert!(gap <= 1e-12, "{model_dir} layer {l}: probabilities {gap}");
+            let scale = largest(&soft_grads[l]);
+            let gap = largest(&(&grads[l] - rows(&soft_grads[l])));
+            assert!(
+                scale > 1e-6 && gap <= 1e-9 * scale,
+                "{model_dir} layer {l}: attention gradient {gap} of {scale}"
+            );
+        }
+        // The last layer's other queries do not reach the output.
+        let others = soft_grads[n - 1].narrow(2, 0, s as i64 - 1);
+        assert_eq!(largest(&others), 0.0, "{model_dir}");
     }
 }
 
@@ -441,7 +497,7 @@ fn leave_out_rows_move_the_target_log_odds_by_the_qk_fix_of_the_log_odds() {
             0,
         );
         let log_odds = logp.get(token) - others.logsumexp([0i64].as_slice(), false);
-        let fixed = qk_fixed_removal(&log_odds, &probes, &groups).unwrap();
+        let fixed = qk_fixed_removal(&log_odds, &graph_probs(&probes), &groups).unwrap();
         // The starting point is the unpruned row's, which the engine scores in f32.
         let scored = full.log_probs.squeeze_dim(0).to_kind(Kind::Double);
         let p0 = scored.get(token).exp().double_value(&[]);
@@ -508,7 +564,10 @@ fn leave_out_kl_is_the_fisher_sum_of_each_tokens_qk_fix_or_the_answer_split_of_t
                 let m = tensor(&weights(n, s, &[]), n, s).set_requires_grad(true);
                 let (logp, probes) = probed_from_layer_0(&model, &inputs, &full, &m);
                 let p = unpruned.get(y).exp().double_value(&[]);
-                (p, qk_fixed_removal(&logp.get(y), &probes, &groups).unwrap())
+                (
+                    p,
+                    qk_fixed_removal(&logp.get(y), &graph_probs(&probes), &groups).unwrap(),
+                )
             })
             .collect();
         let lp0 = unpruned.get(token).double_value(&[]);

@@ -106,6 +106,28 @@ pub fn five_question_bench(dir: &Path) -> PathBuf {
 /// `horizon info` of `model` on the [`five_question_bench`] `q` (images in `dir`) into `out`,
 /// layers 1 and 3, two samples per part, plus `extra`: (success, stderr).
 pub fn tiny_info(dir: &Path, q: &Path, model: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
+    tiny_info_with(horizon, dir, q, model, out, extra)
+}
+
+/// [`tiny_info`] with libtorch on one CPU thread ([`horizon_one_thread`]).
+pub fn tiny_info_one_thread(
+    dir: &Path,
+    q: &Path,
+    model: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> (bool, String) {
+    tiny_info_with(horizon_one_thread, dir, q, model, out, extra)
+}
+
+fn tiny_info_with(
+    horizon: fn(&[&str]) -> (bool, String, String),
+    dir: &Path,
+    q: &Path,
+    model: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> (bool, String) {
     let mut args: Vec<String> = [
         "info",
         "--model",
