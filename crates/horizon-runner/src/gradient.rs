@@ -246,7 +246,8 @@ pub fn group_columns<'a>(
         .to_device(device)
 }
 
-/// Per probed layer and key group (the columns of `groups`), the change of `scalar` when the
+/// Per layer of `probs` (attention probabilities in `scalar`'s graph, `[.., heads, queries, keys]`)
+/// and key group (the columns of `groups`), the change of `scalar` when the
 /// group's keys leave that layer's attention, with AtP*'s QK fix: each (head, query)'s attention
 /// moves exactly to its renormalisation without the group (the group's keys lose their
 /// attention `A_w`, the others gain `A_{¬w}·a / (1 − a)`, `a` the group's share), and `scalar`

@@ -353,14 +353,11 @@ impl<'a> RunPlan<'a> {
                     results[i] = Some(rows);
                 }
             });
+            // A sample without a result was not started after another's error, which a sample
+            // before it reported or one after it will.
             let mut rows = Vec::new();
-            for result in results {
-                match result {
-                    Some(r) => rows.extend(r?),
-                    // Not started after another sample's error, which a sample before it
-                    // reported or one after it will.
-                    None => continue,
-                }
+            for result in results.into_iter().flatten() {
+                rows.extend(result?);
             }
             Ok(rows)
         })

@@ -318,27 +318,19 @@ impl SweepPlan<'_> {
             // The budget is the whole run's: each worker's batches get their share.
             memory_budget_bytes: sweep.memory_budget_bytes / workers,
         };
-        let complete = if workers == 1 {
-            self.plan.run(
-                write_info_rows,
-                stop,
-                |sample| sweep.sample_rows(model, processor, sample, &cfg),
-                progress,
-            )?
-        } else {
-            let shared = SharedAcrossWorkers { model, processor };
-            let _threads = OneLibtorchThreadEach::new();
-            self.plan.run_concurrent(
-                write_info_rows,
-                stop,
-                workers,
-                |sample| {
-                    let SharedAcrossWorkers { model, processor } = &shared;
-                    sweep.sample_rows(model, processor, sample, &cfg)
-                },
-                progress,
-            )?
-        };
+        let shared = SharedAcrossWorkers { model, processor };
+        // One worker keeps libtorch's own thread count.
+        let _threads = (workers > 1).then(OneLibtorchThreadEach::new);
+        let complete = self.plan.run_concurrent(
+            write_info_rows,
+            stop,
+            workers,
+            |sample| {
+                let SharedAcrossWorkers { model, processor } = &shared;
+                sweep.sample_rows(model, processor, sample, &cfg)
+            },
+            progress,
+        )?;
         if complete {
             self.plan.write_done()?;
         }
