@@ -490,7 +490,10 @@ impl Attention {
     ) -> Tensor {
         let (b, s, _) = x.size3().expect("[B, S, D] hidden states");
         let q = if last_only {
-            let at = |t: &Tensor| t.narrow(1, s - 1, 1);
+            // Contiguous: the strided view of the last position sent bf16's CPU projection to a path
+            // that took 3.7 GiB more and 1.9x the time for a 130-variant batch of the 7B configuration
+            // (BENCHMARKS.md, peak memory).
+            let at = |t: &Tensor| t.narrow(1, s - 1, 1).contiguous();
             let q = self.split_heads(&self.q_proj, &at(x), self.num_heads);
             apply_rotary(&q, &at(cos), &at(sin))
         } else {
