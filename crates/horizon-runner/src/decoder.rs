@@ -667,22 +667,21 @@ impl DecoderLayer {
         x: &Tensor,
         attention: impl FnOnce(&Tensor) -> (Tensor, T),
     ) -> (Tensor, T) {
-        self.around_attention_from(x, 0, attention)
+        self.around_attention_from(x, &QueryRows::From(0), attention)
     }
 
-    /// [`Self::around_attention`] where `attention` returns the rows of `x` from `first` on only
-    /// (its queries from there; their keys are all of `x`'s): the layer's output of those rows.
+    /// [`Self::around_attention`] where `attention` returns only the rows of `x` that `rows`
+    /// selects (their queries; their keys are all of `x`'s): the layer's output of those rows.
     fn around_attention_from<T>(
         &self,
         x: &Tensor,
-        first: i64,
+        rows: &QueryRows,
         attention: impl FnOnce(&Tensor) -> (Tensor, T),
     ) -> (Tensor, T) {
         let (h, read) = attention(&self.input_layernorm.forward(x));
-        let x = if first == 0 {
-            x + h
-        } else {
-            x.narrow(1, first, x.size()[1] - first) + h
+        let x = match rows {
+            QueryRows::From(0) => x + h,
+            rows => rows.select(x) + h,
         };
         let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
         (x + h, read)
@@ -1089,12 +1088,34 @@ impl Attention {
     }
 }
 
+/// Which query rows of a `[B, S, ·]` sequence batch a probed layer computes
+/// ([`Decoder::forward_probed_padded`]).
+enum QueryRows {
+    /// Every position from this one on, in every row.
+    From(i64),
+    /// One position per row, `[B, 1, 1]` int64 (each row's last real position).
+    Each(Tensor),
+}
+
+impl QueryRows {
+    /// The selected rows of `t` `[B, S, E]` (or `[1, S, E]` shared by the rows in `From`).
+    fn select(&self, t: &Tensor) -> Tensor {
+        match self {
+            Self::From(first) => t.narrow(1, *first, t.size()[1] - first),
+            Self::Each(index) => {
+                let e = t.size()[2];
+                t.gather(1, &index.expand([-1, 1, e], false), false)
+            }
+        }
+    }
+}
+
 impl Attention {
-    /// Causal attention of `x` `[1, S, D]` (no cache) as an explicit softmax, for the queries
-    /// from position `first_query` on (`future` `[S − first_query, S]` marking each one's future
-    /// keys): the output `[1, S − first_query, D]` and the attention probabilities
-    /// `[1, heads, S − first_query, S]` as tensors of the graph. It is the key-weighted attention
-    /// at weight 1 on every key without the weights' own operations (their shift by the largest
+    /// Causal attention of `x` `[B, S, D]` (no cache) as an explicit softmax, for the queries
+    /// `rows` selects (`hidden` marking each one's hidden keys, broadcast to
+    /// `[B, heads, queries, S]`): the output `[B, queries, D]` and the attention probabilities
+    /// `[B, heads, queries, S]` as tensors of the graph. It is the key-weighted attention at
+    /// weight 1 on every key without the weights' own operations (their shift by the largest
     /// score present is softmax's, and their bound on the shifted scores cannot bind at weight 1),
     /// so a gradient with respect to these probabilities is the one that linearises a removal at
     /// the unpruned run ([`Decoder::forward_probed`]).
@@ -1103,19 +1124,17 @@ impl Attention {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        first_query: i64,
-        future: &Tensor,
+        rows: &QueryRows,
+        hidden: &Tensor,
     ) -> (Tensor, Tensor) {
-        let s = x.size()[1];
-        let from = |t: &Tensor| t.narrow(1, first_query, s - first_query);
         let q = apply_rotary(
-            &self.split_heads(&self.q_proj, &from(x), self.num_heads),
-            &from(cos),
-            &from(sin),
+            &self.split_heads(&self.q_proj, &rows.select(x), self.num_heads),
+            &rows.select(cos),
+            &rows.select(sin),
         );
         let (k, v) = self.key_values(x, cos, sin);
         let scores =
-            (q.matmul(&k.transpose(-1, -2)) * self.scaling).masked_fill(future, f64::NEG_INFINITY);
+            (q.matmul(&k.transpose(-1, -2)) * self.scaling).masked_fill(hidden, f64::NEG_INFINITY);
         let probs = scores.softmax(-1, x.kind());
         (self.project_out(&probs.matmul(&v)), probs)
     }
@@ -1223,23 +1242,60 @@ impl Decoder {
     /// ([`Self::forward_key_weighted_probed`]) at weight 1 on every key, the point where leave-out's
     /// estimate is linearised, with fewer operations forward and backward.
     pub fn forward_probed(&self, hidden: &Tensor, position_ids: &Tensor) -> (Tensor, Vec<Tensor>) {
-        let (cos, sin) = self.rotary_emb.cos_sin(position_ids, hidden.kind());
         let s = hidden.size()[1];
+        self.forward_probed_padded(hidden, position_ids, &[s])
+    }
+
+    /// [`Self::forward_probed`] of several sequences at once: row b of `hidden` `[B, S, D]` holds
+    /// a sequence of `lengths[b]` positions followed by padding, its position ids row b of
+    /// `position_ids` (`[B, S]` or `[3, B, S]`, any value at the padding). Causal attention keeps
+    /// right padding out of every real position (a query sees only the keys before it), so each
+    /// row's real positions are those of its own call; the last layer computes each row's last
+    /// real query, whose keys from there on are hidden. Returns the final norm of each row's last
+    /// position `[B, 1, D]` and each layer's probabilities `[B, heads, S, S]` (the last layer's
+    /// `[B, heads, 1, S]`); a row's gradients are its own, the rows never mix. Batching only makes
+    /// the matrix products larger: on a CPU a small model's operators cost per call as much as per
+    /// element.
+    pub fn forward_probed_padded(
+        &self,
+        hidden: &Tensor,
+        position_ids: &Tensor,
+        lengths: &[i64],
+    ) -> (Tensor, Vec<Tensor>) {
+        let (cos, sin) = self.rotary_emb.cos_sin(position_ids, hidden.kind());
+        let (b, s) = (hidden.size()[0], hidden.size()[1]);
+        assert_eq!(lengths.len() as i64, b, "one length per row");
         let device = hidden.device();
         let future = Tensor::ones([s, s], (Kind::Bool, device)).triu(1);
+        let (last_rows, last_hidden) = if lengths.iter().all(|&n| n == s) {
+            (
+                QueryRows::From(s - 1),
+                Tensor::zeros([1, s], (Kind::Bool, device)),
+            )
+        } else {
+            let last: Vec<i64> = lengths.iter().map(|&n| n - 1).collect();
+            let last = Tensor::from_slice(&last).to_device(device);
+            // Row b's keys after its last real position are padding.
+            let hidden_keys = Tensor::arange(s, (Kind::Int64, device))
+                .unsqueeze(0)
+                .gt_tensor(&last.unsqueeze(1))
+                .view([b, 1, 1, s]);
+            (QueryRows::Each(last.view([b, 1, 1])), hidden_keys)
+        };
         let last = self.layers.len() - 1;
+        let every = QueryRows::From(0);
         let mut h = hidden.shallow_clone();
         let mut probs = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
-            let (first_query, future) = if i == last {
-                (s - 1, Tensor::zeros([1, s], (Kind::Bool, device)))
+            let (rows, hidden_keys) = if i == last {
+                (&last_rows, &last_hidden)
             } else {
-                (0, future.shallow_clone())
+                (&every, &future)
             };
-            let (next, p) = layer.around_attention_from(&h, first_query, |normed| {
+            let (next, p) = layer.around_attention_from(&h, rows, |normed| {
                 layer
                     .self_attn
-                    .forward_probed(normed, &cos, &sin, first_query, &future)
+                    .forward_probed(normed, &cos, &sin, rows, hidden_keys)
             });
             h = next;
             probs.push(p);

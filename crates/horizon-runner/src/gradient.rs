@@ -258,6 +258,16 @@ pub fn qk_fixed_removal(
     groups: &Tensor,
 ) -> Result<Vec<Vec<f64>>> {
     let grads = Tensor::run_backward(&[scalar], probs, true, false);
+    qk_fixed_removal_from(&grads, probs, groups)
+}
+
+/// [`qk_fixed_removal`] from the gradients `grads` of the scalar with respect to `probs` (one
+/// tensor per layer, the shape of its probabilities).
+fn qk_fixed_removal_from(
+    grads: &[Tensor],
+    probs: &[Tensor],
+    groups: &Tensor,
+) -> Result<Vec<Vec<f64>>> {
     let kind = accumulation_kind(groups.kind());
     let groups = groups.to_kind(kind);
     // The keys outside each group summed directly, not as 1 − share: a query that gives a group
@@ -278,6 +288,19 @@ pub fn qk_fixed_removal(
         out.push(Vec::<f64>::try_from(&layer)?);
     }
     Ok(out)
+}
+
+/// Row `b` of a padded batch's per-layer tensors `[B, heads, queries, S]`
+/// ([`crate::decoder::Decoder::forward_probed_padded`]), cut to that row's `len` positions:
+/// `[1, heads, min(queries, len), len]`.
+fn sequence_of(layers: &[Tensor], b: i64, len: i64) -> Vec<Tensor> {
+    layers
+        .iter()
+        .map(|t| {
+            let queries = t.size()[2].min(len);
+            t.narrow(0, b, 1).narrow(2, 0, queries).narrow(3, 0, len)
+        })
+        .collect()
 }
 
 /// The unpruned run's log-odds of the target, `log p(y) − log(1 − p(y))`, in which leave-out's
@@ -361,32 +384,93 @@ fn row(layer: usize, variant: Variant, logp: f64, kl: f64) -> VariantResult {
 /// the soft-masked forward at key weight 1 on every key). It is the unpruned model (up to rounding:
 /// the attention is an explicit softmax, not the fused kernel of the plain prefill), so a leave-out
 /// estimate needs no other unpruned forward: its `full` row, its greedy target and the distribution
-/// its KL starts from are this run's.
+/// its KL starts from are this run's. It holds one sample or a batch of several, run as one
+/// right-padded batch ([`crate::decoder::Decoder::forward_probed_padded`]).
 pub struct LeaveOutPoint {
-    /// Next-token log-probabilities `[V]` inside autograd (f64 in an f64 model, f32 otherwise).
+    /// Each sample's next-token log-probabilities `[B, V]` inside autograd (f64 in an f64 model,
+    /// f32 otherwise).
     log_probs: Tensor,
-    /// Each layer's attention probabilities `[1, heads, S, S]`, tensors of the graph.
+    /// Each layer's attention probabilities `[B, heads, S, S]` (the last layer's
+    /// `[B, heads, 1, S]`), tensors of the graph; a sample's are its row, cut to its length.
     probs: Vec<Tensor>,
+    /// Each sample's prompt length.
+    lengths: Vec<i64>,
 }
 
 impl LeaveOutPoint {
     /// The forward from the prompt's input embeddings `[1, S, D]` ([`VlModel::input_embeds`],
     /// the input of layer 0).
     pub fn from_embeds(model: &VlModel, inputs: &ModelInputs, embeds: &Tensor) -> Result<Self> {
-        // Requires grad so that the attention probabilities are part of a graph; no gradient
-        // reaches it (the backward passes stop at the probabilities).
-        let embeds = embeds.detach().set_requires_grad(true);
-        let (out, probs) = model
-            .decoder()
-            .forward_probed(&embeds, &inputs.position_ids);
-        let log_probs = last_log_probs(model, &out);
-        check_finite(&log_probs, "the unpruned model's next-token distribution")?;
-        Ok(Self { log_probs, probs })
+        Self::from_embeds_batch(model, &[(inputs, embeds)])
     }
 
-    /// The unpruned model's most likely next token (the `greedy` target).
+    /// The forward of several samples at once, each from its prompt's input embeddings `[1, S_b,
+    /// D]`: the same point as each sample's own up to float rounding (the rows never mix), for
+    /// fewer and larger operations.
+    pub fn from_embeds_batch(model: &VlModel, samples: &[(&ModelInputs, &Tensor)]) -> Result<Self> {
+        if samples.is_empty() {
+            bail!("LeaveOutPoint::from_embeds_batch: no sample");
+        }
+        let lengths: Vec<i64> = samples.iter().map(|(_, e)| e.size()[1]).collect();
+        let (embeds, position_ids) = if samples.len() == 1 {
+            (
+                samples[0].1.detach(),
+                samples[0].0.position_ids.shallow_clone(),
+            )
+        } else {
+            let _guard = tch::no_grad_guard();
+            let s = *lengths.iter().max().expect("a sample");
+            // Zeros after the sequence along `dim` up to `s` positions.
+            let padded = |t: &Tensor, dim: usize| {
+                let mut shape = t.size();
+                shape[dim] = s - shape[dim];
+                let padding = Tensor::zeros(shape.as_slice(), (t.kind(), t.device()));
+                Tensor::cat(&[t.shallow_clone(), padding], dim as i64)
+            };
+            let embeds: Vec<Tensor> = samples
+                .iter()
+                .map(|(_, e)| padded(&e.detach(), 1))
+                .collect();
+            let positions: Vec<Tensor> = samples
+                .iter()
+                .map(|(i, _)| padded(&i.position_ids, i.position_ids.dim() - 1))
+                .collect();
+            // Position ids `[1, S]` stack on dimension 0, M-RoPE's `[3, 1, S]` on dimension 1.
+            let batch_dim = positions[0].dim() as i64 - 2;
+            (Tensor::cat(&embeds, 0), Tensor::cat(&positions, batch_dim))
+        };
+        // Requires grad so that the attention probabilities are part of a graph; no gradient
+        // reaches it (the backward passes stop at the probabilities).
+        let embeds = embeds.set_requires_grad(true);
+        let (out, probs) = model
+            .decoder()
+            .forward_probed_padded(&embeds, &position_ids, &lengths);
+        let log_probs = last_log_probs_per_sequence(model, &out);
+        check_finite(&log_probs, "the unpruned model's next-token distribution")?;
+        Ok(Self {
+            log_probs,
+            probs,
+            lengths,
+        })
+    }
+
+    /// Samples in the point.
+    pub fn len(&self) -> usize {
+        self.lengths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty()
+    }
+
+    /// The unpruned model's most likely next token (the `greedy` target) of the first sample.
     pub fn greedy_token(&self) -> i64 {
-        self.log_probs.argmax(0, false).int64_value(&[])
+        self.greedy_tokens()[0]
+    }
+
+    /// Each sample's most likely next token.
+    pub fn greedy_tokens(&self) -> Vec<i64> {
+        Vec::<i64>::try_from(&self.log_probs.argmax(1, false)).expect("int64 tokens")
     }
 }
 
@@ -439,7 +523,7 @@ fn full_row(unpruned: &Tensor, target: i64) -> VariantResult {
     }
 }
 
-/// Leave-out's rows ([`estimate_sample`]) at the linearisation point `point`.
+/// Leave-out's rows ([`estimate_sample`]) at the linearisation point `point` of one sample.
 pub fn estimate_leave_out(
     model: &VlModel,
     inputs: &ModelInputs,
@@ -448,64 +532,146 @@ pub fn estimate_leave_out(
     cfg: &SweepConfig,
     kl: KlEstimate,
 ) -> Result<Vec<VariantResult>> {
+    let mut rows = estimate_leave_out_batch(model, &[(inputs, target)], point, cfg, kl)?;
+    Ok(rows.remove(0))
+}
+
+/// Leave-out's rows of each sample of a batch `point` ([`LeaveOutPoint::from_embeds_batch`]),
+/// `samples` its inputs and targets in the point's order: each sample's rows are those of its own
+/// point up to float rounding, from one backward pass per scored token for the whole batch (a
+/// sample's gradients are its own: the rows never mix).
+pub fn estimate_leave_out_batch(
+    model: &VlModel,
+    samples: &[(&ModelInputs, i64)],
+    point: &LeaveOutPoint,
+    cfg: &SweepConfig,
+    kl: KlEstimate,
+) -> Result<Vec<Vec<VariantResult>>> {
     if cfg.mode != InfoMode::LeaveOut {
         bail!("estimate_leave_out: a {} sweep", cfg.mode);
     }
-    let windows = window_positions(model, inputs, cfg)?;
-    let visual = &inputs.visual.positions;
+    if samples.len() != point.len() {
+        bail!(
+            "estimate_leave_out: {} samples for a point of {}",
+            samples.len(),
+            point.len()
+        );
+    }
     let logp = &point.log_probs;
+    let kind = logp.kind();
     let unpruned = logp.detach().to_kind(Kind::Double);
     let unpruned_p = unpruned.exp();
-    let mut results = vec![full_row(&unpruned, target)];
-    // Column 0 every visual token (the text-only row), then each window.
-    let groups = group_columns(
-        inputs.seq_len(),
-        std::iter::once(visual.as_slice()).chain(windows.iter().map(|w| w.as_slice())),
-        logp.kind(),
-        model.device(),
-    );
+    let mut windows = Vec::with_capacity(samples.len());
+    let mut groups = Vec::with_capacity(samples.len());
+    for (inputs, _) in samples {
+        let w = window_positions(model, inputs, cfg)?;
+        let visual = &inputs.visual.positions;
+        // Column 0 every visual token (the text-only row), then each window.
+        groups.push(group_columns(
+            inputs.seq_len(),
+            std::iter::once(visual.as_slice()).chain(w.iter().map(|w| w.as_slice())),
+            kind,
+            model.device(),
+        ));
+        windows.push(w);
+    }
     let probs = &point.probs;
-    // Per layer and group, the change of log p(y) when the group's keys leave that layer.
-    let d_target = qk_fixed_removal(&logp.get(target), probs, &groups)?;
-    // The answer-versus-rest KL needs nothing beyond p's own backward pass.
-    let mut fisher = Vec::new();
+    // Per sample, layer and group, the change of the scored token's log-probability when the
+    // group's keys leave that layer: one backward pass of the batch's sum (`tokens[b]` sample b's
+    // token, none for a sample that scores nothing in this pass).
+    let changes = |tokens: &[Option<i64>]| -> Result<Vec<Option<Vec<Vec<f64>>>>> {
+        let terms: Vec<Tensor> = tokens
+            .iter()
+            .enumerate()
+            .filter_map(|(b, y)| y.map(|y| logp.get(b as i64).get(y)))
+            .collect();
+        let grads = Tensor::run_backward(&[Tensor::stack(&terms, 0).sum(kind)], probs, true, false);
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(b, y)| {
+                y.map(|_| {
+                    let len = point.lengths[b];
+                    qk_fixed_removal_from(
+                        &sequence_of(&grads, b as i64, len),
+                        &sequence_of(probs, b as i64, len),
+                        &groups[b],
+                    )
+                })
+                .transpose()
+            })
+            .collect()
+    };
+    let targets: Vec<Option<i64>> = samples.iter().map(|(_, y)| Some(*y)).collect();
+    let d_target: Vec<Vec<Vec<f64>>> = changes(&targets)?.into_iter().flatten().collect();
+    // The Fisher sum's tokens: each sample's KL_TOKENS most likely, the target's change reused;
+    // pass j scores each sample's j-th token that is not its target.
+    let mut fisher: Vec<Vec<(f64, Vec<Vec<f64>>)>> = vec![Vec::new(); samples.len()];
     if kl == KlEstimate::Fisher {
-        let top: Vec<i64> = Vec::try_from(&unpruned.topk(KL_TOKENS as i64, 0, true, true).1)?;
-        for &y in &top {
-            let p = scalar(&unpruned_p.get(y));
-            let d = if y == target {
-                d_target.clone()
-            } else {
-                qk_fixed_removal(&logp.get(y), probs, &groups)?
-            };
-            fisher.push((p, d));
+        let top: Vec<Vec<i64>> = (0..samples.len())
+            .map(|b| {
+                let u = unpruned.get(b as i64);
+                Vec::<i64>::try_from(&u.topk(KL_TOKENS as i64, 0, true, true).1)
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let others: Vec<Vec<i64>> = top
+            .iter()
+            .zip(samples)
+            .map(|(t, (_, y))| t.iter().copied().filter(|v| v != y).collect())
+            .collect();
+        let passes = others.iter().map(Vec::len).max().unwrap_or(0);
+        let mut other_changes: Vec<Vec<Vec<Vec<f64>>>> = vec![Vec::new(); samples.len()];
+        for j in 0..passes {
+            let tokens: Vec<Option<i64>> = others.iter().map(|o| o.get(j).copied()).collect();
+            for (b, d) in changes(&tokens)?.into_iter().enumerate() {
+                other_changes[b].extend(d);
+            }
+        }
+        for (b, top) in top.iter().enumerate() {
+            let mut rest = other_changes[b].drain(..);
+            for &y in top {
+                let p = scalar(&unpruned_p.get(b as i64).get(y));
+                let d = if y == samples[b].1 {
+                    d_target[b].clone()
+                } else {
+                    rest.next().expect("one change per other token")
+                };
+                fisher[b].push((p, d));
+            }
         }
     }
     // From layer K on: the sum over layers K.. of each layer's change.
     let from_layer =
         |d: &[Vec<f64>], k: usize, g: usize| -> f64 { d[k..].iter().map(|layer| layer[g]).sum() };
-    let odds = TargetLogOdds::at(&unpruned, target);
-    for &k in &cfg.layers {
-        for g in 0..=windows.len() {
-            let variant = if g == 0 {
-                Variant::TextOnly
-            } else {
-                Variant::Window(g - 1)
-            };
-            let change = from_layer(&d_target, k, g);
-            let kl = match kl {
-                KlEstimate::Fisher => {
-                    0.5 * fisher
-                        .iter()
-                        .map(|(p, d)| p * from_layer(d, k, g).powi(2))
-                        .sum::<f64>()
-                }
-                KlEstimate::Answer => odds.answer_kl_after(change),
-            };
-            results.push(row(k, variant, odds.log_p_after(change), kl));
+    let mut all = Vec::with_capacity(samples.len());
+    for (b, (_, target)) in samples.iter().enumerate() {
+        let unpruned = unpruned.get(b as i64);
+        let mut results = vec![full_row(&unpruned, *target)];
+        let odds = TargetLogOdds::at(&unpruned, *target);
+        let (d_target, fisher) = (&d_target[b], &fisher[b]);
+        for &k in &cfg.layers {
+            for g in 0..=windows[b].len() {
+                let variant = if g == 0 {
+                    Variant::TextOnly
+                } else {
+                    Variant::Window(g - 1)
+                };
+                let change = from_layer(d_target, k, g);
+                let kl = match kl {
+                    KlEstimate::Fisher => {
+                        0.5 * fisher
+                            .iter()
+                            .map(|(p, d)| p * from_layer(d, k, g).powi(2))
+                            .sum::<f64>()
+                    }
+                    KlEstimate::Answer => odds.answer_kl_after(change),
+                };
+                results.push(row(k, variant, odds.log_p_after(change), kl));
+            }
         }
+        all.push(results);
     }
-    Ok(results)
+    Ok(all)
 }
 
 /// What keep-only's linearisation at every K shares: the windows' prompt positions, the unpruned
@@ -655,6 +821,33 @@ fn text_after_image(inputs: &ModelInputs) -> i64 {
         .position(|&v| v)
         .and_then(|first| (first..s).find(|&j| !is_visual[j]))
         .unwrap_or(0) as i64
+}
+
+/// Samples of prompt lengths `lengths` in consecutive batches for leave-out's estimate
+/// ([`LeaveOutPoint::from_embeds_batch`]), each within `budget` bytes of autograd memory: a batch
+/// padded to its longest prompt S keeps per sample and layer roughly the activations of S rows
+/// (`S · (8 · hidden + 4 · intermediate + 3 · heads · S)`). Every batch holds at least one sample.
+pub fn leave_out_batches(model: &VlModel, lengths: &[usize], budget: usize) -> Vec<Vec<usize>> {
+    let (hidden, intermediate, heads) = model.text_dims();
+    let (hidden, intermediate, heads) = (hidden as usize, intermediate as usize, heads as usize);
+    let per_row = model.num_layers() * model.kind().elt_size_in_bytes();
+    let cost =
+        |n: usize, s: usize| n * per_row * s * (8 * hidden + 4 * intermediate + 3 * heads * s);
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut longest = 0;
+    for (i, &len) in lengths.iter().enumerate() {
+        match batches.last_mut() {
+            Some(batch) if cost(batch.len() + 1, longest.max(len)) <= budget => {
+                batch.push(i);
+                longest = longest.max(len);
+            }
+            _ => {
+                batches.push(vec![i]);
+                longest = len;
+            }
+        }
+    }
+    batches
 }
 
 /// The cut layers (sorted) in consecutive batches for keep-only's estimate, each within `budget`

@@ -320,27 +320,86 @@ impl<'a> RunPlan<'a> {
         if workers <= 1 {
             return self.run(write_part, stop, rows_of, progress);
         }
+        self.run_batched(
+            write_part,
+            stop,
+            workers,
+            1,
+            |samples| samples.iter().map(|s| rows_of(s)).collect(),
+            progress,
+        )
+    }
+
+    /// [`Self::run_concurrent`] with each worker computing up to `batch` consecutive samples of a
+    /// part in one call, `rows_of(samples)` giving each sample's rows or error in order. A part's
+    /// batches are no larger than its share per worker (so that every worker has one), and with
+    /// one worker they are computed in turn on the caller's thread. The part files, progress and
+    /// errors are those of one sample at a time.
+    pub fn run_batched<R: Send>(
+        &mut self,
+        write_part: impl Fn(&Path, &[R], &[(String, String)]) -> Result<()>,
+        stop: StopRule,
+        workers: usize,
+        batch: usize,
+        rows_of: impl Fn(&[&Sample]) -> Vec<Result<Vec<R>>> + Sync,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<bool> {
+        let workers = workers.max(1);
         self.run_parts(write_part, stop, progress, |chunk, done| {
             use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+            let batch = batch.min(chunk.len().div_ceil(workers)).max(1);
+            // Each sample of the batch from `start`, its rows or error.
+            let batch_of = |start: usize| -> Vec<Result<Vec<R>>> {
+                let samples: Vec<&Sample> = chunk[start..(start + batch).min(chunk.len())]
+                    .iter()
+                    .map(|(_, s)| *s)
+                    .collect();
+                let out = rows_of(&samples);
+                if out.len() == samples.len() {
+                    return out;
+                }
+                let n = out.len();
+                samples
+                    .iter()
+                    .map(|s| {
+                        Err(anyhow::anyhow!(
+                            "sample {}: a batch of {} samples gave {n} results",
+                            s.key,
+                            samples.len()
+                        ))
+                    })
+                    .collect()
+            };
+            if workers == 1 {
+                let mut rows = Vec::new();
+                for start in (0..chunk.len()).step_by(batch) {
+                    for result in batch_of(start) {
+                        rows.extend(result?);
+                        done();
+                    }
+                }
+                return Ok(rows);
+            }
             let next = AtomicUsize::new(0);
             let failed = AtomicBool::new(false);
             let mut results: Vec<Option<Result<Vec<R>>>> = chunk.iter().map(|_| None).collect();
             std::thread::scope(|scope| {
                 let (send, receive) = std::sync::mpsc::channel();
-                for _ in 0..workers.min(chunk.len()) {
+                for _ in 0..workers.min(chunk.len().div_ceil(batch)) {
                     let send = send.clone();
-                    let (next, failed, rows_of) = (&next, &failed, &rows_of);
+                    let (next, failed, batch_of) = (&next, &failed, &batch_of);
                     scope.spawn(move || loop {
-                        let i = next.fetch_add(1, Ordering::SeqCst);
-                        if i >= chunk.len() || failed.load(Ordering::SeqCst) {
+                        let start = next.fetch_add(batch, Ordering::SeqCst);
+                        if start >= chunk.len() || failed.load(Ordering::SeqCst) {
                             break;
                         }
-                        let rows = rows_of(chunk[i].1);
-                        if rows.is_err() {
-                            failed.store(true, Ordering::SeqCst);
-                        }
-                        if send.send((i, rows)).is_err() {
-                            break;
+                        for (i, rows) in batch_of(start).into_iter().enumerate() {
+                            if rows.is_err() {
+                                failed.store(true, Ordering::SeqCst);
+                            }
+                            if send.send((start + i, rows)).is_err() {
+                                return;
+                            }
                         }
                     });
                 }
@@ -848,6 +907,81 @@ mod tests {
                 "{workers} workers"
             );
         }
+    }
+
+    #[test]
+    fn batched_workers_write_the_parts_one_at_a_time_writes_and_stop_at_the_first_error() {
+        let samples = keyed_samples(12);
+        let mut run = test_run(&samples);
+        run.samples_per_part = 5;
+        let rows_of = |s: &Sample| -> Result<Vec<String>> {
+            match s.key.as_str() {
+                "s7" | "s8" => bail!("sample {}: bad", s.key),
+                key => Ok(vec![format!("{key} a"), format!("{key} b")]),
+            }
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let one = tmp.path().join("one");
+        let mut plan = run.plan(&samples, &one, false).unwrap();
+        let mut done_one = Vec::new();
+        let err = plan
+            .run(write_lines, StopRule::default(), rows_of, &mut |d, n| {
+                done_one.push((d, n))
+            })
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "sample s7: bad");
+        for (workers, batch) in [(1, 3), (2, 2), (2, 8), (3, 4)] {
+            let out = tmp.path().join(format!("w{workers}b{batch}"));
+            let mut plan = run.plan(&samples, &out, false).unwrap();
+            let sizes = std::sync::Mutex::new(Vec::new());
+            let mut done = Vec::new();
+            let err = plan
+                .run_batched(
+                    write_lines,
+                    StopRule::default(),
+                    workers,
+                    batch,
+                    |batch: &[&Sample]| {
+                        sizes.lock().unwrap().push(batch.len());
+                        batch.iter().map(|s| rows_of(s)).collect()
+                    },
+                    &mut |d, n| done.push((d, n)),
+                )
+                .unwrap_err()
+                .to_string();
+            let label = format!("{workers} workers, batch {batch}");
+            assert_eq!(err, "sample s7: bad", "{label}");
+            // Part 0 (samples 0-4) written as one sample at a time writes it; part 1 not.
+            assert_eq!(files(&out), files(&one), "{label}");
+            assert_eq!(files(&out).len(), 1, "{label}");
+            // No batch is larger than asked or than a part's share per worker.
+            let share = 5usize.div_ceil(workers);
+            let sizes = sizes.into_inner().unwrap();
+            assert!(
+                sizes.iter().all(|&n| n <= batch.min(share)),
+                "{label}: {sizes:?}"
+            );
+            assert!(sizes.iter().any(|&n| n > 1), "{label}: {sizes:?}");
+            // Progress counts the first part's samples, as one at a time does.
+            assert_eq!(done[..5], done_one[..5], "{label}");
+        }
+        // A batch that returns too few results fails its samples instead of dropping them.
+        let out = tmp.path().join("short");
+        let mut plan = run.plan(&samples, &out, false).unwrap();
+        let err = plan
+            .run_batched(
+                write_lines,
+                StopRule::default(),
+                1,
+                4,
+                |batch: &[&Sample]| vec![rows_of(batch[0])],
+                &mut |_, _| {},
+            )
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "sample s0: a batch of 4 samples gave 1 results");
+        assert!(files(&out).is_empty());
     }
 
     /// Each field that shapes a prompt, a target or a score changes the selection fingerprint.

@@ -19,10 +19,13 @@ use horizon_data::info_rows::{
 };
 use horizon_data::run_meta::{InfoSettings, RunKind, RunMetadata};
 use horizon_data::window::WindowGrid;
+use tch::Tensor;
 
-use crate::gradient::{estimate_leave_out, estimate_sample, LeaveOutPoint};
+use crate::gradient::{
+    estimate_leave_out_batch, estimate_sample, leave_out_batches, LeaveOutPoint,
+};
 use crate::info::{full_run, sweep_sample, SweepConfig, Variant, VariantResult};
-use crate::model::VlModel;
+use crate::model::{ModelInputs, VlModel};
 use crate::parts::{PartRun, RunIdentity, RunPlan};
 use crate::processor::{Processor, PromptTemplate};
 
@@ -79,6 +82,10 @@ pub fn check_kl_estimate(estimate: Estimate, mode: InfoMode, kl: KlEstimate) -> 
     }
     Ok(())
 }
+
+/// Samples per call of leave-out's gradient estimate at most (fewer where the memory budget or
+/// a part's share per worker says so).
+pub const LEAVE_OUT_SAMPLES_PER_BATCH: usize = 8;
 
 /// What a finished sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -186,37 +193,49 @@ impl InfoSweep {
         sample: &Sample,
         cfg: &SweepConfig,
     ) -> Result<Vec<InfoRow>> {
+        if (self.estimate, self.mode) == (Estimate::Gradient, InfoMode::LeaveOut) {
+            return self
+                .leave_out_estimate_rows(model, processor, &[sample], cfg)
+                .remove(0);
+        }
         let context = || format!("sample {}", sample.key);
-        let image = to_rgb_like_pil(sample.image.decode().with_context(context)?);
-        let prompt = question_prompt(sample, self.prompt_style);
-        let inputs = processor
-            .prepare_image(model, &prompt, &image, self.template)
-            .with_context(context)?;
+        let inputs = self.prepare(model, processor, sample)?;
         let grid = model.window_grid(&inputs, cfg.window_size)?;
-        let (target, results) = match (self.estimate, self.mode) {
-            // Leave-out's estimate is linearised at the unpruned run itself: no other prefill.
-            (Estimate::Gradient, InfoMode::LeaveOut) => {
-                let embeds = model.input_embeds(&inputs).with_context(context)?;
-                let point =
-                    LeaveOutPoint::from_embeds(model, &inputs, &embeds).with_context(context)?;
-                let target = self.target_token(processor, sample, || point.greedy_token())?;
-                let results =
-                    estimate_leave_out(model, &inputs, &point, target, cfg, self.kl_estimate);
-                (target, results)
-            }
-            (estimate, _) => {
-                let full = full_run(model, &inputs).with_context(context)?;
-                let target = self.target_token(processor, sample, || full.greedy_token())?;
-                let results = match estimate {
-                    Estimate::Exact => sweep_sample(model, &inputs, &full, target, cfg),
-                    Estimate::Gradient => {
-                        estimate_sample(model, &inputs, &full, target, cfg, self.kl_estimate)
-                    }
-                };
-                (target, results)
+        let full = full_run(model, &inputs).with_context(context)?;
+        let target = self.target_token(processor, sample, || full.greedy_token())?;
+        let results = match self.estimate {
+            Estimate::Exact => sweep_sample(model, &inputs, &full, target, cfg),
+            Estimate::Gradient => {
+                estimate_sample(model, &inputs, &full, target, cfg, self.kl_estimate)
             }
         };
         let results = results.with_context(context)?;
+        Ok(self.rows_of(sample, &grid, target, &results))
+    }
+
+    /// A sample's prompt inputs: its image decoded and processed with its question.
+    fn prepare(
+        &self,
+        model: &VlModel,
+        processor: &Processor,
+        sample: &Sample,
+    ) -> Result<ModelInputs> {
+        let context = || format!("sample {}", sample.key);
+        let image = to_rgb_like_pil(sample.image.decode().with_context(context)?);
+        let prompt = question_prompt(sample, self.prompt_style);
+        processor
+            .prepare_image(model, &prompt, &image, self.template)
+            .with_context(context)
+    }
+
+    /// The info rows of a sample's results.
+    fn rows_of(
+        &self,
+        sample: &Sample,
+        grid: &WindowGrid,
+        target: i64,
+        results: &[VariantResult],
+    ) -> Vec<InfoRow> {
         let keys = SampleRowKeys {
             model: &self.model_name,
             task: &sample.category,
@@ -225,7 +244,94 @@ impl InfoSweep {
             target: self.target,
             target_token: target,
         };
-        Ok(variant_rows(&results, &grid, &keys))
+        variant_rows(results, grid, &keys)
+    }
+
+    /// Leave-out's gradient estimate of several samples, each sample's rows or error in order.
+    /// The estimate is linearised at the unpruned run itself (no other prefill), and the prepared
+    /// samples run as padded batches within the memory budget ([`leave_out_batches`]): each
+    /// sample's rows are those of its own run up to float rounding. A batch that fails is run
+    /// again one sample at a time, so that an error is the failing sample's own.
+    fn leave_out_estimate_rows(
+        &self,
+        model: &VlModel,
+        processor: &Processor,
+        samples: &[&Sample],
+        cfg: &SweepConfig,
+    ) -> Vec<Result<Vec<InfoRow>>> {
+        let prepared: Vec<Result<(ModelInputs, Tensor, WindowGrid)>> = samples
+            .iter()
+            .map(|sample| {
+                let inputs = self.prepare(model, processor, sample)?;
+                let grid = model.window_grid(&inputs, cfg.window_size)?;
+                let embeds = model
+                    .input_embeds(&inputs)
+                    .with_context(|| format!("sample {}", sample.key))?;
+                Ok((inputs, embeds, grid))
+            })
+            .collect();
+        let ready: Vec<usize> = (0..samples.len())
+            .filter(|&i| prepared[i].is_ok())
+            .collect();
+        let lengths: Vec<usize> = ready
+            .iter()
+            .map(|&i| {
+                prepared[i]
+                    .as_ref()
+                    .map_or(0, |(inputs, ..)| inputs.seq_len())
+            })
+            .collect();
+        let mut out: Vec<Option<Result<Vec<InfoRow>>>> = (0..samples.len()).map(|_| None).collect();
+        for batch in leave_out_batches(model, &lengths, cfg.memory_budget_bytes) {
+            let batch: Vec<usize> = batch.iter().map(|&b| ready[b]).collect();
+            let ready = |i: usize| prepared[i].as_ref().expect("a prepared sample");
+            let run = |batch: &[usize]| -> Result<Vec<Vec<InfoRow>>> {
+                let points: Vec<(&ModelInputs, &Tensor)> =
+                    batch.iter().map(|&i| (&ready(i).0, &ready(i).1)).collect();
+                let point = LeaveOutPoint::from_embeds_batch(model, &points)?;
+                let greedy = point.greedy_tokens();
+                let targets: Vec<(&ModelInputs, i64)> = batch
+                    .iter()
+                    .zip(&greedy)
+                    .map(|(&i, &g)| {
+                        let target = self.target_token(processor, samples[i], || g)?;
+                        Ok((&ready(i).0, target))
+                    })
+                    .collect::<Result<_>>()?;
+                let results =
+                    estimate_leave_out_batch(model, &targets, &point, cfg, self.kl_estimate)?;
+                Ok(batch
+                    .iter()
+                    .zip(&targets)
+                    .zip(&results)
+                    .map(|((&i, (_, target)), results)| {
+                        self.rows_of(samples[i], &ready(i).2, *target, results)
+                    })
+                    .collect())
+            };
+            match run(&batch) {
+                Ok(rows) => {
+                    for (&i, rows) in batch.iter().zip(rows) {
+                        out[i] = Some(Ok(rows));
+                    }
+                }
+                Err(_) if batch.len() > 1 => {
+                    for &i in &batch {
+                        out[i] = Some(run(&[i]).map(|mut rows| rows.remove(0)));
+                    }
+                }
+                Err(e) => out[batch[0]] = Some(Err(e)),
+            }
+        }
+        out.into_iter()
+            .zip(prepared)
+            .zip(samples)
+            .map(|((rows, prepared), sample)| match (rows, prepared) {
+                (Some(rows), _) => rows.with_context(|| format!("sample {}", sample.key)),
+                (None, Err(e)) => Err(e),
+                (None, Ok(_)) => unreachable!("every prepared sample is in a batch"),
+            })
+            .collect()
     }
 }
 
@@ -321,16 +427,32 @@ impl SweepPlan<'_> {
         let shared = SharedAcrossWorkers { model, processor };
         // One worker keeps libtorch's own thread count.
         let _threads = (workers > 1).then(OneLibtorchThreadEach::new);
-        let complete = self.plan.run_concurrent(
-            write_info_rows,
-            stop,
-            workers,
-            |sample| {
-                let SharedAcrossWorkers { model, processor } = &shared;
-                sweep.sample_rows(model, processor, sample, &cfg)
-            },
-            progress,
-        )?;
+        let complete = if (sweep.estimate, sweep.mode) == (Estimate::Gradient, InfoMode::LeaveOut) {
+            // Leave-out's estimate is one forward and one backward pass per sample, whose small
+            // operators cost per call: several samples per call, within the memory budget.
+            self.plan.run_batched(
+                write_info_rows,
+                stop,
+                workers,
+                LEAVE_OUT_SAMPLES_PER_BATCH,
+                |samples| {
+                    let SharedAcrossWorkers { model, processor } = &shared;
+                    sweep.leave_out_estimate_rows(model, processor, samples, &cfg)
+                },
+                progress,
+            )?
+        } else {
+            self.plan.run_concurrent(
+                write_info_rows,
+                stop,
+                workers,
+                |sample| {
+                    let SharedAcrossWorkers { model, processor } = &shared;
+                    sweep.sample_rows(model, processor, sample, &cfg)
+                },
+                progress,
+            )?
+        };
         if complete {
             self.plan.write_done()?;
         }

@@ -16,9 +16,9 @@ use tch::{Device, Kind, Tensor};
 use horizon_data::info_rows::KlEstimate;
 use horizon_runner::decoder::AttentionProbe;
 use horizon_runner::gradient::{
-    estimate_keep_only_per_cut, estimate_leave_out, estimate_sample, group_columns,
-    keep_only_log_probs, last_log_probs, own_window_queries, qk_fixed_addition, qk_fixed_removal,
-    soft_log_probs, stacked_batches, LeaveOutPoint, KL_TOKENS,
+    estimate_keep_only_per_cut, estimate_leave_out, estimate_leave_out_batch, estimate_sample,
+    group_columns, keep_only_log_probs, last_log_probs, leave_out_batches, own_window_queries,
+    qk_fixed_addition, qk_fixed_removal, soft_log_probs, stacked_batches, LeaveOutPoint, KL_TOKENS,
 };
 use horizon_runner::info::{
     full_run, naive_variant, sweep_sample, variant_keep_sets, FullRun, InfoMode, SweepConfig,
@@ -618,6 +618,107 @@ fn leave_out_kl_is_the_fisher_sum_of_each_tokens_qk_fix_or_the_answer_split_of_t
             largest_fisher > 1e-6 && largest_answer > 1e-6,
             "{model_dir}: every KL ≈ 0 ({largest_fisher}, {largest_answer})"
         );
+    }
+}
+
+#[test]
+fn leave_out_estimate_of_a_padded_batch_of_samples_equals_one_sample_at_a_time() {
+    let families = [
+        ("llava/models/llava-tiny", ["llava/images/square.png"; 3]),
+        (
+            "qwen2_5_vl/models/qwen-tiny",
+            [
+                "qwen2_5_vl/images/nonsquare.png",
+                "qwen2_5_vl/images/square.png",
+                "qwen2_5_vl/images/nonsquare.png",
+            ],
+        ),
+        (
+            "llava_next/models/llava-next-tiny",
+            [
+                "llava_next/images/wide.png",
+                "llava_next/images/tall.png",
+                "llava_next/images/small.png",
+            ],
+        ),
+    ];
+    let questions = [
+        "What is in the image?",
+        "Describe the picture in one short sentence, naming every shape and its colour.",
+        "Colour?",
+    ];
+    let dir = root().join("fixtures");
+    for (model_dir, images) in families {
+        let model = VlModel::load(&dir.join(model_dir), Device::Cpu, Kind::Double).unwrap();
+        let processor = Processor::load(&dir.join(model_dir), &model).unwrap();
+        let prepared: Vec<(ModelInputs, Tensor)> = images
+            .iter()
+            .zip(questions)
+            .map(|(image, question)| {
+                let inputs = processor
+                    .prepare(&model, question, &dir.join(image), PromptTemplate::Auto)
+                    .unwrap();
+                let embeds = model.input_embeds(&inputs).unwrap();
+                (inputs, embeds)
+            })
+            .collect();
+        let lengths: BTreeSet<usize> = prepared.iter().map(|(i, _)| i.seq_len()).collect();
+        assert_eq!(
+            lengths.len(),
+            3,
+            "{model_dir}: three prompt lengths, so the batch pads"
+        );
+        let lens: Vec<usize> = prepared.iter().map(|(i, _)| i.seq_len()).collect();
+        assert_eq!(
+            leave_out_batches(&model, &lens, 1),
+            vec![vec![0], vec![1], vec![2]]
+        );
+        assert_eq!(
+            leave_out_batches(&model, &lens, 1 << 30),
+            vec![vec![0, 1, 2]]
+        );
+        let cfg = leave_out_at_every_layer(model.num_layers());
+        let refs: Vec<(&ModelInputs, &Tensor)> = prepared.iter().map(|(i, e)| (i, e)).collect();
+        let batch = LeaveOutPoint::from_embeds_batch(&model, &refs).unwrap();
+        let greedy = batch.greedy_tokens();
+        // A target that is not the greedy one for the middle sample: its Fisher sum then has one
+        // more token of its own than the others' (the target outside the most likely four).
+        let targets: Vec<i64> = greedy
+            .iter()
+            .enumerate()
+            .map(|(b, &g)| if b == 1 { (g + 7) % 50 } else { g })
+            .collect();
+        let with_targets: Vec<(&ModelInputs, i64)> = prepared
+            .iter()
+            .zip(&targets)
+            .map(|((i, _), &t)| (i, t))
+            .collect();
+        for kl in [KlEstimate::Fisher, KlEstimate::Answer] {
+            let batched =
+                estimate_leave_out_batch(&model, &with_targets, &batch, &cfg, kl).unwrap();
+            let mut largest = 0f64;
+            for (b, (inputs, embeds)) in prepared.iter().enumerate() {
+                let point = LeaveOutPoint::from_embeds(&model, inputs, embeds).unwrap();
+                assert_eq!(point.greedy_token(), greedy[b], "{model_dir} sample {b}");
+                let alone =
+                    estimate_leave_out(&model, inputs, &point, targets[b], &cfg, kl).unwrap();
+                assert_eq!(batched[b].len(), alone.len());
+                for (x, y) in batched[b].iter().zip(&alone) {
+                    assert_eq!((x.layer, x.variant), (y.layer, y.variant));
+                    for (u, v) in [(x.logp, y.logp), (x.kl, y.kl), (x.p, y.p)] {
+                        assert!(
+                            (u - v).abs() <= 1e-9 * (1.0 + v.abs()),
+                            "{model_dir} sample {b} {kl:?}: {x:?} vs {y:?}"
+                        );
+                    }
+                    largest = largest.max((x.logp - alone[0].logp).abs());
+                }
+            }
+            assert!(
+                largest > 1e-6,
+                "{model_dir}: every row is the full row ({largest})"
+            );
+        }
     }
 }
 
