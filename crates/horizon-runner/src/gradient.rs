@@ -290,17 +290,53 @@ fn qk_fixed_removal_from(
     Ok(out)
 }
 
-/// Row `b` of a padded batch's per-layer tensors `[B, heads, queries, S]`
-/// ([`crate::decoder::Decoder::forward_probed_padded`]), cut to that row's `len` positions:
-/// `[1, heads, min(queries, len), len]`.
-fn sequence_of(layers: &[Tensor], b: i64, len: i64) -> Vec<Tensor> {
-    layers
+/// [`qk_fixed_removal_from`] of each sequence of a right-padded batch
+/// ([`crate::decoder::Decoder::forward_probed_padded`]) in one pass per layer: `grads` and `probs`
+/// `[B, heads, queries, S]` per layer, `groups` `[B, S, G]` (sequence b's group columns, zero on
+/// its padding and in the columns past its own groups). A real query gives padded keys no
+/// attention and a padded query's gradient is 0, so the padding adds exact zeros. Returns per
+/// sequence, layer and group column the change.
+fn qk_fixed_removal_batch(
+    grads: &[Tensor],
+    probs: &[Tensor],
+    groups: &Tensor,
+) -> Result<Vec<Vec<Vec<f64>>>> {
+    let kind = accumulation_kind(groups.kind());
+    let groups = groups.to_kind(kind).unsqueeze(1);
+    // The keys outside each group summed directly, not as 1 − share: a query that gives a group
+    // nearly all its attention keeps its few other keys' mass without cancellation.
+    let others = -&groups + 1.0;
+    let layers: Vec<Tensor> = grads
         .iter()
-        .map(|t| {
-            let queries = t.size()[2].min(len);
-            t.narrow(0, b, 1).narrow(2, 0, queries).narrow(3, 0, len)
+        .zip(probs)
+        .map(|(g, probs)| {
+            let a = probs.detach().to_kind(kind);
+            let along = &a * g.to_kind(kind);
+            let share = a.matmul(&groups);
+            let rest = a.matmul(&others).clamp_min(f64::from(f32::MIN_POSITIVE));
+            let change = &share * along.matmul(&others) / rest - along.matmul(&groups);
+            change.sum_dim_intlist([1i64, 2].as_slice(), false, kind)
         })
-        .collect()
+        .collect();
+    // [B, L, G], read back once.
+    let all = Tensor::stack(&layers, 1)
+        .to_kind(Kind::Double)
+        .to_device(Device::Cpu);
+    let (b, l, g) = all.size3()?;
+    let values = Vec::<f64>::try_from(&all.reshape([-1]))?;
+    // A non-finite gradient reaches every sum it enters (a product with it is not finite, or NaN
+    // where the attention is 0).
+    if values.iter().any(|v| !v.is_finite()) {
+        bail!("the gradient of the attention probabilities is not finite");
+    }
+    let (l, g) = (l as usize, g as usize);
+    Ok((0..b as usize)
+        .map(|s| {
+            (0..l)
+                .map(|k| values[(s * l + k) * g..(s * l + k + 1) * g].to_vec())
+                .collect()
+        })
+        .collect())
 }
 
 /// The unpruned run's log-odds of the target, `log p(y) − log(1 − p(y))`, in which leave-out's
@@ -576,6 +612,19 @@ pub fn estimate_leave_out_batch(
         windows.push(w);
     }
     let probs = &point.probs;
+    // Every sample's group columns `[B, S, G]`, zero past its length and its own groups.
+    let batch_groups = {
+        let s = *point.lengths.iter().max().expect("a sample");
+        let g = groups.iter().map(|t| t.size()[1]).max().unwrap_or(0);
+        let padded: Vec<Tensor> = groups
+            .iter()
+            .map(|t| {
+                let (rows, cols) = (t.size()[0], t.size()[1]);
+                t.pad([0, g - cols, 0, s - rows], "constant", Some(0.0))
+            })
+            .collect();
+        Tensor::stack(&padded, 0)
+    };
     // Per sample, layer and group, the change of the scored token's log-probability when the
     // group's keys leave that layer: one backward pass of the batch's sum (`tokens[b]` sample b's
     // token, none for a sample that scores nothing in this pass).
@@ -586,21 +635,22 @@ pub fn estimate_leave_out_batch(
             .filter_map(|(b, y)| y.map(|y| logp.get(b as i64).get(y)))
             .collect();
         let grads = Tensor::run_backward(&[Tensor::stack(&terms, 0).sum(kind)], probs, true, false);
-        tokens
-            .iter()
-            .enumerate()
-            .map(|(b, y)| {
+        let all = qk_fixed_removal_batch(&grads, probs, &batch_groups)?;
+        Ok(all
+            .into_iter()
+            .zip(tokens)
+            .zip(&groups)
+            .map(|((mut layers, y), groups)| {
                 y.map(|_| {
-                    let len = point.lengths[b];
-                    qk_fixed_removal_from(
-                        &sequence_of(&grads, b as i64, len),
-                        &sequence_of(probs, b as i64, len),
-                        &groups[b],
-                    )
+                    // The sample's own group columns.
+                    let own = groups.size()[1] as usize;
+                    for layer in &mut layers {
+                        layer.truncate(own);
+                    }
+                    layers
                 })
-                .transpose()
             })
-            .collect()
+            .collect())
     };
     let targets: Vec<Option<i64>> = samples.iter().map(|(_, y)| Some(*y)).collect();
     let d_target: Vec<Vec<Vec<f64>>> = changes(&targets)?.into_iter().flatten().collect();
