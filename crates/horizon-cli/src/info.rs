@@ -56,8 +56,9 @@ pub struct InfoArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: Option<u32>,
     /// Activation memory one batch may use when --batch-size is not given (and, with --estimate
-    /// gradient, the memory by which keep-only's estimate groups its cut layers into one batch);
-    /// shared among the --workers, each batch getting its worker's share.
+    /// gradient, the memory by which keep-only's estimate groups its cut layers into one batch and
+    /// leave-out's up to 8 samples of a part); shared among the --workers, each batch getting its
+    /// worker's share.
     #[arg(long, default_value_t = 2048)]
     pub memory_budget_mb: usize,
     /// Samples computed at once, each on its own thread with one libtorch thread (for a CPU, where a

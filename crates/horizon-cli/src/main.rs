@@ -103,7 +103,7 @@ fn exit_now(code: i32) -> ! {
 /// block is its own mapping, and a worker thread's heap is trimmed as soon as its top is free), so
 /// a loop that allocates and frees tensors of that size, as leave-out's gradient estimate on
 /// batches of samples does, faults its pages in anew every time: on the bundled model 3.5 times
-/// the page faults and 25% of the wall time (BENCHMARKS.md, `#allocator`). Blocks up to 32 MiB are
+/// the page faults and 1.4 times the wall time (BENCHMARKS.md, `#allocator`). Blocks up to 32 MiB are
 /// kept in the heap for reuse and up to 256 MiB of free heap stays mapped. A user's own
 /// `MALLOC_*` or `GLIBC_TUNABLES` settings are left as given.
 fn keep_freed_memory_for_reuse() {
