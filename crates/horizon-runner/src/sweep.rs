@@ -286,9 +286,14 @@ impl InfoSweep {
             let batch: Vec<usize> = batch.iter().map(|&b| ready[b]).collect();
             let ready = |i: usize| prepared[i].as_ref().expect("a prepared sample");
             let run = |batch: &[usize]| -> Result<Vec<Vec<InfoRow>>> {
+                // A batch's own failure is rerun one sample at a time, which names the sample.
+                let named = |e: anyhow::Error| match batch {
+                    [i] => e.context(format!("sample {}", samples[*i].key)),
+                    _ => e,
+                };
                 let points: Vec<(&ModelInputs, &Tensor)> =
                     batch.iter().map(|&i| (&ready(i).0, &ready(i).1)).collect();
-                let point = LeaveOutPoint::from_embeds_batch(model, &points)?;
+                let point = LeaveOutPoint::from_embeds_batch(model, &points).map_err(named)?;
                 let greedy = point.greedy_tokens();
                 let targets: Vec<(&ModelInputs, i64)> = batch
                     .iter()
@@ -299,7 +304,8 @@ impl InfoSweep {
                     })
                     .collect::<Result<_>>()?;
                 let results =
-                    estimate_leave_out_batch(model, &targets, &point, cfg, self.kl_estimate)?;
+                    estimate_leave_out_batch(model, &targets, &point, cfg, self.kl_estimate)
+                        .map_err(named)?;
                 Ok(batch
                     .iter()
                     .zip(&targets)
@@ -325,9 +331,8 @@ impl InfoSweep {
         }
         out.into_iter()
             .zip(prepared)
-            .zip(samples)
-            .map(|((rows, prepared), sample)| match (rows, prepared) {
-                (Some(rows), _) => rows.with_context(|| format!("sample {}", sample.key)),
+            .map(|(rows, prepared)| match (rows, prepared) {
+                (Some(rows), _) => rows,
                 (None, Err(e)) => Err(e),
                 (None, Ok(_)) => unreachable!("every prepared sample is in a batch"),
             })
