@@ -432,32 +432,32 @@ impl SweepPlan<'_> {
         let shared = SharedAcrossWorkers { model, processor };
         // One worker keeps libtorch's own thread count.
         let _threads = (workers > 1).then(OneLibtorchThreadEach::new);
-        let complete = if (sweep.estimate, sweep.mode) == (Estimate::Gradient, InfoMode::LeaveOut) {
-            // Leave-out's estimate is one forward and one backward pass per sample, whose small
-            // operators cost per call: several samples per call, within the memory budget.
-            self.plan.run_batched(
-                write_info_rows,
-                stop,
-                workers,
-                LEAVE_OUT_SAMPLES_PER_BATCH,
-                |samples| {
-                    let SharedAcrossWorkers { model, processor } = &shared;
-                    sweep.leave_out_estimate_rows(model, processor, samples, &cfg)
-                },
-                progress,
-            )?
+        // Leave-out's estimate is one forward and one backward pass per sample, whose small
+        // operators cost per call: several samples per call, within the memory budget.
+        let batched = (sweep.estimate, sweep.mode) == (Estimate::Gradient, InfoMode::LeaveOut);
+        let batch = if batched {
+            LEAVE_OUT_SAMPLES_PER_BATCH
         } else {
-            self.plan.run_concurrent(
-                write_info_rows,
-                stop,
-                workers,
-                |sample| {
-                    let SharedAcrossWorkers { model, processor } = &shared;
-                    sweep.sample_rows(model, processor, sample, &cfg)
-                },
-                progress,
-            )?
+            1
         };
+        let complete = self.plan.run_batched(
+            write_info_rows,
+            stop,
+            workers,
+            batch,
+            |samples| {
+                let SharedAcrossWorkers { model, processor } = &shared;
+                if batched {
+                    sweep.leave_out_estimate_rows(model, processor, samples, &cfg)
+                } else {
+                    samples
+                        .iter()
+                        .map(|sample| sweep.sample_rows(model, processor, sample, &cfg))
+                        .collect()
+                }
+            },
+            progress,
+        )?;
         if complete {
             self.plan.write_done()?;
         }
