@@ -246,8 +246,8 @@ pub fn group_columns<'a>(
         .to_device(device)
 }
 
-/// Per layer of `probs` (attention probabilities in `scalar`'s graph, `[.., heads, queries, keys]`)
-/// and key group (the columns of `groups`), the change of `scalar` when the
+/// Per layer of `probs` (attention probabilities in `scalar`'s graph, `[1, heads, queries, keys]`)
+/// and key group (the columns of `groups` `[S, G]`), the change of `scalar` when the
 /// group's keys leave that layer's attention, with AtP*'s QK fix: each (head, query)'s attention
 /// moves exactly to its renormalisation without the group (the group's keys lose their
 /// attention `A_w`, the others gain `A_{¬w}·a / (1 − a)`, `a` the group's share), and `scalar`
@@ -258,39 +258,10 @@ pub fn qk_fixed_removal(
     groups: &Tensor,
 ) -> Result<Vec<Vec<f64>>> {
     let grads = Tensor::run_backward(&[scalar], probs, true, false);
-    qk_fixed_removal_from(&grads, probs, groups)
+    Ok(qk_fixed_removal_batch(&grads, probs, &groups.unsqueeze(0))?.remove(0))
 }
 
-/// [`qk_fixed_removal`] from the gradients `grads` of the scalar with respect to `probs` (one
-/// tensor per layer, the shape of its probabilities).
-fn qk_fixed_removal_from(
-    grads: &[Tensor],
-    probs: &[Tensor],
-    groups: &Tensor,
-) -> Result<Vec<Vec<f64>>> {
-    let kind = accumulation_kind(groups.kind());
-    let groups = groups.to_kind(kind);
-    // The keys outside each group summed directly, not as 1 − share: a query that gives a group
-    // nearly all its attention keeps its few other keys' mass without cancellation.
-    let others = -&groups + 1.0;
-    let mut out = Vec::with_capacity(probs.len());
-    for (g, probs) in grads.iter().zip(probs) {
-        check_finite(g, "the gradient of the attention probabilities")?;
-        let a = probs.detach().to_kind(kind);
-        let along = &a * g.to_kind(kind);
-        let share = a.matmul(&groups);
-        let rest = a.matmul(&others).clamp_min(f64::from(f32::MIN_POSITIVE));
-        let change = &share * along.matmul(&others) / rest - along.matmul(&groups);
-        let layer = change
-            .sum_dim_intlist([0i64, 1, 2].as_slice(), false, kind)
-            .to_kind(Kind::Double)
-            .to_device(Device::Cpu);
-        out.push(Vec::<f64>::try_from(&layer)?);
-    }
-    Ok(out)
-}
-
-/// [`qk_fixed_removal_from`] of each sequence of a right-padded batch
+/// [`qk_fixed_removal`] of each sequence of a right-padded batch
 /// ([`crate::decoder::Decoder::forward_probed_padded`]) in one pass per layer: `grads` and `probs`
 /// `[B, heads, queries, S]` per layer, `groups` `[B, S, G]` (sequence b's group columns, zero on
 /// its padding and in the columns past its own groups). A real query gives padded keys no
@@ -322,13 +293,11 @@ fn qk_fixed_removal_batch(
     let all = Tensor::stack(&layers, 1)
         .to_kind(Kind::Double)
         .to_device(Device::Cpu);
-    let (b, l, g) = all.size3()?;
-    let values = Vec::<f64>::try_from(&all.reshape([-1]))?;
     // A non-finite gradient reaches every sum it enters (a product with it is not finite, or NaN
     // where the attention is 0).
-    if values.iter().any(|v| !v.is_finite()) {
-        bail!("the gradient of the attention probabilities is not finite");
-    }
+    check_finite(&all, "the gradient of the attention probabilities")?;
+    let (b, l, g) = all.size3()?;
+    let values = Vec::<f64>::try_from(&all.reshape([-1]))?;
     let (l, g) = (l as usize, g as usize);
     Ok((0..b as usize)
         .map(|s| {

@@ -304,37 +304,14 @@ impl<'a> RunPlan<'a> {
         })
     }
 
-    /// [`Self::run`] with up to `workers` samples of each part computed at once, each on its own
-    /// thread (`workers` ≤ 1 is [`Self::run`]). The part files are those [`Self::run`] writes:
-    /// each part's rows in sample order, written once all its samples are done. After a sample's
-    /// error no worker starts another sample; the parts written before stay, and the error
-    /// returned is that of the first failing sample in selection order.
-    pub fn run_concurrent<R: Send>(
-        &mut self,
-        write_part: impl Fn(&Path, &[R], &[(String, String)]) -> Result<()>,
-        stop: StopRule,
-        workers: usize,
-        rows_of: impl Fn(&Sample) -> Result<Vec<R>> + Sync,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<bool> {
-        if workers <= 1 {
-            return self.run(write_part, stop, rows_of, progress);
-        }
-        self.run_batched(
-            write_part,
-            stop,
-            workers,
-            1,
-            |samples| samples.iter().map(|s| rows_of(s)).collect(),
-            progress,
-        )
-    }
-
-    /// [`Self::run_concurrent`] with each worker computing up to `batch` consecutive samples of a
-    /// part in one call, `rows_of(samples)` giving each sample's rows or error in order. A part's
-    /// batches are no larger than its share per worker (so that every worker has one), and with
-    /// one worker they are computed in turn on the caller's thread. The part files, progress and
-    /// errors are those of one sample at a time.
+    /// [`Self::run`] with up to `workers` samples of each part computed at once, each worker on its
+    /// own thread computing up to `batch` consecutive samples in one call, `rows_of(samples)`
+    /// giving each sample's rows or error in order. A part's batches are no larger than its share
+    /// per worker (so that every worker has one), and with one worker they are computed in turn on
+    /// the caller's thread. The part files are those [`Self::run`] writes: each part's rows in
+    /// sample order, written once all its samples are done. After a sample's error no worker
+    /// starts another batch; the parts written before stay, and the error returned is that of the
+    /// first failing sample in selection order.
     pub fn run_batched<R: Send>(
         &mut self,
         write_part: impl Fn(&Path, &[R], &[(String, String)]) -> Result<()>,
@@ -852,14 +829,15 @@ mod tests {
         let mut plan = run.plan(&samples, &many, false).unwrap();
         let mut done_many = Vec::new();
         let complete = plan
-            .run_concurrent(
+            .run_batched(
                 write_lines,
                 StopRule::default(),
                 3,
-                |s| {
+                1,
+                |batch: &[&Sample]| {
                     meet();
                     threads.lock().unwrap().insert(std::thread::current().id());
-                    rows_of(s)
+                    batch.iter().map(|s| rows_of(s)).collect()
                 },
                 &mut |d, n| done_many.push((d, n)),
             )
@@ -888,13 +866,19 @@ mod tests {
             // Samples 2, 3 (part 1) and 4 fail: the error is the first in selection order,
             // sample 2's, whichever worker reports first, and only part 0 (samples 0 and 1) is
             // written.
-            let result = plan.run_concurrent(
+            let result = plan.run_batched(
                 write_lines,
                 StopRule::default(),
                 workers,
-                |s: &Sample| match s.key.as_str() {
-                    "s2" | "s3" | "s4" => bail!("sample {}: bad", s.key),
-                    key => Ok(vec![key.to_string()]),
+                1,
+                |batch: &[&Sample]| {
+                    batch
+                        .iter()
+                        .map(|s| match s.key.as_str() {
+                            "s2" | "s3" | "s4" => bail!("sample {}: bad", s.key),
+                            key => Ok(vec![key.to_string()]),
+                        })
+                        .collect()
                 },
                 &mut |_, _| {},
             );

@@ -185,7 +185,8 @@ impl InfoSweep {
         }
     }
 
-    /// One sample's rows.
+    /// One sample's rows (leave-out's estimate computes its samples in batches instead:
+    /// [`Self::leave_out_estimate_rows`]).
     fn sample_rows(
         &self,
         model: &VlModel,
@@ -193,11 +194,6 @@ impl InfoSweep {
         sample: &Sample,
         cfg: &SweepConfig,
     ) -> Result<Vec<InfoRow>> {
-        if (self.estimate, self.mode) == (Estimate::Gradient, InfoMode::LeaveOut) {
-            return self
-                .leave_out_estimate_rows(model, processor, &[sample], cfg)
-                .remove(0);
-        }
         let context = || format!("sample {}", sample.key);
         let inputs = self.prepare(model, processor, sample)?;
         let grid = model.window_grid(&inputs, cfg.window_size)?;
@@ -273,26 +269,21 @@ impl InfoSweep {
         let ready: Vec<usize> = (0..samples.len())
             .filter(|&i| prepared[i].is_ok())
             .collect();
-        let lengths: Vec<usize> = ready
-            .iter()
-            .map(|&i| {
-                prepared[i]
-                    .as_ref()
-                    .map_or(0, |(inputs, ..)| inputs.seq_len())
-            })
-            .collect();
+        let ready_at = |i: usize| prepared[i].as_ref().expect("a prepared sample");
+        let lengths: Vec<usize> = ready.iter().map(|&i| ready_at(i).0.seq_len()).collect();
         let mut out: Vec<Option<Result<Vec<InfoRow>>>> = (0..samples.len()).map(|_| None).collect();
         for batch in leave_out_batches(model, &lengths, cfg.memory_budget_bytes) {
             let batch: Vec<usize> = batch.iter().map(|&b| ready[b]).collect();
-            let ready = |i: usize| prepared[i].as_ref().expect("a prepared sample");
             let run = |batch: &[usize]| -> Result<Vec<Vec<InfoRow>>> {
                 // A batch's own failure is rerun one sample at a time, which names the sample.
                 let named = |e: anyhow::Error| match batch {
                     [i] => e.context(format!("sample {}", samples[*i].key)),
                     _ => e,
                 };
-                let points: Vec<(&ModelInputs, &Tensor)> =
-                    batch.iter().map(|&i| (&ready(i).0, &ready(i).1)).collect();
+                let points: Vec<(&ModelInputs, &Tensor)> = batch
+                    .iter()
+                    .map(|&i| (&ready_at(i).0, &ready_at(i).1))
+                    .collect();
                 let point = LeaveOutPoint::from_embeds_batch(model, &points).map_err(named)?;
                 let greedy = point.greedy_tokens();
                 let targets: Vec<(&ModelInputs, i64)> = batch
@@ -300,7 +291,7 @@ impl InfoSweep {
                     .zip(&greedy)
                     .map(|(&i, &g)| {
                         let target = self.target_token(processor, samples[i], || g)?;
-                        Ok((&ready(i).0, target))
+                        Ok((&ready_at(i).0, target))
                     })
                     .collect::<Result<_>>()?;
                 let results =
@@ -311,7 +302,7 @@ impl InfoSweep {
                     .zip(&targets)
                     .zip(&results)
                     .map(|((&i, (_, target)), results)| {
-                        self.rows_of(samples[i], &ready(i).2, *target, results)
+                        self.rows_of(samples[i], &ready_at(i).2, *target, results)
                     })
                     .collect())
             };
