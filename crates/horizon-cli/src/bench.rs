@@ -294,7 +294,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let gradient = args.gradient.then(|| {
         let t = Instant::now();
         let run = std::panic::AssertUnwindSafe(|| {
-            let rows = estimate_sample(&model, &inputs, &full, 0, &sweep, KlEstimate::Fisher)?;
+            let rows = estimate_sample(&model, &inputs, &full, 0, &sweep, KlEstimate::default())?;
             sync(device);
             Ok::<_, anyhow::Error>((t.elapsed().as_secs_f64(), rows.len() - 1))
         });

@@ -18,7 +18,7 @@ use horizon_runner::prune::PruneSpec;
 use horizon_runner::VlModel;
 
 use crate::options::{
-    at_least_one, prune_spec, BenchOptions, ModelOptions, PruneSettings, ScaleOptions,
+    at_least_one, prune_spec, BenchOptions, ModelOptions, PruneSettings, ScaleOptions, Workers,
 };
 use crate::progress::bar;
 
@@ -60,6 +60,13 @@ pub struct EvalArgs {
     /// Skip the untimed warm-up generation before the first timed sample.
     #[arg(long)]
     no_warmup: bool,
+    /// Samples answered at once, each on its own thread with one libtorch thread (for a CPU, where
+    /// one sample's operators keep the cores only partly busy), or auto: on a CPU as many as
+    /// libtorch's threads, on a GPU 1. The answers are those of one sample at a time (up to float
+    /// rounding, which can flip a near-tie); the latency columns are then each sample's on one
+    /// thread beside the others: --workers 1 times each sample with every thread.
+    #[arg(long, default_value = "auto")]
+    workers: Workers,
     /// `info` stages read their window scores from these `horizon info` rows (keep-only, target
     /// gt, the same checkpoint and --info-window) instead of computing them.
     #[arg(long)]
@@ -121,6 +128,7 @@ pub struct EvalOptions<'a> {
     pub prune_settings: &'a PruneSettings,
     pub warmup: bool,
     pub info_rows: Option<std::sync::Arc<InfoRowScores>>,
+    pub workers: Workers,
 }
 
 impl EvalOptions<'_> {
@@ -150,6 +158,7 @@ impl EvalOptions<'_> {
                 prune_options: self.prune_settings.options(),
                 warmup: self.warmup,
                 info_rows: self.info_rows,
+                workers: self.workers.count(self.model.run.device),
             },
             resume: self.scale.resume,
             stop: self.scale.stop_rule(),
@@ -239,6 +248,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         prune_settings: &args.prune_settings,
         warmup: !args.no_warmup,
         info_rows,
+        workers: args.workers,
     }
     .evaluations(&model, &processor, &samples);
     let mut printer = EvalPrinter::new(Some(header));

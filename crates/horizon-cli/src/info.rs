@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use horizon_data::info_rows::{Estimate, InfoMode, KlEstimate, Target};
-use horizon_runner::sweep::{check_kl_estimate, parse_layers, InfoSweep};
+use horizon_runner::sweep::{kl_estimate_of, parse_layers, InfoSweep};
 
-use crate::options::{BenchOptions, ModelOptions, ScaleOptions};
+use crate::options::{BenchOptions, ModelOptions, ScaleOptions, Workers};
 use crate::progress::bar;
 
 #[derive(Args)]
@@ -44,14 +44,15 @@ pub struct InfoArgs {
     /// metadata, and a run is never resumed with the other).
     #[arg(long, default_value = "exact", value_parser = Estimate::from_str)]
     pub estimate: Estimate,
-    /// How leave-out's gradient estimate scores KL(unpruned ‖ variant): fisher (½ Σ p(y) Δlog p(y)²
-    /// over the unpruned run's 4 most likely tokens, one backward pass per token) or answer (the KL
-    /// between the answer-versus-rest splits of the unpruned and the estimated p(y), a lower
-    /// bound, from p's own backward pass: faster, the same p and log p, its KL agreeing less
-    /// with the exact one per layer, see BENCHMARKS.md). Only with --mode leave-out --estimate
+    /// How leave-out's gradient estimate scores KL(unpruned ‖ variant): answer (the default: the
+    /// KL between the answer-versus-rest splits of the unpruned and the estimated p(y), a lower
+    /// bound, from p's own backward pass, so one forward and one backward pass per sample) or
+    /// fisher (½ Σ p(y) Δlog p(y)² over the unpruned run's 4 most likely tokens, one backward pass
+    /// per token: about twice as long, the same p and log p, a KL whose per-layer means follow
+    /// the exact ones more closely, see BENCHMARKS.md). Only with --mode leave-out --estimate
     /// gradient.
-    #[arg(long, default_value = "fisher", value_parser = KlEstimate::from_str)]
-    pub estimate_kl: KlEstimate,
+    #[arg(long, value_parser = KlEstimate::from_str)]
+    pub estimate_kl: Option<KlEstimate>,
     /// Variants per batch through the resumed layers (default: chosen from --memory-budget-mb).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: Option<u32>,
@@ -76,7 +77,7 @@ pub struct InfoArgs {
 
 pub fn run(args: &InfoArgs) -> Result<()> {
     // Everything that can fail on the options or the data fails before the model loads.
-    check_kl_estimate(args.estimate, args.mode, args.estimate_kl)?;
+    let kl_estimate = kl_estimate_of(args.estimate, args.mode, args.estimate_kl)?;
     let mut samples = args.bench.samples()?;
     let text_only = samples.iter().filter(|s| !s.has_image()).count();
     if text_only > 0 {
@@ -134,8 +135,8 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         sweep.window,
         sweep.mode,
         sweep.target,
-        match (sweep.estimate, sweep.kl_estimate) {
-            (Estimate::Gradient, KlEstimate::Answer) => "gradient (KL answer)".to_string(),
+        match (sweep.estimate, sweep.mode) {
+            (Estimate::Gradient, InfoMode::LeaveOut) => format!("gradient (KL {kl_estimate})"),
             (estimate, _) => estimate.to_string(),
         }
     );
@@ -162,35 +163,4 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// `--workers`: a count, or `auto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Workers {
-    Auto,
-    Count(usize),
-}
-
-impl std::str::FromStr for Workers {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            n => match n.parse::<usize>() {
-                Ok(n) if n >= 1 => Ok(Self::Count(n)),
-                _ => Err(format!("'{s}' is not a worker count (1 or more) or auto")),
-            },
-        }
-    }
-}
-
-impl Workers {
-    /// The number of sample workers on `device`.
-    pub fn count(self, device: tch::Device) -> usize {
-        match self {
-            Self::Count(n) => n,
-            Self::Auto if device == tch::Device::Cpu => tch::get_num_threads().max(1) as usize,
-            Self::Auto => 1,
-        }
-    }
 }

@@ -323,3 +323,34 @@ impl PruneSettings {
         }
     }
 }
+
+/// `--workers`: a count, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    Auto,
+    Count(usize),
+}
+
+impl std::str::FromStr for Workers {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            n => match n.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(Self::Count(n)),
+                _ => Err(format!("'{s}' is not a worker count (1 or more) or auto")),
+            },
+        }
+    }
+}
+
+impl Workers {
+    /// The number of sample workers on `device`.
+    pub fn count(self, device: tch::Device) -> usize {
+        match self {
+            Self::Count(n) => n,
+            Self::Auto if device == tch::Device::Cpu => tch::get_num_threads().max(1) as usize,
+            Self::Auto => 1,
+        }
+    }
+}

@@ -22,7 +22,7 @@ use horizon_runner::VlModel;
 
 use crate::eval::{model_name, EvalOptions, EvalPrinter, STOPPED};
 use crate::options::{
-    at_least_one, prune_spec, BenchOptions, ModelOptions, PruneSettings, ScaleOptions,
+    at_least_one, prune_spec, BenchOptions, ModelOptions, PruneSettings, ScaleOptions, Workers,
 };
 
 #[derive(Args)]
@@ -67,6 +67,10 @@ pub struct PruneSweepArgs {
     /// Samples per Parquet part file.
     #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     pub samples_per_part: usize,
+    /// Samples answered at once in each run, each on its own thread with one libtorch thread, or
+    /// auto: on a CPU as many as libtorch's threads, on a GPU 1 (`horizon eval --workers`).
+    #[arg(long, default_value = "auto")]
+    pub workers: Workers,
     #[command(flatten)]
     pub prune_settings: PruneSettings,
     #[command(flatten)]
@@ -206,6 +210,7 @@ pub fn run(args: &PruneSweepArgs) -> Result<()> {
         prune_settings: &args.prune_settings,
         warmup: true,
         info_rows: None,
+        workers: args.workers,
     }
     .evaluations(&model, &processor, &samples);
     let mut printer = EvalPrinter::new(None);

@@ -40,7 +40,7 @@ fn gradient_rows_have_the_exact_schema_resume_and_never_mix() {
     let gradient_args = ["--mode", "leave-out", "--estimate", "gradient"];
     let (ok, err) = info(d, &q, &whole, &gradient_args);
     assert!(ok, "{err}");
-    assert!(err.contains("estimate gradient"), "{err}");
+    assert!(err.contains("estimate gradient (KL answer)"), "{err}");
     assert_eq!(estimate_of(&exact), "exact");
     assert_eq!(estimate_of(&whole), "gradient");
     let (exact_schema, exact_rows) = part_schemas_and_rows(&exact);
@@ -49,42 +49,59 @@ fn gradient_rows_have_the_exact_schema_resume_and_never_mix() {
     // 5 samples × (full + 2 layers × (text-only + 9 windows)).
     assert_eq!(whole_rows.len(), 5 * 21);
     assert_eq!(whole_rows.len(), exact_rows.len());
+    // The default KL is the answer-versus-rest split's, as `--estimate-kl answer` says.
     assert_eq!(
         footer(&whole)["horizon.estimator"],
-        "attention-qk-fix-log-odds"
+        "attention-qk-fix-log-odds-answer-kl"
     );
     assert!(!footer(&exact).contains_key("horizon.estimator"));
-
-    // Leave-out's answer-versus-rest KL is its own estimator, with the same schema; it is not
-    // continued with the default KL, and nothing else takes it.
     let answer = d.join("answer");
     let answer_kl = [&gradient_args[..], &["--estimate-kl", "answer"]].concat();
     let (ok, err) = info(d, &q, &answer, &answer_kl);
     assert!(ok, "{err}");
-    assert!(err.contains("estimate gradient (KL answer)"), "{err}");
+    assert_eq!(part_schemas_and_rows(&answer).1, whole_rows);
+
+    // Leave-out's Fisher-sum KL is its own estimator, with the same schema and the same p and
+    // log p; it is not continued with the default KL (the error names the option that does), and
+    // nothing else takes it.
+    let fisher = d.join("fisher");
+    let fisher_kl = [&gradient_args[..], &["--estimate-kl", "fisher"]].concat();
+    let (ok, err) = info(d, &q, &fisher, &fisher_kl);
+    assert!(ok, "{err}");
+    assert!(err.contains("estimate gradient (KL fisher)"), "{err}");
     assert_eq!(
-        footer(&answer)["horizon.estimator"],
-        "attention-qk-fix-log-odds-answer-kl"
+        footer(&fisher)["horizon.estimator"],
+        "attention-qk-fix-log-odds"
     );
-    let (schema, answer_rows) = part_schemas_and_rows(&answer);
+    let (schema, fisher_rows) = part_schemas_and_rows(&fisher);
     assert_eq!(
-        (schema, answer_rows.len()),
+        (schema, fisher_rows.len()),
         (exact_schema.clone(), whole_rows.len())
     );
-    let (ok, err) = info(d, &q, &whole, &[&answer_kl[..], &["--resume"]].concat());
-    one_line_error(ok, &err, "horizon.estimator");
+    let (ok, err) = info(
+        d,
+        &q,
+        &fisher,
+        &[&gradient_args[..], &["--resume"]].concat(),
+    );
+    one_line_error(ok, &err, "(--estimate-kl fisher continues it)");
+    let (ok, err) = info(d, &q, &whole, &[&fisher_kl[..], &["--resume"]].concat());
+    one_line_error(ok, &err, "(--estimate-kl answer continues it)");
+    // Outside leave-out's estimate any --estimate-kl is refused, the default's name too.
     for other in [
         &["--estimate", "gradient"][..],
         &["--mode", "leave-out"][..],
     ] {
-        let (ok, err) = info(
-            d,
-            &q,
-            &d.join("refused"),
-            &[other, &["--estimate-kl", "answer"]].concat(),
-        );
-        one_line_error(ok, &err, "--estimate-kl answer");
-        assert!(!d.join("refused").exists());
+        for kl in ["answer", "fisher"] {
+            let (ok, err) = info(
+                d,
+                &q,
+                &d.join("refused"),
+                &[other, &["--estimate-kl", kl]].concat(),
+            );
+            one_line_error(ok, &err, &format!("--estimate-kl {kl}: only leave-out's"));
+            assert!(!d.join("refused").exists());
+        }
     }
 
     // Keep-only estimates record theirs, with the same schema.
@@ -155,7 +172,7 @@ fn gradient_rows_have_the_exact_schema_resume_and_never_mix() {
     };
     let err = analyse(&whole, &[]);
     assert!(
-        err.contains("one-pass gradient estimates (attention-qk-fix-log-odds)"),
+        err.contains("one-pass gradient estimates (attention-qk-fix-log-odds-answer-kl)"),
         "{err}"
     );
     assert!(!analyse(&whole, &["--no-ci-check"]).contains("note:"));

@@ -125,10 +125,12 @@ impl std::fmt::Display for Estimate {
 pub enum KlEstimate {
     /// Second order in the change of log p, with the Fisher information restricted to the
     /// unpruned run's most likely tokens: `½ Σ_y p(y) Δlog p(y)²`, one backward pass per token.
-    #[default]
     Fisher,
     /// The KL between the answer-versus-rest splits `(p(y), 1 − p(y))` of the unpruned run and of
-    /// the estimated variant: a lower bound of the KL, from p's own backward pass alone.
+    /// the estimated variant: a lower bound of the KL, from p's own backward pass alone. The
+    /// default: the estimate is then one forward and one backward pass, and the p and log p that
+    /// the horizon is read in are the Fisher sum's.
+    #[default]
     Answer,
 }
 

@@ -260,14 +260,28 @@ impl RunMetadata {
             );
         }
         if let Some((k, here, there)) = other.first_difference(self, &LOCATION_FIELDS) {
+            let hint = continue_hint(&k, here.as_deref());
             bail!(
-                "{}: {k} is {}, {what} has {}",
+                "{}: {k} is {}, {what} has {}{hint}",
                 at.display(),
                 here.as_deref().unwrap_or("unset"),
                 there.as_deref().unwrap_or("unset")
             );
         }
         Ok(())
+    }
+}
+
+/// What continues parts whose metadata field `field` holds `value`, where an option alone
+/// decides it, as `" (--option value continues it)"`; otherwise empty. Leave-out's two KL
+/// estimates differ by `--estimate-kl` only, whose default changed from fisher to answer.
+pub fn continue_hint(field: &str, value: Option<&str>) -> &'static str {
+    match (field, value) {
+        ("horizon.estimator", Some(LEAVE_OUT_ESTIMATOR)) => " (--estimate-kl fisher continues it)",
+        ("horizon.estimator", Some(LEAVE_OUT_ANSWER_KL_ESTIMATOR)) => {
+            " (--estimate-kl answer continues it)"
+        }
+        _ => "",
     }
 }
 
@@ -540,7 +554,15 @@ mod tests {
             .to_string();
         assert_eq!(
             e,
-            "part-000002.parquet: horizon.estimator is attention-qk-fix-log-odds-answer-kl, the run has attention-qk-fix-log-odds"
+            "part-000002.parquet: horizon.estimator is attention-qk-fix-log-odds-answer-kl, the run has attention-qk-fix-log-odds (--estimate-kl answer continues it)"
+        );
+        let e = answer_kl
+            .check_same_run(&fisher, Path::new("part-000002.parquet"), "the run")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "part-000002.parquet: horizon.estimator is attention-qk-fix-log-odds, the run has attention-qk-fix-log-odds-answer-kl (--estimate-kl fisher continues it)"
         );
         assert_eq!(
             InfoSettings::estimator_of(Estimate::Gradient, InfoMode::KeepOnly, KlEstimate::Answer),

@@ -21,7 +21,8 @@ use horizon_data::score::{score, score_detected, Benchmark, ScoreTable};
 use crate::generate::GenerationConfig;
 use crate::model::VlModel;
 use crate::parts::{
-    check_selection, has_answer, part_paths, PartRun, RunIdentity, Shard, StopRule,
+    check_selection, has_answer, part_paths, OneLibtorchThreadEach, PartRun, RunIdentity, Shard,
+    SharedAcrossWorkers, StopRule,
 };
 use crate::processor::{Processor, PromptTemplate};
 use crate::prune::runs::{plan_runs, summarize_run, SpecRun};
@@ -48,6 +49,12 @@ pub struct Evaluation {
     pub prune_options: PruneOptions,
     /// One untimed generation before the first timed sample (libtorch's first-call costs).
     pub warmup: bool,
+    /// Samples answered at once, each on its own thread with one libtorch thread (for a CPU,
+    /// where one sample's operators keep the cores only partly busy); 1 answers one sample at a
+    /// time with libtorch's own thread count. The answers are those of one sample at a time (up
+    /// to float rounding, which can flip a near-tie); the latency columns are each sample's own,
+    /// on one thread beside the others.
+    pub workers: usize,
     /// The information oracle's window scores read from `horizon info` rows, per sample.
     pub info_rows: Option<std::sync::Arc<InfoRowScores>>,
 }
@@ -174,10 +181,22 @@ impl Evaluation {
         if let (true, Some(first)) = (self.warmup, plan.pending_samples().next()) {
             self.answer(model, processor, first, &gen)?;
         }
-        let complete = plan.run(
+        let workers = self.workers.max(1);
+        let shared = SharedAcrossWorkers { model, processor };
+        // One worker keeps libtorch's own thread count.
+        let _threads = (workers > 1).then(OneLibtorchThreadEach::new);
+        let complete = plan.run_batched(
             write_predictions,
             stop,
-            |sample| Ok(vec![self.answer(model, processor, sample, &gen)?]),
+            workers,
+            1,
+            |samples| {
+                let SharedAcrossWorkers { model, processor } = &shared;
+                samples
+                    .iter()
+                    .map(|sample| Ok(vec![self.answer(model, processor, sample, &gen)?]))
+                    .collect()
+            },
             progress,
         )?;
         report.stopped_early = !complete;

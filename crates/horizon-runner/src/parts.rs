@@ -223,10 +223,11 @@ impl PartRun {
                 theirs.first_difference(&self.settings, &["model_path", "bench"])
             {
                 bail!(
-                    "{}: --resume with different settings: {k} was {}, now {}",
+                    "{}: --resume with different settings: {k} was {}, now {}{}",
                     path.display(),
                     was.as_deref().unwrap_or("unset"),
-                    now.as_deref().unwrap_or("unset")
+                    now.as_deref().unwrap_or("unset"),
+                    horizon_data::run_meta::continue_hint(&k, was.as_deref())
                 );
             }
             let keys = sample_keys(&self.settings.run, path)?;
@@ -719,6 +720,44 @@ pub fn check_writable_dir(dir: &Path) -> Result<()> {
     std::fs::remove_file(&probe)
         .with_context(|| format!("--out {}: cannot remove {}", dir.display(), probe.display()))?;
     Ok(())
+}
+
+/// The model and processor that sample workers share ([`RunPlan::run_batched`]'s callers:
+/// `InfoSweep::workers`, `Evaluation::workers`).
+///
+/// `tch::Tensor` is `Send` but not `Sync`, as any handle to a C++ object whose methods might
+/// mutate it, so neither is shareable by type. Sharing them is sound here: after loading, no
+/// method of the model or the processor changes a tensor, a flag or any other state they hold
+/// (no interior mutability; the weights do not require grad, so no backward pass accumulates into
+/// them), and libtorch's operators only read their inputs, its reference counts are atomic, and
+/// autograd's grad mode and the backward passes of independent graphs are per thread (how
+/// PyTorch serves one module from several threads).
+pub(crate) struct SharedAcrossWorkers<'a> {
+    pub model: &'a crate::model::VlModel,
+    pub processor: &'a crate::processor::Processor,
+}
+
+// SAFETY: see the type's documentation: the workers only read the shared model and processor.
+unsafe impl Sync for SharedAcrossWorkers<'_> {}
+
+/// libtorch's intra-op thread count set to 1 while sample workers run (each worker then uses
+/// one core, instead of every worker's operators splitting across all of them), restored after.
+pub(crate) struct OneLibtorchThreadEach {
+    before: i32,
+}
+
+impl OneLibtorchThreadEach {
+    pub fn new() -> Self {
+        let before = tch::get_num_threads();
+        tch::set_num_threads(1);
+        Self { before }
+    }
+}
+
+impl Drop for OneLibtorchThreadEach {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.before);
+    }
 }
 
 #[cfg(test)]

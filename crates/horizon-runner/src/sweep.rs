@@ -26,7 +26,7 @@ use crate::gradient::{
 };
 use crate::info::{full_run, sweep_sample, SweepConfig, Variant, VariantResult};
 use crate::model::{ModelInputs, VlModel};
-use crate::parts::{PartRun, RunIdentity, RunPlan};
+use crate::parts::{OneLibtorchThreadEach, PartRun, RunIdentity, RunPlan, SharedAcrossWorkers};
 use crate::processor::{Processor, PromptTemplate};
 
 pub use crate::parts::{
@@ -51,9 +51,9 @@ pub struct InfoSweep {
     pub target: Target,
     /// Exact cuts, or one-pass estimates ([`crate::gradient`]).
     pub estimate: Estimate,
-    /// How leave-out's gradient estimate scores the KL; any other sweep takes the default
-    /// ([`check_kl_estimate`]).
-    pub kl_estimate: KlEstimate,
+    /// How leave-out's gradient estimate scores the KL (`None`: [`KlEstimate::default`]); any
+    /// other sweep is given none ([`kl_estimate_of`]).
+    pub kl_estimate: Option<KlEstimate>,
     pub template: PromptTemplate,
     /// Which harness's benchmark prompt to build (LLaVA's evaluation scripts or lmms-eval's).
     pub prompt_style: PromptStyle,
@@ -71,16 +71,21 @@ pub struct InfoSweep {
     pub workers: usize,
 }
 
-/// Only leave-out's gradient estimate has a choice of KL estimate ([`KlEstimate`]): any other
-/// sweep given one that is not the default is refused, not silently run without it.
-pub fn check_kl_estimate(estimate: Estimate, mode: InfoMode, kl: KlEstimate) -> Result<()> {
-    if kl != KlEstimate::default() && (estimate, mode) != (Estimate::Gradient, InfoMode::LeaveOut) {
-        bail!(
+/// The KL estimate a sweep runs with: `kl`, or the default where none is given. Only leave-out's
+/// gradient estimate has a choice of KL estimate ([`KlEstimate`]): any other sweep given one is
+/// refused, not silently run without it.
+pub fn kl_estimate_of(
+    estimate: Estimate,
+    mode: InfoMode,
+    kl: Option<KlEstimate>,
+) -> Result<KlEstimate> {
+    match kl {
+        Some(kl) if (estimate, mode) != (Estimate::Gradient, InfoMode::LeaveOut) => bail!(
             "--estimate-kl {kl}: only leave-out's gradient estimate has a choice of KL \
              (--mode leave-out --estimate gradient)"
-        );
+        ),
+        kl => Ok(kl.unwrap_or_default()),
     }
-    Ok(())
 }
 
 /// Samples per call of leave-out's gradient estimate at most (fewer where the memory budget or
@@ -128,7 +133,11 @@ impl InfoSweep {
                 mode: self.mode,
                 target: self.target,
                 estimate: self.estimate,
-                estimator: InfoSettings::estimator_of(self.estimate, self.mode, self.kl_estimate),
+                estimator: InfoSettings::estimator_of(
+                    self.estimate,
+                    self.mode,
+                    self.kl_estimate.unwrap_or_default(),
+                ),
             }),
         )
     }
@@ -145,7 +154,7 @@ impl InfoSweep {
         resume: bool,
     ) -> Result<SweepPlan<'a>> {
         check_selection(samples)?;
-        check_kl_estimate(self.estimate, self.mode, self.kl_estimate)?;
+        kl_estimate_of(self.estimate, self.mode, self.kl_estimate)?;
         let run = PartRun {
             settings: self.metadata(model, samples)?,
             shard: self.shard,
@@ -202,7 +211,8 @@ impl InfoSweep {
         let results = match self.estimate {
             Estimate::Exact => sweep_sample(model, &inputs, &full, target, cfg),
             Estimate::Gradient => {
-                estimate_sample(model, &inputs, &full, target, cfg, self.kl_estimate)
+                let kl = self.kl_estimate.unwrap_or_default();
+                estimate_sample(model, &inputs, &full, target, cfg, kl)
             }
         };
         let results = results.with_context(context)?;
@@ -271,55 +281,41 @@ impl InfoSweep {
             .collect();
         let ready_at = |i: usize| prepared[i].as_ref().expect("a prepared sample");
         let lengths: Vec<usize> = ready.iter().map(|&i| ready_at(i).0.seq_len()).collect();
-        let mut out: Vec<Option<Result<Vec<InfoRow>>>> = (0..samples.len()).map(|_| None).collect();
-        for batch in leave_out_batches(model, &lengths, cfg.memory_budget_bytes) {
-            let batch: Vec<usize> = batch.iter().map(|&b| ready[b]).collect();
-            let run = |batch: &[usize]| -> Result<Vec<Vec<InfoRow>>> {
-                // A batch's own failure is rerun one sample at a time, which names the sample.
-                let named = |e: anyhow::Error| match batch {
-                    [i] => e.context(format!("sample {}", samples[*i].key)),
-                    _ => e,
-                };
-                let points: Vec<(&ModelInputs, &Tensor)> = batch
-                    .iter()
-                    .map(|&i| (&ready_at(i).0, &ready_at(i).1))
-                    .collect();
-                let point = LeaveOutPoint::from_embeds_batch(model, &points).map_err(named)?;
-                let greedy = point.greedy_tokens();
-                let targets: Vec<(&ModelInputs, i64)> = batch
-                    .iter()
-                    .zip(&greedy)
-                    .map(|(&i, &g)| {
-                        let target = self.target_token(processor, samples[i], || g)?;
-                        Ok((&ready_at(i).0, target))
-                    })
-                    .collect::<Result<_>>()?;
-                let results =
-                    estimate_leave_out_batch(model, &targets, &point, cfg, self.kl_estimate)
-                        .map_err(named)?;
-                Ok(batch
-                    .iter()
-                    .zip(&targets)
-                    .zip(&results)
-                    .map(|((&i, (_, target)), results)| {
-                        self.rows_of(samples[i], &ready_at(i).2, *target, results)
-                    })
-                    .collect())
+        let batches = leave_out_batches(model, &lengths, cfg.memory_budget_bytes)
+            .into_iter()
+            .map(|batch| batch.iter().map(|&b| ready[b]).collect());
+        let out = run_batches_or_singly(samples.len(), batches, |batch: &[usize]| {
+            // A batch's own failure is rerun one sample at a time, which names the sample.
+            let named = |e: anyhow::Error| match batch {
+                [i] => e.context(format!("sample {}", samples[*i].key)),
+                _ => e,
             };
-            match run(&batch) {
-                Ok(rows) => {
-                    for (&i, rows) in batch.iter().zip(rows) {
-                        out[i] = Some(Ok(rows));
-                    }
-                }
-                Err(_) if batch.len() > 1 => {
-                    for &i in &batch {
-                        out[i] = Some(run(&[i]).map(|mut rows| rows.remove(0)));
-                    }
-                }
-                Err(e) => out[batch[0]] = Some(Err(e)),
-            }
-        }
+            let points: Vec<(&ModelInputs, &Tensor)> = batch
+                .iter()
+                .map(|&i| (&ready_at(i).0, &ready_at(i).1))
+                .collect();
+            let point = LeaveOutPoint::from_embeds_batch(model, &points).map_err(named)?;
+            let greedy = point.greedy_tokens();
+            let targets: Vec<(&ModelInputs, i64)> = batch
+                .iter()
+                .zip(&greedy)
+                .map(|(&i, &g)| {
+                    let target = self.target_token(processor, samples[i], || g)?;
+                    Ok((&ready_at(i).0, target))
+                })
+                .collect::<Result<_>>()?;
+            let kl = self.kl_estimate.unwrap_or_default();
+            let results =
+                estimate_leave_out_batch(model, &targets, &point, cfg, kl).map_err(named)?;
+            Ok(batch
+                .iter()
+                .zip(&targets)
+                .zip(&results)
+                .map(|((&i, (_, target)), results)| {
+                    self.rows_of(samples[i], &ready_at(i).2, *target, results)
+                })
+                .collect())
+        });
         out.into_iter()
             .zip(prepared)
             .map(|(rows, prepared)| match (rows, prepared) {
@@ -329,6 +325,41 @@ impl InfoSweep {
             })
             .collect()
     }
+}
+
+/// Each of `n` items' result from `run` over `batches` (disjoint lists of item indices; an item in
+/// none stays `None`). A batch whose run fails, or returns other than one result per item, is run
+/// again one item at a time, so that each item gets its own result and an error names the item
+/// that fails alone; a batch of one keeps its error.
+fn run_batches_or_singly<T>(
+    n: usize,
+    batches: impl IntoIterator<Item = Vec<usize>>,
+    run: impl Fn(&[usize]) -> Result<Vec<T>>,
+) -> Vec<Option<Result<T>>> {
+    let one = |i: usize| -> Result<T> {
+        let mut results = run(&[i])?;
+        match results.len() {
+            1 => Ok(results.remove(0)),
+            n => bail!("a batch of one gave {n} results"),
+        }
+    };
+    let mut out: Vec<Option<Result<T>>> = (0..n).map(|_| None).collect();
+    for batch in batches {
+        match run(&batch) {
+            Ok(results) if results.len() == batch.len() => {
+                for (&i, r) in batch.iter().zip(results) {
+                    out[i] = Some(Ok(r));
+                }
+            }
+            Err(e) if batch.len() == 1 => out[batch[0]] = Some(Err(e)),
+            _ => {
+                for &i in &batch {
+                    out[i] = Some(one(i));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The columns every info row of one sample shares.
@@ -462,43 +493,6 @@ impl SweepPlan<'_> {
     }
 }
 
-/// The model and processor that a sweep's sample workers share ([`InfoSweep::workers`]).
-///
-/// `tch::Tensor` is `Send` but not `Sync`, as any handle to a C++ object whose methods might
-/// mutate it, so neither is shareable by type. Sharing them is sound here: after loading, no
-/// method of the model or the processor changes a tensor, a flag or any other state they hold
-/// (no interior mutability; the weights do not require grad, so no backward pass accumulates into
-/// them), and libtorch's operators only read their inputs, its reference counts are atomic, and
-/// autograd's grad mode and the backward passes of independent graphs are per thread (how
-/// PyTorch serves one module from several threads).
-struct SharedAcrossWorkers<'a> {
-    model: &'a VlModel,
-    processor: &'a Processor,
-}
-
-// SAFETY: see the type's documentation: the workers only read the shared model and processor.
-unsafe impl Sync for SharedAcrossWorkers<'_> {}
-
-/// libtorch's intra-op thread count set to 1 while sample workers run (each worker then uses
-/// one core, instead of every worker's operators splitting across all of them), restored after.
-struct OneLibtorchThreadEach {
-    before: i32,
-}
-
-impl OneLibtorchThreadEach {
-    fn new() -> Self {
-        let before = tch::get_num_threads();
-        tch::set_num_threads(1);
-        Self { before }
-    }
-}
-
-impl Drop for OneLibtorchThreadEach {
-    fn drop(&mut self) {
-        tch::set_num_threads(self.before);
-    }
-}
-
 /// `1-31`, `1,4,8`, `all` → sorted, unique layer indices below `num_layers`; `None` is the reference's
 /// default, 1 to the last layer.
 pub fn parse_layers(spec: Option<&str>, num_layers: usize) -> Result<Vec<usize>> {
@@ -541,6 +535,73 @@ pub fn parse_layers(spec: Option<&str>, num_layers: usize) -> Result<Vec<usize>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failing batch is rerun one item at a time: the items that succeed alone keep their
+    /// results, each failing item gets its own error, and items in no batch stay `None`.
+    #[test]
+    fn a_failing_batch_is_rerun_one_item_at_a_time() {
+        use std::cell::RefCell;
+        let calls = RefCell::new(Vec::new());
+        // Item 3 fails in any batch; item 6 succeeds alone but its batch returns one result short.
+        let run = |batch: &[usize]| -> Result<Vec<usize>> {
+            calls.borrow_mut().push(batch.to_vec());
+            if let Some(i) = batch.iter().find(|&&i| i == 3) {
+                bail!("item {i} fails");
+            }
+            let short = batch.len() > 1 && batch.contains(&6);
+            Ok(batch.iter().skip(short as usize).map(|&i| i * 10).collect())
+        };
+        let out = run_batches_or_singly(9, [vec![0, 1], vec![2, 3, 4], vec![5, 6], vec![8]], run);
+        let shown: Vec<String> = out
+            .into_iter()
+            .map(|r| match r {
+                None => "none".to_string(),
+                Some(Ok(v)) => v.to_string(),
+                Some(Err(e)) => e.to_string(),
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "0",
+                "10",
+                "20",
+                "item 3 fails",
+                "40",
+                "50",
+                "60",
+                "none",
+                "80"
+            ]
+        );
+        assert_eq!(
+            calls.into_inner(),
+            [
+                vec![0, 1],
+                vec![2, 3, 4],
+                vec![2],
+                vec![3],
+                vec![4],
+                vec![5, 6],
+                vec![5],
+                vec![6],
+                vec![8]
+            ]
+        );
+        // A batch of one keeps its error; one whose result count is off is an error too.
+        let out = run_batches_or_singly(1, [vec![0]], |_: &[usize]| -> Result<Vec<u8>> {
+            bail!("alone")
+        });
+        assert_eq!(
+            out[0].as_ref().unwrap().as_ref().unwrap_err().to_string(),
+            "alone"
+        );
+        let out = run_batches_or_singly(2, [vec![0, 1]], |_: &[usize]| Ok(vec![1u8, 2, 3]));
+        assert_eq!(
+            out[1].as_ref().unwrap().as_ref().unwrap_err().to_string(),
+            "a batch of one gave 3 results"
+        );
+    }
 
     #[test]
     fn parse_layers_specs() {
