@@ -230,14 +230,13 @@ fn sample_workers_write_the_rows_and_parts_of_one_sample_at_a_time_and_resume_ac
 }
 
 /// `horizon eval` with sample workers answers as one sample at a time does, in the same part files,
-/// unpruned and pruned, and a run stopped with one worker continues with two. The latency columns
+/// unpruned and pruned, for every family, and a run stopped with one worker continues with two. The latency columns
 /// are each run's own, so the rows are compared without them.
 #[test]
 fn eval_sample_workers_give_the_answers_and_parts_of_one_sample_at_a_time() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let q = five_question_bench(d);
-    let model = root().join("fixtures/llava/models/llava-tiny");
     let answers = |dir: &Path| -> Vec<String> {
         let rows =
             horizon_data::predictions::read_predictions(&dir.join("predictions.parquet")).unwrap();
@@ -257,7 +256,16 @@ fn eval_sample_workers_give_the_answers_and_parts_of_one_sample_at_a_time() {
             .collect()
     };
     let part_names = |dir: &Path| parts_and_marker(dir).0;
-    for prune in [&[][..], &["--prune", "fastv@1:50%"][..]] {
+    let families = [
+        ("llava", "fixtures/llava/models/llava-tiny"),
+        ("qwen", "fixtures/qwen2_5_vl/models/qwen-tiny"),
+        ("next", "fixtures/llava_next/models/llava-next-tiny"),
+    ];
+    for ((family, model), prune) in families
+        .iter()
+        .flat_map(|f| [(f, &[][..]), (f, &["--prune", "fastv@1:50%"][..])])
+    {
+        let model = root().join(model);
         // With --prune each spec runs in its own subdirectory (the unpruned one too).
         let run_dir = |out: &Path| {
             if prune.is_empty() {
@@ -266,10 +274,10 @@ fn eval_sample_workers_give_the_answers_and_parts_of_one_sample_at_a_time() {
                 out.join("fastv-at1-keep50pct")
             }
         };
-        let one = d.join(format!("eval-1-{}", prune.len()));
+        let one = d.join(format!("eval-{family}-1-{}", prune.len()));
         let (ok, err) = eval(d, &q, &model, &one, &[prune, &["--workers", "1"]].concat());
         assert!(ok, "{err}");
-        let three = d.join(format!("eval-3-{}", prune.len()));
+        let three = d.join(format!("eval-{family}-3-{}", prune.len()));
         let (ok, err) = eval(
             d,
             &q,
@@ -281,7 +289,7 @@ fn eval_sample_workers_give_the_answers_and_parts_of_one_sample_at_a_time() {
         assert_eq!(answers(&run_dir(&three)).len(), 5);
         assert_eq!(answers(&run_dir(&three)), answers(&run_dir(&one)));
         assert_eq!(part_names(&run_dir(&three)), part_names(&run_dir(&one)));
-        let steps = d.join(format!("eval-steps-{}", prune.len()));
+        let steps = d.join(format!("eval-{family}-steps-{}", prune.len()));
         let first = [prune, &["--workers", "1", "--max-samples-per-run", "3"]].concat();
         let (ok, err) = eval(d, &q, &model, &steps, &first);
         assert!(ok, "{err}");
@@ -290,6 +298,7 @@ fn eval_sample_workers_give_the_answers_and_parts_of_one_sample_at_a_time() {
         assert!(ok, "{err}");
         assert_eq!(answers(&run_dir(&steps)), answers(&run_dir(&one)));
     }
+    let model = root().join(families[0].1);
     let (ok, err) = eval(d, &q, &model, &d.join("none"), &["--workers", "0"]);
     one_line_error(ok, &err, "--workers");
 }
