@@ -21,8 +21,7 @@ use horizon_data::score::{score, score_detected, Benchmark, ScoreTable};
 use crate::generate::GenerationConfig;
 use crate::model::VlModel;
 use crate::parts::{
-    check_selection, has_answer, part_paths, OneLibtorchThreadEach, PartRun, RunIdentity, Shard,
-    SharedAcrossWorkers, StopRule,
+    check_selection, has_answer, part_paths, PartRun, RunIdentity, Shard, StopRule,
 };
 use crate::processor::{Processor, PromptTemplate};
 use crate::prune::runs::{plan_runs, summarize_run, SpecRun};
@@ -181,17 +180,14 @@ impl Evaluation {
         if let (true, Some(first)) = (self.warmup, plan.pending_samples().next()) {
             self.answer(model, processor, first, &gen)?;
         }
-        let workers = self.workers.max(1);
-        let shared = SharedAcrossWorkers { model, processor };
-        // One worker keeps libtorch's own thread count.
-        let _threads = (workers > 1).then(OneLibtorchThreadEach::new);
-        let complete = plan.run_batched(
+        let complete = plan.run_on_model(
             write_predictions,
             stop,
-            workers,
+            self.workers,
             1,
-            |samples| {
-                let SharedAcrossWorkers { model, processor } = &shared;
+            model,
+            processor,
+            |model, processor, samples| {
                 samples
                     .iter()
                     .map(|sample| Ok(vec![self.answer(model, processor, sample, &gen)?]))

@@ -305,6 +305,37 @@ impl<'a> RunPlan<'a> {
         })
     }
 
+    /// [`Self::run_batched`] over `model` and `processor`, shared by the workers
+    /// ([`SharedAcrossWorkers`]), with libtorch on one thread each while more than one runs (one
+    /// worker keeps libtorch's own thread count): `rows_of(model, processor, samples)`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_on_model<R: Send>(
+        &mut self,
+        write_part: impl Fn(&Path, &[R], &[(String, String)]) -> Result<()>,
+        stop: StopRule,
+        workers: usize,
+        batch: usize,
+        model: &VlModel,
+        processor: &crate::processor::Processor,
+        rows_of: impl Fn(&VlModel, &crate::processor::Processor, &[&Sample]) -> Vec<Result<Vec<R>>>
+            + Sync,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<bool> {
+        let shared = SharedAcrossWorkers { model, processor };
+        let _threads = (workers > 1).then(OneLibtorchThreadEach::new);
+        self.run_batched(
+            write_part,
+            stop,
+            workers,
+            batch,
+            |samples| {
+                let SharedAcrossWorkers { model, processor } = &shared;
+                rows_of(model, processor, samples)
+            },
+            progress,
+        )
+    }
+
     /// [`Self::run`] with up to `workers` samples of each part computed at once, each worker on its
     /// own thread computing up to `batch` consecutive samples in one call, `rows_of(samples)`
     /// giving each sample's rows or error in order. A part's batches are no larger than its share
@@ -722,8 +753,7 @@ pub fn check_writable_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The model and processor that sample workers share ([`RunPlan::run_batched`]'s callers:
-/// `InfoSweep::workers`, `Evaluation::workers`).
+/// The model and processor that sample workers share ([`RunPlan::run_on_model`]).
 ///
 /// `tch::Tensor` is `Send` but not `Sync`, as any handle to a C++ object whose methods might
 /// mutate it, so neither is shareable by type. Sharing them is sound here: after loading, no
@@ -732,9 +762,9 @@ pub fn check_writable_dir(dir: &Path) -> Result<()> {
 /// them), and libtorch's operators only read their inputs, its reference counts are atomic, and
 /// autograd's grad mode and the backward passes of independent graphs are per thread (how
 /// PyTorch serves one module from several threads).
-pub(crate) struct SharedAcrossWorkers<'a> {
-    pub model: &'a crate::model::VlModel,
-    pub processor: &'a crate::processor::Processor,
+struct SharedAcrossWorkers<'a> {
+    model: &'a VlModel,
+    processor: &'a crate::processor::Processor,
 }
 
 // SAFETY: see the type's documentation: the workers only read the shared model and processor.
@@ -742,12 +772,12 @@ unsafe impl Sync for SharedAcrossWorkers<'_> {}
 
 /// libtorch's intra-op thread count set to 1 while sample workers run (each worker then uses
 /// one core, instead of every worker's operators splitting across all of them), restored after.
-pub(crate) struct OneLibtorchThreadEach {
+struct OneLibtorchThreadEach {
     before: i32,
 }
 
 impl OneLibtorchThreadEach {
-    pub fn new() -> Self {
+    fn new() -> Self {
         let before = tch::get_num_threads();
         tch::set_num_threads(1);
         Self { before }

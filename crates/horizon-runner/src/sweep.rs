@@ -26,7 +26,7 @@ use crate::gradient::{
 };
 use crate::info::{full_run, sweep_sample, SweepConfig, Variant, VariantResult};
 use crate::model::{ModelInputs, VlModel};
-use crate::parts::{OneLibtorchThreadEach, PartRun, RunIdentity, RunPlan, SharedAcrossWorkers};
+use crate::parts::{PartRun, RunIdentity, RunPlan};
 use crate::processor::{Processor, PromptTemplate};
 
 pub use crate::parts::{
@@ -133,11 +133,7 @@ impl InfoSweep {
                 mode: self.mode,
                 target: self.target,
                 estimate: self.estimate,
-                estimator: InfoSettings::estimator_of(
-                    self.estimate,
-                    self.mode,
-                    self.kl_estimate.unwrap_or_default(),
-                ),
+                estimator: InfoSettings::estimator_of(self.estimate, self.mode, self.kl()),
             }),
         )
     }
@@ -210,13 +206,15 @@ impl InfoSweep {
         let target = self.target_token(processor, sample, || full.greedy_token())?;
         let results = match self.estimate {
             Estimate::Exact => sweep_sample(model, &inputs, &full, target, cfg),
-            Estimate::Gradient => {
-                let kl = self.kl_estimate.unwrap_or_default();
-                estimate_sample(model, &inputs, &full, target, cfg, kl)
-            }
+            Estimate::Gradient => estimate_sample(model, &inputs, &full, target, cfg, self.kl()),
         };
         let results = results.with_context(context)?;
         Ok(self.rows_of(sample, &grid, target, &results))
+    }
+
+    /// The KL estimate this sweep runs with ([`Self::kl_estimate`], or the default).
+    fn kl(&self) -> KlEstimate {
+        self.kl_estimate.unwrap_or_default()
     }
 
     /// A sample's prompt inputs: its image decoded and processed with its question.
@@ -304,9 +302,8 @@ impl InfoSweep {
                     Ok((&ready_at(i).0, target))
                 })
                 .collect::<Result<_>>()?;
-            let kl = self.kl_estimate.unwrap_or_default();
             let results =
-                estimate_leave_out_batch(model, &targets, &point, cfg, kl).map_err(named)?;
+                estimate_leave_out_batch(model, &targets, &point, cfg, self.kl()).map_err(named)?;
             Ok(batch
                 .iter()
                 .zip(&targets)
@@ -451,9 +448,6 @@ impl SweepPlan<'_> {
             // The budget is the whole run's: each worker's batches get their share.
             memory_budget_bytes: sweep.memory_budget_bytes / workers,
         };
-        let shared = SharedAcrossWorkers { model, processor };
-        // One worker keeps libtorch's own thread count.
-        let _threads = (workers > 1).then(OneLibtorchThreadEach::new);
         // Leave-out's estimate is one forward and one backward pass per sample, whose small
         // operators cost per call: several samples per call, within the memory budget.
         let batched = (sweep.estimate, sweep.mode) == (Estimate::Gradient, InfoMode::LeaveOut);
@@ -462,13 +456,14 @@ impl SweepPlan<'_> {
         } else {
             1
         };
-        let complete = self.plan.run_batched(
+        let complete = self.plan.run_on_model(
             write_info_rows,
             stop,
             workers,
             batch,
-            |samples| {
-                let SharedAcrossWorkers { model, processor } = &shared;
+            model,
+            processor,
+            |model, processor, samples| {
                 if batched {
                     sweep.leave_out_estimate_rows(model, processor, samples, &cfg)
                 } else {
